@@ -1,0 +1,136 @@
+"""The one exception hierarchy of flowkit.
+
+Every error flowkit raises derives from :class:`FlowkitError`. Errors of the
+driver libraries (redis, aio-pika, nats, asyncpg, sqlite3) are translated into
+these at the adapter boundary and chained with ``from exc``.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+__all__ = [
+    "BusNotStarted",
+    "ConcurrencyConflict",
+    "DecodeError",
+    "DefinitionError",
+    "FlowkitError",
+    "MissingDependency",
+    "NonRetryableError",
+    "NotFound",
+    "RemoteError",
+    "RequestTimeout",
+    "StoreError",
+    "TransportClosed",
+    "TransportError",
+    "WorkflowNotFound",
+]
+
+
+class FlowkitError(Exception):
+    """Base class of every error raised by flowkit."""
+
+
+class DefinitionError(FlowkitError, TypeError):
+    """A handler, step or workflow was declared wrongly.
+
+    Raised at decoration or class-creation time, never at the first message.
+    """
+
+
+class MissingDependency(FlowkitError, ImportError):
+    """An optional dependency is not installed; the message names the extra."""
+
+    def __init__(self, package: str, extra: str, feature: str) -> None:
+        self.package = package
+        self.extra = extra
+        super().__init__(
+            f"{feature} needs the {package!r} package, which is not installed. "
+            f"Install it with: pip install 'flowkit[{extra}]'"
+        )
+
+
+DecodeErrorKind = Literal["json", "envelope", "unknown_type", "validation"]
+
+
+class DecodeError(FlowkitError, ValueError):
+    """A message could not be decoded.
+
+    Attributes:
+        kind: which stage failed: ``"json"`` (the body is not JSON),
+            ``"envelope"`` (JSON, but not a flowkit envelope), ``"unknown_type"``
+            (no model is registered for the envelope's type) or ``"validation"``
+            (the payload does not validate against its model).
+        detail: a human-readable explanation (pydantic's errors for validation).
+        type_name: the message type named by the envelope, when it could be read.
+    """
+
+    def __init__(self, kind: DecodeErrorKind, detail: str, *, type_name: str | None = None):
+        self.kind: DecodeErrorKind = kind
+        self.detail = detail
+        self.type_name = type_name
+        what = {
+            "json": "body is not valid JSON",
+            "envelope": "body is not a flowkit envelope",
+            "unknown_type": "unknown message type",
+            "validation": "payload failed validation",
+        }[kind]
+        subject = f"message {type_name!r}" if type_name else "message"
+        super().__init__(f"cannot decode {subject}: {what}: {detail}")
+
+
+class NonRetryableError(FlowkitError):
+    """Raise (or subclass) this from a handler or step to skip the remaining retries."""
+
+
+class TransportError(FlowkitError):
+    """The transport failed (connection lost, broker refused, ...)."""
+
+
+class TransportClosed(TransportError):
+    """The transport or subscription is closed, or was never opened."""
+
+
+class StoreError(FlowkitError):
+    """The state store failed."""
+
+
+class ConcurrencyConflict(StoreError):
+    """A record was changed by someone else since it was read (optimistic concurrency)."""
+
+
+class NotFound(StoreError, KeyError):
+    """A record asked for by id does not exist."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else "not found"
+
+
+class WorkflowNotFound(NotFound):
+    """No workflow has the given id."""
+
+
+class BusNotStarted(FlowkitError):
+    """The bus was used before ``async with bus`` (or ``bus.run(...)``) started it."""
+
+
+class RequestTimeout(FlowkitError, TimeoutError):
+    """No reply to a request arrived within its timeout."""
+
+
+class RemoteError(FlowkitError):
+    """The service answering a request raised an error.
+
+    Attributes:
+        error_type: the qualified name of the exception raised remotely.
+        message: its message.
+        service: the service that answered.
+        retryable: whether the remote side considered the error retryable.
+    """
+
+    def __init__(self, error_type: str, message: str, *, service: str, retryable: bool = True):
+        self.error_type = error_type
+        self.message = message
+        self.service = service
+        self.retryable = retryable
+        super().__init__(f"service {service!r} failed: {error_type}: {message}")

@@ -1,0 +1,144 @@
+"""The transport contract: what the bus and the orchestrator need from a broker.
+
+A transport moves opaque bodies (JSON envelopes) with string headers between
+services. It knows topics and consumer groups:
+
+* every group subscribed to a topic gets every message published to it (fan-out);
+* the consumers of one group compete: each message goes to one of them;
+* a consumer acks a message when it is handled, or nacks it with a delay, after
+  which it is delivered again (to any consumer of the group);
+* a message delivered but neither acked nor nacked when its subscription closes
+  (or its consumer dies) is delivered again;
+* a group, once subscribed, keeps receiving messages while it has no consumer;
+  buffers are bounded, so a full group slows publishers down (backpressure)
+  instead of growing without limit.
+
+Delivery is at least once. Duplicates are possible; the bus deduplicates by
+message id when it has a store.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from types import TracebackType
+from typing import Protocol, Self, runtime_checkable
+
+__all__ = ["Delivery", "Subscription", "Transport"]
+
+
+@runtime_checkable
+class Delivery(Protocol):
+    """One delivery of one message to one consumer of a group."""
+
+    @property
+    def topic(self) -> str:
+        """The topic the message was published to."""
+        ...
+
+    @property
+    def group(self) -> str:
+        """The consumer group it was delivered to."""
+        ...
+
+    @property
+    def body(self) -> bytes:
+        """The message body, as published."""
+        ...
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        """The headers, as published."""
+        ...
+
+    @property
+    def attempt(self) -> int:
+        """How many times this message has been delivered to this group, this time included."""
+        ...
+
+    async def ack(self) -> None:
+        """Mark the message handled; it is not delivered to this group again.
+
+        Acking or nacking a delivery twice is a no-op.
+        """
+        ...
+
+    async def nack(self, delay: float = 0.0) -> None:
+        """Give the message back; it is delivered again after ``delay`` seconds."""
+        ...
+
+
+@runtime_checkable
+class Subscription(Protocol):
+    """A consumer attached to one group of one topic.
+
+    Several tasks may call :meth:`receive` on one subscription at once; each
+    delivery goes to one of them. Closing the subscription gives back every
+    delivery not yet acked or nacked.
+    """
+
+    async def receive(self) -> Delivery:
+        """Wait for the next delivery.
+
+        Raises:
+            TransportClosed: once the subscription or its transport is closed.
+        """
+        ...
+
+    async def aclose(self) -> None:
+        """Detach the consumer; unacked deliveries go back to the group."""
+        ...
+
+    async def __aenter__(self) -> Self: ...
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+
+
+@runtime_checkable
+class Transport(Protocol):
+    """A broker connection: publish to topics, subscribe consumer groups.
+
+    A transport is opened with ``async with transport:``. It may be entered
+    several times (several buses may share one); it closes when the last
+    ``async with`` exits, or at once with :meth:`aclose`.
+    """
+
+    async def publish(
+        self, topic: str, body: bytes, headers: Mapping[str, str] | None = None
+    ) -> None:
+        """Publish one message to every group subscribed to ``topic``.
+
+        Waits while a group's buffer is full.
+
+        Raises:
+            TransportClosed: if the transport is not open.
+            TransportError: if the broker refused or the connection failed.
+        """
+        ...
+
+    async def subscribe(self, topic: str, group: str) -> Subscription:
+        """Attach a consumer to ``group`` on ``topic``, creating the group if needed.
+
+        Messages published after this call returns reach the group.
+
+        Raises:
+            TransportClosed: if the transport is not open.
+        """
+        ...
+
+    async def aclose(self) -> None:
+        """Close the transport and every subscription on it."""
+        ...
+
+    async def __aenter__(self) -> Self: ...
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
