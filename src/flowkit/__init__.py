@@ -1,0 +1,58 @@
+"""flowkit: workflows across microservices, orchestrated or choreographed.
+
+Broker transports and database stores live in :mod:`flowkit.transports` and
+:mod:`flowkit.stores`; their client libraries are imported only when used.
+"""
+
+from ._errors import BusNotStarted as BusNotStarted
+from ._errors import ConcurrencyConflict as ConcurrencyConflict
+from ._errors import DecodeError as DecodeError
+from ._errors import DefinitionError as DefinitionError
+from ._errors import FlowkitError as FlowkitError
+from ._errors import HandlerTimeout as HandlerTimeout
+from ._errors import MissingDependency as MissingDependency
+from ._errors import NonRetryableError as NonRetryableError
+from ._errors import NotFound as NotFound
+from ._errors import RemoteError as RemoteError
+from ._errors import RequestTimeout as RequestTimeout
+from ._errors import StoreError as StoreError
+from ._errors import TransportClosed as TransportClosed
+from ._errors import TransportError as TransportError
+from ._errors import WorkflowNotFound as WorkflowNotFound
+from ._events import Command as Command
+from ._events import Envelope as Envelope
+from ._events import Event as Event
+from ._events import Message as Message
+from ._retry import Retry as Retry
+from .choreography import Choreography as Choreography
+from .choreography import Context as Context
+from .stores import DeadLetter as DeadLetter
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BusNotStarted",
+    "Choreography",
+    "Command",
+    "ConcurrencyConflict",
+    "Context",
+    "DeadLetter",
+    "DecodeError",
+    "DefinitionError",
+    "Envelope",
+    "Event",
+    "FlowkitError",
+    "HandlerTimeout",
+    "Message",
+    "MissingDependency",
+    "NonRetryableError",
+    "NotFound",
+    "RemoteError",
+    "RequestTimeout",
+    "Retry",
+    "StoreError",
+    "TransportClosed",
+    "TransportError",
+    "WorkflowNotFound",
+    "__version__",
+]

@@ -15,6 +15,7 @@ __all__ = [
     "DecodeError",
     "DefinitionError",
     "FlowkitError",
+    "HandlerTimeout",
     "MissingDependency",
     "NonRetryableError",
     "NotFound",
@@ -77,6 +78,10 @@ class DecodeError(FlowkitError, ValueError):
         }[kind]
         subject = f"message {type_name!r}" if type_name else "message"
         super().__init__(f"cannot decode {subject}: {what}: {detail}")
+
+
+class HandlerTimeout(FlowkitError, TimeoutError):
+    """A handler ran longer than its ``timeout``."""
 
 
 class NonRetryableError(FlowkitError):

@@ -1,0 +1,67 @@
+"""The order workflow as choreography: each service reacts to OrderPlaced on its own."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import anyio
+
+from flowkit import Choreography, DeadLetter
+from flowkit.stores import SQLiteStore
+from flowkit.transports import InMemoryTransport
+
+from . import logistics, notification, order_history, seller
+from .events import OrderPlaced
+from .world import World
+
+
+@dataclass
+class ChoreographyResult:
+    world: World
+    timelines: dict[str, list[str]]
+    dead_letters: list[DeadLetter]
+
+
+def build_bus(world: World, store_path: Path) -> tuple[Choreography, dict[str, list[str]]]:
+    """One bus with every service registered; in production each service process
+    builds its own bus on a broker transport and runs only its own service."""
+    bus = Choreography(InMemoryTransport(), store=SQLiteStore(store_path))
+    for service in (notification, seller, logistics):
+        service.register(bus, world)
+    timelines = order_history.register(bus, world)
+    return bus, timelines
+
+
+async def run_choreography(store_path: Path, *, echo: bool = False) -> ChoreographyResult:
+    """Place two orders: one goes through with a flaky partner API, one has a bad email."""
+    world = World(echo=echo)
+    bus, timelines = build_bus(world, store_path)
+    world.fail("partner-api", times=2)  # logistics retries with backoff
+    async with bus:
+        await bus.publish(
+            OrderPlaced(
+                order_id="o-1",
+                user_email="ada@example.com",
+                seller_id="seller-9",
+                items=["book"],
+                total=25.0,
+            )
+        )
+        await bus.publish(
+            OrderPlaced(
+                order_id="o-2",
+                user_email="not-an-email",
+                seller_id="seller-9",
+                items=["lamp"],
+                total=40.0,
+            )
+        )
+        with anyio.fail_after(10):
+            while len(timelines.get("o-1", [])) < 4 or len(timelines.get("o-2", [])) < 3:
+                await anyio.sleep(0.005)
+            dead = await bus.dead_letters()
+            while not dead:
+                await anyio.sleep(0.005)
+                dead = await bus.dead_letters()
+    return ChoreographyResult(world, timelines, dead)

@@ -1,0 +1,47 @@
+"""The logistics service: assigns a delivery partner to an order."""
+
+from __future__ import annotations
+
+from flowkit import Choreography, Context, Retry
+
+from .events import AssignPartner, Done, OrderPlaced, PartnerAssigned, ReleasePartner
+from .world import World
+
+SERVICE = "logistics"
+PARTNERS = ("RapidRoute", "ParcelPals", "SwiftShip")
+
+
+async def assign_partner(world: World, order_id: str, key: str) -> str:
+    """Book a delivery partner for the order (the partner API may be down)."""
+    world.check("partner-api")
+    partner = PARTNERS[sum(map(ord, order_id)) % len(PARTNERS)]
+    world.once(key, lambda: world.log(SERVICE, f"{partner} will deliver order {order_id}"))
+    return partner
+
+
+def register(bus: Choreography, world: World) -> None:
+    """Declare this service's handlers on ``bus``."""
+
+    @bus.on(
+        OrderPlaced,
+        service=SERVICE,
+        emits=[PartnerAssigned],
+        retry=Retry(attempts=5, backoff=0.01),
+    )
+    async def on_order_placed(event: OrderPlaced, ctx: Context) -> None:
+        if ctx.attempt > 1:
+            world.log(SERVICE, f"attempt {ctx.attempt} for order {event.order_id}")
+        partner = await assign_partner(world, event.order_id, ctx.idempotency_key)
+        await ctx.publish(PartnerAssigned(order_id=event.order_id, partner=partner))
+
+    @bus.handles(AssignPartner, service=SERVICE, retry=Retry(attempts=3, backoff=0.01))
+    async def on_assign(command: AssignPartner, ctx: Context) -> Done:
+        return Done(reference=await assign_partner(world, command.order_id, ctx.idempotency_key))
+
+    @bus.handles(ReleasePartner, service=SERVICE)
+    async def on_release(command: ReleasePartner, ctx: Context) -> Done:
+        world.once(
+            ctx.idempotency_key,
+            lambda: world.log(SERVICE, f"released the partner of order {command.order_id}"),
+        )
+        return Done(reference=command.order_id)

@@ -1,0 +1,7 @@
+"""Choreography: services reacting to events on a bus, and request/reply between them."""
+
+from ._bus import Choreography as Choreography
+from ._context import Context as Context
+from ._handlers import HandlerSpec as HandlerSpec
+
+__all__ = ["Choreography", "Context", "HandlerSpec"]

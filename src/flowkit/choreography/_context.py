@@ -1,0 +1,140 @@
+"""The context a handler receives."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, TypeVar
+
+from .._errors import DefinitionError
+from .._events import Command, Envelope, Event, Message
+
+if TYPE_CHECKING:
+    from ._bus import Choreography
+    from ._handlers import HandlerSpec
+
+__all__ = ["Context", "derive_message_id"]
+
+R = TypeVar("R", bound=Message)
+
+IDEMPOTENCY_KEY_HEADER = "flowkit-idempotency-key"
+
+
+def derive_message_id(cause_id: str, consumer: str, index: int) -> str:
+    """A deterministic message id for the ``index``-th message a consumer publishes
+    while handling ``cause_id``.
+
+    A retried handler publishes the same ids again, so consumers with an inbox
+    drop the duplicates. The id keeps the cause's millisecond timestamp (so ids
+    stay time-ordered) and the UUIDv7 layout.
+    """
+    digest = hashlib.blake2b(
+        f"{cause_id}|{consumer}|{index}".encode(), digest_size=10
+    ).hexdigest()
+    prefix = cause_id.replace("-", "")[:12]
+    h = f"{prefix}7{digest[:3]}{(0x8 | (int(digest[3], 16) & 0x3)):x}{digest[4:19]}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:32]}"
+
+
+class Context:
+    """What a handler knows about the message it handles, and how it sends more.
+
+    Attributes:
+        envelope: the envelope being handled (ids, correlation, causation, headers).
+        attempt: which delivery attempt this is (1 for the first).
+        service: the service the handler belongs to.
+        handler: the handler's name.
+        logger: a logger whose records carry the service, handler and message ids.
+    """
+
+    __slots__ = ("_bus", "_published", "_spec", "attempt", "envelope", "logger")
+
+    def __init__(
+        self, bus: Choreography, spec: HandlerSpec, envelope: Envelope, attempt: int
+    ) -> None:
+        self._bus = bus
+        self._spec = spec
+        self._published = 0
+        self.envelope = envelope
+        self.attempt = attempt
+        self.logger = logging.LoggerAdapter(
+            logging.getLogger(f"flowkit.service.{spec.service}"),
+            {
+                "service": spec.service,
+                "handler": spec.name,
+                "message_id": envelope.message_id,
+                "correlation_id": envelope.correlation_id,
+            },
+        )
+
+    @property
+    def service(self) -> str:
+        return self._spec.service
+
+    @property
+    def handler(self) -> str:
+        return self._spec.name
+
+    @property
+    def idempotency_key(self) -> str:
+        """A key stable across redeliveries of this message to this handler.
+
+        The sender's ``flowkit-idempotency-key`` header when it set one (an
+        orchestrator's remote step does), else ``consumer:message_id``.
+        """
+        return self.envelope.headers.get(IDEMPOTENCY_KEY_HEADER) or (
+            f"{self._spec.consumer}:{self.envelope.message_id}"
+        )
+
+    def _next_id(self) -> str:
+        self._published += 1
+        return derive_message_id(self.envelope.message_id, self._spec.consumer, self._published)
+
+    async def publish(self, event: Event, *, headers: Mapping[str, str] | None = None) -> Envelope:
+        """Publish an event caused by the message being handled.
+
+        The new envelope carries this flow's correlation id and this message's
+        id as its causation id. Its own id is derived from both, so a retried
+        handler republishes the same ids and inboxes drop the duplicates.
+
+        Raises:
+            DefinitionError: if the handler declared ``emits=[...]`` without this type.
+        """
+        emits = self._spec.emits
+        if emits is not None and not isinstance(event, emits):
+            declared = ", ".join(t.__name__ for t in emits) or "nothing"
+            raise DefinitionError(
+                f"handler {self._spec.consumer} declared emits=[{declared}] but published "
+                f"{type(event).__name__}; add it to emits"
+            )
+        return await self._bus.publish(
+            event,
+            headers=headers,
+            correlation_id=self.envelope.correlation_id,
+            causation_id=self.envelope.message_id,
+            message_id=self._next_id(),
+        )
+
+    async def request(
+        self, command: Command[R], *, timeout: float = 30.0, headers: Mapping[str, str] | None = None
+    ) -> R:
+        """Send a command to the service that handles it and await its reply.
+
+        Same as :meth:`Choreography.request`, carrying this flow's correlation.
+        """
+        return await self._bus.request(
+            command,
+            timeout=timeout,
+            headers=headers,
+            correlation_id=self.envelope.correlation_id,
+            causation_id=self.envelope.message_id,
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"Context(service={self.service!r}, handler={self.handler!r}, "
+            f"message_id={self.envelope.message_id!r}, attempt={self.attempt})"
+        )
+
+

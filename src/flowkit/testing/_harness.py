@@ -1,0 +1,279 @@
+"""Run a user's bus on the in-memory transport, watch what it publishes, inject faults."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import anyio
+
+from .._errors import DecodeError
+from .._events import Envelope, Event, decode_envelope, validate_payload
+from ..stores._memory import MemoryStore
+from ..transports._memory import InMemoryTransport
+from ._faults import FaultyTransport
+
+if TYPE_CHECKING:
+    from types import TracebackType
+
+    from ..choreography import Choreography, Context
+    from ..choreography._handlers import HandlerSpec
+    from ..stores._base import DeadLetter, StateStore
+    from ..transports._base import Subscription
+
+__all__ = ["BusHarness", "run_in_memory"]
+
+E = TypeVar("E", bound=Event)
+
+
+class _RecordingTransport:
+    """Delegates to the fault-injecting in-memory transport and records every publish."""
+
+    def __init__(self, inner: FaultyTransport, on_publish: Callable[[str, bytes], None]) -> None:
+        self._inner = inner
+        self._on_publish = on_publish
+
+    async def publish(
+        self, topic: str, body: bytes, headers: Mapping[str, str] | None = None
+    ) -> None:
+        await self._inner.publish(topic, body, headers)
+        self._on_publish(topic, body)
+
+    async def subscribe(self, topic: str, group: str) -> Subscription:
+        return await self._inner.subscribe(topic, group)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+    async def __aenter__(self) -> _RecordingTransport:
+        await self._inner.__aenter__()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self._inner.__aexit__(exc_type, exc, tb)
+
+
+class _HandlerFault:
+    __slots__ = ("error", "remaining")
+
+    def __init__(self, times: int, error: BaseException) -> None:
+        self.remaining = times
+        self.error = error
+
+
+class BusHarness:
+    """A bus running on the in-memory transport, as seen by a test.
+
+    Made by :func:`run_in_memory`. It records every event published (by the
+    test or by handlers), waits for events and for the bus to go idle, and
+    injects faults into handlers and into the transport.
+
+    Attributes:
+        bus: the bus under test.
+        transport: the in-memory transport it runs on.
+        faults: transport faults (dropped consumers, duplicated, delayed or
+            failed publishes), see :class:`~flowkit.testing.FaultyTransport`.
+        store: the store the bus uses during the test.
+    """
+
+    def __init__(
+        self,
+        bus: Choreography,
+        transport: InMemoryTransport,
+        faults: FaultyTransport,
+        store: StateStore,
+    ) -> None:
+        self.bus = bus
+        self.transport = transport
+        self.faults = faults
+        self.store = store
+        self._published: list[Envelope] = []
+        self._changed = anyio.Event()
+        self._handler_faults: dict[str, _HandlerFault] = {}
+        self._busy = 0
+
+    # -- what was published ----------------------------------------------------
+
+    def _record(self, topic: str, body: bytes) -> None:
+        if topic.startswith("flowkit.reply."):
+            return
+        try:
+            envelope = decode_envelope(body)
+        except DecodeError:
+            return  # a test publishing garbage on purpose
+        self._published.append(envelope)
+        self._changed.set()
+        self._changed = anyio.Event()
+
+    @property
+    def published(self) -> list[Envelope]:
+        """Every envelope published so far (events and commands), in order."""
+        return list(self._published)
+
+    def events(self, event_type: type[E]) -> list[E]:
+        """The events of one type published so far, decoded, in order."""
+        name = event_type.__flowkit_type__
+        return [validate_payload(e, event_type) for e in self._published if e.type == name]
+
+    async def wait_for(
+        self,
+        event_type: type[E],
+        *,
+        where: Callable[[E], bool] | None = None,
+        count: int = 1,
+        timeout: float = 5.0,
+    ) -> list[E]:
+        """Wait until ``count`` events of ``event_type`` (matching ``where``) were published.
+
+        Returns:
+            The matching events, in publication order.
+
+        Raises:
+            TimeoutError: naming the event type, if they did not come in time.
+        """
+        with anyio.move_on_after(timeout):
+            while True:
+                found = [e for e in self.events(event_type) if where is None or where(e)]
+                if len(found) >= count:
+                    return found
+                await self._changed.wait()
+        raise TimeoutError(
+            f"waited {timeout}s for {count} {event_type.__name__} event(s); published: "
+            f"{[e.type for e in self._published]}"
+        )
+
+    def assert_published(self, event_type: type[E], **fields: Any) -> E:
+        """Assert that an event of this type with these field values was published.
+
+        Returns:
+            The first matching event.
+        """
+        for event in self.events(event_type):
+            if all(getattr(event, k) == v for k, v in fields.items()):
+                return event
+        raise AssertionError(
+            f"no {event_type.__name__} with {fields} was published; published: "
+            f"{[(e.type, dict(e.payload)) for e in self._published]}"
+        )
+
+    def assert_not_published(self, event_type: type[Event]) -> None:
+        """Assert that no event of this type was published."""
+        found = self.events(event_type)
+        if found:
+            raise AssertionError(f"{len(found)} {event_type.__name__} event(s) were published")
+
+    async def dead_letters(self) -> list[DeadLetter]:
+        """The dead letters kept so far."""
+        return await self.bus.dead_letters(limit=10_000)
+
+    async def drain(self, timeout: float = 5.0) -> None:
+        """Wait until every published message is acked or dead-lettered and no handler runs.
+
+        Messages waiting for a retry delay count as not done.
+
+        Raises:
+            TimeoutError: if the bus is still busy after ``timeout`` seconds.
+        """
+        quiet = 0
+        with anyio.move_on_after(timeout):
+            while True:
+                if self.transport.outstanding() == 0 and self.faults.held() == 0:
+                    quiet += 1
+                    if quiet >= 3:
+                        return
+                else:
+                    quiet = 0
+                await anyio.sleep(0.001)
+        raise TimeoutError(
+            f"the bus was still busy after {timeout}s: {self.transport.outstanding()} "
+            "message(s) not yet handled"
+        )
+
+    # -- handler faults ----------------------------------------------------------
+
+    def fail_handler(
+        self, handler: str | Callable[..., Any], *, times: int = 1, error: BaseException | None = None
+    ) -> None:
+        """Make a handler raise on its next ``times`` calls, before it runs.
+
+        Args:
+            handler: the handler function, its name, or its consumer (``service:name``).
+            times: how many calls fail.
+            error: what to raise (``RuntimeError("injected failure")`` by default).
+
+        Raises:
+            LookupError: if no handler of the bus matches.
+        """
+        spec = self._find(handler)
+        self._handler_faults[spec.consumer] = _HandlerFault(
+            times, error if error is not None else RuntimeError("injected failure")
+        )
+
+    def _find(self, handler: str | Callable[..., Any]) -> HandlerSpec:
+        for spec in self.bus.handlers:
+            if handler in (spec.func, spec.consumer, spec.name) or (
+                callable(handler) and getattr(spec.func, "__wrapped__", None) is handler
+            ):
+                return spec
+        raise LookupError(f"no handler {handler!r} on this bus")
+
+    def _wrap(self, spec: HandlerSpec) -> HandlerSpec:
+        original = spec.func
+        faults = self._handler_faults
+
+        async def with_faults(message: Any, ctx: Context) -> Any:
+            fault = faults.get(spec.consumer)
+            if fault is not None and fault.remaining > 0:
+                fault.remaining -= 1
+                raise fault.error
+            if spec.takes_context:
+                return await original(message, ctx)
+            return await original(message)  # type: ignore[call-arg]
+
+        with_faults.__wrapped__ = original  # type: ignore[attr-defined]
+        return dataclasses.replace(spec, func=with_faults, takes_context=True)
+
+
+@asynccontextmanager
+async def run_in_memory(
+    bus: Choreography,
+    *,
+    services: Iterable[str] | None = None,
+    store: StateStore | None = None,
+    max_buffer: int = 10_000,
+) -> AsyncIterator[BusHarness]:
+    """Run ``bus`` on a fresh in-memory transport for the duration of a test.
+
+    The bus's own transport and store are set aside and put back afterwards,
+    so a service module that builds its bus on a broker can be tested as is.
+
+    Args:
+        bus: the bus to run (not running yet).
+        services: run only these services' handlers (all by default).
+        store: the store to use (a fresh :class:`~flowkit.stores.MemoryStore`
+            by default, so the inbox and dead letters work).
+        max_buffer: the in-memory transport's buffer per group.
+
+    Yields:
+        The harness to publish through, wait on and inject faults with.
+    """
+    memory = InMemoryTransport(max_buffer=max_buffer)
+    faulty = FaultyTransport(memory)
+    test_store = store if store is not None else MemoryStore()
+    harness = BusHarness(bus, memory, faulty, test_store)
+    saved = (bus._transport, bus._store, bus._handlers)
+    bus._transport = _RecordingTransport(faulty, harness._record)
+    bus._store = test_store
+    bus._handlers = [harness._wrap(spec) for spec in saved[2]]
+    try:
+        async with bus.run(services=services):
+            yield harness
+    finally:
+        bus._transport, bus._store, bus._handlers = saved

@@ -1,0 +1,32 @@
+"""The pytest plugin of flowkit (registered through the ``pytest11`` entry point).
+
+Fixtures:
+
+* ``memory_transport``: an open :class:`~flowkit.transports.InMemoryTransport`;
+* ``memory_store``: an open :class:`~flowkit.stores.MemoryStore`.
+
+They are async fixtures: use them from tests run by anyio's pytest plugin.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+
+from ..stores._memory import MemoryStore
+from ..transports._memory import InMemoryTransport
+
+
+@pytest.fixture
+async def memory_transport() -> AsyncIterator[InMemoryTransport]:
+    """An open in-memory transport, closed after the test."""
+    async with InMemoryTransport() as transport:
+        yield transport
+
+
+@pytest.fixture
+async def memory_store() -> AsyncIterator[MemoryStore]:
+    """An open in-memory store, closed after the test."""
+    async with MemoryStore() as store:
+        yield store
