@@ -1,8 +1,11 @@
 from __future__ import annotations
 
-from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import anyio
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 
 async def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:

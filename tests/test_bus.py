@@ -371,8 +371,8 @@ async def test_a_dropped_consumer_resubscribes_and_gets_the_message_again() -> N
         await bus.publish(OrderPlaced(order_id="o"))
         await started.wait()
         await faulty.drop_consumers(topic="OrderPlaced")
+        release.set()  # the first attempt ends, but its ack is lost with its consumer
         await wait_until(lambda: runs == [1, 2])
-        release.set()
 
 
 async def test_concurrency_runs_handlers_side_by_side() -> None:
@@ -454,7 +454,7 @@ async def test_a_failing_command_handler_raises_remote_error() -> None:
             await bus.request(CheckStock(sku="zz"), timeout=2)
         assert info.value.service == "inventory"
         assert info.value.error_type == "LookupError"
-        assert info.value.message == "'unknown sku zz'"
+        assert info.value.message == "unknown sku zz"
         assert info.value.retryable is True
         with pytest.raises(RemoteError) as info:
             await bus.request(CheckStock(sku="gone"), timeout=2)

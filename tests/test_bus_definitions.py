@@ -35,7 +35,10 @@ def test_a_valid_handler_is_recorded_with_its_options(bus: Choreography) -> None
         pass
 
     (spec,) = bus.handlers
-    assert spec.consumer == "notification:test_a_valid_handler_is_recorded_with_its_options.<locals>.notify"
+    assert (
+        spec.consumer
+        == "notification:test_a_valid_handler_is_recorded_with_its_options.<locals>.notify"
+    )
     assert spec.topic == "OrderPlaced"
     assert spec.retry.attempts == 5
     assert spec.emits == (Shipped,)
@@ -59,7 +62,7 @@ def test_a_handler_may_skip_the_context(bus: Choreography) -> None:
         (lambda bus: bus.on(OrderPlaced, service="s", concurrency=0), "concurrency"),
         (lambda bus: bus.on(OrderPlaced, service="s", timeout=0), "timeout"),
         (lambda bus: bus.on(OrderPlaced, service="s", emits=[Stock]), "emits"),
-        (lambda bus: bus.handles(OrderPlaced, service="s"), "flowkit.Command"),  # type: ignore[arg-type]
+        (lambda bus: bus.handles(OrderPlaced, service="s"), "flowkit.Command"),
     ],
 )
 def test_bad_declarations_fail_at_decoration(decorate: Any, match: str, bus: Choreography) -> None:
@@ -73,7 +76,7 @@ def test_bad_declarations_fail_at_decoration(decorate: Any, match: str, bus: Cho
 def test_sync_functions_and_wrong_arity_are_refused(bus: Choreography) -> None:
     with pytest.raises(DefinitionError, match="async def"):
 
-        @bus.on(OrderPlaced, service="s")
+        @bus.on(OrderPlaced, service="s")  # type: ignore[type-var]
         def sync(event: OrderPlaced, ctx: Context) -> None:
             pass
 

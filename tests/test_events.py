@@ -111,7 +111,9 @@ def test_malformed_bodies_raise_decode_error_naming_the_stage(body: bytes, kind:
 
 def test_unknown_type_and_invalid_payload_are_told_apart() -> None:
     _, body = encode(Renamed(order_id="o"))
-    with pytest.raises(DecodeError, match="'orders.renamed': unknown message type: expected 'OrderPlaced'") as info:
+    with pytest.raises(
+        DecodeError, match=r"'orders\.renamed': unknown message type: expected 'OrderPlaced'"
+    ) as info:
         decode(body, OrderPlaced)
     assert info.value.kind == "unknown_type"
 

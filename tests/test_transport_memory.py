@@ -15,7 +15,7 @@ pytestmark = pytest.mark.anyio
 
 @pytest.mark.parametrize("name", sorted(TRANSPORT_CHECKS))
 async def test_conformance(name: str) -> None:
-    await TRANSPORT_CHECKS[name](InMemoryTransport, delay_tolerance=0.1)
+    await TRANSPORT_CHECKS[name](InMemoryTransport, delay_tolerance=0.05)
 
 
 async def test_check_transport_runs_every_check() -> None:

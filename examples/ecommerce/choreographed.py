@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import anyio
 
@@ -14,6 +14,9 @@ from flowkit.transports import InMemoryTransport
 from . import logistics, notification, order_history, seller
 from .events import OrderPlaced
 from .world import World
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 
 @dataclass
@@ -37,6 +40,8 @@ async def run_choreography(store_path: Path, *, echo: bool = False) -> Choreogra
     """Place two orders: one goes through with a flaky partner API, one has a bad email."""
     world = World(echo=echo)
     bus, timelines = build_bus(world, store_path)
+    transport = bus.transport
+    assert isinstance(transport, InMemoryTransport)
     world.fail("partner-api", times=2)  # logistics retries with backoff
     async with bus:
         await bus.publish(
@@ -57,11 +62,13 @@ async def run_choreography(store_path: Path, *, echo: bool = False) -> Choreogra
                 total=40.0,
             )
         )
-        with anyio.fail_after(10):
-            while len(timelines.get("o-1", [])) < 4 or len(timelines.get("o-2", [])) < 3:
-                await anyio.sleep(0.005)
-            dead = await bus.dead_letters()
-            while not dead:
-                await anyio.sleep(0.005)
-                dead = await bus.dead_letters()
+        await settle(transport)
+        dead = await bus.dead_letters()
     return ChoreographyResult(world, timelines, dead)
+
+
+async def settle(transport: InMemoryTransport, timeout: float = 10.0) -> None:
+    """Wait until every message published so far is handled or dead-lettered."""
+    with anyio.fail_after(timeout):
+        while transport.outstanding():  # noqa: ASYNC110 - the transport has no idle event
+            await anyio.sleep(0.005)

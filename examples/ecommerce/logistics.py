@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from flowkit import Choreography, Context, Retry
 
 from .events import AssignPartner, Done, OrderPlaced, PartnerAssigned, ReleasePartner
-from .world import World
+
+if TYPE_CHECKING:
+    from .world import World
 
 SERVICE = "logistics"
 PARTNERS = ("RapidRoute", "ParcelPals", "SwiftShip")

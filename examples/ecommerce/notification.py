@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from flowkit import Choreography, Context, NonRetryableError
 
 from .events import ConfirmationSent, Done, OrderPlaced, SendConfirmation
-from .world import World
+
+if TYPE_CHECKING:
+    from .world import World
 
 SERVICE = "notification"
 

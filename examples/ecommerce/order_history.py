@@ -5,10 +5,14 @@ Adding it changed no other service: that is choreography's promise.
 
 from __future__ import annotations
 
-from flowkit import Choreography, Context, Event
+from typing import TYPE_CHECKING
 
 from .events import ConfirmationSent, OrderPlaced, PartnerAssigned, ShipmentPrepared
-from .world import World
+
+if TYPE_CHECKING:
+    from flowkit import Choreography, Context, Event
+
+    from .world import World
 
 SERVICE = "order-history"
 

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
-from flowkit import Choreography, Context
+from typing import TYPE_CHECKING
 
 from .events import CancelShipment, Done, OrderPlaced, PrepareShipment, ShipmentPrepared
-from .world import World
+
+if TYPE_CHECKING:
+    from flowkit import Choreography, Context
+
+    from .world import World
 
 SERVICE = "seller"
 
@@ -23,9 +27,7 @@ def register(bus: Choreography, world: World) -> None:
 
     @bus.on(OrderPlaced, service=SERVICE, emits=[ShipmentPrepared])
     async def on_order_placed(event: OrderPlaced, ctx: Context) -> None:
-        parcel = await prepare_shipment(
-            world, event.order_id, event.seller_id, ctx.idempotency_key
-        )
+        parcel = await prepare_shipment(world, event.order_id, event.seller_id, ctx.idempotency_key)
         await ctx.publish(
             ShipmentPrepared(order_id=event.order_id, seller_id=event.seller_id, parcel_id=parcel)
         )

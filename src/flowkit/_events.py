@@ -8,18 +8,20 @@ nothing else is ever decoded from a transport.
 
 from __future__ import annotations
 
-import os
+import random
 import threading
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, NotRequired, TypeVar
 
-from pydantic import BaseModel, ConfigDict, ValidationError
-from pydantic_core import from_json, to_json
+from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
+from pydantic_core import to_json
+from typing_extensions import TypedDict
 
 from ._errors import DecodeError, DefinitionError
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
 
 __all__ = [
     "Command",
@@ -72,8 +74,8 @@ R = TypeVar("R", bound=Message)
 class Command(Message, Generic[R]):
     """A request for one service to act, answered by a reply of type ``R``::
 
-        class ReserveStock(Command[StockReserved]):
-            order_id: str
+    class ReserveStock(Command[StockReserved]):
+        order_id: str
     """
 
 
@@ -105,6 +107,23 @@ def reply_type_of(command: type[Command[Any]]) -> type[Message]:
 _id_lock = threading.Lock()
 _last_ms = 0
 _counter = 0
+_rand = random.SystemRandom().getrandbits(64)  # per-process seed mixed into every id
+
+
+def _next_id_parts() -> tuple[int, int]:
+    global _last_ms, _counter
+    with _id_lock:
+        ms = time.time_ns() // 1_000_000
+        if ms > _last_ms:
+            _last_ms = ms
+            _counter = random.getrandbits(11)
+        else:
+            _counter += 1
+            if _counter > 0xFFF:  # counter exhausted within this millisecond: borrow the next
+                _last_ms += 1
+                _counter = 0
+            ms = _last_ms
+        return ms, _counter
 
 
 def new_message_id() -> str:
@@ -112,28 +131,33 @@ def new_message_id() -> str:
 
     Ids made in one process sort in the order they were made.
     """
-    global _last_ms, _counter
-    with _id_lock:
-        ms = time.time_ns() // 1_000_000
-        if ms > _last_ms:
-            _last_ms = ms
-            _counter = int.from_bytes(os.urandom(2), "big") & 0x7FF
-        else:
-            _counter += 1
-            if _counter > 0xFFF:  # counter exhausted within this millisecond: borrow the next
-                _last_ms += 1
-                _counter = 0
-            ms = _last_ms
-    rand = int.from_bytes(os.urandom(8), "big") & 0x3FFF_FFFF_FFFF_FFFF
-    value = (ms << 80) | (0x7 << 76) | (_counter << 64) | (0b10 << 62) | rand
-    h = f"{value:032x}"
+    ms, counter = _next_id_parts()
+    return _format_id(ms, counter)
+
+
+def _format_id(ms: int, counter: int) -> str:
+    rand = (random.getrandbits(62) ^ _rand) & 0x3FFF_FFFF_FFFF_FFFF
+    h = f"{(ms << 80) | (0x7 << 76) | (counter << 64) | (0b10 << 62) | rand:032x}"
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+_iso_cache: tuple[int, datetime, str] = (0, datetime.fromtimestamp(0, UTC), "")
+
+
+def _timestamp(ms: int) -> tuple[datetime, str]:
+    """The UTC time of a millisecond timestamp, and its ISO form (cached per millisecond)."""
+    global _iso_cache
+    cached_ms, when, text = _iso_cache
+    if cached_ms != ms:
+        when = datetime.fromtimestamp(ms / 1000, UTC)
+        text = when.isoformat(timespec="milliseconds")
+        _iso_cache = (ms, when, text)
+    return when, text
 
 
 # -- envelope -----------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
 class Envelope:
     """What travels on the wire around a message.
 
@@ -148,14 +172,47 @@ class Envelope:
         payload: the message's fields as JSON data.
     """
 
-    message_id: str
-    type: str
-    version: int
-    correlation_id: str
-    causation_id: str | None
-    occurred_at: datetime
-    headers: Mapping[str, str] = field(default_factory=dict)
-    payload: Mapping[str, Any] = field(default_factory=dict)
+    __slots__ = (
+        "_message",
+        "_payload",
+        "causation_id",
+        "correlation_id",
+        "headers",
+        "message_id",
+        "occurred_at",
+        "type",
+        "version",
+    )
+
+    def __init__(
+        self,
+        message_id: str,
+        type: str,
+        version: int,
+        correlation_id: str,
+        causation_id: str | None,
+        occurred_at: datetime,
+        headers: Mapping[str, str] | None = None,
+        payload: Mapping[str, Any] | None = None,
+        *,
+        message: Message | None = None,
+    ) -> None:
+        self.message_id = message_id
+        self.type = type
+        self.version = version
+        self.correlation_id = correlation_id
+        self.causation_id = causation_id
+        self.occurred_at = occurred_at
+        self.headers: Mapping[str, str] = headers if headers is not None else {}
+        self._payload = payload
+        self._message = message
+
+    @property
+    def payload(self) -> Mapping[str, Any]:
+        """The message's fields as JSON data."""
+        if self._payload is None:
+            self._payload = self._message.model_dump(mode="json") if self._message else {}
+        return self._payload
 
     def to_json(self) -> bytes:
         """The envelope's JSON encoding."""
@@ -168,8 +225,35 @@ class Envelope:
                 "causation_id": self.causation_id,
                 "occurred_at": self.occurred_at.isoformat(),
                 "headers": dict(self.headers),
-                "payload": dict(self.payload),
+                "payload": self.payload,
             }
+        )
+
+    def _key(self) -> tuple[Any, ...]:
+        return (
+            self.message_id,
+            self.type,
+            self.version,
+            self.correlation_id,
+            self.causation_id,
+            self.occurred_at,
+            dict(self.headers),
+            dict(self.payload),
+        )
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Envelope):
+            return NotImplemented
+        return self._key() == other._key()
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return (
+            f"Envelope(message_id={self.message_id!r}, type={self.type!r}, "
+            f"version={self.version}, correlation_id={self.correlation_id!r}, "
+            f"causation_id={self.causation_id!r}, occurred_at={self.occurred_at.isoformat()!r}, "
+            f"headers={dict(self.headers)!r})"
         )
 
 
@@ -193,36 +277,53 @@ def encode(
     Returns:
         The envelope and its encoded bytes.
     """
-    mid = message_id or new_message_id()
+    ms, counter = _next_id_parts()
+    mid = message_id or _format_id(ms, counter)
+    occurred, occurred_text = _timestamp(ms)
     cls = type(message)
-    occurred = datetime.now(UTC)
     hdrs = dict(headers) if headers else {}
+    corr = correlation_id or mid
     body = to_json(
         {
             "id": mid,
             "type": cls.__flowkit_type__,
             "version": cls.__flowkit_version__,
-            "correlation_id": correlation_id or mid,
+            "correlation_id": corr,
             "causation_id": causation_id,
-            "occurred_at": occurred.isoformat(),
+            "occurred_at": occurred_text,
             "headers": hdrs,
             "payload": message,
         }
     )
     envelope = Envelope(
-        message_id=mid,
-        type=cls.__flowkit_type__,
-        version=cls.__flowkit_version__,
-        correlation_id=correlation_id or mid,
-        causation_id=causation_id,
-        occurred_at=occurred,
-        headers=hdrs,
-        payload=message.model_dump(mode="json"),
+        mid,
+        cls.__flowkit_type__,
+        cls.__flowkit_version__,
+        corr,
+        causation_id,
+        occurred,
+        hdrs,
+        message=message,
     )
     return envelope, body
 
 
-_ENVELOPE_KEYS = ("id", "type", "version", "correlation_id", "occurred_at", "payload")
+class _WireEnvelope(TypedDict):
+    """The JSON shape of an envelope, checked in one pass by pydantic-core."""
+
+    __pydantic_config__ = ConfigDict(strict=True)  # type: ignore[misc]
+
+    id: str
+    type: str
+    version: int
+    correlation_id: str
+    causation_id: NotRequired[str | None]
+    occurred_at: str
+    headers: NotRequired[dict[str, str]]
+    payload: dict[str, Any]
+
+
+_WIRE = TypeAdapter(_WireEnvelope)
 
 
 def decode_envelope(body: bytes) -> Envelope:
@@ -232,38 +333,27 @@ def decode_envelope(body: bytes) -> Envelope:
         DecodeError: ``kind="json"`` or ``kind="envelope"``.
     """
     try:
-        data = from_json(body)
-    except ValueError as exc:
-        raise DecodeError("json", str(exc)) from exc
-    return _envelope_from(data)
-
-
-def _envelope_from(data: Any) -> Envelope:
-    if not isinstance(data, dict):
-        raise DecodeError("envelope", f"expected a JSON object, got {type(data).__name__}")
-    missing = [k for k in _ENVELOPE_KEYS if k not in data]
-    if missing:
-        raise DecodeError("envelope", f"missing field(s): {', '.join(missing)}")
+        data = _WIRE.validate_json(body)
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        if first["type"] == "json_invalid":
+            raise DecodeError("json", str(first["msg"])) from exc
+        where = ".".join(str(p) for p in first["loc"]) or "body"
+        raise DecodeError("envelope", f"{where}: {first['msg']}") from exc
     try:
-        mid, type_, version = data["id"], data["type"], data["version"]
-        corr, cause = data["correlation_id"], data.get("causation_id")
-        headers, payload = data.get("headers") or {}, data["payload"]
-        if not (isinstance(mid, str) and isinstance(type_, str) and isinstance(corr, str)):
-            raise TypeError("id, type and correlation_id must be strings")
-        if not isinstance(version, int) or isinstance(version, bool):
-            raise TypeError("version must be an integer")
-        if cause is not None and not isinstance(cause, str):
-            raise TypeError("causation_id must be a string or null")
-        if not isinstance(headers, dict) or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in headers.items()
-        ):
-            raise TypeError("headers must map strings to strings")
-        if not isinstance(payload, dict):
-            raise TypeError("payload must be a JSON object")
         occurred = datetime.fromisoformat(data["occurred_at"])
-    except (TypeError, ValueError) as exc:
-        raise DecodeError("envelope", str(exc), type_name=data.get("type")) from exc
-    return Envelope(mid, type_, version, corr, cause, occurred, headers, payload)
+    except ValueError as exc:
+        raise DecodeError("envelope", f"occurred_at: {exc}", type_name=data["type"]) from exc
+    return Envelope(
+        data["id"],
+        data["type"],
+        data["version"],
+        data["correlation_id"],
+        data.get("causation_id"),
+        occurred,
+        data.get("headers", {}),
+        data["payload"],
+    )
 
 
 M = TypeVar("M", bound=Message)

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import logging
 import traceback
-from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AsyncExitStack
 from datetime import UTC, datetime
-from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, Self, TypeVar
 
 import anyio
@@ -32,14 +30,17 @@ from .._events import (
     new_message_id,
     validate_payload,
 )
-from .._retry import Retry
 from ..stores._base import DeadLetter
 from ._context import IDEMPOTENCY_KEY_HEADER, Context
 from ._handlers import HandlerFunc, HandlerSpec, make_spec
 
 if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable, Mapping, Sequence
+    from types import TracebackType
+
     from anyio.abc import TaskGroup
 
+    from .._retry import Retry
     from ..stores._base import StateStore
     from ..transports._base import Delivery, Subscription, Transport
 
@@ -114,6 +115,7 @@ class Choreography:
         self._handlers: list[HandlerSpec] = []
         self._running: _Run | None = None
         self._fallback_store: StateStore | None = None
+        self._fallback_open: anyio.Event | None = None
         self._decoded: dict[bytes, tuple[Envelope, Message]] = {}
         self._inflight: set[tuple[str, str]] = set()
         self._pending: dict[str, _PendingReply] = {}
@@ -305,13 +307,18 @@ class Choreography:
             )
         return running
 
-    def _dead_letter_store(self) -> StateStore:
+    async def _dead_letter_store(self) -> StateStore:
         if self._store is not None:
             return self._store
         if self._fallback_store is None:
             from ..stores._memory import MemoryStore
 
             self._fallback_store = MemoryStore()
+            self._fallback_open = anyio.Event()
+            await self._fallback_store.__aenter__()  # in memory: open for the bus's lifetime
+            self._fallback_open.set()
+        elif self._fallback_open is not None:
+            await self._fallback_open.wait()
         return self._fallback_store
 
     # -- sending ---------------------------------------------------------------
@@ -468,7 +475,7 @@ class Choreography:
             topic: only those of one message type.
             limit: at most this many.
         """
-        return await self._dead_letter_store().list_dead_letters(
+        return await (await self._dead_letter_store()).list_dead_letters(
             consumer=consumer, topic=topic, limit=limit
         )
 
@@ -483,7 +490,7 @@ class Choreography:
             BusNotStarted: if the bus is not running.
         """
         self._require_running()
-        store = self._dead_letter_store()
+        store = await self._dead_letter_store()
         letter = await store.get_dead_letter(letter_id)
         headers = {
             k: v for k, v in letter.headers.items() if k not in (TARGET_HEADER, REPLAY_HEADER)
@@ -496,9 +503,6 @@ class Choreography:
     # -- consuming -------------------------------------------------------------
 
     def _decode(self, body: bytes, spec: HandlerSpec) -> tuple[Envelope, Message]:
-        cached = self._decoded.get(body)
-        if cached is not None and type(cached[1]) is spec.message_type:
-            return cached
         envelope = decode_envelope(body)
         message = validate_payload(envelope, spec.message_type)
         if len(self._decoded) >= _DECODE_CACHE_SIZE:
@@ -526,6 +530,8 @@ class Choreography:
                         worker.busy = False
             finally:
                 running.workers.discard(worker)
+                if running.stopping and not running.workers:
+                    running.workers_gone.set()
                 with anyio.CancelScope(shield=True):
                     await _close_quietly(sub)
             if running.stopping:
@@ -550,18 +556,23 @@ class Choreography:
 
     async def _process(self, spec: HandlerSpec, delivery: Delivery) -> None:
         headers = delivery.headers
-        if headers:
-            target = headers.get(TARGET_HEADER)
-            if target is not None and target != spec.consumer:
-                await delivery.ack()  # a replay meant for another consumer
-                return
-        try:
-            envelope, message = self._decode(delivery.body, spec)
-        except DecodeError as exc:
-            logger.error("consumer %s dead-lettered an undecodable message: %s", spec.consumer, exc)
-            if await self._give_up(spec, delivery, exc, None, attempts=0):
-                await self._reply_failure(spec, delivery, None, exc, retryable=False)
+        if headers and TARGET_HEADER in headers and headers[TARGET_HEADER] != spec.consumer:
+            await delivery.ack()  # a replay meant for another consumer
             return
+        body = delivery.body
+        cached = self._decoded.get(body)
+        if cached is not None and type(cached[1]) is spec.message_type:
+            envelope, message = cached
+        else:
+            try:
+                envelope, message = self._decode(body, spec)
+            except DecodeError as exc:
+                logger.error(
+                    "consumer %s dead-lettered an undecodable message: %s", spec.consumer, exc
+                )
+                if await self._give_up(spec, delivery, exc, None, attempts=0):
+                    await self._reply_failure(spec, delivery, None, exc, retryable=False)
+                return
         key: tuple[str, str] | None = None
         store = self._store
         if store is not None and spec.kind == "event":
@@ -570,72 +581,76 @@ class Choreography:
                 await delivery.ack()  # a duplicate: already handled or being handled
                 return
             self._inflight.add(key)
-        try:
-            await self._attempt(spec, delivery, envelope, message, store, key)
-        finally:
-            if key is not None:
-                self._inflight.discard(key)
-
-    async def _attempt(
-        self,
-        spec: HandlerSpec,
-        delivery: Delivery,
-        envelope: Envelope,
-        message: Message,
-        store: StateStore | None,
-        key: tuple[str, str] | None,
-    ) -> None:
         attempt = delivery.attempt
         ctx = Context(self, spec, envelope, attempt)
         try:
-            if spec.timeout is None:
-                result = await self._call(spec, message, ctx)
+            if spec.timeout is None and spec.takes_context:
+                result = await spec.func(message, ctx)
             else:
-                with anyio.fail_after(spec.timeout) as scope:
-                    try:
-                        result = await self._call(spec, message, ctx)
-                    except TimeoutError:
-                        if scope.cancel_called:
-                            raise HandlerTimeout(
-                                f"handler {spec.consumer} exceeded its timeout of {spec.timeout}s"
-                            ) from None
-                        raise
+                result = await self._call(spec, message, ctx)
             if spec.kind == "command":
                 await self._reply(spec, delivery, envelope, result)
             if key is not None and store is not None:
                 await store.inbox_add(*key)
         except Exception as exc:
-            if spec.retry.should_retry(exc, attempt):
-                delay = spec.retry.delay(attempt)
-                ctx.logger.warning(
-                    "attempt %d of %s failed (%s: %s); retrying in %.3fs",
-                    attempt,
-                    spec.consumer,
-                    type(exc).__name__,
-                    exc,
-                    delay,
-                )
-                await delivery.nack(delay)
-                return
-            ctx.logger.error(
-                "%s gave up on message %s after %d attempt(s): %s: %s",
-                spec.consumer,
-                envelope.message_id,
-                attempt,
-                type(exc).__name__,
-                exc,
-            )
-            if await self._give_up(spec, delivery, exc, envelope, attempts=attempt):
-                await self._reply_failure(
-                    spec, delivery, envelope, exc, retryable=spec.retry.is_retryable(exc)
-                )
-            return
-        await delivery.ack()
+            await self._failed(spec, delivery, envelope, ctx, exc)
+        else:
+            await delivery.ack()
+        finally:
+            if key is not None:
+                self._inflight.discard(key)
 
     async def _call(self, spec: HandlerSpec, message: Message, ctx: Context) -> Any:
-        if spec.takes_context:
-            return await spec.func(message, ctx)
-        return await spec.func(message)  # type: ignore[call-arg]
+        if spec.timeout is None:
+            if spec.takes_context:
+                return await spec.func(message, ctx)
+            return await spec.func(message)
+        scope: anyio.CancelScope | None = None
+        try:
+            with anyio.fail_after(spec.timeout) as scope:
+                if spec.takes_context:
+                    return await spec.func(message, ctx)
+                return await spec.func(message)
+        except TimeoutError:
+            if scope is not None and scope.cancelled_caught:
+                raise HandlerTimeout(
+                    f"handler {spec.consumer} exceeded its timeout of {spec.timeout}s"
+                ) from None
+            raise
+
+    async def _failed(
+        self,
+        spec: HandlerSpec,
+        delivery: Delivery,
+        envelope: Envelope,
+        ctx: Context,
+        exc: Exception,
+    ) -> None:
+        attempt = ctx.attempt
+        if spec.retry.should_retry(exc, attempt):
+            delay = spec.retry.delay(attempt)
+            ctx.logger.warning(
+                "attempt %d of %s failed (%s: %s); retrying in %.3fs",
+                attempt,
+                spec.consumer,
+                type(exc).__name__,
+                exc,
+                delay,
+            )
+            await delivery.nack(delay)
+            return
+        ctx.logger.error(
+            "%s gave up on message %s after %d attempt(s): %s: %s",
+            spec.consumer,
+            envelope.message_id,
+            attempt,
+            type(exc).__name__,
+            exc,
+        )
+        if await self._give_up(spec, delivery, exc, envelope, attempts=attempt):
+            await self._reply_failure(
+                spec, delivery, envelope, exc, retryable=spec.retry.is_retryable(exc)
+            )
 
     async def _give_up(
         self,
@@ -662,7 +677,7 @@ class Choreography:
             message_id=envelope.message_id if envelope is not None else None,
         )
         try:
-            await self._dead_letter_store().add_dead_letter(letter)
+            await (await self._dead_letter_store()).add_dead_letter(letter)
         except Exception:
             logger.exception("could not keep a dead letter for %s; redelivering", spec.consumer)
             await delivery.nack(1.0)
@@ -730,6 +745,7 @@ class _Run:
         self.services = services
         self.stopping = False
         self.workers: set[_Worker] = set()
+        self.workers_gone = anyio.Event()
         self.subscriptions: list[Subscription] = []
         self._stack: AsyncExitStack | None = None
         self._task_group: TaskGroup | None = None
@@ -794,9 +810,9 @@ class _Run:
                 await _close_quietly(worker.sub)
         for sub in self.subscriptions:
             await _close_quietly(sub)
-        with anyio.move_on_after(self.bus._stop_grace):
-            while self.workers:
-                await anyio.sleep(0.01)
+        if self.workers:
+            with anyio.move_on_after(self.bus._stop_grace):
+                await self.workers_gone.wait()
         if self.workers:
             logger.warning(
                 "%d handler(s) still running after %.1fs; cancelling them (their messages "
@@ -818,4 +834,3 @@ def _qualname(exc: BaseException) -> str:
     cls = type(exc)
     module = cls.__module__
     return cls.__qualname__ if module == "builtins" else f"{module}.{cls.__qualname__}"
-

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Mapping
 from typing import TYPE_CHECKING, TypeVar
 
 from .._errors import DefinitionError
 from .._events import Command, Envelope, Event, Message
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from ._bus import Choreography
     from ._handlers import HandlerSpec
 
@@ -29,9 +30,7 @@ def derive_message_id(cause_id: str, consumer: str, index: int) -> str:
     drop the duplicates. The id keeps the cause's millisecond timestamp (so ids
     stay time-ordered) and the UUIDv7 layout.
     """
-    digest = hashlib.blake2b(
-        f"{cause_id}|{consumer}|{index}".encode(), digest_size=10
-    ).hexdigest()
+    digest = hashlib.blake2b(f"{cause_id}|{consumer}|{index}".encode(), digest_size=10).hexdigest()
     prefix = cause_id.replace("-", "")[:12]
     h = f"{prefix}7{digest[:3]}{(0x8 | (int(digest[3], 16) & 0x3)):x}{digest[4:19]}"
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:32]}"
@@ -45,10 +44,9 @@ class Context:
         attempt: which delivery attempt this is (1 for the first).
         service: the service the handler belongs to.
         handler: the handler's name.
-        logger: a logger whose records carry the service, handler and message ids.
     """
 
-    __slots__ = ("_bus", "_published", "_spec", "attempt", "envelope", "logger")
+    __slots__ = ("_bus", "_logger", "_published", "_spec", "attempt", "envelope")
 
     def __init__(
         self, bus: Choreography, spec: HandlerSpec, envelope: Envelope, attempt: int
@@ -56,17 +54,24 @@ class Context:
         self._bus = bus
         self._spec = spec
         self._published = 0
+        self._logger: logging.LoggerAdapter[logging.Logger] | None = None
         self.envelope = envelope
         self.attempt = attempt
-        self.logger = logging.LoggerAdapter(
-            logging.getLogger(f"flowkit.service.{spec.service}"),
-            {
-                "service": spec.service,
-                "handler": spec.name,
-                "message_id": envelope.message_id,
-                "correlation_id": envelope.correlation_id,
-            },
-        )
+
+    @property
+    def logger(self) -> logging.LoggerAdapter[logging.Logger]:
+        """A logger whose records carry the service, handler and message ids."""
+        if self._logger is None:
+            self._logger = logging.LoggerAdapter(
+                logging.getLogger(f"flowkit.service.{self._spec.service}"),
+                {
+                    "service": self._spec.service,
+                    "handler": self._spec.name,
+                    "message_id": self.envelope.message_id,
+                    "correlation_id": self.envelope.correlation_id,
+                },
+            )
+        return self._logger
 
     @property
     def service(self) -> str:
@@ -117,7 +122,11 @@ class Context:
         )
 
     async def request(
-        self, command: Command[R], *, timeout: float = 30.0, headers: Mapping[str, str] | None = None
+        self,
+        command: Command[R],
+        *,
+        timeout: float = 30.0,
+        headers: Mapping[str, str] | None = None,
     ) -> R:
         """Send a command to the service that handles it and await its reply.
 
@@ -136,5 +145,3 @@ class Context:
             f"Context(service={self.service!r}, handler={self.handler!r}, "
             f"message_id={self.envelope.message_id!r}, attempt={self.attempt})"
         )
-
-

@@ -7,18 +7,15 @@ import re
 import typing
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from .._errors import DefinitionError
 from .._events import Command, Event, Message, reply_type_of
 from .._retry import Retry
 
-if TYPE_CHECKING:
-    from ._context import Context
-
 __all__ = ["HandlerFunc", "HandlerSpec", "make_spec"]
 
-HandlerFunc = Callable[[Any, "Context"], Awaitable[Any]]
+HandlerFunc = Callable[..., Awaitable[Any]]
 
 _SERVICE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
@@ -89,7 +86,7 @@ def make_spec(
             f"{decorator}({message_type!r}) on {where}: expected a subclass of "
             f"flowkit.{base.__name__}"
         )
-    reply_type = reply_type_of(message_type) if kind == "command" else None
+    reply_type = reply_type_of(message_type) if issubclass(message_type, Command) else None
     if not isinstance(service, str) or not _SERVICE_RE.match(service):
         raise DefinitionError(
             f"{decorator} on {where}: service must be a non-empty name of letters, digits, "

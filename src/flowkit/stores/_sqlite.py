@@ -60,8 +60,12 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Collection, Mapping
     from types import TracebackType
 
+    import trio
+
     #: Schedules ``callback(calls)`` on an event loop, from any thread.
     _Post: TypeAlias = Callable[[Callable[[list["_Call"]], None], list["_Call"]], object]
+    #: What a caller waits on: set on its own event loop once its call is done.
+    _Done: TypeAlias = asyncio.Future[None] | trio.Event
 
 __all__ = ["SCHEMA_VERSION", "SQLiteStore"]
 
@@ -202,9 +206,12 @@ def _utc(value: datetime, what: str) -> datetime:
     return value.astimezone(UTC)
 
 
+_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
 def _encode_state(state: Mapping[str, Any]) -> str:
     try:
-        return json.dumps(dict(state), separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        return _JSON.encode(dict(state))
     except (TypeError, ValueError) as exc:
         raise StoreError(f"workflow state is not JSON-serializable: {exc}") from exc
 
@@ -410,18 +417,30 @@ def _op_stop(conn: sqlite3.Connection) -> None:
 # -- the bridge between event loops and the writer thread ------------------------
 
 
-def _current_poster() -> _Post:
-    """How another thread schedules a callback on the running event loop."""
+def _new_waiter() -> tuple[_Post, _Done]:
+    """How the writer thread will wake the current task, and what the task waits on.
+
+    The running event loop's own primitives are used (an asyncio future or a
+    trio event, set through ``call_soon_threadsafe`` or a trio token), which
+    costs a few microseconds less per call than a generic event.
+    """
     if "trio" in sys.modules:
         import trio
 
         if trio.lowlevel.in_trio_run():
-            return trio.lowlevel.current_trio_token().run_sync_soon
+            return trio.lowlevel.current_trio_token().run_sync_soon, trio.Event()
     try:
         loop = asyncio.get_running_loop()
     except RuntimeError:
         raise StoreError("SQLiteStore must be used from an asyncio or trio event loop") from None
-    return loop.call_soon_threadsafe
+    return loop.call_soon_threadsafe, loop.create_future()
+
+
+async def _wait(done: _Done) -> None:
+    if isinstance(done, asyncio.Future):
+        await done
+    else:
+        await done.wait()
 
 
 class _Call:
@@ -429,19 +448,11 @@ class _Call:
 
     __slots__ = ("abandoned", "args", "done", "error", "fn", "post", "result", "write")
 
-    def __init__(
-        self,
-        fn: Callable[..., Any],
-        args: tuple[Any, ...],
-        *,
-        write: bool,
-        post: _Post,
-    ) -> None:
+    def __init__(self, fn: Callable[..., Any], args: tuple[Any, ...], *, write: bool) -> None:
         self.fn = fn
         self.args = args
         self.write = write
-        self.post = post
-        self.done = anyio.Event()
+        self.post, self.done = _new_waiter()
         self.result: Any = None
         self.error: BaseException | None = None
         self.abandoned = False
@@ -449,7 +460,12 @@ class _Call:
 
 def _set_done(calls: list[_Call]) -> None:
     for call in calls:
-        call.done.set()
+        done = call.done
+        if isinstance(done, asyncio.Future):
+            if not done.done():  # not cancelled
+                done.set_result(None)
+        else:
+            done.set()
 
 
 def _wake(calls: list[_Call]) -> None:
@@ -502,7 +518,7 @@ class _Writer:
 
     def start(self) -> _Call:
         """Start the thread; the returned call is done once the database is open."""
-        opener = _Call(_op_open, (), write=False, post=_current_poster())
+        opener = _Call(_op_open, (), write=False)
         self.queue.put(opener)
         self.thread.start()
         return opener
@@ -687,10 +703,10 @@ class SQLiteStore:
             raise StoreError(
                 f"the SQLite store {self._path!r} is not open; use `async with store:` first"
             )
-        call = _Call(fn, args, write=write, post=_current_poster())
+        call = _Call(fn, args, write=write)
         writer.submit(call)
         try:
-            await call.done.wait()
+            await _wait(call.done)
         except BaseException:
             call.abandoned = True  # skipped unless the writer already started it
             raise
@@ -757,7 +773,7 @@ class SQLiteStore:
         """
         failed_at = _timestamp(_utc(letter.failed_at, "DeadLetter.failed_at"))
         try:
-            headers = json.dumps(dict(letter.headers), separators=(",", ":"), ensure_ascii=False)
+            headers = _JSON.encode(dict(letter.headers))
         except (TypeError, ValueError) as exc:
             raise StoreError(f"dead letter headers are not JSON-serializable: {exc}") from exc
         row: _LetterRow = (
@@ -987,7 +1003,7 @@ class SQLiteStore:
             self._writer, self._opener = writer, opener
         # Shielded: a cancelled enter must not leave a half-open database behind.
         with anyio.CancelScope(shield=True):
-            await opener.done.wait()
+            await _wait(opener.done)
         if opener.error is not None:
             if self._writer is writer:
                 self._writer = self._opener = None
@@ -998,14 +1014,14 @@ class SQLiteStore:
         if writer is None:
             return
         self._writer = self._opener = None
-        stop = _Call(_op_stop, (), write=False, post=_current_poster())
+        stop = _Call(_op_stop, (), write=False)
         with anyio.CancelScope(shield=True):
             try:
                 writer.submit(stop)
             except StoreError:
                 pass  # the thread already stopped
             else:
-                await stop.done.wait()
+                await _wait(stop.done)
             await anyio.to_thread.run_sync(writer.thread.join)
         if stop.error is not None:
             raise stop.error

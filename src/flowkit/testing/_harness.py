@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -16,6 +15,7 @@ from ..transports._memory import InMemoryTransport
 from ._faults import FaultyTransport
 
 if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Callable, Iterable, Mapping
     from types import TracebackType
 
     from ..choreography import Choreography, Context
@@ -184,7 +184,7 @@ class BusHarness:
         quiet = 0
         with anyio.move_on_after(timeout):
             while True:
-                if self.transport.outstanding() == 0 and self.faults.held() == 0:
+                if self.transport.outstanding() == 0:
                     quiet += 1
                     if quiet >= 3:
                         return
@@ -199,7 +199,11 @@ class BusHarness:
     # -- handler faults ----------------------------------------------------------
 
     def fail_handler(
-        self, handler: str | Callable[..., Any], *, times: int = 1, error: BaseException | None = None
+        self,
+        handler: str | Callable[..., Any],
+        *,
+        times: int = 1,
+        error: BaseException | None = None,
     ) -> None:
         """Make a handler raise on its next ``times`` calls, before it runs.
 
@@ -235,7 +239,7 @@ class BusHarness:
                 raise fault.error
             if spec.takes_context:
                 return await original(message, ctx)
-            return await original(message)  # type: ignore[call-arg]
+            return await original(message)
 
         with_faults.__wrapped__ = original  # type: ignore[attr-defined]
         return dataclasses.replace(spec, func=with_faults, takes_context=True)

@@ -10,12 +10,15 @@ They are async fixtures: use them from tests run by anyio's pytest plugin.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 
 import pytest
 
 from ..stores._memory import MemoryStore
 from ..transports._memory import InMemoryTransport
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
 
 
 @pytest.fixture

@@ -319,6 +319,23 @@ class InMemoryTransport:
         """How many undelivered messages a group holds before publishers wait."""
         return self._max_buffer
 
+    def outstanding(self) -> int:
+        """How many deliveries are not settled yet, over every group.
+
+        Counts the messages ready for delivery, those waiting out a nack
+        delay, and those delivered but neither acked nor nacked. Zero means
+        every consumer is done with everything published so far.
+        """
+        state = self._state
+        if state is None:
+            return 0
+        return sum(
+            len(group.ready)
+            + len(group.delayed)
+            + sum(len(sub._in_flight) for sub in group.subscriptions)
+            for group in state.groups.values()
+        )
+
     async def publish(
         self, topic: str, body: bytes, headers: Mapping[str, str] | None = None
     ) -> None:

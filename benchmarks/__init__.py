@@ -1,0 +1,1 @@
+"""flowkit's benchmarks: `make bench` (or `python -m benchmarks`) runs them all."""

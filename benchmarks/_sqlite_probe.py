@@ -1,0 +1,108 @@
+"""A quick probe of SQLiteStore's write rate against raw sqlite3 commits.
+
+Run with ``python benchmarks/_sqlite_probe.py [--seconds 2] [--backend asyncio]``.
+It prints, for ``synchronous=NORMAL`` in WAL mode:
+
+* raw sqlite3 single-row commits/s (one UPDATE per transaction, no event loop);
+* ``SQLiteStore.save_workflow`` calls/s, one after another;
+* ``SQLiteStore.save_workflow`` calls/s from 100 concurrent tasks (one workflow each);
+
+and each store figure as a ratio of the raw rate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sqlite3
+import tempfile
+import time
+
+import anyio
+
+from flowkit.stores import SQLiteStore, WorkflowRecord
+
+STATE = {
+    "input": {"order_id": "o-123", "amount": 4200, "items": ["a", "b", "c"]},
+    "steps": [{"name": "reserve", "status": "DONE", "attempts": 1}],
+    "history": ["started", "reserve.done"],
+}
+
+
+def raw_commits_per_second(path: str, seconds: float) -> float:
+    """Single-row UPDATE commits per second with plain sqlite3 (WAL, NORMAL)."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("PRAGMA synchronous = NORMAL")
+    conn.execute(
+        "CREATE TABLE raw (id TEXT PRIMARY KEY, status TEXT, version INTEGER, state TEXT, "
+        "updated_at TEXT)"
+    )
+    conn.execute("INSERT INTO raw VALUES ('w', 'RUNNING', 0, '{}', '')")
+    state = json.dumps(STATE)
+    count = 0
+    start = time.perf_counter()
+    deadline = start + seconds
+    while time.perf_counter() < deadline:
+        for _ in range(100):
+            conn.execute(
+                "UPDATE raw SET status = ?, state = ?, version = version + 1, updated_at = ? "
+                "WHERE id = ? AND version = ?",
+                ("RUNNING", state, "2024-01-01T00:00:00.000000+00:00", "w", count),
+            )
+            count += 1
+    elapsed = time.perf_counter() - start
+    conn.close()
+    return count / elapsed
+
+
+async def store_saves_per_second(path: str, seconds: float, tasks: int) -> float:
+    """``save_workflow`` calls per second from ``tasks`` concurrent tasks."""
+    count = 0
+    async with SQLiteStore(path) as store:
+
+        async def worker(index: int) -> None:
+            nonlocal count
+            record, _ = await store.create_workflow(
+                WorkflowRecord(id=f"w{tasks}-{index}", name="probe", status="RUNNING", state=STATE)
+            )
+            while time.perf_counter() < deadline:
+                record = await store.save_workflow(record)
+                count += 1
+
+        start = time.perf_counter()
+        deadline = start + seconds
+        async with anyio.create_task_group() as tg:
+            for index in range(tasks):
+                tg.start_soon(worker, index)
+        elapsed = time.perf_counter() - start
+    return count / elapsed
+
+
+def main() -> None:
+    """Run the probe and print the figures."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=2.0, help="per measurement")
+    parser.add_argument("--backend", default="asyncio", choices=["asyncio", "trio"])
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        raw = raw_commits_per_second(os.path.join(tmp, "raw.db"), args.seconds)
+        print(f"raw sqlite3 single-row commits/s       {raw:>10,.0f}")
+        for tasks in (1, 100):
+            rate = anyio.run(
+                store_saves_per_second,
+                os.path.join(tmp, f"store{tasks}.db"),
+                args.seconds,
+                tasks,
+                backend=args.backend,
+            )
+            label = "sequential" if tasks == 1 else f"{tasks} concurrent tasks"
+            print(
+                f"SQLiteStore.save_workflow/s, {label:<20}{rate:>10,.0f}  "
+                f"({rate / raw:.2f} x raw) [{args.backend}]"
+            )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,125 @@
+"""Fan-out throughput: 100,000 events to 3 services on the in-memory transport.
+
+The baseline, measured in the same run, pushes the same payload objects through
+three plain ``asyncio.Queue``s to three consumer tasks. flowkit's figure
+includes JSON encoding on publish, decoding and pydantic validation on receipt,
+the consumer loop and the acks. Target: flowkit >= 0.3 of the baseline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import time
+
+from flowkit import Choreography, Event
+from flowkit.transports import InMemoryTransport
+
+from ._report import report
+
+SERVICES = ("notification", "seller", "logistics")
+
+
+class OrderPlaced(Event):
+    order_id: str
+    user_email: str
+    seller_id: str
+    total: float
+
+
+def payloads(n: int) -> list[OrderPlaced]:
+    return [
+        OrderPlaced(order_id=f"o-{i}", user_email="a@example.com", seller_id="s-9", total=12.5)
+        for i in range(n)
+    ]
+
+
+async def baseline(events: list[OrderPlaced]) -> float:
+    """Plain asyncio fan-out: one queue and one consumer task per service."""
+    n = len(events)
+    queues: list[asyncio.Queue[OrderPlaced]] = [asyncio.Queue(10_000) for _ in SERVICES]
+    counts = [0, 0, 0]
+    done = asyncio.Event()
+
+    async def consume(i: int) -> None:
+        q = queues[i]
+        while True:
+            await q.get()
+            counts[i] += 1
+            if counts[i] == n and all(c == n for c in counts):
+                done.set()
+
+    tasks = [asyncio.create_task(consume(i)) for i in range(len(SERVICES))]
+    start = time.perf_counter()
+    for event in events:
+        for q in queues:
+            await q.put(event)
+    await done.wait()
+    elapsed = time.perf_counter() - start
+    for t in tasks:
+        t.cancel()
+    return n / elapsed
+
+
+async def flowkit_fanout(events: list[OrderPlaced]) -> float:
+    """The same fan-out through the Choreography bus on InMemoryTransport."""
+    n = len(events)
+    bus = Choreography(InMemoryTransport(max_buffer=10_000))
+    counts = dict.fromkeys(SERVICES, 0)
+    done = asyncio.Event()
+    for service in SERVICES:
+
+        @bus.on(OrderPlaced, service=service, name="handle")
+        async def handle(event: OrderPlaced, service: str = service) -> None:
+            counts[service] += 1
+            if counts[service] == n and all(c == n for c in counts.values()):
+                done.set()
+
+    async with bus:
+        start = time.perf_counter()
+        for event in events:
+            await bus.publish(event)
+        await done.wait()
+        elapsed = time.perf_counter() - start
+    return n / elapsed
+
+
+async def main(n: int, repeat: int) -> None:
+    events = payloads(n)
+    base, flow = [], []
+    for _ in range(repeat):
+        base.append(await baseline(events))
+        flow.append(await flowkit_fanout(events))
+    b, f = statistics.median(base), statistics.median(flow)
+    report(
+        "bus_fanout",
+        [
+            {"variant": "asyncio.Queue x3 (baseline)", "events_per_s": b, "ratio": 1.0},
+            {
+                "variant": "flowkit Choreography, InMemoryTransport",
+                "events_per_s": f,
+                "ratio": f / b,
+            },
+        ],
+        {
+            "events": n,
+            "services": len(SERVICES),
+            "repeat": repeat,
+            "statistic": "median",
+            "target_ratio": 0.3,
+            "target_met": f / b >= 0.3,
+        },
+    )
+
+
+def cli(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--events", type=int, default=100_000)
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args(argv)
+    asyncio.run(main(args.events, args.repeat))
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,0 +1,1 @@
+"""A recommendation service that enriches item ids by asking the inventory service."""

@@ -1,0 +1,873 @@
+"""The conformance suite of the state store contract.
+
+Every store, the in-memory one and the database ones alike, must pass it; a
+third-party store proves itself the same way::
+
+    from flowkit.testing import check_store
+
+    @pytest.mark.anyio
+    async def test_my_store() -> None:
+        await check_store(lambda: MyStore(dsn))
+
+or, one test per check::
+
+    @pytest.mark.anyio
+    @pytest.mark.parametrize("name", STORE_CHECKS)
+    async def test_my_store(name: str) -> None:
+        await STORE_CHECKS[name](lambda: MyStore(dsn))
+
+Each check makes a fresh store with the factory and enters it with
+``async with``. Consumers, topics, workflow ids, names and statuses are random
+and every listing is filtered by them, so a persistent database can be reused
+between checks and runs. Each check is bounded in time and uses only the
+public store contract.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import uuid
+from datetime import UTC, datetime, timedelta, timezone
+from typing import TYPE_CHECKING, Any
+
+import anyio
+
+from .._errors import ConcurrencyConflict, NotFound, StoreError, WorkflowNotFound
+from ..stores._base import DeadLetter, StateStore, WorkflowRecord
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
+    _Factory = Callable[[], StateStore]
+
+__all__ = ["STORE_CHECKS", "check_store"]
+
+STORE_CHECKS: dict[str, Callable[[Callable[[], StateStore]], Awaitable[None]]] = {}
+"""Every check by name. Each is called as ``await check(factory)`` and raises
+:class:`AssertionError` naming itself when the store fails it."""
+
+# How long one check may take.
+_CHECK_TIMEOUT = 30.0
+
+
+def _check(
+    func: Callable[[_Factory], Awaitable[None]],
+) -> Callable[[_Factory], Awaitable[None]]:
+    """Register a check under its name, bounded in time, its failures named."""
+    name = func.__name__.removeprefix("_check_")
+
+    @functools.wraps(func)
+    async def run(factory: Callable[[], StateStore]) -> None:
+        try:
+            with anyio.fail_after(_CHECK_TIMEOUT):
+                await func(factory)
+        except Exception as exc:
+            failure: BaseException = exc
+            while isinstance(failure, BaseExceptionGroup):
+                failure = failure.exceptions[0]
+            if isinstance(failure, AssertionError):
+                outcome = f"failed: {failure}"
+            elif isinstance(failure, TimeoutError):
+                outcome = f"timed out after {_CHECK_TIMEOUT}s"
+            else:
+                outcome = f"raised {type(failure).__name__}: {failure}"
+            raise AssertionError(f"store check {name!r} {outcome}") from exc
+
+    STORE_CHECKS[name] = run
+    return run
+
+
+async def check_store(factory: Callable[[], StateStore]) -> None:
+    """Run every check of the state store contract against a store.
+
+    Args:
+        factory: makes a new, unopened store; called once per check (and the
+            store entered with ``async with``). Stores it makes may share their
+            data (one database): the checks do not expect an empty store.
+
+    Raises:
+        AssertionError: if the store fails a check; the message names every
+            check that failed and why, and the first failure is chained.
+    """
+    failures: list[AssertionError] = []
+    for check in STORE_CHECKS.values():
+        try:
+            await check(factory)
+        except AssertionError as exc:
+            failures.append(exc)
+    if failures:
+        lines = "\n".join(f"  - {failure}" for failure in failures)
+        raise AssertionError(
+            f"{len(failures)} of {len(STORE_CHECKS)} store checks failed:\n{lines}"
+        ) from failures[0]
+
+
+# -- helpers ----------------------------------------------------------------------
+
+
+def _name(kind: str) -> str:
+    return f"flowkit-check-{kind}-{uuid.uuid4().hex[:12]}"
+
+
+def _expect(condition: bool, message: str) -> None:
+    if not condition:
+        raise AssertionError(message)
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 160 else f"{text[:120]}...{text[-30:]}"
+
+
+async def _expect_raises(
+    error: type[BaseException], action: Callable[[], Awaitable[object]], what: str
+) -> BaseException:
+    try:
+        result = await action()
+    except error as exc:
+        return exc
+    except Exception as exc:
+        raise AssertionError(
+            f"{what} raised {type(exc).__name__}: {exc}, not {error.__name__}"
+        ) from exc
+    raise AssertionError(f"{what} returned {_short(result)} instead of raising {error.__name__}")
+
+
+def _is_utc(value: datetime | None) -> bool:
+    return value is not None and value.tzinfo is not None and value.utcoffset() == timedelta(0)
+
+
+def _letter(
+    consumer: str,
+    topic: str,
+    *,
+    failed_at: datetime | None = None,
+    body: bytes = b'{"id": "m"}',
+    error: str = "boom",
+    message_id: str | None = None,
+) -> DeadLetter:
+    return DeadLetter(
+        id=_name("letter"),
+        consumer=consumer,
+        topic=topic,
+        body=body,
+        headers={"x-flowkit-attempt": "3", "traceparent": "00-abc-def-01"},
+        error_type="ValueError",
+        error=error,
+        attempts=3,
+        failed_at=failed_at or datetime.now(UTC),
+        message_id=message_id,
+    )
+
+
+def _workflow(
+    name: str, status: str = "RUNNING", state: dict[str, Any] | None = None
+) -> WorkflowRecord:
+    return WorkflowRecord(
+        id=_name("workflow"),
+        name=name,
+        status=status,
+        state={"input": {"n": 1}, "steps": []} if state is None else state,
+    )
+
+
+def _ids(items: list[DeadLetter] | list[WorkflowRecord]) -> list[str]:
+    return [item.id for item in items]
+
+
+def _scribble(value: object) -> None:
+    """Mutate every dict and list reachable from ``value`` (immutable ones are skipped)."""
+    if isinstance(value, dict):
+        for item in list(value.values()):
+            _scribble(item)
+        value["flowkit-check-scribbled"] = True
+    elif isinstance(value, list):
+        for item in value:
+            _scribble(item)
+        value.append("flowkit-check-scribbled")
+
+
+_NESTED_STATE: dict[str, Any] = {
+    "input": {"order_id": "o-1", "amount": 4200, "currency": "EUR"},
+    "steps": [
+        {"name": "reserve", "status": "DONE", "attempts": 1, "result": {"ok": True}},
+        {"name": "charge", "status": "FAILED", "attempts": 3, "result": None},
+    ],
+    "history": [["started", 0], ["reserve.done", 1.5], []],
+    "numbers": {"big": 2**53 + 1, "negative": -7, "float": 0.1, "exp": 1.5e-10, "zero": 0},
+    "flags": [True, False, None],
+    "text": 'héllo wörld ✓ 日本 🎉 "quoted" back\\slash\nnewline',
+    "deep": {"a": {"b": {"c": {"d": [{"e": [1, [2, [3]]]}]}}}},
+    "empty": {"dict": {}, "list": [], "string": ""},
+    "ключ": "значение",
+}
+
+
+# -- instance ---------------------------------------------------------------------
+
+
+@_check
+async def _check_is_a_state_store(factory: _Factory) -> None:
+    store = factory()
+    _expect(
+        isinstance(store, StateStore),
+        f"{type(store).__name__} does not have every method of the StateStore protocol",
+    )
+
+
+# -- inbox --------------------------------------------------------------------------
+
+
+@_check
+async def _check_inbox_add_and_contains(factory: _Factory) -> None:
+    consumer, message_id = _name("consumer"), _name("message")
+    async with factory() as store:
+        _expect(
+            not await store.inbox_contains(consumer, message_id),
+            "inbox_contains is True for a message never added",
+        )
+        _expect(await store.inbox_add(consumer, message_id), "inbox_add of a new pair is not True")
+        _expect(
+            await store.inbox_contains(consumer, message_id),
+            "inbox_contains is False right after inbox_add",
+        )
+        _expect(
+            not await store.inbox_contains(consumer, _name("message")),
+            "inbox_contains is True for another message of the same consumer",
+        )
+
+
+@_check
+async def _check_inbox_duplicate(factory: _Factory) -> None:
+    consumer, message_id = _name("consumer"), _name("message")
+    async with factory() as store:
+        _expect(await store.inbox_add(consumer, message_id), "first inbox_add is not True")
+        _expect(
+            not await store.inbox_add(consumer, message_id),
+            "second inbox_add of the same pair is not False",
+        )
+        _expect(
+            not await store.inbox_add(consumer, message_id),
+            "third inbox_add of the same pair is not False",
+        )
+        _expect(await store.inbox_contains(consumer, message_id), "the pair is no longer there")
+
+
+@_check
+async def _check_inbox_isolated_per_consumer(factory: _Factory) -> None:
+    first, second, message_id = _name("consumer"), _name("consumer"), _name("message")
+    async with factory() as store:
+        await store.inbox_add(first, message_id)
+        _expect(
+            not await store.inbox_contains(second, message_id),
+            "a message handled by one consumer shows as handled by another",
+        )
+        _expect(
+            await store.inbox_add(second, message_id),
+            "inbox_add for a second consumer of the same message is not True",
+        )
+        _expect(
+            not await store.inbox_add(first, message_id),
+            "inbox_add for the first consumer became new again",
+        )
+
+
+# -- dead letters ---------------------------------------------------------------------
+
+
+@_check
+async def _check_dead_letter_round_trip(factory: _Factory) -> None:
+    consumer, topic = _name("consumer"), _name("topic")
+    with_id = _letter(consumer, topic, message_id=_name("message"), error="Traceback...\nboom")
+    without_id = _letter(consumer, topic)
+    async with factory() as store:
+        await store.add_dead_letter(with_id)
+        await store.add_dead_letter(without_id)
+        for letter in (with_id, without_id):
+            got = await store.get_dead_letter(letter.id)
+            _expect(got == letter, f"get_dead_letter returned {_short(got)}, kept {_short(letter)}")
+            _expect(type(got.body) is bytes, f"body came back as {type(got.body).__name__}")
+            _expect(
+                dict(got.headers) == dict(letter.headers),
+                f"headers came back as {_short(got.headers)}",
+            )
+
+
+@_check
+async def _check_dead_letter_bytes_kept_exactly(factory: _Factory) -> None:
+    consumer, topic = _name("consumer"), _name("topic")
+    bodies = [
+        b"",
+        b"\xff\xfe\x80\xc3\x28 not UTF-8 \xed\xa0\x80",
+        b"\x00\x00 NUL bytes \x00",
+        bytes(range(256)),
+        b"\r\n trailing whitespace \t ",
+        uuid.uuid4().bytes * 4096,
+    ]
+    async with factory() as store:
+        letters = []
+        for index, body in enumerate(bodies):
+            letter = _letter(
+                consumer, topic, body=body, failed_at=datetime(2024, 1, 1, 0, 0, index, tzinfo=UTC)
+            )
+            letters.append(letter)
+            await store.add_dead_letter(letter)
+        for letter in letters:
+            got = await store.get_dead_letter(letter.id)
+            _expect(
+                got.body == letter.body,
+                f"body {_short(letter.body)} came back as {_short(got.body)}",
+            )
+        listed = await store.list_dead_letters(consumer=consumer)
+        _expect(
+            [letter.body for letter in listed] == bodies,
+            "list_dead_letters did not return the bodies exactly",
+        )
+
+
+@_check
+async def _check_dead_letter_list_oldest_first(factory: _Factory) -> None:
+    consumer, topic = _name("consumer"), _name("topic")
+    base = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
+    plus_two = timezone(timedelta(hours=2))
+    # Added out of order; one is in another time zone (same instant as base + 1 min).
+    newest = _letter(consumer, topic, failed_at=base + timedelta(minutes=2))
+    oldest = _letter(consumer, topic, failed_at=base)
+    middle = _letter(consumer, topic, failed_at=(base + timedelta(minutes=1)).astimezone(plus_two))
+    async with factory() as store:
+        for letter in (newest, oldest, middle):
+            await store.add_dead_letter(letter)
+        listed = await store.list_dead_letters(consumer=consumer)
+        _expect(
+            _ids(listed) == [oldest.id, middle.id, newest.id],
+            f"list_dead_letters is not oldest first: {[str(d.failed_at) for d in listed]}",
+        )
+
+
+@_check
+async def _check_dead_letter_list_filters(factory: _Factory) -> None:
+    first, second = _name("consumer"), _name("consumer")
+    red, blue = _name("topic"), _name("topic")
+    base = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
+    first_red = _letter(first, red, failed_at=base)
+    first_blue = _letter(first, blue, failed_at=base + timedelta(seconds=1))
+    second_red = _letter(second, red, failed_at=base + timedelta(seconds=2))
+    async with factory() as store:
+        for letter in (first_red, first_blue, second_red):
+            await store.add_dead_letter(letter)
+        cases: list[tuple[str | None, str | None, list[str]]] = [
+            (first, None, [first_red.id, first_blue.id]),
+            (second, None, [second_red.id]),
+            (None, red, [first_red.id, second_red.id]),
+            (None, blue, [first_blue.id]),
+            (first, red, [first_red.id]),
+            (second, blue, []),
+            (_name("consumer"), None, []),
+        ]
+        for consumer, topic, expected in cases:
+            got = _ids(await store.list_dead_letters(consumer=consumer, topic=topic))
+            _expect(
+                got == expected,
+                f"list_dead_letters(consumer={consumer!r}, topic={topic!r}) returned {got}, "
+                f"not {expected}",
+            )
+
+
+@_check
+async def _check_dead_letter_list_limit(factory: _Factory) -> None:
+    consumer, topic = _name("consumer"), _name("topic")
+    base = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
+    letters = [_letter(consumer, topic, failed_at=base + timedelta(seconds=i)) for i in range(5)]
+    async with factory() as store:
+        for letter in reversed(letters):
+            await store.add_dead_letter(letter)
+        expected = _ids(letters)
+        got = _ids(await store.list_dead_letters(consumer=consumer, limit=3))
+        _expect(got == expected[:3], f"limit=3 returned {got}, not the 3 oldest {expected[:3]}")
+        got = _ids(await store.list_dead_letters(consumer=consumer, limit=0))
+        _expect(got == [], f"limit=0 returned {got}")
+        got = _ids(await store.list_dead_letters(consumer=consumer))
+        _expect(got == expected, f"the default limit returned {got}, not all 5")
+
+
+@_check
+async def _check_dead_letter_delete(factory: _Factory) -> None:
+    consumer, topic = _name("consumer"), _name("topic")
+    base = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
+    gone = _letter(consumer, topic, failed_at=base)
+    kept = _letter(consumer, topic, failed_at=base + timedelta(seconds=1))
+    async with factory() as store:
+        await store.add_dead_letter(gone)
+        await store.add_dead_letter(kept)
+        await store.delete_dead_letter(gone.id)
+        await _expect_raises(
+            NotFound, lambda: store.get_dead_letter(gone.id), "get_dead_letter after delete"
+        )
+        listed = _ids(await store.list_dead_letters(consumer=consumer))
+        _expect(listed == [kept.id], f"after one delete, list_dead_letters returned {listed}")
+        await _expect_raises(
+            NotFound, lambda: store.delete_dead_letter(gone.id), "a second delete_dead_letter"
+        )
+        got = await store.get_dead_letter(kept.id)
+        _expect(got == kept, "deleting one letter changed another")
+
+
+@_check
+async def _check_dead_letter_not_found(factory: _Factory) -> None:
+    unknown = _name("letter")
+    async with factory() as store:
+        error = await _expect_raises(
+            NotFound, lambda: store.get_dead_letter(unknown), "get_dead_letter of an unknown id"
+        )
+        _expect(isinstance(error, StoreError), "NotFound is not a StoreError")
+        await _expect_raises(
+            NotFound,
+            lambda: store.delete_dead_letter(unknown),
+            "delete_dead_letter of an unknown id",
+        )
+
+
+@_check
+async def _check_dead_letter_added_twice_kept_once(factory: _Factory) -> None:
+    consumer, topic = _name("consumer"), _name("topic")
+    letter = _letter(consumer, topic, error="first")
+    again = DeadLetter(
+        id=letter.id,
+        consumer=consumer,
+        topic=topic,
+        body=b"other",
+        headers={},
+        error_type="KeyError",
+        error="second",
+        attempts=9,
+        failed_at=letter.failed_at + timedelta(seconds=5),
+    )
+    async with factory() as store:
+        await store.add_dead_letter(letter)
+        await store.add_dead_letter(again)
+        got = await store.get_dead_letter(letter.id)
+        _expect(got == letter, f"adding a letter with a kept id changed it to {_short(got)}")
+        listed = _ids(await store.list_dead_letters(consumer=consumer))
+        _expect(listed == [letter.id], f"a letter added twice is listed as {listed}")
+
+
+# -- workflows ----------------------------------------------------------------------
+
+
+@_check
+async def _check_workflow_create(factory: _Factory) -> None:
+    record = _workflow(_name("name"), state={"input": {"order": "o-1"}, "steps": []})
+    async with factory() as store:
+        stored, created = await store.create_workflow(record)
+        _expect(created, "create_workflow of a new id did not report created=True")
+        _expect(stored.version == 1, f"a new record has version {stored.version}, not 1")
+        _expect(
+            (stored.id, stored.name, stored.status) == (record.id, record.name, record.status),
+            f"create_workflow returned {_short(stored)} for {_short(record)}",
+        )
+        _expect(dict(stored.state) == dict(record.state), f"state came back as {stored.state}")
+        _expect(
+            stored.created_at is not None and stored.updated_at is not None,
+            "create_workflow did not set created_at and updated_at",
+        )
+        loaded = await store.load_workflow(record.id)
+        _expect(loaded == stored, f"load_workflow returned {_short(loaded)}, not {_short(stored)}")
+
+
+@_check
+async def _check_workflow_create_is_idempotent(factory: _Factory) -> None:
+    record = _workflow(_name("name"), state={"first": True})
+    other = WorkflowRecord(
+        id=record.id, name=_name("name"), status="OTHER", state={"second": True}, version=7
+    )
+    async with factory() as store:
+        first, created = await store.create_workflow(record)
+        _expect(created, "the first create_workflow did not report created=True")
+        second, created = await store.create_workflow(other)
+        _expect(not created, "a second create_workflow of the same id reported created=True")
+        _expect(
+            second == first,
+            f"a second create_workflow returned {_short(second)}, not the existing record",
+        )
+        loaded = await store.load_workflow(record.id)
+        _expect(loaded == first, f"a second create_workflow changed the record: {_short(loaded)}")
+
+
+@_check
+async def _check_workflow_save_increments_version(factory: _Factory) -> None:
+    async with factory() as store:
+        record, _ = await store.create_workflow(_workflow(_name("name"), state={"step": 0}))
+        previous = record
+        for step in (1, 2):
+            saved = await store.save_workflow(
+                WorkflowRecord(
+                    id=record.id,
+                    name=record.name,
+                    status=f"STEP{step}",
+                    state={"step": step},
+                    version=previous.version,
+                )
+            )
+            _expect(
+                saved.version == previous.version + 1,
+                f"save at version {previous.version} returned version {saved.version}",
+            )
+            _expect(
+                (saved.status, dict(saved.state)) == (f"STEP{step}", {"step": step}),
+                f"save returned {_short(saved)}",
+            )
+            _expect(saved.created_at == record.created_at, "save changed created_at")
+            _expect(
+                saved.updated_at is not None
+                and previous.updated_at is not None
+                and saved.updated_at >= previous.updated_at,
+                "save did not move updated_at forward",
+            )
+            loaded = await store.load_workflow(record.id)
+            _expect(loaded == saved, f"load after save returned {_short(loaded)}, not {saved}")
+            previous = saved
+        _expect(previous.version == 3, f"two saves after create left version {previous.version}")
+
+
+@_check
+async def _check_workflow_stale_save_conflicts(factory: _Factory) -> None:
+    async with factory() as store:
+        record, _ = await store.create_workflow(_workflow(_name("name"), state={"v": 1}))
+        fresh = await store.save_workflow(
+            WorkflowRecord(record.id, record.name, "RUNNING", {"v": 2}, version=record.version)
+        )
+        stale = WorkflowRecord(record.id, record.name, "STALE", {"v": "stale"}, record.version)
+        error = await _expect_raises(
+            ConcurrencyConflict, lambda: store.save_workflow(stale), "a save at a stale version"
+        )
+        _expect(isinstance(error, StoreError), "ConcurrencyConflict is not a StoreError")
+        ahead = WorkflowRecord(record.id, record.name, "AHEAD", {"v": "ahead"}, version=99)
+        await _expect_raises(
+            ConcurrencyConflict, lambda: store.save_workflow(ahead), "a save at a future version"
+        )
+        loaded = await store.load_workflow(record.id)
+        _expect(loaded == fresh, f"a refused save changed the record: {_short(loaded)}")
+
+
+@_check
+async def _check_workflow_concurrent_saves_one_wins(factory: _Factory) -> None:
+    writers = 20
+    async with factory() as store:
+        record, _ = await store.create_workflow(_workflow(_name("name")))
+        won: list[int] = []
+        lost: list[int] = []
+        other: list[BaseException] = []
+
+        async def save(index: int) -> None:
+            try:
+                await store.save_workflow(
+                    WorkflowRecord(record.id, record.name, "RUNNING", {"writer": index}, 1)
+                )
+            except ConcurrencyConflict:
+                lost.append(index)
+            except Exception as exc:
+                other.append(exc)
+            else:
+                won.append(index)
+
+        async with anyio.create_task_group() as tg:
+            for index in range(writers):
+                tg.start_soon(save, index)
+        _expect(not other, f"concurrent saves raised {other[:1]!r}")
+        _expect(len(won) == 1, f"{len(won)} of {writers} concurrent saves won, not exactly one")
+        _expect(len(lost) == writers - 1, f"{len(lost)} saves conflicted, not {writers - 1}")
+        loaded = await store.load_workflow(record.id)
+        _expect(loaded.version == 2, f"after the race the version is {loaded.version}, not 2")
+        _expect(
+            dict(loaded.state) == {"writer": won[0]},
+            f"the stored state {loaded.state} is not the winner's ({won[0]})",
+        )
+
+
+@_check
+async def _check_workflow_save_unknown(factory: _Factory) -> None:
+    record = WorkflowRecord(_name("workflow"), _name("name"), "RUNNING", {}, version=1)
+    async with factory() as store:
+        await _expect_raises(
+            WorkflowNotFound, lambda: store.save_workflow(record), "save_workflow of an unknown id"
+        )
+        await _expect_raises(
+            WorkflowNotFound, lambda: store.load_workflow(record.id), "load after a refused save"
+        )
+
+
+@_check
+async def _check_workflow_load_unknown(factory: _Factory) -> None:
+    unknown = _name("workflow")
+    async with factory() as store:
+        error = await _expect_raises(
+            WorkflowNotFound, lambda: store.load_workflow(unknown), "load_workflow of an unknown id"
+        )
+        _expect(isinstance(error, NotFound), "WorkflowNotFound is not a NotFound")
+        _expect(isinstance(error, StoreError), "WorkflowNotFound is not a StoreError")
+
+
+@_check
+async def _check_workflow_list_by_status(factory: _Factory) -> None:
+    name = _name("name")
+    running, waiting, done = _name("RUNNING"), _name("WAITING"), _name("DONE")
+    async with factory() as store:
+        r1, _ = await store.create_workflow(_workflow(name, running))
+        r2, _ = await store.create_workflow(_workflow(name, running))
+        w1, _ = await store.create_workflow(_workflow(name, waiting))
+        d1, _ = await store.create_workflow(_workflow(name, done))
+        cases: list[tuple[list[str] | set[str] | tuple[str, ...], list[str]]] = [
+            ([running], [r1.id, r2.id]),
+            ([running, waiting], [r1.id, r2.id, w1.id]),
+            ({waiting, done}, [w1.id, d1.id]),
+            ((done,), [d1.id]),
+            ([running, waiting, done], [r1.id, r2.id, w1.id, d1.id]),
+            ([], []),
+            ([_name("UNKNOWN")], []),
+        ]
+        for statuses, expected in cases:
+            got = _ids(await store.list_workflows(status=statuses, name=name))
+            _expect(got == expected, f"list_workflows(status={statuses}) returned {got}")
+        await store.save_workflow(WorkflowRecord(r1.id, name, done, {}, r1.version))
+        got = _ids(await store.list_workflows(status=[done], name=name))
+        _expect(got == [r1.id, d1.id], f"after a status change, status={done!r} gave {got}")
+        got = _ids(await store.list_workflows(status=[running], name=name))
+        _expect(got == [r2.id], f"after a status change, status={running!r} gave {got}")
+
+
+@_check
+async def _check_workflow_list_by_name(factory: _Factory) -> None:
+    first, second = _name("name"), _name("name")
+    status = _name("RUNNING")
+    async with factory() as store:
+        a, _ = await store.create_workflow(_workflow(first, status))
+        b, _ = await store.create_workflow(_workflow(second, status))
+        c, _ = await store.create_workflow(_workflow(first, "COMPLETED"))
+        got = _ids(await store.list_workflows(name=first))
+        _expect(got == [a.id, c.id], f"list_workflows(name=...) returned {got}")
+        got = _ids(await store.list_workflows(name=second))
+        _expect(got == [b.id], f"list_workflows(name=...) returned {got}")
+        got = _ids(await store.list_workflows(name=first, status=[status]))
+        _expect(got == [a.id], f"list_workflows(name=..., status=...) returned {got}")
+        got = _ids(await store.list_workflows(status=[status]))
+        _expect(got == [a.id, b.id], f"list_workflows(status=...) without a name returned {got}")
+        got = _ids(await store.list_workflows(name=_name("name")))
+        _expect(got == [], f"list_workflows of an unknown name returned {got}")
+
+
+@_check
+async def _check_workflow_list_limit(factory: _Factory) -> None:
+    name = _name("name")
+    async with factory() as store:
+        ids = []
+        for _ in range(5):
+            record, _ = await store.create_workflow(_workflow(name))
+            ids.append(record.id)
+        got = _ids(await store.list_workflows(name=name, limit=2))
+        _expect(got == ids[:2], f"limit=2 returned {got}, not the 2 oldest {ids[:2]}")
+        got = _ids(await store.list_workflows(name=name, limit=0))
+        _expect(got == [], f"limit=0 returned {got}")
+        got = _ids(await store.list_workflows(name=name, limit=None))
+        _expect(got == ids, f"limit=None returned {got}, not all 5")
+
+
+@_check
+async def _check_workflow_list_oldest_first(factory: _Factory) -> None:
+    name = _name("name")
+    async with factory() as store:
+        created = []
+        for _ in range(3):
+            record, _ = await store.create_workflow(_workflow(name))
+            created.append(record)
+            await anyio.sleep(0.002)
+        first = created[0]
+        # Saving the oldest makes it the most recently updated; the order must not change.
+        await store.save_workflow(WorkflowRecord(first.id, name, "RUNNING", {"x": 1}, 1))
+        listed = await store.list_workflows(name=name)
+        _expect(
+            _ids(listed) == _ids(created),
+            f"list_workflows is not oldest (by created_at) first: {_ids(listed)}",
+        )
+        stamps = [record.created_at for record in listed]
+        _expect(
+            all(a is not None and b is not None and a <= b for a, b in itertools.pairwise(stamps)),
+            f"created_at is not ascending in list_workflows: {stamps}",
+        )
+
+
+@_check
+async def _check_workflow_state_round_trips(factory: _Factory) -> None:
+    async with factory() as store:
+        record = _workflow(_name("name"), state=_NESTED_STATE)
+        stored, _ = await store.create_workflow(record)
+        _expect(stored.state == _NESTED_STATE, f"create_workflow returned {_short(stored.state)}")
+        loaded = await store.load_workflow(record.id)
+        _expect(loaded.state == _NESTED_STATE, f"load_workflow returned {_short(loaded.state)}")
+        changed = {**_NESTED_STATE, "steps": [*_NESTED_STATE["steps"], {"name": "ship"}]}
+        saved = await store.save_workflow(
+            WorkflowRecord(record.id, record.name, "RUNNING", changed, stored.version)
+        )
+        _expect(saved.state == changed, f"save_workflow returned {_short(saved.state)}")
+        loaded = await store.load_workflow(record.id)
+        _expect(loaded.state == changed, f"load after save returned {_short(loaded.state)}")
+        listed = await store.list_workflows(name=record.name)
+        _expect(
+            [r.state for r in listed] == [changed],
+            f"list_workflows returned {_short([r.state for r in listed])}",
+        )
+        big = loaded.state["numbers"]["big"]
+        _expect(type(big) is int and big == 2**53 + 1, f"a big integer came back as {big!r}")
+
+
+@_check
+async def _check_records_not_aliased(factory: _Factory) -> None:
+    name = _name("name")
+    state: dict[str, Any] = {"items": [1, 2], "nested": {"key": "value", "list": [{"a": 1}]}}
+    original: dict[str, Any] = {"items": [1, 2], "nested": {"key": "value", "list": [{"a": 1}]}}
+    consumer, topic = _name("consumer"), _name("topic")
+    headers = {"h": "1"}
+    letter = DeadLetter(
+        id=_name("letter"),
+        consumer=consumer,
+        topic=topic,
+        body=b"body",
+        headers=headers,
+        error_type="ValueError",
+        error="boom",
+        attempts=1,
+        failed_at=datetime.now(UTC),
+    )
+    async with factory() as store:
+        record = WorkflowRecord(_name("workflow"), name, "RUNNING", state)
+        stored, _ = await store.create_workflow(record)
+        _scribble(state)
+        _expect(
+            (await store.load_workflow(record.id)).state == original,
+            "changing the caller's state after create_workflow changed the stored state",
+        )
+        _scribble(stored.state)
+        _expect(
+            (await store.load_workflow(record.id)).state == original,
+            "changing the state returned by create_workflow changed the stored state",
+        )
+        _scribble((await store.load_workflow(record.id)).state)
+        _expect(
+            (await store.load_workflow(record.id)).state == original,
+            "changing the state returned by load_workflow changed the stored state",
+        )
+        new_state: dict[str, Any] = {"items": [3]}
+        saved = await store.save_workflow(WorkflowRecord(record.id, name, "RUNNING", new_state, 1))
+        _scribble(new_state)
+        _scribble(saved.state)
+        _expect(
+            (await store.load_workflow(record.id)).state == {"items": [3]},
+            "changing a state after save_workflow (given or returned) changed the stored state",
+        )
+        for listed in await store.list_workflows(name=name):
+            _scribble(listed.state)
+        _expect(
+            (await store.load_workflow(record.id)).state == {"items": [3]},
+            "changing the state returned by list_workflows changed the stored state",
+        )
+        await store.add_dead_letter(letter)
+        headers["h"] = "changed"
+        got = await store.get_dead_letter(letter.id)
+        _expect(
+            dict(got.headers) == {"h": "1"},
+            "changing the caller's headers after add_dead_letter changed the kept letter",
+        )
+        _scribble(got.headers)
+        for listed_letter in await store.list_dead_letters(consumer=consumer):
+            _scribble(listed_letter.headers)
+        got = await store.get_dead_letter(letter.id)
+        _expect(
+            dict(got.headers) == {"h": "1"},
+            "changing the headers of a returned letter changed the kept letter",
+        )
+
+
+@_check
+async def _check_datetimes_are_utc(factory: _Factory) -> None:
+    plus_five = timezone(timedelta(hours=5, minutes=30))
+    failed_at = datetime(2024, 3, 10, 17, 45, 30, 123456, tzinfo=plus_five)
+    consumer, topic = _name("consumer"), _name("topic")
+    letter = _letter(consumer, topic, failed_at=failed_at)
+    async with factory() as store:
+        before = datetime.now(UTC)
+        stored, _ = await store.create_workflow(_workflow(_name("name")))
+        saved = await store.save_workflow(
+            WorkflowRecord(stored.id, stored.name, "RUNNING", {}, stored.version)
+        )
+        loaded = await store.load_workflow(stored.id)
+        listed = await store.list_workflows(name=stored.name)
+        for what, record in [
+            ("create_workflow", stored),
+            ("save_workflow", saved),
+            ("load_workflow", loaded),
+            ("list_workflows", listed[0]),
+        ]:
+            for field in ("created_at", "updated_at"):
+                value = getattr(record, field)
+                _expect(_is_utc(value), f"{field} from {what} is not UTC: {value!r}")
+                _expect(
+                    abs(value - before) < timedelta(minutes=5),
+                    f"{field} from {what} is {value}, far from now ({before}): local time?",
+                )
+        await store.add_dead_letter(letter)
+        for what, got in [
+            ("get_dead_letter", await store.get_dead_letter(letter.id)),
+            ("list_dead_letters", (await store.list_dead_letters(consumer=consumer))[0]),
+        ]:
+            _expect(_is_utc(got.failed_at), f"failed_at from {what} is not UTC: {got.failed_at!r}")
+            _expect(
+                got.failed_at == failed_at,
+                f"failed_at from {what} is {got.failed_at}, not the instant {failed_at}",
+            )
+
+
+# -- lifecycle ------------------------------------------------------------------------
+
+
+@_check
+async def _check_closed_store_raises(factory: _Factory) -> None:
+    store = factory()
+    async with store:
+        await store.inbox_add(_name("consumer"), _name("message"))
+    for what, action in [
+        ("inbox_add", lambda: store.inbox_add(_name("consumer"), _name("message"))),
+        ("load_workflow", lambda: store.load_workflow(_name("workflow"))),
+        ("list_dead_letters", lambda: store.list_dead_letters(consumer=_name("consumer"))),
+    ]:
+        error = await _expect_raises(StoreError, action, f"{what} on a closed store")
+        _expect(
+            not isinstance(error, NotFound),
+            f"{what} on a closed store raised {type(error).__name__}, which hides the cause",
+        )
+
+
+@_check
+async def _check_enter_is_counted(factory: _Factory) -> None:
+    store = factory()
+    consumer = _name("consumer")
+    async with store:
+        async with store:
+            await store.inbox_add(consumer, _name("message"))
+        _expect(
+            not await store.inbox_contains(consumer, _name("message")),
+            "inbox_contains is True for an unknown message",
+        )
+        await store.inbox_add(consumer, _name("message"))  # still open: one user left
+    await _expect_raises(
+        StoreError,
+        lambda: store.inbox_add(consumer, _name("message")),
+        "inbox_add after the last user exited",
+    )
+    async with store:
+        async with store:
+            await store.aclose()
+            await _expect_raises(
+                StoreError,
+                lambda: store.inbox_add(consumer, _name("message")),
+                "inbox_add after aclose() while entered twice",
+            )
