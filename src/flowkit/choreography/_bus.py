@@ -576,11 +576,26 @@ class Choreography:
         key: tuple[str, str] | None = None
         store = self._store
         if store is not None and spec.kind == "event":
-            key = (spec.consumer, envelope.message_id)
-            if key in self._inflight or await store.inbox_contains(*key):
-                await delivery.ack()  # a duplicate: already handled or being handled
+            # A replayed dead letter is a new chance for the same message: it has an
+            # inbox entry of its own, since giving up recorded the message as settled.
+            replay_of = headers.get(REPLAY_HEADER) if headers else None
+            key = (
+                spec.consumer,
+                f"{envelope.message_id}/replay/{replay_of}" if replay_of else envelope.message_id,
+            )
+            if key in self._inflight:
+                await delivery.ack()  # a duplicate of a message being handled right now
                 return
             self._inflight.add(key)
+            try:
+                seen = await store.inbox_contains(*key)
+            except BaseException:
+                self._inflight.discard(key)
+                raise
+            if seen:
+                self._inflight.discard(key)
+                await delivery.ack()  # a duplicate of a message already handled
+                return
         attempt = delivery.attempt
         ctx = Context(self, spec, envelope, attempt)
         try:
@@ -593,7 +608,7 @@ class Choreography:
             if key is not None and store is not None:
                 await store.inbox_add(*key)
         except Exception as exc:
-            await self._failed(spec, delivery, envelope, ctx, exc)
+            await self._failed(spec, delivery, envelope, ctx, exc, key)
         else:
             await delivery.ack()
         finally:
@@ -625,6 +640,7 @@ class Choreography:
         envelope: Envelope,
         ctx: Context,
         exc: Exception,
+        key: tuple[str, str] | None,
     ) -> None:
         attempt = ctx.attempt
         if spec.retry.should_retry(exc, attempt):
@@ -647,7 +663,7 @@ class Choreography:
             type(exc).__name__,
             exc,
         )
-        if await self._give_up(spec, delivery, exc, envelope, attempts=attempt):
+        if await self._give_up(spec, delivery, exc, envelope, attempts=attempt, key=key):
             await self._reply_failure(
                 spec, delivery, envelope, exc, retryable=spec.retry.is_retryable(exc)
             )
@@ -660,9 +676,14 @@ class Choreography:
         envelope: Envelope | None,
         *,
         attempts: int,
+        key: tuple[str, str] | None = None,
     ) -> bool:
         """Dead-letter a delivery, then ack it. False if the dead letter could not be kept
-        (the delivery is then nacked, so nothing is lost)."""
+        (the delivery is then nacked, so nothing is lost).
+
+        With an inbox ``key``, the message is recorded as settled for this consumer, so a
+        duplicate arriving later is not handled behind its dead letter's back (a replay
+        is the way to try it again)."""
         detail = "".join(traceback.format_exception(exc)) if attempts else str(exc)
         letter = DeadLetter(
             id=new_message_id(),
@@ -678,6 +699,8 @@ class Choreography:
         )
         try:
             await (await self._dead_letter_store()).add_dead_letter(letter)
+            if key is not None and self._store is not None:
+                await self._store.inbox_add(*key)
         except Exception:
             logger.exception("could not keep a dead letter for %s; redelivering", spec.consumer)
             await delivery.nack(1.0)

@@ -27,13 +27,24 @@ def derive_message_id(cause_id: str, consumer: str, index: int) -> str:
     while handling ``cause_id``.
 
     A retried handler publishes the same ids again, so consumers with an inbox
-    drop the duplicates. The id keeps the cause's millisecond timestamp (so ids
-    stay time-ordered) and the UUIDv7 layout.
+    drop the duplicates. The id has the UUIDv7 layout, with a timestamp one
+    millisecond after the cause's, so it sorts after the message that caused it.
     """
-    digest = hashlib.blake2b(f"{cause_id}|{consumer}|{index}".encode(), digest_size=10).hexdigest()
-    prefix = cause_id.replace("-", "")[:12]
-    h = f"{prefix}7{digest[:3]}{(0x8 | (int(digest[3], 16) & 0x3)):x}{digest[4:19]}"
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:32]}"
+    digest = hashlib.blake2b(f"{cause_id}|{consumer}|{index}".encode(), digest_size=10).digest()
+    try:
+        cause_ms = int(cause_id.replace("-", "")[:12], 16)
+    except ValueError:  # a cause id that is not a UUIDv7 (set by hand): no time to keep
+        cause_ms = 0
+    rand = int.from_bytes(digest, "big")
+    value = (
+        ((cause_ms + 1) << 80)
+        | (0x7 << 76)
+        | ((rand >> 68) & 0xFFF) << 64
+        | (0b10 << 62)
+        | (rand & 0x3FFF_FFFF_FFFF_FFFF)
+    )
+    h = f"{value:032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 class Context:

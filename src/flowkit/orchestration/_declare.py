@@ -13,14 +13,15 @@ from pydantic import BaseModel, TypeAdapter
 from pydantic.errors import PydanticSchemaGenerationError, PydanticUserError
 
 from .._errors import DefinitionError
-from .._events import Command, reply_type_of
+from .._events import Command, Message, reply_type_of
 from .._retry import Retry
 from ._context import StepContext
 
 __all__ = ["Parallel", "Remote", "Step"]
 
-I = TypeVar("I")
-R = TypeVar("R")
+InputT = TypeVar("InputT")
+ResultT = TypeVar("ResultT")
+ReplyT = TypeVar("ReplyT", bound=Message)
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]*$")
 
@@ -50,7 +51,7 @@ def _check_name(value: object, what: str) -> str | None:
     return value
 
 
-class Step(Generic[I, R]):
+class Step(Generic[InputT, ResultT]):
     """A local step: an async function called with the step's context and the
     workflow's input, whose result is recorded.
 
@@ -98,9 +99,9 @@ class Step(Generic[I, R]):
 
     def __init__(
         self,
-        action: Callable[[StepContext, I], Awaitable[R]],
+        action: Callable[[StepContext, InputT], Awaitable[ResultT]],
         *,
-        compensate: Callable[[StepContext, I], Awaitable[object]] | Remote[Any] | None = None,
+        compensate: Callable[[StepContext, InputT], Awaitable[object]] | Remote[Any] | None = None,
         retry: Retry | None = None,
         timeout: float | None = None,
         name: str | None = None,
@@ -125,7 +126,7 @@ def _snake(name: str) -> str:
     return re.sub(r"(?<=[a-z0-9])([A-Z])", r"_\1", name).lower()
 
 
-class Remote(Generic[R]):
+class Remote(Generic[ReplyT]):
     """A remote step: a command sent to another service, whose typed reply is
     the step's result.
 
@@ -176,8 +177,8 @@ class Remote(Generic[R]):
 
     def __init__(
         self,
-        command: type[Command[R]],
-        build: Callable[[StepContext, Any], Command[R]] | None = None,
+        command: type[Command[ReplyT]],
+        build: Callable[[StepContext, Any], Command[ReplyT]] | None = None,
         *,
         compensate: Callable[[StepContext, Any], Awaitable[object]] | Remote[Any] | None = None,
         timeout: float = 30.0,
@@ -393,7 +394,7 @@ def _check_function(
             f"{what} {_qualname(fn)} takes {input_param.annotation!r}, but the workflow's "
             f"input is {input_type!r}"
         )
-    return fn, sig.return_annotation  # type: ignore[return-value]
+    return fn, sig.return_annotation
 
 
 def _codec(annotation: Any, what: str) -> tuple[Callable[[Any], Any] | None, Callable[[Any], Any]]:

@@ -15,13 +15,17 @@ The pytest plugin (installed with flowkit) adds the ``memory_transport`` and
 from ._faults import FaultyTransport as FaultyTransport
 from ._harness import BusHarness as BusHarness
 from ._harness import run_in_memory as run_in_memory
+from ._store_suite import STORE_CHECKS as STORE_CHECKS
+from ._store_suite import check_store as check_store
 from ._transport_suite import TRANSPORT_CHECKS as TRANSPORT_CHECKS
 from ._transport_suite import check_transport as check_transport
 
 __all__ = [
+    "STORE_CHECKS",
     "TRANSPORT_CHECKS",
     "BusHarness",
     "FaultyTransport",
+    "check_store",
     "check_transport",
     "run_in_memory",
 ]

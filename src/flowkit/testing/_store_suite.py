@@ -721,6 +721,29 @@ async def _check_workflow_state_round_trips(factory: _Factory) -> None:
 
 
 @_check
+async def _check_workflow_state_must_be_json(factory: _Factory) -> None:
+    async with factory() as store:
+        record, _ = await store.create_workflow(_workflow(_name("name"), state={"ok": True}))
+        bad_states: list[dict[str, Any]] = [{"x": object()}, {"x": {1, 2}}, {"x": b"bytes"}]
+        for bad in bad_states:
+            await _expect_raises(
+                StoreError,
+                functools.partial(store.create_workflow, _workflow(record.name, state=bad)),
+                f"create_workflow with the state {bad!r}",
+            )
+            changed = WorkflowRecord(record.id, record.name, "RUNNING", bad, record.version)
+            await _expect_raises(
+                StoreError,
+                functools.partial(store.save_workflow, changed),
+                f"save_workflow with the state {bad!r}",
+            )
+        loaded = await store.load_workflow(record.id)
+        _expect(loaded == record, f"a refused save changed the record: {_short(loaded)}")
+        listed = await store.list_workflows(name=record.name)
+        _expect(_ids(listed) == [record.id], "a refused create_workflow left a record behind")
+
+
+@_check
 async def _check_records_not_aliased(factory: _Factory) -> None:
     name = _name("name")
     state: dict[str, Any] = {"items": [1, 2], "nested": {"key": "value", "list": [{"a": 1}]}}

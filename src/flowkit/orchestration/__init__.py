@@ -1,0 +1,50 @@
+"""Orchestration: sagas whose steps are compensated in reverse when one fails.
+
+An :class:`Orchestrator` subclass declares its steps (local :class:`Step`
+functions, :class:`Remote` commands to other services, :class:`Parallel`
+groups); the engine runs them forward, checkpoints every transition in a
+state store, compensates the steps that acted when one fails, and resumes
+unfinished workflows after a crash.
+"""
+
+from ._context import StepContext as StepContext
+from ._declare import Parallel as Parallel
+from ._declare import Remote as Remote
+from ._declare import Step as Step
+from ._errors import DeadlineExceeded as DeadlineExceeded
+from ._errors import InvalidWorkflowState as InvalidWorkflowState
+from ._errors import OrchestratorNotStarted as OrchestratorNotStarted
+from ._errors import ResultNotAvailable as ResultNotAvailable
+from ._errors import StepTimeout as StepTimeout
+from ._errors import WorkflowCancelled as WorkflowCancelled
+from ._model import Outcome as Outcome
+from ._model import StepError as StepError
+from ._model import StepInfo as StepInfo
+from ._model import StepStatus as StepStatus
+from ._model import Transition as Transition
+from ._model import WorkflowInfo as WorkflowInfo
+from ._model import WorkflowStatus as WorkflowStatus
+from ._orchestrator import Orchestrator as Orchestrator
+from ._orchestrator import Requester as Requester
+
+__all__ = [
+    "DeadlineExceeded",
+    "InvalidWorkflowState",
+    "Orchestrator",
+    "OrchestratorNotStarted",
+    "Outcome",
+    "Parallel",
+    "Remote",
+    "Requester",
+    "ResultNotAvailable",
+    "Step",
+    "StepContext",
+    "StepError",
+    "StepInfo",
+    "StepStatus",
+    "StepTimeout",
+    "Transition",
+    "WorkflowCancelled",
+    "WorkflowInfo",
+    "WorkflowStatus",
+]

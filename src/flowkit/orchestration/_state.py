@@ -1,0 +1,517 @@
+"""The state of one workflow run: kept in memory, checkpointed as JSON, restored.
+
+The record's ``state`` is plain JSON data::
+
+    {
+      "format": 1,
+      "input": {...},                      # the input, as JSON
+      "deadline_at": 1767225600.0,         # optional: the deadline (Unix time)
+      "steps": {"reserve_stock": {"status": "succeeded", "attempts": 1,
+                                  "result": {...}}, ...},
+      "history": [{"at": 1767225599.1, "event": "step_started",
+                   "step": "reserve_stock", "attempt": 1}, ...],
+      "error": {"step": "charge", "type": "ValueError", "message": "..."},
+      "reason": "...", "remaining": [...], "direction": "backward"
+    }
+
+Nothing but JSON values is read back; results and input are validated against
+the declared types.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any
+
+from .._errors import StoreError
+from ..stores._base import WorkflowRecord
+from ._model import (
+    Outcome,
+    StepError,
+    StepInfo,
+    Transition,
+    WorkflowInfo,
+    WorkflowStatus,
+)
+
+if TYPE_CHECKING:
+    import anyio
+
+    from ._declare import Plan, StepSpec
+
+__all__ = ["Run", "StepState", "error_of"]
+
+FORMAT = 1
+_MAY_HAVE_ACTED = frozenset({"succeeded", "running", "timed_out", "interrupted"})
+_STEP_STATUSES = frozenset(
+    {"pending", "running", "retrying", "succeeded", "failed", "timed_out", "interrupted"}
+)
+_COMP_STATUSES = frozenset({"running", "retrying", "compensated", "failed"})
+
+
+def error_of(step: str, exc: BaseException) -> dict[str, str]:
+    """The JSON form of an error."""
+    return {"step": step, "type": type(exc).__name__, "message": str(exc)}
+
+
+def _step_error(data: Any) -> StepError | None:
+    if data is None:
+        return None
+    return StepError(step=data["step"], type=data["type"], message=data["message"])
+
+
+class StepState:
+    """One step's state; every change goes through a method so the cached JSON stays right."""
+
+    __slots__ = (
+        "_json",
+        "acted",
+        "attempts",
+        "comp",
+        "comp_attempts",
+        "comp_error",
+        "comp_failures",
+        "error",
+        "failures",
+        "result",
+        "spec",
+        "status",
+    )
+
+    def __init__(self, spec: StepSpec) -> None:
+        self.spec = spec
+        self.reset()
+
+    def reset(self) -> None:
+        self.status = "pending"
+        self.attempts = 0
+        self.failures = 0
+        self.acted = False
+        self.result: Any = None
+        self.error: dict[str, str] | None = None
+        self.comp: str | None = None
+        self.comp_attempts = 0
+        self.comp_failures = 0
+        self.comp_error: dict[str, str] | None = None
+        self._json: dict[str, Any] | None = None
+
+    # -- forward ---------------------------------------------------------------
+
+    def begin(self) -> None:
+        if self.status == "running":  # a crash interrupted the previous attempt
+            self.acted = True
+        self.status = "running"
+        self.attempts += 1
+        self._json = None
+
+    def succeed(self, result: Any) -> None:
+        self.status = "succeeded"
+        self.result = result
+        self._json = None
+
+    def attempt_failed(self, error: dict[str, str], acted: bool, final: bool) -> None:
+        self.failures += 1
+        self.error = error
+        if acted:
+            self.acted = True
+        if final:
+            self.status = "timed_out" if acted else "failed"
+        else:
+            self.status = "retrying"
+        self._json = None
+
+    def interrupt(self) -> bool:
+        """Mark a step stopped from outside; True if it was running."""
+        if self.status == "running":
+            self.status = "interrupted"
+            self.acted = True
+            self._json = None
+            return True
+        if self.status == "retrying":
+            self.status = "failed"
+            self._json = None
+        return False
+
+    def reset_failures(self) -> None:
+        self.failures = 0
+        if self.status in ("failed", "timed_out", "interrupted"):
+            self.status = "retrying"
+        self._json = None
+
+    @property
+    def may_have_acted(self) -> bool:
+        return self.acted or self.status in _MAY_HAVE_ACTED
+
+    @property
+    def needs_undo(self) -> bool:
+        return (
+            self.spec.compensation is not None
+            and self.comp != "compensated"
+            and (self.acted or self.status in _MAY_HAVE_ACTED)
+        )
+
+    # -- compensation ------------------------------------------------------------
+
+    def comp_begin(self) -> None:
+        self.comp = "running"
+        self.comp_attempts += 1
+        self._json = None
+
+    def comp_succeed(self) -> None:
+        self.comp = "compensated"
+        self._json = None
+
+    def comp_attempt_failed(self, error: dict[str, str], final: bool) -> None:
+        self.comp_failures += 1
+        self.comp_error = error
+        self.comp = "failed" if final else "retrying"
+        self._json = None
+
+    def comp_reset(self) -> None:
+        self.comp_failures = 0
+        if self.comp == "failed":
+            self.comp = "retrying"
+        self._json = None
+
+    # -- JSON --------------------------------------------------------------------
+
+    def to_json(self) -> dict[str, Any]:
+        data = self._json
+        if data is None:
+            data = {"status": self.status}
+            if self.attempts:
+                data["attempts"] = self.attempts
+            if self.failures:
+                data["failures"] = self.failures
+            if self.acted:
+                data["acted"] = True
+            if self.status == "succeeded":
+                data["result"] = self.result
+            if self.error is not None:
+                data["error"] = self.error
+            if self.comp is not None:
+                data["compensation"] = self.comp
+                data["compensation_attempts"] = self.comp_attempts
+                if self.comp_failures:
+                    data["compensation_failures"] = self.comp_failures
+                if self.comp_error is not None:
+                    data["compensation_error"] = self.comp_error
+            self._json = data
+        return data
+
+    def load(self, data: Mapping[str, Any]) -> None:
+        status = data["status"]
+        if status not in _STEP_STATUSES:
+            raise ValueError(f"unknown step status {status!r}")
+        comp = data.get("compensation")
+        if comp is not None and comp not in _COMP_STATUSES:
+            raise ValueError(f"unknown compensation status {comp!r}")
+        self.status = status
+        self.attempts = int(data.get("attempts", 0))
+        self.failures = int(data.get("failures", 0))
+        self.acted = bool(data.get("acted", False))
+        self.result = data.get("result")
+        self.error = _checked_error(data.get("error"))
+        self.comp = comp
+        self.comp_attempts = int(data.get("compensation_attempts", 0))
+        self.comp_failures = int(data.get("compensation_failures", 0))
+        self.comp_error = _checked_error(data.get("compensation_error"))
+        self._json = None
+
+    def info(self, typed_result: Any) -> StepInfo:
+        return StepInfo(
+            name=self.spec.name,
+            status=self.status,  # type: ignore[arg-type]
+            attempts=self.attempts,
+            result=typed_result,
+            error=_step_error(self.error),
+            may_have_acted=self.may_have_acted,
+            compensation=self.comp,  # type: ignore[arg-type]
+            compensation_attempts=self.comp_attempts,
+            compensation_error=_step_error(self.comp_error),
+        )
+
+
+def _checked_error(data: Any) -> dict[str, str] | None:
+    if data is None:
+        return None
+    if not isinstance(data, Mapping) or not all(
+        isinstance(data.get(k), str) for k in ("step", "type", "message")
+    ):
+        raise ValueError(f"malformed error {data!r}")
+    return {"step": data["step"], "type": data["type"], "message": data["message"]}
+
+
+class Run:
+    """One workflow being run (or inspected) by this process."""
+
+    __slots__ = (
+        "begun",
+        "cancel_requested",
+        "compensated",
+        "created_at",
+        "deadline_at",
+        "direction",
+        "done",
+        "error",
+        "history",
+        "id",
+        "input",
+        "input_json",
+        "lock",
+        "outcome",
+        "pivot_done",
+        "plan",
+        "reason",
+        "released",
+        "remaining",
+        "results",
+        "results_view",
+        "scope",
+        "status",
+        "steps",
+        "updated_at",
+        "version",
+    )
+
+    def __init__(
+        self, plan: Plan, workflow_id: str, input: Any, input_json: Any, deadline_at: float | None
+    ) -> None:
+        self.plan = plan
+        self.id = workflow_id
+        self.input = input
+        self.input_json = input_json
+        self.deadline_at = deadline_at
+        self.status = WorkflowStatus.RUNNING
+        self.version = 0
+        self.created_at: datetime | None = None
+        self.updated_at: datetime | None = None
+        self.steps: dict[str, StepState] = {spec.name: StepState(spec) for spec in plan.specs}
+        self.history: list[dict[str, Any]] = []
+        self.results: dict[str, Any] = {}
+        self.results_view: Mapping[str, Any] = MappingProxyType(self.results)
+        self.error: dict[str, str] | None = None
+        self.reason: str | None = None
+        self.remaining: list[str] = []
+        self.compensated: list[str] = []
+        self.direction: str | None = None
+        self.pivot_done = False
+        self.begun = -1
+        # process-local
+        self.scope: anyio.CancelScope | None = None
+        self.cancel_requested = False
+        self.lock: anyio.Lock | None = None
+        self.done: anyio.Event | None = None
+        self.outcome: Outcome | None = None
+        self.released = False
+
+    # -- transitions -------------------------------------------------------------
+
+    def event(
+        self,
+        event: str,
+        step: str | None = None,
+        attempt: int | None = None,
+        error: dict[str, str] | None = None,
+        detail: str | None = None,
+    ) -> None:
+        entry: dict[str, Any] = {"at": time.time(), "event": event}
+        if step is not None:
+            entry["step"] = step
+        if attempt is not None:
+            entry["attempt"] = attempt
+        if error is not None:
+            entry["error"] = f"{error['type']}: {error['message']}"
+        if detail is not None:
+            entry["detail"] = detail
+        self.history.append(entry)
+
+    def next_stage(self) -> int:
+        """The index of the first stage with a step that has not succeeded."""
+        steps = self.steps
+        for index, stage in enumerate(self.plan.stages):
+            for spec in stage:
+                if steps[spec.name].status != "succeeded":
+                    return index
+        return len(self.plan.stages)
+
+    def begin_stage(self, index: int) -> None:
+        for spec in self.plan.stages[index]:
+            state = self.steps[spec.name]
+            if state.status != "succeeded":
+                state.begin()
+                self.event("step_started", spec.name, state.attempts)
+        self.begun = index
+
+    def interrupt_running(self) -> None:
+        for name, state in self.steps.items():
+            if state.interrupt():
+                self.event("step_interrupted", name, state.attempts)
+
+    def turn_back(self, error: dict[str, str], reason: str) -> None:
+        self.status = WorkflowStatus.COMPENSATING
+        self.error = error
+        self.reason = reason
+        self.event("compensating", error=error, detail=reason)
+
+    def fail(self, reason: str, remaining: list[str], direction: str) -> None:
+        self.status = WorkflowStatus.FAILED
+        self.reason = reason
+        self.remaining = remaining
+        self.direction = direction
+        self.event("failed", detail=reason)
+
+    def finish(self, status: WorkflowStatus) -> None:
+        self.status = status
+        self.remaining = []
+        self.direction = None
+        self.event(status.value.lower())
+
+    def undo_list(self) -> list[str]:
+        """The compensations still to run, in the order they will run."""
+        names: list[str] = []
+        for stage in reversed(self.plan.stages):
+            names.extend(s.name for s in stage if self.steps[s.name].needs_undo)
+        return names
+
+    def todo_list(self) -> list[str]:
+        """The forward steps still to run."""
+        return [s.name for s in self.plan.specs if self.steps[s.name].status != "succeeded"]
+
+    # -- records -------------------------------------------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        state: dict[str, Any] = {
+            "format": FORMAT,
+            "input": self.input_json,
+            "steps": {name: s.to_json() for name, s in self.steps.items()},
+            "history": list(self.history),
+        }
+        if self.deadline_at is not None:
+            state["deadline_at"] = self.deadline_at
+        if self.error is not None:
+            state["error"] = self.error
+        if self.reason is not None:
+            state["reason"] = self.reason
+        if self.remaining:
+            state["remaining"] = list(self.remaining)
+        if self.direction is not None:
+            state["direction"] = self.direction
+        return state
+
+    def record(self, name: str) -> WorkflowRecord:
+        return WorkflowRecord(
+            id=self.id,
+            name=name,
+            status=self.status.value,
+            state=self.snapshot(),
+            version=self.version,
+            created_at=self.created_at,
+        )
+
+    def load(self, record: WorkflowRecord) -> None:
+        """Replace this run's state with a record's.
+
+        Raises:
+            StoreError: if the record's state is not one this orchestrator can read.
+        """
+        plan = self.plan
+        try:
+            state = record.state
+            if state.get("format") != FORMAT:
+                raise ValueError(f"unknown state format {state.get('format')!r}")
+            status = WorkflowStatus(record.status)
+            steps_data = state["steps"]
+            unknown = set(steps_data) - set(self.steps)
+            if unknown:
+                raise ValueError(
+                    f"it records step(s) {sorted(unknown)} that {plan.owner} does not declare"
+                )
+            input_json = state["input"]
+            typed_input = plan.input_adapter.validate_python(input_json)
+            results: dict[str, Any] = {}
+            for name, state_obj in self.steps.items():
+                data = steps_data.get(name)
+                if data is None:
+                    state_obj.reset()
+                    continue
+                state_obj.load(data)
+                if state_obj.status == "succeeded":
+                    load = state_obj.spec.action.load
+                    results[name] = None if load is None else load(state_obj.result)
+            history = state["history"]
+            if not isinstance(history, list):
+                raise ValueError("history is not a list")
+            error = _checked_error(state.get("error"))
+            deadline_at = state.get("deadline_at")
+            remaining = list(state.get("remaining", ()))
+            compensated = [
+                e["step"] for e in history if e.get("event") == "step_compensated" and "step" in e
+            ]
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise StoreError(
+                f"cannot read the state of workflow {record.id!r} ({record.name}): {exc}"
+            ) from exc
+        self.status = status
+        self.version = record.version
+        self.created_at = record.created_at
+        self.updated_at = record.updated_at
+        self.input = typed_input
+        self.input_json = input_json
+        self.deadline_at = None if deadline_at is None else float(deadline_at)
+        self.history = list(history)
+        self.results.clear()
+        self.results.update(results)
+        self.error = error
+        self.reason = state.get("reason")
+        self.remaining = remaining
+        self.direction = state.get("direction")
+        self.compensated = compensated
+        self.pivot_done = plan.pivot is not None and self.steps[plan.pivot].status == "succeeded"
+        self.begun = -1
+
+    # -- reports -------------------------------------------------------------------
+
+    def to_outcome(self, names: Callable[[object], str]) -> Outcome:
+        return Outcome(
+            workflow_id=self.id,
+            status=self.status,
+            results=dict(self.results),
+            error=_step_error(self.error),
+            reason=self.reason,
+            compensated=tuple(self.compensated),
+            remaining=tuple(self.remaining),
+            _names=names,
+        )
+
+    def to_info(self, name: str) -> WorkflowInfo:
+        history = tuple(
+            Transition(
+                at=datetime.fromtimestamp(e["at"], UTC),
+                event=e["event"],
+                step=e.get("step"),
+                attempt=e.get("attempt"),
+                error=e.get("error"),
+                detail=e.get("detail"),
+            )
+            for e in self.history
+        )
+        return WorkflowInfo(
+            id=self.id,
+            name=name,
+            status=self.status,
+            input=self.input,
+            steps={n: s.info(self.results.get(n)) for n, s in self.steps.items()},
+            history=history,
+            error=_step_error(self.error),
+            reason=self.reason,
+            compensated=tuple(self.compensated),
+            remaining=tuple(self.remaining),
+            created_at=self.created_at,
+            updated_at=self.updated_at,
+            version=self.version,
+        )
+

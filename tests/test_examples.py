@@ -1,0 +1,114 @@
+from __future__ import annotations
+
+import runpy
+from pathlib import Path
+
+import anyio
+import pytest
+
+from examples.ecommerce import logistics, notification, order_history, seller
+from examples.ecommerce.choreographed import run_choreography
+from examples.ecommerce.events import (
+    ConfirmationSent,
+    OrderPlaced,
+    PartnerAssigned,
+    ShipmentPrepared,
+)
+from examples.ecommerce.world import World
+from examples.recommendations.__main__ import ask_three_times
+from flowkit import Choreography
+from flowkit.testing import run_in_memory
+from flowkit.transports import InMemoryTransport
+
+pytestmark = pytest.mark.anyio
+
+ORDER = OrderPlaced(
+    order_id="o-1", user_email="ada@example.com", seller_id="s-1", items=["x"], total=1.0
+)
+
+
+async def test_the_choreographed_demo_runs_every_service(tmp_path: Path) -> None:
+    result = await run_choreography(tmp_path / "demo.db")
+    assert result.timelines["o-1"][0] == "OrderPlaced"
+    assert sorted(result.timelines["o-1"]) == [
+        "ConfirmationSent",
+        "OrderPlaced",
+        "PartnerAssigned",
+        "ShipmentPrepared",
+    ]
+    # the bad email fails notification only: the seller and logistics went on
+    assert sorted(result.timelines["o-2"]) == ["OrderPlaced", "PartnerAssigned", "ShipmentPrepared"]
+    (letter,) = result.dead_letters
+    assert letter.consumer.startswith("notification:")
+    assert "not an address" in letter.error
+    # logistics retried through the partner API's failures, and booked each order once
+    lines = result.world.lines
+    assert sum("will deliver order o-1" in line for line in lines) == 1
+    assert sum("will deliver order o-2" in line for line in lines) == 1
+    assert sum("attempt 2 for order" in line for line in lines) >= 1
+
+
+async def test_adding_a_subscriber_changes_no_other_service() -> None:
+    """The order history is one more subscriber; the others behave the same with or without it."""
+
+    async def run(with_history: bool) -> tuple[list[str], list[str]]:
+        world = World()
+        bus = Choreography(InMemoryTransport())
+        for service in (notification, seller, logistics):
+            service.register(bus, world)
+        if with_history:
+            order_history.register(bus, world)
+        async with run_in_memory(bus) as harness:
+            await bus.publish(ORDER)
+            await harness.drain()
+            types = sorted(e.type for e in harness.published)
+        return sorted(world.lines), types
+
+    without = await run(False)
+    with_it = await run(True)
+    assert without == with_it
+
+
+async def test_one_service_failing_does_not_stop_the_others() -> None:
+    world = World()
+    bus = Choreography(InMemoryTransport())
+    for service in (notification, seller, logistics):
+        service.register(bus, world)
+    world.fail("warehouse", times=100)  # the seller's warehouse is down for good
+    async with run_in_memory(bus) as harness:
+        await bus.publish(ORDER)
+        await harness.wait_for(ConfirmationSent)
+        await harness.wait_for(PartnerAssigned)
+        await harness.drain()
+        harness.assert_not_published(ShipmentPrepared)
+        (letter,) = await harness.dead_letters()
+        assert letter.consumer.startswith("seller:")
+
+
+async def test_the_recommendation_service_degrades_when_inventory_is_slow_or_down() -> None:
+    healthy, slow, broken = await ask_three_times()
+    assert not healthy.degraded
+    assert [i.name for i in healthy.items] and all(i.name for i in healthy.items)
+    assert slow.degraded and slow.reason is not None and "did not answer" in slow.reason
+    assert broken.degraded and broken.reason is not None and "unavailable" in broken.reason
+    assert [i.id for i in slow.items] == [i.id for i in healthy.items]
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+def test_the_quickstart_runs(capsys: pytest.CaptureFixture[str], anyio_backend: str) -> None:
+    runpy.run_path(
+        str(Path(__file__).parents[1] / "examples" / "quickstart.py"), run_name="__main__"
+    )
+    out = capsys.readouterr().out
+    assert "[notification] confirmation sent for o-1" in out
+    assert "[seller] shipment prepared for o-1" in out
+
+
+def test_the_demo_prints_the_flow(capsys: pytest.CaptureFixture[str]) -> None:
+    from examples.ecommerce.__main__ import main
+
+    anyio.run(main)
+    out = capsys.readouterr().out
+    assert "[notification] emailed ada@example.com about order o-1" in out
+    assert "order history of o-1: OrderPlaced" in out
+    assert "dead letter: notification:" in out

@@ -1,0 +1,433 @@
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import signal
+import sqlite3
+import sys
+import threading
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, cast
+
+import anyio
+import anyio.lowlevel
+import pytest
+
+from flowkit._errors import ConcurrencyConflict, StoreError, WorkflowNotFound
+from flowkit.stores import DeadLetter, MemoryStore, SQLiteStore, StateStore, WorkflowRecord
+from flowkit.stores._memory import _encode_state
+from flowkit.stores._sqlite import SCHEMA_VERSION
+from flowkit.testing._store_suite import STORE_CHECKS, check_store
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from pathlib import Path
+
+    StoreFactory = Callable[[], StateStore]
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def factory(request: pytest.FixtureRequest, tmp_path: Path) -> StoreFactory:
+    """A fresh store per call: a new MemoryStore, or an SQLiteStore on a new file."""
+    if request.param == "memory":
+        return MemoryStore
+    counter = itertools.count()
+    return lambda: SQLiteStore(tmp_path / f"store-{next(counter)}.db")
+
+
+@pytest.mark.parametrize("name", sorted(STORE_CHECKS))
+async def test_conformance(name: str, factory: StoreFactory) -> None:
+    await STORE_CHECKS[name](factory)
+
+
+async def test_check_store_runs_every_check(factory: StoreFactory) -> None:
+    await check_store(factory)
+
+
+async def test_check_store_on_one_shared_sqlite_file(tmp_path: Path) -> None:
+    # The checks must not expect an empty store: run them all against one database.
+    await check_store(lambda: SQLiteStore(tmp_path / "shared.db"))
+
+
+class _NoVersionCheck(MemoryStore):
+    """A broken store: saves never conflict."""
+
+    async def save_workflow(self, record: WorkflowRecord) -> WorkflowRecord:
+        current = self._workflows[record.id].version if record.id in self._workflows else 0
+        return await super().save_workflow(dataclasses.replace(record, version=current))
+
+
+class _Racy(MemoryStore):
+    """A broken store: checks the version, yields, then writes (a lost update)."""
+
+    async def save_workflow(self, record: WorkflowRecord) -> WorkflowRecord:
+        current = await self.load_workflow(record.id)
+        if current.version != record.version:
+            raise ConcurrencyConflict("stale")
+        state_json = _encode_state(record.state)
+        await anyio.lowlevel.checkpoint()
+        stored = self._workflows[record.id]
+        stored.status, stored.state_json = record.status, state_json
+        stored.version += 1
+        stored.updated_at = datetime.now(UTC)
+        return stored.record(record.id)
+
+
+async def test_check_store_names_the_failed_checks() -> None:
+    with pytest.raises(AssertionError) as caught:
+        await check_store(_NoVersionCheck)
+    message = str(caught.value)
+    assert message.startswith("1 of ")
+    assert (
+        "store check 'workflow_stale_save_conflicts' failed: a save at a stale version" in message
+    )
+    with pytest.raises(AssertionError) as caught:
+        await check_store(_Racy)
+    message = str(caught.value)
+    assert message.startswith("1 of ")
+    assert "store check 'workflow_concurrent_saves_one_wins' failed: 20 of 20" in message
+    with pytest.raises(AssertionError, match="store check 'workflow_stale_save_conflicts' failed"):
+        await STORE_CHECKS["workflow_stale_save_conflicts"](_NoVersionCheck)
+
+
+# -- MemoryStore --------------------------------------------------------------------
+
+
+async def test_memory_store_keeps_records_when_reopened() -> None:
+    store = MemoryStore()
+    async with store:
+        await store.create_workflow(WorkflowRecord("w", "n", "RUNNING", {"a": 1}))
+    async with store:
+        assert (await store.load_workflow("w")).state == {"a": 1}
+
+
+async def test_memory_store_refuses_naive_failed_at() -> None:
+    letter = DeadLetter("d", "c", "t", b"", {}, "E", "e", 1, datetime(2024, 1, 1))
+    async with MemoryStore() as store:
+        with pytest.raises(StoreError, match="timezone-aware"):
+            await store.add_dead_letter(letter)
+
+
+# -- SQLiteStore ---------------------------------------------------------------------
+
+
+def _record(workflow_id: str, version: int = 0, **state: Any) -> WorkflowRecord:
+    return WorkflowRecord(workflow_id, "test", "RUNNING", state, version)
+
+
+def _flowkit_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("flowkit-sqlite")]
+
+
+def test_sqlite_store_validates_its_arguments(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="synchronous"):
+        SQLiteStore(tmp_path / "x.db", synchronous=cast("Any", "SOMETIMES"))
+    with pytest.raises(ValueError, match="busy_timeout"):
+        SQLiteStore(tmp_path / "x.db", busy_timeout=-1)
+    store = SQLiteStore(tmp_path / "x.db", synchronous=cast("Any", "full"))
+    assert store.synchronous == "FULL"
+    assert store.path == str(tmp_path / "x.db")
+
+
+async def test_sqlite_data_survives_close_and_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "reopen.db"
+    letter = DeadLetter(
+        "d1", "svc:h", "orders", b"\xff\x00", {"k": "v"}, "E", "e", 2, datetime.now(UTC)
+    )
+    async with SQLiteStore(path) as store:
+        record, _ = await store.create_workflow(_record("w1", step=0))
+        saved = await store.save_workflow(_record("w1", record.version, step=1))
+        await store.inbox_add("svc:h", "m1")
+        await store.add_dead_letter(letter)
+    assert not _flowkit_threads()
+    async with SQLiteStore(path) as store:
+        assert await store.load_workflow("w1") == saved
+        assert await store.inbox_contains("svc:h", "m1")
+        assert await store.get_dead_letter("d1") == letter
+    # The same instance can be entered again, too.
+    async with store:
+        assert (await store.load_workflow("w1")).version == 2
+
+
+async def test_sqlite_two_stores_on_one_file_see_each_other(tmp_path: Path) -> None:
+    path = tmp_path / "shared.db"
+    async with SQLiteStore(path) as first, SQLiteStore(path) as second:
+        created, _ = await first.create_workflow(_record("w", step=0))
+        assert await second.load_workflow("w") == created
+        saved = await second.save_workflow(_record("w", created.version, step=1))
+        assert await first.load_workflow("w") == saved
+        with pytest.raises(ConcurrencyConflict):
+            await first.save_workflow(_record("w", created.version, step=2))
+        await first.inbox_add("c", "m")
+        assert await second.inbox_contains("c", "m")
+        assert not await second.inbox_add("c", "m")
+
+        outcomes: list[bool] = []
+
+        async def create(store: SQLiteStore, step: int) -> None:
+            outcomes.append((await store.create_workflow(_record("race", step=step)))[1])
+
+        async with anyio.create_task_group() as tg:
+            for store, step in ((first, 1), (second, 2)) * 5:
+                tg.start_soon(create, store, step)
+        assert sorted(outcomes) == [False] * 9 + [True]
+
+
+async def test_sqlite_schema_version_table(tmp_path: Path) -> None:
+    path = tmp_path / "schema.db"
+    async with SQLiteStore(path):
+        pass
+    with sqlite3.connect(path) as conn:
+        versions = [row[0] for row in conn.execute("SELECT version FROM flowkit_schema")]
+        tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
+    assert versions == list(range(1, SCHEMA_VERSION + 1))
+    assert {"flowkit_inbox", "flowkit_dead_letters", "flowkit_workflows"} <= tables
+    # Opening again applies nothing new.
+    async with SQLiteStore(path):
+        pass
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM flowkit_schema").fetchone()[0] == SCHEMA_VERSION
+
+
+async def test_sqlite_refuses_a_newer_schema(tmp_path: Path) -> None:
+    path = tmp_path / "newer.db"
+    async with SQLiteStore(path):
+        pass
+    with sqlite3.connect(path) as conn:
+        conn.execute(
+            "INSERT INTO flowkit_schema (version, applied_at) VALUES (?, 'later')",
+            (SCHEMA_VERSION + 1,),
+        )
+    store = SQLiteStore(path)
+    with pytest.raises(StoreError, match=f"schema version {SCHEMA_VERSION + 1}.*upgrade flowkit"):
+        async with store:
+            pass
+    with pytest.raises(StoreError, match="not open"):
+        await store.load_workflow("w")
+    assert not _flowkit_threads()
+
+
+async def test_sqlite_open_errors_are_store_errors(tmp_path: Path) -> None:
+    with pytest.raises(StoreError) as caught:
+        async with SQLiteStore(tmp_path / "missing-dir" / "x.db"):
+            pass
+    assert isinstance(caught.value.__cause__, sqlite3.Error)
+    not_a_db = tmp_path / "garbage.db"
+    not_a_db.write_bytes(b"this is not an SQLite database, not at all" * 100)
+    with pytest.raises(StoreError) as caught:
+        async with SQLiteStore(not_a_db):
+            pass
+    assert isinstance(caught.value.__cause__, sqlite3.DatabaseError)
+
+
+@pytest.mark.parametrize(
+    ("synchronous", "level"), [("OFF", 0), ("NORMAL", 1), ("FULL", 2), ("EXTRA", 3)]
+)
+async def test_sqlite_pragmas_applied(tmp_path: Path, synchronous: Any, level: int) -> None:
+    async with SQLiteStore(tmp_path / "p.db", synchronous=synchronous, busy_timeout=2.5) as store:
+        assert await store._read_pragma("journal_mode") == "wal"
+        assert await store._read_pragma("synchronous") == level
+        assert await store._read_pragma("busy_timeout") == 2500
+
+
+async def test_sqlite_in_memory_database() -> None:
+    async with SQLiteStore(":memory:") as store:
+        record, created = await store.create_workflow(_record("w", a=1))
+        assert created
+        assert await store.load_workflow("w") == record
+
+
+def _fail_after_losing_the_transaction(conn: sqlite3.Connection) -> None:
+    conn.execute("ROLLBACK")
+    raise sqlite3.OperationalError("disk I/O error (simulated)")
+
+
+async def test_sqlite_failures_inside_a_group_commit_fail_alone(tmp_path: Path) -> None:
+    """Calls queued while the writer waits for the lock share one transaction;
+    a version conflict, a constraint error, and even an error that loses the
+    whole transaction fail only their own caller."""
+    path = tmp_path / "batch.db"
+    async with SQLiteStore(path) as store:
+        records = [(await store.create_workflow(_record(f"w{i}", i=i)))[0] for i in range(12)]
+        gate, _ = await store.create_workflow(_record("gate"))
+        outcomes: dict[str, object] = {}
+
+        async def save(record: WorkflowRecord, version: int) -> None:
+            try:
+                outcomes[record.id] = await store.save_workflow(
+                    _record(record.id, version, saved=True)
+                )
+            except StoreError as exc:
+                outcomes[record.id] = exc
+
+        async def add_bad_letter() -> None:
+            bad = DeadLetter("bad", cast("Any", None), "t", b"", {}, "E", "e", 1, datetime.now(UTC))
+            try:
+                await store.add_dead_letter(bad)
+            except StoreError as exc:
+                outcomes["bad-letter"] = exc
+
+        async def lose_transaction() -> None:
+            try:
+                await store._call(_fail_after_losing_the_transaction, write=True)
+            except StoreError as exc:
+                outcomes["lost"] = exc
+
+        async def run_batch(*extra: Callable[[], Any]) -> int:
+            blocker = sqlite3.connect(path, isolation_level=None)
+            blocker.execute("BEGIN IMMEDIATE")  # the writer will wait for this lock
+            before = store._transactions
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(save, gate, (await store.load_workflow("gate")).version)
+                await anyio.sleep(0.2)  # the gate's batch now waits for the lock
+                for index, record in enumerate(records):
+                    tg.start_soon(save, record, 99 if index == 5 else record.version)
+                    if index == 8:
+                        for start in extra:
+                            tg.start_soon(start)
+                await anyio.sleep(0.2)  # all queued behind the gate
+                blocker.execute("COMMIT")
+                blocker.close()
+            return store._transactions - before
+
+        assert await run_batch(add_bad_letter) == 2  # the gate's, then all the rest in one
+        assert isinstance(outcomes["w5"], ConcurrencyConflict)
+        assert type(outcomes["bad-letter"]) is StoreError
+        assert isinstance(outcomes["bad-letter"].__cause__, sqlite3.Error)
+        for index, record in enumerate(records):
+            loaded = await store.load_workflow(record.id)
+            if index == 5:
+                assert loaded == record
+            else:
+                assert loaded.version == 2
+                assert loaded.state == {"saved": True}
+                assert outcomes[record.id] == loaded
+        records = [await store.load_workflow(record.id) for record in records]
+
+        # The lost transaction is retried call by call: only the culprit fails.
+        assert await run_batch(lose_transaction) >= 2
+        assert "simulated" in str(outcomes["lost"])
+        for index, record in enumerate(records):
+            loaded = await store.load_workflow(record.id)
+            assert loaded.version == record.version + (index != 5)
+
+
+async def test_sqlite_busy_timeout_gives_store_error(tmp_path: Path) -> None:
+    path = tmp_path / "busy.db"
+    async with SQLiteStore(path, busy_timeout=0.05) as store:
+        record, _ = await store.create_workflow(_record("w"))
+        blocker = sqlite3.connect(path, isolation_level=None)
+        blocker.execute("BEGIN IMMEDIATE")
+        try:
+            with pytest.raises(StoreError, match="locked") as caught:
+                await store.save_workflow(_record("w", record.version, x=1))
+            assert isinstance(caught.value.__cause__, sqlite3.OperationalError)
+            assert await store.load_workflow("w") == record  # reads are not blocked (WAL)
+        finally:
+            blocker.execute("ROLLBACK")
+            blocker.close()
+        assert (await store.save_workflow(_record("w", record.version, x=1))).version == 2
+
+
+async def test_sqlite_cancelled_call_leaves_the_store_working(tmp_path: Path) -> None:
+    path = tmp_path / "cancel.db"
+    async with SQLiteStore(path) as store:
+        record, _ = await store.create_workflow(_record("w"))
+        blocker = sqlite3.connect(path, isolation_level=None)
+        blocker.execute("BEGIN IMMEDIATE")
+        with anyio.move_on_after(0.05) as scope:
+            await store.save_workflow(_record("w", record.version, x=1))
+        assert scope.cancelled_caught
+        blocker.execute("COMMIT")
+        blocker.close()
+        # The cancelled save had already started, so it may or may not have been applied.
+        current = await store.load_workflow("w")
+        assert current.version in (1, 2)
+        saved = await store.save_workflow(_record("w", current.version, x=2))
+        assert saved.version == current.version + 1
+
+
+async def test_sqlite_closed_store(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "closed.db")
+    with pytest.raises(StoreError, match="not open"):
+        await store.inbox_add("c", "m")
+    async with store:
+        await store.aclose()
+        await store.aclose()  # idempotent
+        with pytest.raises(StoreError, match="not open"):
+            await store.inbox_add("c", "m")
+    assert not _flowkit_threads()
+    with pytest.raises(WorkflowNotFound):
+        async with store:
+            await store.load_workflow("nope")
+    assert not _flowkit_threads()
+
+
+async def test_sqlite_concurrent_enter_opens_once(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "enter.db")
+    entered = anyio.Event()
+    release = anyio.Event()
+    inside = 0
+
+    async def user() -> None:
+        nonlocal inside
+        async with store:
+            inside += 1
+            if inside == 5:
+                entered.set()
+            await release.wait()
+            await store.inbox_add("c", f"m{inside}")
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(5):
+            tg.start_soon(user)
+        await entered.wait()
+        assert len(_flowkit_threads()) == 1
+        release.set()
+    assert not _flowkit_threads()
+
+
+_KILLED_WRITER = """
+import sys
+
+import anyio
+
+from flowkit.stores import SQLiteStore, WorkflowRecord
+
+
+async def main(path: str) -> None:
+    async with SQLiteStore(path) as store:
+        record, _ = await store.create_workflow(WorkflowRecord("w", "kill", "RUNNING", {"step": 0}))
+        for step in range(1, 21):
+            record = await store.save_workflow(
+                WorkflowRecord("w", "kill", "RUNNING", {"step": step}, record.version)
+            )
+        await store.inbox_add("svc:h", "last")
+        print(record.version, flush=True)
+        await anyio.sleep(60)
+
+
+anyio.run(main, sys.argv[1])
+"""
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL is POSIX")
+async def test_sqlite_write_survives_sigkill(tmp_path: Path) -> None:
+    path = tmp_path / "killed.db"
+    async with await anyio.open_process([sys.executable, "-c", _KILLED_WRITER, str(path)]) as proc:
+        assert proc.stdout is not None
+        output = b""
+        with anyio.fail_after(30):
+            while not output.endswith(b"\n"):
+                output += await proc.stdout.receive()
+        proc.send_signal(signal.SIGKILL)
+        await proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert (tmp_path / "killed.db-wal").exists()  # recovery must come from the WAL
+    async with SQLiteStore(path) as store:
+        record = await store.load_workflow("w")
+        assert record.version == int(output) == 21
+        assert record.state == {"step": 20}
+        assert await store.inbox_contains("svc:h", "last")
