@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from ._model import _lookup
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable, Mapping
+
+    from .._events import Message
     from ._declare import Remote, Step
 
 __all__ = ["StepContext"]
 
 R = TypeVar("R")
+RM = TypeVar("RM", bound="Message")
 
 _logger = logging.getLogger("flowkit.orchestration")
 
@@ -88,7 +91,9 @@ class StepContext:
     @overload
     def result(self, step: Callable[[StepContext, Any], Awaitable[R]]) -> R: ...
     @overload
-    def result(self, step: Step[Any, R] | Remote[Any]) -> R: ...
+    def result(self, step: Step[Any, R]) -> R: ...
+    @overload
+    def result(self, step: Remote[RM]) -> RM: ...
     @overload
     def result(self, step: str) -> Any: ...
     def result(self, step: object) -> Any:

@@ -448,9 +448,7 @@ def _compensation(
     what = f"the compensation of step {step_name!r}"
     if isinstance(comp, Remote):
         if comp.compensate is not None or comp.pivot or comp.name is not None:
-            raise DefinitionError(
-                f"{what} is a Remote: it takes no compensate=, pivot= or name="
-            )
+            raise DefinitionError(f"{what} is a Remote: it takes no compensate=, pivot= or name=")
         if comp.retry is not None and declared.compensation_retry is not None:
             raise DefinitionError(
                 f"{what}: give its retry policy once, as compensation_retry= of the step "

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
 from ._errors import ResultNotAvailable
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable, Mapping
+    from datetime import datetime
+
+    from .._events import Message
     from ._context import StepContext
     from ._declare import Remote, Step
 
@@ -25,6 +27,7 @@ __all__ = [
 ]
 
 R = TypeVar("R")
+RM = TypeVar("RM", bound="Message")
 
 
 class WorkflowStatus(StrEnum):
@@ -135,7 +138,9 @@ class Outcome:
     @overload
     def result(self, step: Callable[[StepContext, Any], Awaitable[R]]) -> R: ...
     @overload
-    def result(self, step: Step[Any, R] | Remote[Any]) -> R: ...
+    def result(self, step: Step[Any, R]) -> R: ...
+    @overload
+    def result(self, step: Remote[RM]) -> RM: ...
     @overload
     def result(self, step: str) -> Any: ...
     def result(self, step: object) -> Any:

@@ -3,13 +3,10 @@ transition, resume after a crash."""
 
 from __future__ import annotations
 
-import builtins
 import logging
 import math
 import time
-from collections.abc import Collection, Iterable, Sequence
 from contextlib import AsyncExitStack
-from types import TracebackType
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, Protocol, Self, TypeVar
 
 import anyio
@@ -38,6 +35,10 @@ from ._model import Outcome, WorkflowInfo, WorkflowStatus
 from ._state import Run, error_of
 
 if TYPE_CHECKING:
+    import builtins
+    from collections.abc import Collection, Iterable, Sequence
+    from types import TracebackType
+
     from anyio.abc import TaskGroup
 
     from ..stores._base import StateStore, WorkflowRecord
@@ -666,7 +667,11 @@ class Orchestrator(Generic[InputT]):
             raise TypeError(f"{self.name}: the input cannot be recorded as JSON: {exc}") from exc
         deadline = self.deadline
         run = Run(
-            plan, workflow_id, input, input_json, None if deadline is None else time.time() + deadline
+            plan,
+            workflow_id,
+            input,
+            input_json,
+            None if deadline is None else time.time() + deadline,
         )
         run.event("workflow_started")
         run.begin_stage(0)
@@ -1008,9 +1013,12 @@ class Orchestrator(Generic[InputT]):
                         recorded = action.dump(result)
                     except Exception as exc:
                         # the step acted, but its result cannot be recorded: a bug, not retried
-                        failure, acted = NonRetryableError(
-                            f"the result of step {name!r} does not match its annotation: {exc}"
-                        ), True
+                        failure, acted = (
+                            NonRetryableError(
+                                f"the result of step {name!r} does not match its annotation: {exc}"
+                            ),
+                            True,
+                        )
                 if failure is None:
                     state.succeed(recorded)
                     run.results[name] = result
@@ -1174,7 +1182,11 @@ class Orchestrator(Generic[InputT]):
                 run.event("compensation_failed", name, state.comp_attempts, error)
                 logger.warning(
                     "%s %s: compensation of %r failed after %d attempt(s): %s",
-                    self.name, run.id, name, state.comp_attempts, failure,
+                    self.name,
+                    run.id,
+                    name,
+                    state.comp_attempts,
+                    failure,
                 )
                 return False
             delay = policy.delay(state.comp_failures)
@@ -1199,4 +1211,3 @@ class Orchestrator(Generic[InputT]):
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} name={self.name!r} running={len(self._running)}>"
-

@@ -514,4 +514,3 @@ class Run:
             updated_at=self.updated_at,
             version=self.version,
         )
-

@@ -1,0 +1,50 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import flowkit
+import flowkit.choreography
+import flowkit.stores
+import flowkit.testing
+import flowkit.transports
+
+
+def test_top_level_exports_exactly_the_public_names() -> None:
+    public = {name for name in dir(flowkit) if not name.startswith(("_", "@"))} - {
+        "choreography",
+        "orchestration",
+        "stores",
+        "testing",
+        "transports",
+    }
+    assert set(flowkit.__all__) == public | {"__version__"}
+
+
+def test_every_exported_name_resolves() -> None:
+    for module in (
+        flowkit,
+        flowkit.choreography,
+        flowkit.stores,
+        flowkit.testing,
+        flowkit.transports,
+    ):
+        for name in module.__all__:
+            assert getattr(module, name) is not None, (module.__name__, name)
+
+
+def test_importing_flowkit_imports_no_broker_or_database_client() -> None:
+    code = (
+        "import sys, flowkit, flowkit.transports, flowkit.stores; "
+        "print(sorted(m for m in ('redis', 'aio_pika', 'nats', 'aiokafka', 'asyncpg', "
+        "'psycopg', 'trio') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_the_pytest_plugin_is_registered() -> None:
+    from importlib.metadata import entry_points
+
+    (plugin,) = [e for e in entry_points(group="pytest11") if e.name == "flowkit"]
+    assert plugin.value == "flowkit.testing._plugin"
