@@ -1,7 +1,7 @@
 """A quick probe of SQLiteStore's write rate against raw sqlite3 commits.
 
-Run with ``python benchmarks/_sqlite_probe.py [--seconds 2] [--backend asyncio]``.
-It prints, for ``synchronous=NORMAL`` in WAL mode:
+Run with ``python benchmarks/_sqlite_probe.py [--seconds 2] [--backend asyncio]
+[--synchronous NORMAL]``. It prints, in WAL mode at the given ``synchronous`` level:
 
 * raw sqlite3 single-row commits/s (one UPDATE per transaction, no event loop);
 * ``SQLiteStore.save_workflow`` calls/s, one after another;
@@ -18,10 +18,14 @@ import os
 import sqlite3
 import tempfile
 import time
+from typing import TYPE_CHECKING, cast
 
 import anyio
 
 from flowkit.stores import SQLiteStore, WorkflowRecord
+
+if TYPE_CHECKING:
+    from flowkit.stores._sqlite import SynchronousLevel
 
 STATE = {
     "input": {"order_id": "o-123", "amount": 4200, "items": ["a", "b", "c"]},
@@ -30,11 +34,11 @@ STATE = {
 }
 
 
-def raw_commits_per_second(path: str, seconds: float) -> float:
-    """Single-row UPDATE commits per second with plain sqlite3 (WAL, NORMAL)."""
+def raw_commits_per_second(path: str, seconds: float, synchronous: SynchronousLevel) -> float:
+    """Single-row UPDATE commits per second with plain sqlite3 in WAL mode."""
     conn = sqlite3.connect(path, isolation_level=None)
     conn.execute("PRAGMA journal_mode = WAL")
-    conn.execute("PRAGMA synchronous = NORMAL")
+    conn.execute(f"PRAGMA synchronous = {synchronous}")
     conn.execute(
         "CREATE TABLE raw (id TEXT PRIMARY KEY, status TEXT, version INTEGER, state TEXT, "
         "updated_at TEXT)"
@@ -57,10 +61,12 @@ def raw_commits_per_second(path: str, seconds: float) -> float:
     return count / elapsed
 
 
-async def store_saves_per_second(path: str, seconds: float, tasks: int) -> float:
+async def store_saves_per_second(
+    path: str, seconds: float, tasks: int, synchronous: SynchronousLevel
+) -> float:
     """``save_workflow`` calls per second from ``tasks`` concurrent tasks."""
     count = 0
-    async with SQLiteStore(path) as store:
+    async with SQLiteStore(path, synchronous=synchronous) as store:
 
         async def worker(index: int) -> None:
             nonlocal count
@@ -85,16 +91,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=2.0, help="per measurement")
     parser.add_argument("--backend", default="asyncio", choices=["asyncio", "trio"])
+    parser.add_argument(
+        "--synchronous", default="NORMAL", choices=["OFF", "NORMAL", "FULL", "EXTRA"]
+    )
     args = parser.parse_args()
+    synchronous = cast("SynchronousLevel", args.synchronous)
     with tempfile.TemporaryDirectory() as tmp:
-        raw = raw_commits_per_second(os.path.join(tmp, "raw.db"), args.seconds)
-        print(f"raw sqlite3 single-row commits/s       {raw:>10,.0f}")
+        raw = raw_commits_per_second(os.path.join(tmp, "raw.db"), args.seconds, synchronous)
+        print(f"synchronous={synchronous}, WAL")
+        print(f"raw sqlite3 single-row commits/s           {raw:>10,.0f}")
         for tasks in (1, 100):
             rate = anyio.run(
                 store_saves_per_second,
                 os.path.join(tmp, f"store{tasks}.db"),
                 args.seconds,
                 tasks,
+                synchronous,
                 backend=args.backend,
             )
             label = "sequential" if tasks == 1 else f"{tasks} concurrent tasks"

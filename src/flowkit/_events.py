@@ -8,8 +8,9 @@ nothing else is ever decoded from a transport.
 
 from __future__ import annotations
 
+import itertools
+import os
 import random
-import threading
 import time
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, NotRequired, TypeVar
@@ -103,42 +104,51 @@ def reply_type_of(command: type[Command[Any]]) -> type[Message]:
 
 
 # -- message ids --------------------------------------------------------------
+#
+# A UUIDv7 is 48 bits of Unix milliseconds, the version, 74 further bits and
+# the variant. flowkit fills the 74 bits with a 32-bit sequence (which orders
+# the ids one process makes within a millisecond) then 42 bits drawn once per
+# process (which keeps processes apart). ``next()`` on an itertools counter is
+# atomic, so no lock is needed across threads.
 
-_id_lock = threading.Lock()
+_sequence = itertools.count(random.getrandbits(24))
+_process_bits = random.SystemRandom().getrandbits(42)
 _last_ms = 0
-_counter = 0
-_rand = random.SystemRandom().getrandbits(64)  # per-process seed mixed into every id
 
 
-def _next_id_parts() -> tuple[int, int]:
-    global _last_ms, _counter
-    with _id_lock:
-        ms = time.time_ns() // 1_000_000
-        if ms > _last_ms:
-            _last_ms = ms
-            _counter = random.getrandbits(11)
-        else:
-            _counter += 1
-            if _counter > 0xFFF:  # counter exhausted within this millisecond: borrow the next
-                _last_ms += 1
-                _counter = 0
-            ms = _last_ms
-        return ms, _counter
+def _reseed_after_fork() -> None:
+    global _process_bits, _sequence
+    _process_bits = random.SystemRandom().getrandbits(42)
+    _sequence = itertools.count(random.getrandbits(24))
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reseed_after_fork)
+
+
+def _now_ms() -> int:
+    """Milliseconds since the epoch, never going back within this process."""
+    global _last_ms
+    ms = time.time_ns() // 1_000_000
+    if ms < _last_ms:  # the clock stepped back: hold at the last time seen
+        return _last_ms
+    _last_ms = ms
+    return ms
+
+
+def _format_id(ms: int) -> str:
+    seq = next(_sequence) & 0xFFFF_FFFF
+    value = ms << 80 | 0x7000 << 64 | (seq >> 20) << 64 | 0b10 << 62 | (seq & 0xFFFFF) << 42
+    h = f"{value | _process_bits:032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def new_message_id() -> str:
-    """A unique, time-ordered id (UUID version 7, with a monotonic counter).
+    """A unique, time-ordered id (UUID version 7).
 
     Ids made in one process sort in the order they were made.
     """
-    ms, counter = _next_id_parts()
-    return _format_id(ms, counter)
-
-
-def _format_id(ms: int, counter: int) -> str:
-    rand = (random.getrandbits(62) ^ _rand) & 0x3FFF_FFFF_FFFF_FFFF
-    h = f"{(ms << 80) | (0x7 << 76) | (counter << 64) | (0b10 << 62) | rand:032x}"
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+    return _format_id(_now_ms())
 
 
 _iso_cache: tuple[int, datetime, str] = (0, datetime.fromtimestamp(0, UTC), "")
@@ -277,23 +287,33 @@ def encode(
     Returns:
         The envelope and its encoded bytes.
     """
-    ms, counter = _next_id_parts()
-    mid = message_id or _format_id(ms, counter)
-    occurred, occurred_text = _timestamp(ms)
+    ms = _now_ms()
     cls = type(message)
-    hdrs = dict(headers) if headers else {}
+    occurred, occurred_text = _timestamp(ms)
+    if message_id is None:
+        mid = _format_id(ms)
+        mid_json = b'"' + mid.encode() + b'"'
+    else:
+        mid = message_id
+        mid_json = to_json(mid)
     corr = correlation_id or mid
-    body = to_json(
-        {
-            "id": mid,
-            "type": cls.__flowkit_type__,
-            "version": cls.__flowkit_version__,
-            "correlation_id": corr,
-            "causation_id": causation_id,
-            "occurred_at": occurred_text,
-            "headers": hdrs,
-            "payload": message,
-        }
+    hdrs = dict(headers) if headers else {}
+    body = b"".join(
+        (
+            b'{"id":',
+            mid_json,
+            _type_json(cls),
+            mid_json if correlation_id is None else to_json(correlation_id),
+            b',"causation_id":',
+            b"null" if causation_id is None else to_json(causation_id),
+            b',"occurred_at":"',
+            occurred_text.encode(),
+            b'","headers":',
+            to_json(hdrs) if hdrs else b"{}",
+            b',"payload":',
+            cls.__pydantic_serializer__.to_json(message),
+            b"}",
+        )
     )
     envelope = Envelope(
         mid,
@@ -324,6 +344,21 @@ class _WireEnvelope(TypedDict):
 
 
 _WIRE = TypeAdapter(_WireEnvelope)
+
+
+def _type_json(cls: type[Message]) -> bytes:
+    """The fixed part of a class's envelopes, from the type to the correlation id key."""
+    cached: bytes | None = cls.__dict__.get("__flowkit_json__")
+    if cached is None:
+        cached = (
+            b',"type":'
+            + to_json(cls.__flowkit_type__)
+            + b',"version":'
+            + str(cls.__flowkit_version__).encode()
+            + b',"correlation_id":'
+        )
+        cls.__flowkit_json__ = cached  # type: ignore[attr-defined]
+    return cached
 
 
 def decode_envelope(body: bytes) -> Envelope:
@@ -367,8 +402,56 @@ def decode(body: bytes, model: type[M]) -> tuple[Envelope, M]:
             ``"unknown_type"`` when the envelope names a type other than
             ``model``'s, ``"validation"`` when the payload does not validate.
     """
-    envelope = decode_envelope(body)
-    return envelope, validate_payload(envelope, model)
+    try:
+        data = _adapter_for(model).validate_json(body)
+    except ValidationError:
+        # The one-pass check failed: decode step by step to say exactly what is wrong.
+        envelope = decode_envelope(body)
+        return envelope, validate_payload(envelope, model)
+    if data["type"] != model.__flowkit_type__:
+        raise DecodeError(
+            "unknown_type", f"expected {model.__flowkit_type__!r}", type_name=data["type"]
+        )
+    try:
+        occurred = datetime.fromisoformat(data["occurred_at"])
+    except ValueError as exc:
+        raise DecodeError("envelope", f"occurred_at: {exc}", type_name=data["type"]) from exc
+    message: M = data["payload"]
+    envelope = Envelope(
+        data["id"],
+        data["type"],
+        data["version"],
+        data["correlation_id"],
+        data.get("causation_id"),
+        occurred,
+        data.get("headers", {}),
+        message=message,
+    )
+    return envelope, message
+
+
+_adapters: dict[type[Message], TypeAdapter[Any]] = {}
+
+
+def _adapter_for(model: type[Message]) -> TypeAdapter[Any]:
+    """A validator of a whole envelope whose payload is ``model``, in one pass."""
+    adapter = _adapters.get(model)
+    if adapter is None:
+        shape = TypedDict(  # type: ignore[misc]  # noqa: UP013 - the payload type varies
+            f"{model.__name__}Envelope",
+            {
+                "id": str,
+                "type": str,
+                "version": int,
+                "correlation_id": str,
+                "causation_id": NotRequired[str | None],
+                "occurred_at": str,
+                "headers": NotRequired[dict[str, str]],
+                "payload": model,
+            },
+        )
+        adapter = _adapters[model] = TypeAdapter(shape)
+    return adapter
 
 
 def validate_payload(envelope: Envelope, model: type[M]) -> M:

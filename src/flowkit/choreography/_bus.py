@@ -25,6 +25,7 @@ from .._events import (
     Envelope,
     Event,
     Message,
+    decode,
     decode_envelope,
     encode,
     new_message_id,
@@ -503,8 +504,7 @@ class Choreography:
     # -- consuming -------------------------------------------------------------
 
     def _decode(self, body: bytes, spec: HandlerSpec) -> tuple[Envelope, Message]:
-        envelope = decode_envelope(body)
-        message = validate_payload(envelope, spec.message_type)
+        envelope, message = decode(body, spec.message_type)
         if len(self._decoded) >= _DECODE_CACHE_SIZE:
             self._decoded.clear()
         self._decoded[body] = (envelope, message)

@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar, Union, get_args, get_origin
 
-from pydantic import BaseModel, TypeAdapter
+from pydantic import TypeAdapter
 from pydantic.errors import PydanticSchemaGenerationError, PydanticUserError
 
 from .._errors import DefinitionError
@@ -281,6 +281,7 @@ class Plan:
     owner: str
     input_type: Any
     input_adapter: TypeAdapter[Any]
+    input_dump: Callable[[Any], Any]
     stages: tuple[tuple[StepSpec, ...], ...]
     specs: tuple[StepSpec, ...]
     by_name: Mapping[str, StepSpec]
@@ -407,20 +408,30 @@ def _codec(annotation: Any, what: str) -> tuple[Callable[[Any], Any] | None, Cal
         raise DefinitionError(
             f"the result type {annotation!r} of {what} cannot be recorded as JSON: {exc}"
         ) from exc
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        model = annotation
+    return json_dumper(adapter, annotation), adapter.validate_python
 
-        def dump_model(value: Any) -> Any:
-            if type(value) is model:
-                return value.model_dump(mode="json", warnings="error")
-            return adapter.dump_python(value, mode="json", warnings="error")
 
-        return dump_model, adapter.validate_python
+def json_dumper(adapter: TypeAdapter[Any], annotation: Any) -> Callable[[Any], Any]:
+    """A function turning a value of ``annotation`` into JSON data.
+
+    A value whose type does not match the annotation raises instead of being
+    recorded as something that cannot be read back.
+    """
+    serializer = adapter.serializer
+    if isinstance(annotation, type):
+        exact = annotation
+
+        def dump_exact(value: Any) -> Any:
+            if type(value) is exact:
+                return serializer.to_python(value, mode="json")
+            return serializer.to_python(value, mode="json", warnings="error")
+
+        return dump_exact
 
     def dump(value: Any) -> Any:
-        return adapter.dump_python(value, mode="json", warnings="error")
+        return serializer.to_python(value, mode="json", warnings="error")
 
-    return dump, adapter.validate_python
+    return dump
 
 
 def _none(value: Any) -> None:
@@ -567,6 +578,7 @@ def compile_plan(
         owner=owner,
         input_type=input_type,
         input_adapter=input_adapter,
+        input_dump=json_dumper(input_adapter, input_type),
         stages=tuple(stages),
         specs=specs,
         by_name=by_name,

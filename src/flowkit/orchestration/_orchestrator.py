@@ -292,7 +292,7 @@ class Orchestrator(Generic[InputT]):
                 bus = Choreography(self._transport)
                 await stack.enter_async_context(bus.run(services=[]))
                 self._requester = bus
-            self._slots = anyio.Semaphore(self._concurrency)
+            self._slots = anyio.Semaphore(self._concurrency, fast_acquire=True)
             self._tg = await stack.enter_async_context(anyio.create_task_group())
         except BaseException:
             await stack.__aexit__(None, None, None)
@@ -662,7 +662,7 @@ class Orchestrator(Generic[InputT]):
                 f"{self.name} takes {input_type.__name__} as input, got {type(input).__name__}"
             )
         try:
-            input_json = plan.input_adapter.dump_python(input, mode="json", warnings="error")
+            input_json = plan.input_dump(input)
         except Exception as exc:
             raise TypeError(f"{self.name}: the input cannot be recorded as JSON: {exc}") from exc
         deadline = self.deadline

@@ -565,9 +565,16 @@ class _Writer:
                 else:
                     index = len(batch)
                 live = [call for call in batch[:index] if not call.abandoned]
-                if live:
-                    self._execute(conn, live)
-                _wake(batch)
+                try:
+                    if live:
+                        self._execute(conn, live)
+                except Exception as exc:  # unexpected: fail this batch, keep serving
+                    _rollback(conn)
+                    for call in live:
+                        call.result = None
+                        call.error = _error_from(exc, "the SQLite writer thread failed")
+                finally:
+                    _wake(batch)
         finally:
             self._shut_down(conn, stop)
 
@@ -646,6 +653,12 @@ class SQLiteStore:
     The state of a workflow is kept as JSON text; dead letter bodies as raw bytes.
     See the module documentation for what survives a crash with each
     ``synchronous`` level.
+
+    Every call is run by the store's writer thread, batched with the calls of
+    other tasks into one transaction. A task cancelled while it waits has its
+    call skipped if the thread has not started it yet; otherwise the call
+    completes (a write may be applied even though its caller was cancelled,
+    as with any database).
     """
 
     def __init__(
@@ -1004,9 +1017,11 @@ class SQLiteStore:
         # Shielded: a cancelled enter must not leave a half-open database behind.
         with anyio.CancelScope(shield=True):
             await _wait(opener.done)
+            if opener.error is not None:
+                if self._writer is writer:
+                    self._writer = self._opener = None
+                await anyio.to_thread.run_sync(writer.thread.join)  # it is stopping by itself
         if opener.error is not None:
-            if self._writer is writer:
-                self._writer = self._opener = None
             raise StoreError(str(opener.error)) from opener.error.__cause__
 
     async def _close(self) -> None:
