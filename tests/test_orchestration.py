@@ -24,11 +24,14 @@ from flowkit.orchestration import (
     WorkflowStatus,
 )
 from flowkit.stores._base import WorkflowRecord
-from flowkit.stores._memory import MemoryStore
 from flowkit.testing._sagas import FaultPlan, SimulatedCrash, assert_compensation_order
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
+    from pathlib import Path
+
+    from flowkit.stores._memory import MemoryStore
+from flowkit.stores._sqlite import SQLiteStore
 
 pytestmark = pytest.mark.anyio
 
@@ -141,7 +144,9 @@ async def test_a_failure_compensates_the_completed_steps_in_reverse(
     assert outcome.status is WorkflowStatus.COMPENSATED
     assert outcome.error is not None and outcome.error.step == "confirm"
     assert outcome.error.type == "InjectedFault"
-    assert outcome.reason == "step 'confirm' failed: InjectedFault: injected failure of step 'confirm'"
+    assert (
+        outcome.reason == "step 'confirm' failed: InjectedFault: injected failure of step 'confirm'"
+    )
     assert_compensation_order(outcome, ["assign", "charge", "reserve"])
     assert JOURNAL["w1"][-3:] == ["unassign", "refund", "release"]
     assert "w1:charge:compensate" in KEYS
@@ -539,6 +544,7 @@ async def test_cancel_interrupts_a_running_workflow_and_compensates(
         assert outcome.error is not None and outcome.error.type == "WorkflowCancelled"
         assert outcome.compensated == ("blocker", "reserve")
         assert (await orders.cancel("w1")).status is WorkflowStatus.COMPENSATED  # idempotent
+        GATES["blocker"].set()
         await orders.run(order(), workflow_id="done")
         with pytest.raises(InvalidWorkflowState, match="COMPLETED"):
             await orders.cancel("done")
@@ -661,7 +667,7 @@ async def test_get_and_list_report_status_steps_and_history(memory_store: Memory
     ]
     times = [t.at for t in info.history]
     assert times == sorted(times) and times[0].tzinfo is not None
-    assert info.created_at is not None and info.version == 5
+    assert info.created_at is not None and info.version == 6
     assert [i.id for i in everything] == ["w1", "w2"]
     assert [i.id for i in completed] == ["w1"]
     assert [i.id for i in both] == ["w1", "w2"]
@@ -688,7 +694,9 @@ async def undo_with_context(ctx: StepContext, order: Order) -> None:
     JOURNAL[ctx.workflow_id].append("undo_with_context")
 
 
-async def test_the_step_context(memory_store: MemoryStore, caplog: pytest.LogCaptureFixture) -> None:
+async def test_the_step_context(
+    memory_store: MemoryStore, caplog: pytest.LogCaptureFixture
+) -> None:
     class Contextual(Orchestrator[Order]):
         steps = (
             Step(reserve),
@@ -703,10 +711,11 @@ async def test_the_step_context(memory_store: MemoryStore, caplog: pytest.LogCap
     assert outcome.status is WorkflowStatus.COMPENSATED
     assert JOURNAL["w1"][-1] == "undo_with_context"
     record = next(r for r in caplog.records if r.getMessage() == "inside records_context")
-    assert record.workflow_id == "w1" and record.step == "records_context"
+    assert record.__dict__["workflow_id"] == "w1"
+    assert record.__dict__["step"] == "records_context"
 
 
-# -- resume -------------------------------------------------------------------------------------------
+# -- resume ----------------------------------------------------------------------------------
 
 
 async def test_resume_reruns_a_step_that_acted_with_the_same_idempotency_key(
@@ -820,3 +829,20 @@ async def test_an_unreadable_record_is_reported_and_does_not_stop_resume(
         outcomes = await orders.resume()
     assert [o.workflow_id for o in outcomes] == ["w1"]
     assert any("could not resume workflow bad" in r.getMessage() for r in caplog.records)
+
+
+async def test_on_sqlite_a_workflow_survives_a_restart(tmp_path: Path) -> None:
+    path = tmp_path / "flowkit.db"
+    plan = FaultPlan().crash(charge, at="acted")
+    async with SQLiteStore(path) as store:
+        async with plan.install(PlaceOrder(store=store)) as orders:
+            with pytest.raises(SimulatedCrash):
+                await orders.run(order(), workflow_id="w1")
+    async with SQLiteStore(path) as store, PlaceOrder(store=store) as orders:
+        [outcome] = await orders.resume()
+        info = await orders.get("w1")
+        again = await orders.run(order(), workflow_id="w1")
+    assert outcome.ok and again.ok
+    assert again.result(charge) == Payment(payment_id="w1:charge", amount=10)
+    assert info.steps["charge"].attempts == 2
+    assert info.steps["reserve"].result == Reservation(sku="sku-o-1", quantity=1)

@@ -194,14 +194,33 @@ def test_the_input_annotation_must_accept_the_workflow_input() -> None:
     assert len(Fine.step_names()) == 4
 
 
-def test_unresolvable_annotations_are_reported() -> None:
-    async def dangling(ctx: StepContext, order: NoSuchType) -> None:  # type: ignore[name-defined]  # noqa: F821
-        return None
+def test_parameter_types_imported_only_for_type_checkers_are_accepted() -> None:
+    # as after moving imports under `if TYPE_CHECKING:` (ruff's TC rules suggest it)
+    async def lazy(ctx: orchestration.StepContext, order: models.Order) -> int:  # type: ignore[name-defined]  # noqa: F821
+        return 1
 
-    with pytest.raises(DefinitionError, match="cannot resolve the annotations"):
+    class Lazy(Orchestrator[Order]):
+        steps = (Step(lazy),)
+
+    assert Lazy.step_names() == ("lazy",)
+
+
+def test_an_unresolvable_context_or_result_type_is_reported() -> None:
+    async def not_a_context(ctx: Elsewhere, order: Order) -> int:  # type: ignore[name-defined]  # noqa: F821
+        return 1
+
+    async def lazy_result(ctx: StepContext, order: Order) -> models.Result:  # type: ignore[name-defined]  # noqa: F821
+        return 1
+
+    with pytest.raises(DefinitionError, match="must be annotated StepContext"):
 
         class Bad(Orchestrator[Order]):
-            steps = (Step(dangling),)
+            steps = (Step(not_a_context),)
+
+    with pytest.raises(DefinitionError, match="must be importable at run time"):
+
+        class Bad2(Orchestrator[Order]):
+            steps = (Step(lazy_result),)
 
 
 class Opaque:

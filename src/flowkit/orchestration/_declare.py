@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import re
 import types
+import typing
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar, Union, get_args, get_origin
@@ -361,21 +362,53 @@ def _accepts(annotation: Any, input_type: Any) -> bool:
     return get_origin(annotation) is not None and get_origin(annotation) == get_origin(input_type)
 
 
+class _Unresolved:
+    """An annotation naming something not importable at run time."""
+
+    __slots__ = ("text",)
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+
+def _globals_of(fn: object) -> dict[str, Any]:
+    for candidate in (fn, getattr(fn, "func", None), getattr(fn, "__call__", None)):  # noqa: B004
+        if callable(candidate):
+            namespace = getattr(inspect.unwrap(candidate), "__globals__", None)
+            if isinstance(namespace, dict):
+                return namespace
+    return {}
+
+
+def _resolve(annotation: Any, namespace: dict[str, Any]) -> Any:
+    """An annotation's value; string annotations are resolved like ``typing`` does."""
+    if not isinstance(annotation, str):
+        return annotation
+    holder = types.SimpleNamespace(__annotations__={"value": annotation})
+    try:
+        return typing.get_type_hints(holder, globalns=namespace)["value"]
+    except (NameError, AttributeError, SyntaxError, TypeError):
+        return _Unresolved(annotation)
+
+
 def _check_function(
     fn: object, *, what: str, input_type: Any
 ) -> tuple[Callable[[StepContext, Any], Awaitable[Any]], Any]:
-    """Check a step or compensation function; return it and its return annotation."""
+    """Check a step or compensation function; return it and its return annotation.
+
+    The parameters' annotations may name types imported only for type checkers
+    (``if TYPE_CHECKING:``): the context's is then recognised by its name and
+    the input's is not compared. The result type must be importable at run
+    time: results are validated against it when they are read back.
+    """
     if not callable(fn):
         raise DefinitionError(f"{what} must be an async function, got {fn!r}")
     if not _is_async(fn):
         raise DefinitionError(f"{what} {_qualname(fn)} must be an async function (async def)")
     try:
-        sig = inspect.signature(fn, eval_str=True)
-    except (NameError, SyntaxError, TypeError, ValueError, AttributeError) as exc:
-        raise DefinitionError(
-            f"cannot resolve the annotations of {what} {_qualname(fn)}: {exc} (annotations "
-            "must name types importable from the function's module)"
-        ) from exc
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError) as exc:
+        raise DefinitionError(f"cannot read the signature of {what} {fn!r}: {exc}") from exc
     ctx_param, input_param = _two_positional(sig, fn, what)
     missing = [p.name for p in (ctx_param, input_param) if p.annotation is inspect.Parameter.empty]
     if sig.return_annotation is inspect.Signature.empty:
@@ -385,17 +418,31 @@ def _check_function(
             f"{what} {_qualname(fn)} needs type annotations (missing: {', '.join(missing)}): "
             "async def step(ctx: StepContext, input: InputType) -> ResultType"
         )
-    if not _is_ctx_annotation(ctx_param.annotation):
+    namespace = _globals_of(fn)
+    ctx_annotation = _resolve(ctx_param.annotation, namespace)
+    if isinstance(ctx_annotation, _Unresolved):
+        valid_ctx = ctx_annotation.text.rsplit(".", 1)[-1] == StepContext.__name__
+    else:
+        valid_ctx = _is_ctx_annotation(ctx_annotation)
+    if not valid_ctx:
         raise DefinitionError(
             f"the first parameter of {what} {_qualname(fn)} must be annotated StepContext, "
             f"got {ctx_param.annotation!r}"
         )
-    if not _accepts(input_param.annotation, input_type):
+    input_annotation = _resolve(input_param.annotation, namespace)
+    if not isinstance(input_annotation, _Unresolved) and not _accepts(input_annotation, input_type):
         raise DefinitionError(
-            f"{what} {_qualname(fn)} takes {input_param.annotation!r}, but the workflow's "
+            f"{what} {_qualname(fn)} takes {input_annotation!r}, but the workflow's "
             f"input is {input_type!r}"
         )
-    return fn, sig.return_annotation
+    result = _resolve(sig.return_annotation, namespace)
+    if isinstance(result, _Unresolved):
+        raise DefinitionError(
+            f"cannot resolve the result type {result.text!r} of {what} {_qualname(fn)}: "
+            "results are read back as that type, so it must be importable at run time "
+            "(not only under 'if TYPE_CHECKING:')"
+        )
+    return fn, result
 
 
 def _codec(annotation: Any, what: str) -> tuple[Callable[[Any], Any] | None, Callable[[Any], Any]]:

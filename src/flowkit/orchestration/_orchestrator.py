@@ -51,6 +51,9 @@ logger = logging.getLogger("flowkit.orchestration")
 InputT = TypeVar("InputT")
 M = TypeVar("M", bound=Message)
 
+_RUNNING = WorkflowStatus.RUNNING
+_COMPENSATING = WorkflowStatus.COMPENSATING
+_COMPLETED = WorkflowStatus.COMPLETED
 _UNFINISHED = (WorkflowStatus.RUNNING.value, WorkflowStatus.COMPENSATING.value)
 _FINISHED = frozenset(
     {WorkflowStatus.COMPLETED.value, WorkflowStatus.COMPENSATED.value, WorkflowStatus.FAILED.value}
@@ -292,7 +295,7 @@ class Orchestrator(Generic[InputT]):
                 bus = Choreography(self._transport)
                 await stack.enter_async_context(bus.run(services=[]))
                 self._requester = bus
-            self._slots = anyio.Semaphore(self._concurrency, fast_acquire=True)
+            self._slots = anyio.Semaphore(self._concurrency)
             self._tg = await stack.enter_async_context(anyio.create_task_group())
         except BaseException:
             await stack.__aexit__(None, None, None)
@@ -335,8 +338,6 @@ class Orchestrator(Generic[InputT]):
     def _crash(self, exc_type: type[BaseException]) -> None:
         """Stop the engine as if the process died: no further checkpoint is written."""
         self._crashed = exc_type
-        if self._tg is not None:
-            self._tg.cancel_scope.cancel()
         for run in self._running.values():
             if run.scope is not None:
                 run.scope.cancel()
@@ -746,9 +747,16 @@ class Orchestrator(Generic[InputT]):
         """Run a registered workflow to its end; always releases it."""
         try:
             if run.outcome is None:
-                assert self._slots is not None
-                async with self._slots:
+                slots = self._slots
+                assert slots is not None
+                try:
+                    slots.acquire_nowait()  # no scheduling round trip when a slot is free
+                except anyio.WouldBlock:
+                    await slots.acquire()
+                try:
                     run.outcome = await self._execute(run)
+                finally:
+                    slots.release()
         except _Superseded:
             logger.info("workflow %s was saved by another process; leaving it to it", run.id)
             if not poll_if_superseded:
@@ -841,7 +849,7 @@ class Orchestrator(Generic[InputT]):
     async def _execute(self, run: Run) -> Outcome:
         self._check_crash()
         try:
-            while run.status is WorkflowStatus.RUNNING:
+            while run.status is _RUNNING:
                 if not run.cancel_requested:
                     with anyio.CancelScope(deadline=self._local_deadline(run)) as scope:
                         run.scope = scope
@@ -851,7 +859,7 @@ class Orchestrator(Generic[InputT]):
                         break
                 self._check_crash()
                 await self._interrupted(run)
-            if run.status is WorkflowStatus.COMPENSATING:
+            if run.status is _COMPENSATING:
                 with anyio.CancelScope() as scope:
                     run.scope = scope
                     await self._backward(run)
@@ -876,7 +884,6 @@ class Orchestrator(Generic[InputT]):
             # past the pivot there is no way back: the deadline no longer applies and
             # a cancellation that arrived while the pivot was running comes too late
             return
-        run.interrupt_running()
         if cancelled:
             run.event("cancel_requested")
             reason = "the workflow was cancelled"
@@ -885,17 +892,20 @@ class Orchestrator(Generic[InputT]):
             reason = f"the workflow's deadline of {self.deadline}s passed"
             run.event("deadline_exceeded")
             error = error_of("", DeadlineExceeded(reason))
+        run.interrupt_running()
         run.turn_back(error, reason)
         await self._save(run)
 
     async def _forward(self, run: Run) -> None:
         stages = self._plan.stages
+        count = len(stages)
         index = run.next_stage()
-        while index < len(stages):
+        while index < count:
             if run.begun != index:
                 run.begin_stage(index)
                 await self._save(run)
-                self._reached(run, index, "started")
+                if self._faults is not None:
+                    self._reached(run, index, "started")
             stage = stages[index]
             if len(stage) == 1:
                 ok = await self._run_step(run, stage[0], False)
@@ -904,17 +914,18 @@ class Orchestrator(Generic[InputT]):
             if not ok:
                 return
             index += 1
-            if index < len(stages):
+            if index < count:
                 run.begin_stage(index)
             else:
-                run.finish(WorkflowStatus.COMPLETED)
+                run.finish(_COMPLETED)
             await self._save(run)
             if run.pivot_done and run.scope is not None:
                 run.scope.deadline = math.inf
-            if len(stage) == 1:
-                self._reached(run, index - 1, "succeeded")
-            if index < len(stages):
-                self._reached(run, index, "started")
+            if self._faults is not None:
+                if len(stage) == 1:
+                    self._reached(run, index - 1, "succeeded")
+                if index < count:
+                    self._reached(run, index, "started")
 
     def _context(self, run: Run, name: str, attempt: int, compensating: bool) -> StepContext:
         return StepContext(

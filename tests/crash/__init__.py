@@ -1,0 +1,1 @@
+"""Helper programs for the crash tests (run as child processes, killed with SIGKILL)."""
