@@ -103,7 +103,7 @@ async def test_publishing_an_undeclared_event_fails_the_handler() -> None:
     async with bus:
         await bus.publish(OrderPlaced(order_id="o-1"))
         (letter,) = await dead_letters_eventually(bus, 1)
-    assert letter.error_type == "flowkit._errors.DefinitionError"
+    assert letter.error_type == "flowkit.DefinitionError"
     assert "emits" in letter.error
 
 
@@ -191,7 +191,7 @@ async def test_a_slow_handler_times_out_and_is_retried() -> None:
         await bus.publish(OrderPlaced(order_id="o"))
         (letter,) = await dead_letters_eventually(bus, 1)
     assert attempts == [1, 2]
-    assert letter.error_type == f"flowkit._errors.{HandlerTimeout.__name__}"
+    assert letter.error_type == f"flowkit.{HandlerTimeout.__name__}"
     assert "timeout of 0.02s" in letter.error
 
 
@@ -225,7 +225,7 @@ async def test_bad_input_is_dead_lettered_and_the_consumer_keeps_going(
         await wait_until(lambda: handled == ["good"])
     assert letter.body == body
     assert letter.attempts == 0
-    assert letter.error_type == "flowkit._errors.DecodeError"
+    assert letter.error_type == "flowkit.DecodeError"
     assert kind in letter.error
 
 

@@ -14,10 +14,12 @@ from examples.ecommerce.events import (
     PartnerAssigned,
     ShipmentPrepared,
 )
+from examples.ecommerce.orchestrated import run_orchestration
 from examples.ecommerce.world import World
 from examples.recommendations.__main__ import ask_three_times
 from flowkit import Choreography
-from flowkit.testing import run_in_memory
+from flowkit.orchestration import WorkflowStatus
+from flowkit.testing import assert_compensation_order, run_in_memory
 from flowkit.transports import InMemoryTransport
 
 pytestmark = pytest.mark.anyio
@@ -112,3 +114,22 @@ def test_the_demo_prints_the_flow(capsys: pytest.CaptureFixture[str]) -> None:
     assert "[notification] emailed ada@example.com about order o-1" in out
     assert "order history of o-1: OrderPlaced" in out
     assert "dead letter: notification:" in out
+    assert "o-2: COMPENSATED" in out
+    assert "compensated, in order: prepare_shipment, charge_payment, reserve_stock" in out
+
+
+async def test_the_orchestrated_demo_completes_or_compensates_in_reverse(tmp_path: Path) -> None:
+    result = await run_orchestration(tmp_path / "saga.db")
+    done, no_partner, declined = (result.outcomes[o] for o in ("o-1", "o-2", "o-3"))
+    assert done.status is WorkflowStatus.COMPLETED
+    assert no_partner.status is WorkflowStatus.COMPENSATED
+    assert_compensation_order(no_partner, [{"prepare_shipment"}, "charge_payment", "reserve_stock"])
+    assert declined.status is WorkflowStatus.COMPENSATED
+    assert declined.compensated == ("reserve_stock",)
+    lines = result.world.lines
+    assert lines.count("[order] charged 25.00") == 1  # the second run of o-1 did nothing
+    assert "[order] refunded 40.00" in lines
+    assert "[seller] seller-9 unpacks parcel-o-2" in lines
+    assert not any("refunded 9000" in line for line in lines)  # never charged
+    events = [t.event for t in result.infos["o-2"].history]
+    assert events[0] == "workflow_started" and events[-1] == "compensated"

@@ -15,7 +15,7 @@ import pytest
 
 from flowkit._errors import ConcurrencyConflict, StoreError, WorkflowNotFound
 from flowkit.stores import DeadLetter, MemoryStore, SQLiteStore, StateStore, WorkflowRecord
-from flowkit.stores._memory import _encode_state
+from flowkit.stores._codec import encode_state
 from flowkit.stores._sqlite import SCHEMA_VERSION
 from flowkit.testing._store_suite import STORE_CHECKS, check_store
 
@@ -66,7 +66,7 @@ class _Racy(MemoryStore):
         current = await self.load_workflow(record.id)
         if current.version != record.version:
             raise ConcurrencyConflict("stale")
-        state_json = _encode_state(record.state)
+        state_json = encode_state(record.state)
         await anyio.lowlevel.checkpoint()
         stored = self._workflows[record.id]
         stored.status, stored.state_json = record.status, state_json

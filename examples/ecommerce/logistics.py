@@ -31,6 +31,7 @@ def register(bus: Choreography, world: World) -> None:
         service=SERVICE,
         emits=[PartnerAssigned],
         retry=Retry(attempts=5, backoff=0.01),
+        name="assign-partner",
     )
     async def on_order_placed(event: OrderPlaced, ctx: Context) -> None:
         if ctx.attempt > 1:
@@ -38,11 +39,13 @@ def register(bus: Choreography, world: World) -> None:
         partner = await assign_partner(world, event.order_id, ctx.idempotency_key)
         await ctx.publish(PartnerAssigned(order_id=event.order_id, partner=partner))
 
-    @bus.handles(AssignPartner, service=SERVICE, retry=Retry(attempts=3, backoff=0.01))
+    @bus.handles(
+        AssignPartner, service=SERVICE, retry=Retry(attempts=3, backoff=0.01), name="assign"
+    )
     async def on_assign(command: AssignPartner, ctx: Context) -> Done:
         return Done(reference=await assign_partner(world, command.order_id, ctx.idempotency_key))
 
-    @bus.handles(ReleasePartner, service=SERVICE)
+    @bus.handles(ReleasePartner, service=SERVICE, name="release")
     async def on_release(command: ReleasePartner, ctx: Context) -> Done:
         world.once(
             ctx.idempotency_key,

@@ -24,12 +24,12 @@ async def send_email(world: World, order_id: str, email: str, key: str) -> str:
 def register(bus: Choreography, world: World) -> None:
     """Declare this service's handlers on ``bus``."""
 
-    @bus.on(OrderPlaced, service=SERVICE, emits=[ConfirmationSent])
+    @bus.on(OrderPlaced, service=SERVICE, emits=[ConfirmationSent], name="confirm-order")
     async def confirm_order(event: OrderPlaced, ctx: Context) -> None:
         await send_email(world, event.order_id, event.user_email, ctx.idempotency_key)
         await ctx.publish(ConfirmationSent(order_id=event.order_id, email=event.user_email))
 
-    @bus.handles(SendConfirmation, service=SERVICE)
+    @bus.handles(SendConfirmation, service=SERVICE, name="send-confirmation")
     async def send_confirmation(command: SendConfirmation, ctx: Context) -> Done:
         ref = await send_email(world, command.order_id, command.user_email, ctx.idempotency_key)
         return Done(reference=ref)

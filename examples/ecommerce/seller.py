@@ -25,21 +25,21 @@ async def prepare_shipment(world: World, order_id: str, seller_id: str, key: str
 def register(bus: Choreography, world: World) -> None:
     """Declare this service's handlers on ``bus``."""
 
-    @bus.on(OrderPlaced, service=SERVICE, emits=[ShipmentPrepared])
+    @bus.on(OrderPlaced, service=SERVICE, emits=[ShipmentPrepared], name="prepare-shipment")
     async def on_order_placed(event: OrderPlaced, ctx: Context) -> None:
         parcel = await prepare_shipment(world, event.order_id, event.seller_id, ctx.idempotency_key)
         await ctx.publish(
             ShipmentPrepared(order_id=event.order_id, seller_id=event.seller_id, parcel_id=parcel)
         )
 
-    @bus.handles(PrepareShipment, service=SERVICE)
+    @bus.handles(PrepareShipment, service=SERVICE, name="prepare")
     async def on_prepare(command: PrepareShipment, ctx: Context) -> Done:
         parcel = await prepare_shipment(
             world, command.order_id, command.seller_id, ctx.idempotency_key
         )
         return Done(reference=parcel)
 
-    @bus.handles(CancelShipment, service=SERVICE)
+    @bus.handles(CancelShipment, service=SERVICE, name="cancel")
     async def on_cancel(command: CancelShipment, ctx: Context) -> Done:
         world.once(
             ctx.idempotency_key,

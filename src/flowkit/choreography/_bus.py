@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 import traceback
 from contextlib import AsyncExitStack
 from datetime import UTC, datetime
@@ -854,6 +855,12 @@ async def _close_quietly(sub: Subscription) -> None:
 
 
 def _qualname(exc: BaseException) -> str:
+    """An exception's type as users import it: ``ValueError``, ``flowkit.DecodeError``,
+    ``myshop.payments.CardDeclined``."""
     cls = type(exc)
     module = cls.__module__
-    return cls.__qualname__ if module == "builtins" else f"{module}.{cls.__qualname__}"
+    if module == "builtins":
+        return cls.__qualname__
+    if module.startswith("flowkit.") and hasattr(sys.modules["flowkit"], cls.__name__):
+        return f"flowkit.{cls.__qualname__}"
+    return f"{module}.{cls.__qualname__}"

@@ -7,16 +7,16 @@ state store, compensates the steps that acted when one fails, and resumes
 unfinished workflows after a crash.
 """
 
+from .._errors import DeadlineExceeded as DeadlineExceeded
+from .._errors import InvalidWorkflowState as InvalidWorkflowState
+from .._errors import OrchestratorNotStarted as OrchestratorNotStarted
+from .._errors import ResultNotAvailable as ResultNotAvailable
+from .._errors import StepTimeout as StepTimeout
+from .._errors import WorkflowCancelled as WorkflowCancelled
 from ._context import StepContext as StepContext
 from ._declare import Parallel as Parallel
 from ._declare import Remote as Remote
 from ._declare import Step as Step
-from ._errors import DeadlineExceeded as DeadlineExceeded
-from ._errors import InvalidWorkflowState as InvalidWorkflowState
-from ._errors import OrchestratorNotStarted as OrchestratorNotStarted
-from ._errors import ResultNotAvailable as ResultNotAvailable
-from ._errors import StepTimeout as StepTimeout
-from ._errors import WorkflowCancelled as WorkflowCancelled
 from ._model import Outcome as Outcome
 from ._model import StepError as StepError
 from ._model import StepInfo as StepInfo

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
-from ._errors import ResultNotAvailable
+from .._errors import ResultNotAvailable
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Mapping

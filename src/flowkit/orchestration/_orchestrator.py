@@ -14,23 +14,21 @@ from pydantic import BaseModel
 
 from .._errors import (
     ConcurrencyConflict,
+    DeadlineExceeded,
     DefinitionError,
+    InvalidWorkflowState,
     NonRetryableError,
+    OrchestratorNotStarted,
     RemoteError,
     RequestTimeout,
+    StepTimeout,
+    WorkflowCancelled,
     WorkflowNotFound,
 )
 from .._events import Command, Message, new_message_id
 from .._retry import Retry
 from ._context import StepContext
 from ._declare import Action, Parallel, Plan, Remote, Step, StepSpec, compile_plan
-from ._errors import (
-    DeadlineExceeded,
-    InvalidWorkflowState,
-    OrchestratorNotStarted,
-    StepTimeout,
-    WorkflowCancelled,
-)
 from ._model import Outcome, WorkflowInfo, WorkflowStatus
 from ._state import Run, error_of
 

@@ -99,6 +99,18 @@ class StateStore(Protocol):
         """Whether ``consumer`` has already handled ``message_id``."""
         ...
 
+    async def inbox_prune(self, older_than: datetime) -> int:
+        """Forget the inbox entries recorded before ``older_than``.
+
+        Keep entries for longer than a message can be redelivered (the broker's
+        retention, the longest retry delay): a duplicate older than that would
+        be handled again.
+
+        Returns:
+            How many entries were removed.
+        """
+        ...
+
     # -- dead letters --------------------------------------------------------
 
     async def add_dead_letter(self, letter: DeadLetter) -> None:

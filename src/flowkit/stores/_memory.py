@@ -7,19 +7,19 @@ orchestrator and start another one on the same store to simulate a restart.
 
 from __future__ import annotations
 
-import json
 import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Self
 
 from anyio.lowlevel import checkpoint
 
 from .._errors import ConcurrencyConflict, NotFound, StoreError, WorkflowNotFound
 from ._base import DeadLetter, WorkflowRecord
+from ._codec import decode_state, encode_state, utc
 
 if TYPE_CHECKING:
-    from collections.abc import Collection, Mapping
+    from collections.abc import Collection
     from types import TracebackType
 
 __all__ = ["MemoryStore"]
@@ -40,24 +40,11 @@ class _StoredWorkflow:
             id=workflow_id,
             name=self.name,
             status=self.status,
-            state=json.loads(self.state_json),
+            state=decode_state(self.state_json),
             version=self.version,
             created_at=self.created_at,
             updated_at=self.updated_at,
         )
-
-
-def _encode_state(state: Mapping[str, Any]) -> str:
-    try:
-        return json.dumps(dict(state), separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        raise StoreError(f"workflow state is not JSON-serializable: {exc}") from exc
-
-
-def _utc(value: datetime, what: str) -> datetime:
-    if value.tzinfo is None or value.utcoffset() is None:
-        raise StoreError(f"{what} must be a timezone-aware datetime, got naive {value!r}")
-    return value.astimezone(UTC)
 
 
 def _copy_letter(letter: DeadLetter, failed_at: datetime) -> DeadLetter:
@@ -96,7 +83,7 @@ class MemoryStore:
         self._users = 0
         self._open = False
         self._seq = 0
-        self._inbox: set[tuple[str, str]] = set()
+        self._inbox: dict[tuple[str, str], datetime] = {}
         self._letters: dict[str, tuple[int, DeadLetter]] = {}
         self._workflows: dict[str, _StoredWorkflow] = {}
 
@@ -133,7 +120,7 @@ class MemoryStore:
             key = (consumer, message_id)
             if key in self._inbox:
                 return False
-            self._inbox.add(key)
+            self._inbox[key] = datetime.now(UTC)
             return True
 
     async def inbox_contains(self, consumer: str, message_id: str) -> bool:
@@ -154,6 +141,27 @@ class MemoryStore:
             self._check_open()
             return (consumer, message_id) in self._inbox
 
+    async def inbox_prune(self, older_than: datetime) -> int:
+        """Forget the inbox entries recorded before ``older_than``.
+
+        Args:
+            older_than: a timezone-aware time.
+
+        Returns:
+            How many entries were removed.
+
+        Raises:
+            StoreError: if the store is not open or ``older_than`` is naive.
+        """
+        cutoff = utc(older_than, "older_than")
+        await checkpoint()
+        with self._lock:
+            self._check_open()
+            old = [key for key, added in self._inbox.items() if added < cutoff]
+            for key in old:
+                del self._inbox[key]
+            return len(old)
+
     # -- dead letters --------------------------------------------------------
 
     async def add_dead_letter(self, letter: DeadLetter) -> None:
@@ -169,7 +177,7 @@ class MemoryStore:
             StoreError: if the store is not open or ``letter.failed_at`` is naive.
         """
         await checkpoint()
-        stored = _copy_letter(letter, _utc(letter.failed_at, "DeadLetter.failed_at"))
+        stored = _copy_letter(letter, utc(letter.failed_at, "DeadLetter.failed_at"))
         with self._lock:
             self._check_open()
             if stored.id not in self._letters:
@@ -259,7 +267,7 @@ class MemoryStore:
             StoreError: if the store is not open or the state is not JSON-serializable.
         """
         await checkpoint()
-        state_json = _encode_state(record.state)
+        state_json = encode_state(record.state)
         now = datetime.now(UTC)
         with self._lock:
             self._check_open()
@@ -296,7 +304,7 @@ class MemoryStore:
             StoreError: if the store is not open or the state is not JSON-serializable.
         """
         await checkpoint()
-        state_json = _encode_state(record.state)
+        state_json = encode_state(record.state)
         now = datetime.now(UTC)
         with self._lock:
             self._check_open()

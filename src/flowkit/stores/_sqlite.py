@@ -55,9 +55,10 @@ import anyio
 
 from .._errors import ConcurrencyConflict, NotFound, StoreError, WorkflowNotFound
 from ._base import DeadLetter, WorkflowRecord
+from ._codec import decode_state, encode_state, utc
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Collection, Mapping
+    from collections.abc import Callable, Collection
     from types import TracebackType
 
     import trio
@@ -117,6 +118,7 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE INDEX flowkit_workflows_status ON flowkit_workflows (status, created_at)",
         "CREATE INDEX flowkit_workflows_name ON flowkit_workflows (name, created_at)",
         "CREATE INDEX flowkit_workflows_created_at ON flowkit_workflows (created_at)",
+        "CREATE INDEX flowkit_inbox_added_at ON flowkit_inbox (added_at)",
     ),
 )
 
@@ -200,29 +202,6 @@ def _parse_timestamp(text: str) -> datetime:
     return datetime.fromisoformat(text).astimezone(UTC)
 
 
-def _utc(value: datetime, what: str) -> datetime:
-    if value.tzinfo is None or value.utcoffset() is None:
-        raise StoreError(f"{what} must be a timezone-aware datetime, got naive {value!r}")
-    return value.astimezone(UTC)
-
-
-_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-
-
-def _encode_state(state: Mapping[str, Any]) -> str:
-    try:
-        return _JSON.encode(dict(state))
-    except (TypeError, ValueError) as exc:
-        raise StoreError(f"workflow state is not JSON-serializable: {exc}") from exc
-
-
-def _decode_json(text: str, what: str) -> Any:
-    try:
-        return json.loads(text)
-    except ValueError as exc:
-        raise StoreError(f"the stored {what} is not valid JSON: {exc}") from exc
-
-
 # id, consumer, topic, body, headers, error_type, error, attempts, failed_at, message_id
 _LetterRow = tuple[str, str, str, bytes, str, str, str, int, str, "str | None"]
 # id, name, status, version, state, created_at, updated_at
@@ -235,7 +214,7 @@ _WORKFLOW_COLUMNS = "id, name, status, version, state, created_at, updated_at"
 
 
 def _letter_from_row(row: _LetterRow) -> DeadLetter:
-    headers = _decode_json(row[4], "dead letter headers")
+    headers = decode_state(row[4], "dead letter headers")
     return DeadLetter(
         id=row[0],
         consumer=row[1],
@@ -255,7 +234,7 @@ def _workflow_from_row(row: _WorkflowRow) -> WorkflowRecord:
         id=row[0],
         name=row[1],
         status=row[2],
-        state=_decode_json(row[4], "workflow state"),
+        state=decode_state(row[4], "workflow state"),
         version=row[3],
         created_at=_parse_timestamp(row[5]),
         updated_at=_parse_timestamp(row[6]),
@@ -284,6 +263,10 @@ def _op_inbox_contains(conn: sqlite3.Connection, consumer: str, message_id: str)
         (consumer, message_id),
     ).fetchone()
     return row is not None
+
+
+def _op_inbox_prune(conn: sqlite3.Connection, cutoff: str) -> int:
+    return conn.execute("DELETE FROM flowkit_inbox WHERE added_at < ?", (cutoff,)).rowcount
 
 
 def _op_add_dead_letter(conn: sqlite3.Connection, row: _LetterRow) -> None:
@@ -769,6 +752,22 @@ class SQLiteStore:
         """
         return await self._call(_op_inbox_contains, consumer, message_id, write=False)
 
+    async def inbox_prune(self, older_than: datetime) -> int:
+        """Forget the inbox entries recorded before ``older_than``.
+
+        Args:
+            older_than: a timezone-aware time.
+
+        Returns:
+            How many entries were removed.
+
+        Raises:
+            StoreError: if the store is not open, ``older_than`` is naive, or
+                SQLite fails.
+        """
+        cutoff = _timestamp(utc(older_than, "older_than"))
+        return await self._call(_op_inbox_prune, cutoff, write=True)
+
     # -- dead letters --------------------------------------------------------
 
     async def add_dead_letter(self, letter: DeadLetter) -> None:
@@ -784,9 +783,9 @@ class SQLiteStore:
             StoreError: if the store is not open, ``letter.failed_at`` is naive,
                 the headers are not strings, or SQLite fails.
         """
-        failed_at = _timestamp(_utc(letter.failed_at, "DeadLetter.failed_at"))
+        failed_at = _timestamp(utc(letter.failed_at, "DeadLetter.failed_at"))
         try:
-            headers = _JSON.encode(dict(letter.headers))
+            headers = json.dumps(dict(letter.headers), separators=(",", ":"), ensure_ascii=False)
         except (TypeError, ValueError) as exc:
             raise StoreError(f"dead letter headers are not JSON-serializable: {exc}") from exc
         row: _LetterRow = (
@@ -869,7 +868,7 @@ class SQLiteStore:
             StoreError: if the store is not open, the state is not
                 JSON-serializable, or SQLite fails.
         """
-        state = _encode_state(record.state)
+        state = encode_state(record.state)
         now = _timestamp(datetime.now(UTC))
         row, created = await self._call(
             _op_create_workflow, record.id, record.name, record.status, state, now, write=True
@@ -894,7 +893,7 @@ class SQLiteStore:
             StoreError: if the store is not open, the state is not
                 JSON-serializable, or SQLite fails.
         """
-        state = _encode_state(record.state)
+        state = encode_state(record.state)
         now = datetime.now(UTC)
         name, created_at = await self._call(
             _op_save_workflow,
@@ -909,7 +908,7 @@ class SQLiteStore:
             id=record.id,
             name=name,
             status=record.status,
-            state=json.loads(state),
+            state=decode_state(state),
             version=record.version + 1,
             created_at=_parse_timestamp(created_at),
             updated_at=now,

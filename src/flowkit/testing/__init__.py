@@ -5,6 +5,9 @@
   handlers fail;
 * :class:`FaultyTransport` wraps any transport to drop consumers, duplicate,
   delay or fail publishes;
+* :class:`FaultPlan` makes the steps of your own sagas fail, time out or
+  "crash" the process at a chosen point, and :func:`assert_compensation_order`
+  checks what was undone;
 * :func:`check_transport` and :func:`check_store` are the conformance suites
   every transport and every store must pass.
 
@@ -15,6 +18,11 @@ The pytest plugin (installed with flowkit) adds the ``memory_transport`` and
 from ._faults import FaultyTransport as FaultyTransport
 from ._harness import BusHarness as BusHarness
 from ._harness import run_in_memory as run_in_memory
+from ._sagas import FaultPlan as FaultPlan
+from ._sagas import InjectedFault as InjectedFault
+from ._sagas import Injection as Injection
+from ._sagas import SimulatedCrash as SimulatedCrash
+from ._sagas import assert_compensation_order as assert_compensation_order
 from ._store_suite import STORE_CHECKS as STORE_CHECKS
 from ._store_suite import check_store as check_store
 from ._transport_suite import TRANSPORT_CHECKS as TRANSPORT_CHECKS
@@ -24,7 +32,12 @@ __all__ = [
     "STORE_CHECKS",
     "TRANSPORT_CHECKS",
     "BusHarness",
+    "FaultPlan",
     "FaultyTransport",
+    "InjectedFault",
+    "Injection",
+    "SimulatedCrash",
+    "assert_compensation_order",
     "check_store",
     "check_transport",
     "run_in_memory",

@@ -273,6 +273,22 @@ async def _check_inbox_isolated_per_consumer(factory: _Factory) -> None:
         )
 
 
+@_check
+async def _check_inbox_prune(factory: _Factory) -> None:
+    consumer = _name("consumer")
+    async with factory() as store:
+        await store.inbox_add(consumer, "old")
+        _expect(
+            await store.inbox_prune(datetime.now(UTC) - timedelta(hours=1)) == 0,
+            "inbox_prune removed entries younger than its cut-off",
+        )
+        _expect(await store.inbox_contains(consumer, "old"), "a young inbox entry was pruned")
+        removed = await store.inbox_prune(datetime.now(UTC) + timedelta(seconds=1))
+        _expect(removed >= 1, f"inbox_prune of everything removed {removed} entries")
+        _expect(not await store.inbox_contains(consumer, "old"), "a pruned entry is still there")
+        _expect(await store.inbox_add(consumer, "old"), "a pruned entry cannot be added again")
+
+
 # -- dead letters ---------------------------------------------------------------------
 
 
