@@ -61,7 +61,9 @@ class WorkflowRecord:
         id: the workflow id, chosen by the caller or generated.
         name: the orchestrator's name (its class name by default).
         status: the workflow's status (``RUNNING``, ``COMPLETED``, ...).
-        state: the engine's JSON-serializable state (input, steps, history).
+        state: the engine's JSON-serializable state (input, steps, history),
+            stored as JSON the way pydantic converts data (tuples and sets
+            come back as lists, bytes as text).
         version: incremented by every save; saves name the version they read.
         created_at: when the record was first written (UTC).
         updated_at: when it was last written (UTC).
@@ -154,7 +156,8 @@ class StateStore(Protocol):
         """Write a changed record; ``record.version`` is the version it was read at.
 
         Returns:
-            The stored record, its version incremented.
+            The stored record, its version incremented. Its state is the
+            mapping given (a load returns it decoded from JSON).
 
         Raises:
             ConcurrencyConflict: if the stored version is not ``record.version``.

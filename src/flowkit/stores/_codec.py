@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from pydantic_core import from_json
+from pydantic_core import from_json, to_json
 
 from .._errors import StoreError
 
@@ -15,20 +14,17 @@ if TYPE_CHECKING:
 
 __all__ = ["decode_state", "encode_state", "utc"]
 
-# Strict on purpose: a state that json refuses (a set, bytes, NaN, an object) is a
-# bug in the caller, and would not come back equal from any store.
-_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-
 
 def encode_state(state: Mapping[str, Any]) -> str:
-    """A workflow state as JSON text.
+    """A workflow state as JSON text, converted the way pydantic converts data:
+    tuples and sets become arrays, bytes become text, keys become strings.
 
     Raises:
-        StoreError: if the state is not plain JSON (strings as keys).
+        StoreError: if a value has no JSON form.
     """
     try:
-        return _ENCODER.encode(dict(state))
-    except (TypeError, ValueError) as exc:
+        return to_json(state).decode()
+    except ValueError as exc:
         raise StoreError(f"workflow state is not JSON-serializable: {exc}") from exc
 
 

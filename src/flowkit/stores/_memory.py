@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Self
+from typing import TYPE_CHECKING, Any, Self
 
 from anyio.lowlevel import checkpoint
 
@@ -19,7 +19,7 @@ from ._base import DeadLetter, WorkflowRecord
 from ._codec import decode_state, encode_state, utc
 
 if TYPE_CHECKING:
-    from collections.abc import Collection
+    from collections.abc import Collection, Mapping
     from types import TracebackType
 
 __all__ = ["MemoryStore"]
@@ -35,12 +35,13 @@ class _StoredWorkflow:
     updated_at: datetime
     seq: int
 
-    def record(self, workflow_id: str) -> WorkflowRecord:
+    def record(self, workflow_id: str, state: Mapping[str, Any] | None = None) -> WorkflowRecord:
+        """The record, with ``state`` when the caller just wrote it (saves a decode)."""
         return WorkflowRecord(
             id=workflow_id,
             name=self.name,
             status=self.status,
-            state=decode_state(self.state_json),
+            state=decode_state(self.state_json) if state is None else state,
             version=self.version,
             created_at=self.created_at,
             updated_at=self.updated_at,
@@ -284,7 +285,7 @@ class MemoryStore:
                 seq=self._next_seq(),
             )
             self._workflows[record.id] = stored
-        return stored.record(record.id), True
+        return stored.record(record.id, state=record.state), True
 
     async def save_workflow(self, record: WorkflowRecord) -> WorkflowRecord:
         """Write a changed record; ``record.version`` is the version it was read at.
@@ -320,7 +321,7 @@ class MemoryStore:
             stored.state_json = state_json
             stored.version += 1
             stored.updated_at = now
-            return stored.record(record.id)
+            return stored.record(record.id, state=record.state)
 
     async def load_workflow(self, workflow_id: str) -> WorkflowRecord:
         """One workflow record.

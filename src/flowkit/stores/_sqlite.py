@@ -908,7 +908,7 @@ class SQLiteStore:
             id=record.id,
             name=name,
             status=record.status,
-            state=decode_state(state),
+            state=record.state,
             version=record.version + 1,
             created_at=_parse_timestamp(created_at),
             updated_at=now,
