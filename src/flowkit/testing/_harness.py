@@ -16,48 +16,28 @@ from ._faults import FaultyTransport
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Iterable, Mapping
-    from types import TracebackType
 
     from ..choreography import Choreography, Context
     from ..choreography._handlers import HandlerSpec
     from ..stores._base import DeadLetter, StateStore
-    from ..transports._base import Subscription
 
 __all__ = ["BusHarness", "run_in_memory"]
 
 E = TypeVar("E", bound=Event)
 
 
-class _RecordingTransport:
-    """Delegates to the fault-injecting in-memory transport and records every publish."""
+class _RecordingTransport(FaultyTransport):
+    """The fault-injecting wrapper, also recording every publish for the harness."""
 
-    def __init__(self, inner: FaultyTransport, on_publish: Callable[[str, bytes], None]) -> None:
-        self._inner = inner
+    def __init__(self, inner: InMemoryTransport, on_publish: Callable[[str, bytes], None]) -> None:
+        super().__init__(inner)
         self._on_publish = on_publish
 
     async def publish(
         self, topic: str, body: bytes, headers: Mapping[str, str] | None = None
     ) -> None:
-        await self._inner.publish(topic, body, headers)
+        await super().publish(topic, body, headers)
         self._on_publish(topic, body)
-
-    async def subscribe(self, topic: str, group: str) -> Subscription:
-        return await self._inner.subscribe(topic, group)
-
-    async def aclose(self) -> None:
-        await self._inner.aclose()
-
-    async def __aenter__(self) -> _RecordingTransport:
-        await self._inner.__aenter__()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self._inner.__aexit__(exc_type, exc, tb)
 
 
 class _HandlerFault:
@@ -83,16 +63,10 @@ class BusHarness:
         store: the store the bus uses during the test.
     """
 
-    def __init__(
-        self,
-        bus: Choreography,
-        transport: InMemoryTransport,
-        faults: FaultyTransport,
-        store: StateStore,
-    ) -> None:
+    def __init__(self, bus: Choreography, transport: InMemoryTransport, store: StateStore) -> None:
         self.bus = bus
         self.transport = transport
-        self.faults = faults
+        self.faults: FaultyTransport = _RecordingTransport(transport, self._record)
         self.store = store
         self._published: list[Envelope] = []
         self._changed = anyio.Event()
@@ -269,11 +243,10 @@ async def run_in_memory(
         The harness to publish through, wait on and inject faults with.
     """
     memory = InMemoryTransport(max_buffer=max_buffer)
-    faulty = FaultyTransport(memory)
     test_store = store if store is not None else MemoryStore()
-    harness = BusHarness(bus, memory, faulty, test_store)
+    harness = BusHarness(bus, memory, test_store)
     saved = (bus._transport, bus._store, bus._handlers)
-    bus._transport = _RecordingTransport(faulty, harness._record)
+    bus._transport = harness.faults
     bus._store = test_store
     bus._handlers = [harness._wrap(spec) for spec in saved[2]]
     try:
