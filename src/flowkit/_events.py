@@ -375,6 +375,16 @@ def decode_envelope(body: bytes) -> Envelope:
             raise DecodeError("json", str(first["msg"])) from exc
         where = ".".join(str(p) for p in first["loc"]) or "body"
         raise DecodeError("envelope", f"{where}: {first['msg']}") from exc
+    return _envelope_of(data, payload=data["payload"])
+
+
+def _envelope_of(
+    data: Mapping[str, Any],
+    *,
+    payload: Mapping[str, Any] | None = None,
+    message: Message | None = None,
+) -> Envelope:
+    """An envelope from its checked JSON fields (payload raw, or already validated)."""
     try:
         occurred = datetime.fromisoformat(data["occurred_at"])
     except ValueError as exc:
@@ -387,7 +397,8 @@ def decode_envelope(body: bytes) -> Envelope:
         data.get("causation_id"),
         occurred,
         data.get("headers", {}),
-        data["payload"],
+        payload,
+        message=message,
     )
 
 
@@ -412,22 +423,8 @@ def decode(body: bytes, model: type[M]) -> tuple[Envelope, M]:
         raise DecodeError(
             "unknown_type", f"expected {model.__flowkit_type__!r}", type_name=data["type"]
         )
-    try:
-        occurred = datetime.fromisoformat(data["occurred_at"])
-    except ValueError as exc:
-        raise DecodeError("envelope", f"occurred_at: {exc}", type_name=data["type"]) from exc
     message: M = data["payload"]
-    envelope = Envelope(
-        data["id"],
-        data["type"],
-        data["version"],
-        data["correlation_id"],
-        data.get("causation_id"),
-        occurred,
-        data.get("headers", {}),
-        message=message,
-    )
-    return envelope, message
+    return _envelope_of(data, message=message), message
 
 
 _adapters: dict[type[Message], TypeAdapter[Any]] = {}
