@@ -19,6 +19,7 @@ from flowkit import (
     RemoteError,
     RequestTimeout,
     Retry,
+    StoreError,
 )
 from flowkit.stores import MemoryStore
 from flowkit.testing._faults import FaultyTransport
@@ -490,3 +491,55 @@ async def test_handlers_cannot_be_added_while_running() -> None:
             @bus.on(OrderPlaced, service="late")
             async def late(event: OrderPlaced) -> None:
                 pass
+
+
+class _FlakyStore(MemoryStore):
+    """A store whose inbox fails the first time it is asked."""
+
+    failures = 1
+
+    async def inbox_contains(self, consumer: str, message_id: str) -> bool:
+        if self.failures:
+            self.failures -= 1
+            raise StoreError("database is restarting")
+        return await super().inbox_contains(consumer, message_id)
+
+
+async def test_a_failing_store_does_not_kill_the_consumer() -> None:
+    bus = Choreography(InMemoryTransport(), store=_FlakyStore())
+    handled: list[str] = []
+
+    @bus.on(OrderPlaced, service="seller")
+    async def prepare(event: OrderPlaced) -> None:
+        handled.append(event.order_id)
+
+    async with bus:
+        await bus.publish(OrderPlaced(order_id="o-1"))
+        await bus.publish(OrderPlaced(order_id="o-2"))
+        await wait_until(lambda: sorted(handled) == ["o-1", "o-2"])
+
+
+async def test_starting_a_running_bus_is_refused() -> None:
+    bus = Choreography(InMemoryTransport())
+    async with bus.run(services=[]):
+        with pytest.raises(RuntimeError, match="already running"):
+            await bus.run(services=[]).__aenter__()
+
+
+async def test_stopping_the_bus_ends_waiting_requests() -> None:
+    bus = Choreography(InMemoryTransport())
+    errors: list[BaseException] = []
+
+    async def ask() -> None:
+        try:
+            await bus.request(CheckStock(sku="x"), timeout=30)
+        except BusNotStarted as exc:
+            errors.append(exc)
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            async with bus.run(services=[]):
+                tg.start_soon(ask)
+                await wait_until(lambda: bool(bus._pending))
+    assert len(errors) == 1
+    assert "stopped while waiting" in str(errors[0])

@@ -70,11 +70,12 @@ class _RemoteFailure(Message, type_name="flowkit.RemoteError"):
 
 
 class _PendingReply:
-    __slots__ = ("body", "done")
+    __slots__ = ("body", "done", "stopped")
 
     def __init__(self) -> None:
         self.done = anyio.Event()
         self.body: bytes | None = None
+        self.stopped = False
 
 
 class _Worker:
@@ -420,6 +421,8 @@ class Choreography:
                 await pending.done.wait()
         finally:
             del self._pending[envelope.message_id]
+        if pending.stopped:
+            raise BusNotStarted(f"the bus stopped while waiting for the reply to {envelope.type}")
         if pending.body is None:
             raise RequestTimeout(
                 f"no reply to {envelope.type} (message {envelope.message_id}) within "
@@ -456,7 +459,10 @@ class Choreography:
                 delivery = await sub.receive()
             except TransportClosed:
                 return
-            await delivery.ack()
+            try:
+                await delivery.ack()
+            except TransportError:
+                logger.warning("could not ack a reply; it may arrive twice", exc_info=True)
             request_id = delivery.headers.get(IN_REPLY_TO_HEADER)
             pending = self._pending.get(request_id) if request_id else None
             if pending is None:
@@ -527,6 +533,11 @@ class Choreography:
                     worker.busy = True
                     try:
                         await self._process(spec, delivery)
+                    except Exception:
+                        # The store or the transport failed around the handler: the
+                        # message goes back, and the consumer carries on.
+                        logger.exception("consumer %s could not settle a message", spec.consumer)
+                        await _nack_quietly(delivery, 1.0)
                     finally:
                         worker.busy = False
             finally:
@@ -782,7 +793,7 @@ class _Run:
     async def __aenter__(self) -> Choreography:
         bus = self.bus
         if bus._running is not None:
-            raise BusNotStarted("the bus is already running") from None
+            raise RuntimeError("the bus is already running")
         stack = AsyncExitStack()
         await stack.__aenter__()
         try:
@@ -829,6 +840,9 @@ class _Run:
     async def _stop(self) -> None:
         assert self._task_group is not None
         self.stopping = True
+        for pending in self.bus._pending.values():
+            pending.stopped = True
+            pending.done.set()
         for worker in list(self.workers):
             if not worker.busy:
                 await _close_quietly(worker.sub)
@@ -845,6 +859,13 @@ class _Run:
                 self.bus._stop_grace,
             )
         self._task_group.cancel_scope.cancel()
+
+
+async def _nack_quietly(delivery: Delivery, delay: float) -> None:
+    try:
+        await delivery.nack(delay)
+    except Exception:
+        logger.debug("could not nack a delivery; it comes back when its consumer closes")
 
 
 async def _close_quietly(sub: Subscription) -> None:
