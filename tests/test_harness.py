@@ -147,3 +147,16 @@ async def test_fixtures_are_open(
         delivery = await sub.receive()
     assert delivery.body == b"x"
     assert await memory_store.inbox_add("c", "m") is True
+
+
+async def test_the_memory_bus_fixture(memory_bus: Choreography) -> None:
+    seen: list[str] = []
+
+    @memory_bus.on(OrderPlaced, service="s")
+    async def handle(event: OrderPlaced) -> None:
+        seen.append(event.order_id)
+
+    async with run_in_memory(memory_bus) as harness:
+        await memory_bus.publish(OrderPlaced(order_id="o"))
+        await harness.drain()
+    assert seen == ["o"]
