@@ -14,6 +14,7 @@ import statistics
 import time
 
 from flowkit import Choreography, Event
+from flowkit._events import decode, encode
 from flowkit.transports import InMemoryTransport
 
 from ._report import report
@@ -62,6 +63,16 @@ async def baseline(events: list[OrderPlaced]) -> float:
     return n / elapsed
 
 
+def codec_only(events: list[OrderPlaced]) -> float:
+    """The JSON work alone: each event encoded once and decoded and validated once,
+    as the bus does for a fan-out within one process. The ceiling of any bus figure."""
+    start = time.perf_counter()
+    for event in events:
+        _, body = encode(event)
+        decode(body, OrderPlaced)
+    return len(events) / (time.perf_counter() - start)
+
+
 async def flowkit_fanout(events: list[OrderPlaced]) -> float:
     """The same fan-out through the Choreography bus on InMemoryTransport."""
     n = len(events)
@@ -87,11 +98,12 @@ async def flowkit_fanout(events: list[OrderPlaced]) -> float:
 
 async def main(n: int, repeat: int) -> None:
     events = payloads(n)
-    base, flow = [], []
+    base, flow, codec = [], [], []
     for _ in range(repeat):
         base.append(await baseline(events))
         flow.append(await flowkit_fanout(events))
-    b, f = statistics.median(base), statistics.median(flow)
+        codec.append(codec_only(events))
+    b, f, c = statistics.median(base), statistics.median(flow), statistics.median(codec)
     report(
         "bus_fanout",
         [
@@ -100,6 +112,11 @@ async def main(n: int, repeat: int) -> None:
                 "variant": "flowkit Choreography, InMemoryTransport",
                 "events_per_s": f,
                 "ratio": f / b,
+            },
+            {
+                "variant": "JSON encode + decode/validate alone (the ceiling)",
+                "events_per_s": c,
+                "ratio": c / b,
             },
         ],
         {
