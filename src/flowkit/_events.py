@@ -8,6 +8,7 @@ nothing else is ever decoded from a transport.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import os
 import random
@@ -85,6 +86,7 @@ def type_name_of(model: type[Message]) -> str:
     return model.__flowkit_type__
 
 
+@functools.cache
 def reply_type_of(command: type[Command[Any]]) -> type[Message]:
     """The reply model a command class declares with ``Command[Reply]``.
 

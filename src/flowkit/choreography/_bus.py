@@ -30,6 +30,7 @@ from .._events import (
     decode_envelope,
     encode,
     new_message_id,
+    reply_type_of,
     validate_payload,
 )
 from ..stores._base import DeadLetter
@@ -399,8 +400,6 @@ class Choreography:
         self._require_running()
         if not isinstance(command, Command):
             raise TypeError(f"request() takes a Command, got {type(command).__name__}")
-        from .._events import reply_type_of
-
         reply_type = reply_type_of(type(command))
         await self._ensure_reply_listener()
         hdrs = dict(headers) if headers else {}
