@@ -3,6 +3,7 @@ default (in-memory transport, SQLite store)."""
 
 from __future__ import annotations
 
+import logging
 import tempfile
 from pathlib import Path
 
@@ -13,6 +14,8 @@ from .orchestrated import run_orchestration
 
 
 async def main() -> None:
+    # flowkit logs retries and dead letters; show them beside what the services print.
+    logging.basicConfig(level=logging.WARNING, format="  (%(levelname)s) %(message)s")
     with tempfile.TemporaryDirectory() as tmp:
         print("== Choreography: every service reacts to OrderPlaced on its own ==")
         result = await run_choreography(Path(tmp) / "choreography.db", echo=True)
