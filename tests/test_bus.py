@@ -543,3 +543,30 @@ async def test_stopping_the_bus_ends_waiting_requests() -> None:
                 await wait_until(lambda: bool(bus._pending))
     assert len(errors) == 1
     assert "stopped while waiting" in str(errors[0])
+
+
+async def test_replay_all_replays_one_handlers_dead_letters() -> None:
+    bus = Choreography(InMemoryTransport())
+    broken = True
+    handled: list[str] = []
+
+    @bus.on(OrderPlaced, service="seller", retry=Retry.never())
+    async def prepare(event: OrderPlaced) -> None:
+        if broken:
+            raise RuntimeError("bug")
+        handled.append(event.order_id)
+
+    @bus.on(OrderPlaced, service="billing", retry=Retry.never())
+    async def bill(event: OrderPlaced) -> None:
+        raise RuntimeError("always")
+
+    async with bus:
+        for i in range(3):
+            await bus.publish(OrderPlaced(order_id=f"o-{i}"))
+        await dead_letters_eventually(bus, 6)
+        broken = False
+        (seller,) = {s.consumer for s in bus.handlers if s.service == "seller"}
+        assert await bus.replay_all(consumer=seller) == 3
+        await wait_until(lambda: sorted(handled) == ["o-0", "o-1", "o-2"])
+        left = await bus.dead_letters()
+    assert {letter.consumer.split(":")[0] for letter in left} == {"billing"}

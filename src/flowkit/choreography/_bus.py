@@ -507,6 +507,28 @@ class Choreography:
         await self._transport.publish(letter.topic, letter.body, headers)
         await store.delete_dead_letter(letter.id)
 
+    async def replay_all(
+        self, *, consumer: str | None = None, topic: str | None = None, limit: int = 1000
+    ) -> int:
+        """Replay the dead letters of one handler or topic (or all), oldest first.
+
+        Args:
+            consumer: only those of one handler (``service:name``).
+            topic: only those of one message type.
+            limit: at most this many.
+
+        Returns:
+            How many were replayed.
+
+        Raises:
+            BusNotStarted: if the bus is not running.
+        """
+        self._require_running()
+        letters = await self.dead_letters(consumer=consumer, topic=topic, limit=limit)
+        for letter in letters:
+            await self.replay(letter.id)
+        return len(letters)
+
     # -- consuming -------------------------------------------------------------
 
     def _decode(self, body: bytes, spec: HandlerSpec) -> tuple[Envelope, Message]:
