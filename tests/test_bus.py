@@ -570,3 +570,11 @@ async def test_replay_all_replays_one_handlers_dead_letters() -> None:
         await wait_until(lambda: sorted(handled) == ["o-0", "o-1", "o-2"])
         left = await bus.dead_letters()
     assert {letter.consumer.split(":")[0] for letter in left} == {"billing"}
+
+
+async def test_an_error_in_the_block_comes_out_as_itself() -> None:
+    bus = Choreography(InMemoryTransport())
+    with pytest.raises(KeyError, match="mine"):
+        async with bus:
+            raise KeyError("mine")
+    assert not bus.running

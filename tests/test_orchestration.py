@@ -846,3 +846,9 @@ async def test_on_sqlite_a_workflow_survives_a_restart(tmp_path: Path) -> None:
     assert again.result(charge) == Payment(payment_id="w1:charge", amount=10)
     assert info.steps["charge"].attempts == 2
     assert info.steps["reserve"].result == Reservation(sku="sku-o-1", quantity=1)
+
+
+async def test_an_error_in_the_block_comes_out_as_itself(memory_store: MemoryStore) -> None:
+    with pytest.raises(KeyError, match="mine"):
+        async with PlaceOrder(store=memory_store):
+            raise KeyError("mine")

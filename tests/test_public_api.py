@@ -13,6 +13,7 @@ import flowkit.transports
 def test_top_level_exports_exactly_the_public_names() -> None:
     public = {name for name in dir(flowkit) if not name.startswith(("_", "@"))} - {
         "choreography",
+        "cli",
         "orchestration",
         "stores",
         "testing",

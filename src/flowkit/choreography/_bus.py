@@ -33,6 +33,7 @@ from .._events import (
     reply_type_of,
     validate_payload,
 )
+from .._exits import exit_stack
 from ..stores._base import DeadLetter
 from ._context import IDEMPOTENCY_KEY_HEADER, Context
 from ._handlers import HandlerFunc, HandlerSpec, make_spec
@@ -855,7 +856,7 @@ class _Run:
         finally:
             bus._running = None
             bus._reply_started = False
-            await stack.__aexit__(exc_type, exc, tb)
+            await exit_stack(stack, exc_type, exc, tb)
         return False
 
     async def _stop(self) -> None:

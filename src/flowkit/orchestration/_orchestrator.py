@@ -26,6 +26,7 @@ from .._errors import (
     WorkflowNotFound,
 )
 from .._events import Command, Message, new_message_id
+from .._exits import exit_stack
 from .._retry import Retry
 from ._context import StepContext
 from ._declare import Action, Parallel, Plan, Remote, Step, StepSpec, compile_plan
@@ -311,7 +312,7 @@ class Orchestrator(Generic[InputT]):
         if stack is None:
             return
         try:
-            await stack.__aexit__(exc_type, exc, tb)
+            await exit_stack(stack, exc_type, exc, tb)
         finally:
             self._stack = None
             self._tg = None
