@@ -106,6 +106,15 @@ def test_the_quickstart_runs(capsys: pytest.CaptureFixture[str], anyio_backend: 
     assert "[seller] shipment prepared for o-1" in out
 
 
+def test_the_saga_quickstart_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    runpy.run_path(
+        str(Path(__file__).parents[1] / "examples" / "quickstart_saga.py"), run_name="__main__"
+    )
+    out = capsys.readouterr().out
+    assert "o-1: COMPLETED" in out
+    assert "released stock for o-2\no-2: COMPENSATED" in out
+
+
 def test_the_demo_prints_the_flow(capsys: pytest.CaptureFixture[str]) -> None:
     from examples.ecommerce.__main__ import main
 
