@@ -8,6 +8,7 @@ import importlib
 # Each benchmark with the arguments `make bench` gives it.
 BENCHMARKS: dict[str, list[str]] = {
     "bench_bus": [],
+    "bench_store": [],
     "bench_orchestrator": ["--dbos", "--synchronous", "FULL"],
 }
 

@@ -33,9 +33,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib
-import json
 import os
-import sqlite3
 import statistics
 import tempfile
 import time
@@ -49,6 +47,7 @@ from flowkit.orchestration import Orchestrator, Step, StepContext
 from flowkit.stores import MemoryStore, SQLiteStore, WorkflowRecord
 
 from ._report import report
+from .bench_store import raw_commits_per_second
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -160,29 +159,6 @@ async def overhead(n: int, repeat: int) -> list[dict[str, Any]]:
 
 
 # -- (b) durable throughput --------------------------------------------------------------------
-
-
-def raw_commits_per_second(path: str, seconds: float, synchronous: str) -> float:
-    """Single-row UPDATE commits per second with plain sqlite3 in WAL mode."""
-    conn = sqlite3.connect(path, isolation_level=None)
-    conn.execute("PRAGMA journal_mode = WAL")
-    conn.execute(f"PRAGMA synchronous = {synchronous}")
-    conn.execute("CREATE TABLE raw (id TEXT PRIMARY KEY, version INTEGER, state TEXT)")
-    conn.execute("INSERT INTO raw VALUES ('w', 0, '{}')")
-    state = json.dumps({"input": {"order_id": "o-1", "amount": 1}, "history": [[0, "x"]] * 8})
-    count = 0
-    start = time.perf_counter()
-    deadline = start + seconds
-    while time.perf_counter() < deadline:
-        for _ in range(50):
-            conn.execute(
-                "UPDATE raw SET state = ?, version = version + 1 WHERE id = ? AND version = ?",
-                (state, "w", count),
-            )
-            count += 1
-    elapsed = time.perf_counter() - start
-    conn.close()
-    return count / elapsed
 
 
 async def pool(n: int, tasks: int, run_one: Callable[[int], Awaitable[object]]) -> float:

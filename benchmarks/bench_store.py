@@ -1,7 +1,8 @@
-"""A quick probe of SQLiteStore's write rate against raw sqlite3 commits.
+"""SQLiteStore's write rate against raw sqlite3 commits, measured in the same run.
 
-Run with ``python benchmarks/_sqlite_probe.py [--seconds 2] [--backend asyncio]
-[--synchronous NORMAL]``. It prints, in WAL mode at the given ``synchronous`` level:
+Run with ``python -m benchmarks bench_store`` or ``python -m benchmarks.bench_store
+[--seconds 2] [--backend asyncio] [--synchronous NORMAL]``. It reports, in WAL mode
+at the given ``synchronous`` level:
 
 * raw sqlite3 single-row commits/s (one UPDATE per transaction, no event loop);
 * ``SQLiteStore.save_workflow`` calls/s, one after another;
@@ -23,6 +24,8 @@ from typing import TYPE_CHECKING, cast
 import anyio
 
 from flowkit.stores import SQLiteStore, WorkflowRecord
+
+from ._report import report
 
 if TYPE_CHECKING:
     from flowkit.stores._sqlite import SynchronousLevel
@@ -86,20 +89,20 @@ async def store_saves_per_second(
     return count / elapsed
 
 
-def main() -> None:
-    """Run the probe and print the figures."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def cli(argv: list[str] | None = None) -> None:
+    """Run the benchmark and print JSON, then a table."""
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--seconds", type=float, default=2.0, help="per measurement")
     parser.add_argument("--backend", default="asyncio", choices=["asyncio", "trio"])
     parser.add_argument(
         "--synchronous", default="NORMAL", choices=["OFF", "NORMAL", "FULL", "EXTRA"]
     )
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     synchronous = cast("SynchronousLevel", args.synchronous)
+    rows = []
     with tempfile.TemporaryDirectory() as tmp:
         raw = raw_commits_per_second(os.path.join(tmp, "raw.db"), args.seconds, synchronous)
-        print(f"synchronous={synchronous}, WAL")
-        print(f"raw sqlite3 single-row commits/s           {raw:>10,.0f}")
+        rows.append({"measure": "raw sqlite3 single-row commits/s", "value": raw, "x_raw": 1.0})
         for tasks in (1, 100):
             rate = anyio.run(
                 store_saves_per_second,
@@ -110,11 +113,19 @@ def main() -> None:
                 backend=args.backend,
             )
             label = "sequential" if tasks == 1 else f"{tasks} concurrent tasks"
-            print(
-                f"SQLiteStore.save_workflow/s, {label:<20}{rate:>10,.0f}  "
-                f"({rate / raw:.2f} x raw) [{args.backend}]"
+            rows.append(
+                {
+                    "measure": f"SQLiteStore.save_workflow/s, {label}",
+                    "value": rate,
+                    "x_raw": rate / raw,
+                }
             )
+    report(
+        "sqlite_store",
+        rows,
+        {"synchronous": synchronous, "journal_mode": "WAL", "backend": args.backend},
+    )
 
 
 if __name__ == "__main__":
-    main()
+    cli()
