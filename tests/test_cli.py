@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -140,6 +141,8 @@ def test_worker_runs_until_sigterm_and_stops_gracefully(tmp_path: Path) -> None:
     )
     try:
         assert proc.stdout is not None
+        ready, _, _ = select.select([proc.stdout], [], [], 20)
+        assert ready, "the worker printed nothing within 20 s"
         first = proc.stdout.readline()
         assert "flowkit worker running: services pong" in first
         proc.send_signal(signal.SIGTERM)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import random
+import select
 import signal
 import sqlite3
 import subprocess
@@ -76,6 +77,8 @@ def test_sagas_reach_their_planned_end_and_apply_each_effect_once_despite_sigkil
     for seed in range(KILLS):
         child = spawn(store, effects, seed)
         assert child.stdout is not None
+        ready, _, _ = select.select([child.stdout], [], [], 30)
+        assert ready, "the worker printed nothing within 30 s"
         assert child.stdout.readline().strip() == "ready", "the worker did not start"
         time.sleep(rng.uniform(0.05, 0.4))
         if child.poll() is None:
