@@ -35,7 +35,6 @@ __all__ = [
     "encode",
     "new_message_id",
     "reply_type_of",
-    "type_name_of",
 ]
 
 
@@ -79,11 +78,6 @@ class Command(Message, Generic[R]):
     class ReserveStock(Command[StockReserved]):
         order_id: str
     """
-
-
-def type_name_of(model: type[Message]) -> str:
-    """The wire type name of a message class."""
-    return model.__flowkit_type__
 
 
 @functools.cache
@@ -225,21 +219,6 @@ class Envelope:
         if self._payload is None:
             self._payload = self._message.model_dump(mode="json") if self._message else {}
         return self._payload
-
-    def to_json(self) -> bytes:
-        """The envelope's JSON encoding."""
-        return to_json(
-            {
-                "id": self.message_id,
-                "type": self.type,
-                "version": self.version,
-                "correlation_id": self.correlation_id,
-                "causation_id": self.causation_id,
-                "occurred_at": self.occurred_at.isoformat(),
-                "headers": dict(self.headers),
-                "payload": self.payload,
-            }
-        )
 
     def _key(self) -> tuple[Any, ...]:
         return (
