@@ -40,3 +40,15 @@ def test_should_retry_counts_attempts_and_honours_non_retryable() -> None:
 def test_bad_policies_are_refused(kwargs: dict[str, object]) -> None:
     with pytest.raises(DefinitionError):
         Retry(**kwargs)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("attempt", [1025, 5000, 10**6, 10**18, 2**63])
+def test_no_attempt_number_breaks_the_delay(attempt: int) -> None:
+    retry = Retry(attempts=10**19, backoff=0.1, multiplier=2, max_backoff=30.0, jitter=0)
+    assert retry.delay(attempt) == 30.0
+
+
+def test_delay_stays_zero_without_backoff_and_flat_without_growth() -> None:
+    assert Retry(backoff=0, jitter=0).delay(10**9) == 0
+    assert Retry(backoff=0.5, multiplier=1, jitter=0).delay(10**9) == 0.5
+    assert Retry(backoff=2.0, max_backoff=1.0, jitter=0).delay(1) == 1.0

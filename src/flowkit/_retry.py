@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass, field
 
@@ -60,7 +61,16 @@ class Retry:
 
     def delay(self, attempt: int) -> float:
         """The delay in seconds before the attempt following ``attempt`` (1-based)."""
-        nominal = min(self.backoff * self.multiplier ** max(attempt - 1, 0), self.max_backoff)
+        nominal = min(self.backoff, self.max_backoff)
+        if attempt > 1 and 0 < nominal < self.max_backoff and self.multiplier > 1:
+            # Compare in log space first: a large attempt number saturates at
+            # max_backoff instead of overflowing a float.
+            steps = math.log(self.max_backoff / self.backoff, self.multiplier)
+            nominal = (
+                self.max_backoff
+                if attempt - 1 >= steps
+                else min(self.backoff * self.multiplier ** (attempt - 1), self.max_backoff)
+            )
         if self.jitter and nominal:
             nominal *= random.uniform(1 - self.jitter, 1 + self.jitter)
         return nominal
