@@ -3,8 +3,9 @@ orchestrator (workflow records).
 
 A store keeps three kinds of records:
 
-* **inbox** entries: ``(consumer, message_id)`` pairs of messages already
-  handled, so a redelivered message is not handled twice;
+* **inbox** entries: ``(consumer, message_id)`` pairs of messages being
+  handled or already handled, so a redelivered message is not handled twice,
+  even by two processes sharing the store;
 * **dead letters**: messages a consumer gave up on, with the reason, to be
   listed and replayed;
 * **workflow records**: the checkpointed state of each saga, with a version
@@ -14,6 +15,7 @@ A store keeps three kinds of records:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Protocol, Self, runtime_checkable
 
 if TYPE_CHECKING:
@@ -21,7 +23,24 @@ if TYPE_CHECKING:
     from datetime import datetime
     from types import TracebackType
 
-__all__ = ["DeadLetter", "StateStore", "WorkflowRecord"]
+__all__ = ["Claim", "DeadLetter", "StateStore", "WorkflowRecord"]
+
+
+class Claim(StrEnum):
+    """The answer of :meth:`StateStore.inbox_claim`.
+
+    Attributes:
+        CLAIMED: the caller holds the message now: it handles it, then calls
+            :meth:`~StateStore.inbox_complete` (or :meth:`~StateStore.inbox_release`
+            to let a later delivery try again).
+        DONE: the consumer already handled (or dead-lettered) the message: drop it.
+        BUSY: another claim on the message is held and its lease has not run
+            out: give the delivery back and look again later.
+    """
+
+    CLAIMED = "claimed"
+    DONE = "done"
+    BUSY = "busy"
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,20 +108,41 @@ class StateStore(Protocol):
 
     # -- inbox ---------------------------------------------------------------
 
-    async def inbox_add(self, consumer: str, message_id: str) -> bool:
-        """Record that ``consumer`` handled ``message_id``.
+    async def inbox_claim(self, consumer: str, message_id: str, *, lease: float) -> Claim:
+        """Claim ``message_id`` for ``consumer``, atomically.
+
+        Exactly one of several concurrent callers (in one process or many)
+        gets :attr:`Claim.CLAIMED` for a pair. A claim that was neither
+        completed nor released within ``lease`` seconds (its holder died) may
+        be claimed again.
+
+        Args:
+            consumer: the consumer group (``service:handler``).
+            message_id: the message's id.
+            lease: seconds the claim holds before another caller may take it over.
 
         Returns:
-            True if the pair was new, False if it was already recorded.
+            :attr:`Claim.CLAIMED`, :attr:`Claim.DONE` or :attr:`Claim.BUSY`.
         """
         ...
 
-    async def inbox_contains(self, consumer: str, message_id: str) -> bool:
-        """Whether ``consumer`` has already handled ``message_id``."""
+    async def inbox_complete(self, consumer: str, message_id: str) -> None:
+        """Record that ``consumer`` is done with ``message_id`` (handled or
+        dead-lettered); later claims answer :attr:`Claim.DONE`.
+
+        Completing a pair that was never claimed records it all the same.
+        """
+        ...
+
+    async def inbox_release(self, consumer: str, message_id: str) -> None:
+        """Drop an unfinished claim, so the next delivery may claim the message.
+
+        A pair already completed stays completed; releasing an unknown pair is a no-op.
+        """
         ...
 
     async def inbox_prune(self, older_than: datetime) -> int:
-        """Forget the inbox entries recorded before ``older_than``.
+        """Forget the completed inbox entries recorded before ``older_than``.
 
         Keep entries for longer than a message can be redelivered (the broker's
         retention, the longest retry delay): a duplicate older than that would

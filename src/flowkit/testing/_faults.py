@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from collections.abc import Mapping
     from types import TracebackType
 
-    from ..transports._base import Delivery, Subscription, Transport
+    from ..transports._base import Capabilities, Delivery, Subscription, Transport
 
 __all__ = ["FaultyTransport"]
 
@@ -202,6 +202,11 @@ class FaultyTransport:
         self.delayed = 0
         self.failed = 0
         self.dropped = 0
+
+    @property
+    def capabilities(self) -> Capabilities:
+        """Those of the wrapped transport."""
+        return self._inner.capabilities
 
     @property
     def inner(self) -> Transport:

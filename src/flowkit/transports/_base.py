@@ -19,13 +19,29 @@ message id when it has a store.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, Self, runtime_checkable
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
     from types import TracebackType
 
-__all__ = ["Delivery", "Subscription", "Transport"]
+__all__ = ["Capabilities", "Delivery", "Subscription", "Transport"]
+
+
+@dataclass(frozen=True, slots=True)
+class Capabilities:
+    """What a transport can do, declared by the transport and checked by the
+    conformance suite.
+
+    Attributes:
+        crosses_processes: whether messages published in one process reach
+            consumers in another (False for the in-memory transport). Commands
+            that only make sense when another process hears them, such as
+            ``flowkit dlq replay``, refuse a transport that does not.
+    """
+
+    crosses_processes: bool = True
 
 
 @runtime_checkable
@@ -108,6 +124,11 @@ class Transport(Protocol):
     several times (several buses may share one); it closes when the last
     ``async with`` exits, or at once with :meth:`aclose`.
     """
+
+    @property
+    def capabilities(self) -> Capabilities:
+        """What this transport can do."""
+        ...
 
     async def publish(
         self, topic: str, body: bytes, headers: Mapping[str, str] | None = None

@@ -19,6 +19,7 @@ import anyio
 from anyio.lowlevel import checkpoint
 
 from .._errors import TransportClosed
+from ._base import Capabilities
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
 
     from ._base import Delivery, Subscription
 
+_CAPABILITIES = Capabilities(crosses_processes=False)
 __all__ = ["InMemoryTransport"]
 
 # A receive or publish that never has to wait still yields to the event loop
@@ -313,6 +315,11 @@ class InMemoryTransport:
         self._state: _State | None = None
         self._entered = 0
         self._publishes = 0
+
+    @property
+    def capabilities(self) -> Capabilities:
+        """Messages stay in this process: ``crosses_processes`` is False."""
+        return _CAPABILITIES
 
     @property
     def max_buffer(self) -> int:
