@@ -1,27 +1,30 @@
 from __future__ import annotations
 
 import json
-import os
-import select
-import signal
-import subprocess
+import sqlite3
 import sys
+import traceback
 from datetime import UTC, datetime
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import anyio
 import pytest
+from pydantic import BaseModel, ValidationError
 
+from flowkit._cli.dlq import reason_of
 from flowkit.cli import main
 from flowkit.stores import DeadLetter, SQLiteStore
 
-ROOT = Path(__file__).parents[1]
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from pathlib import Path
+
 APP = "tests.cli_app"
 
 
 @pytest.fixture
 def db(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A fresh database for tests/cli_app.py, imported anew by each test."""
+    """A database path for tests/cli_app.py (no file yet), imported anew by each test."""
     path = tmp_path / "cli.db"
     monkeypatch.setenv("FLOWKIT_CLI_DB", str(path))
     monkeypatch.delitem(sys.modules, APP, raising=False)
@@ -37,51 +40,269 @@ def add_letters(path: Path, *letters: DeadLetter) -> None:
     anyio.run(add)
 
 
-def letter(letter_id: str, consumer: str, body: bytes = b"{}") -> DeadLetter:
+def letter_ids(path: Path) -> list[str]:
+    async def ids() -> list[str]:
+        async with SQLiteStore(path) as store:
+            return [letter.id for letter in await store.list_dead_letters()]
+
+    return anyio.run(ids)
+
+
+def letter(
+    letter_id: str,
+    consumer: str,
+    body: bytes = b'{"n": 1}',
+    *,
+    error_type: str = "ValueError",
+    error: str | None = None,
+) -> DeadLetter:
     return DeadLetter(
         id=letter_id,
         consumer=consumer,
         topic="Ping",
         body=body,
-        headers={},
-        error_type="ValueError",
-        error="Traceback...\nValueError: bad ping",
+        headers={"trace": "t-1"},
+        error_type=error_type,
+        error=formatted(raised(ValueError("bad ping"))) if error is None else error,
         attempts=3,
         failed_at=datetime.now(UTC),
         message_id="m-1",
     )
 
 
-def test_dlq_list_prints_each_dead_letter(db: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def raised(exc: Exception) -> Exception:
+    """``exc``, raised and caught, so that it carries a traceback."""
+    try:
+        raise exc
+    except Exception as caught:
+        return caught
+
+
+def formatted(exc: BaseException) -> str:
+    return "".join(traceback.format_exception(exc))
+
+
+def one_line_error(capsys: pytest.CaptureFixture[str]) -> str:
+    """Standard error, checked to be one line without a traceback."""
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1, err
+    return err
+
+
+# -- dlq list ----------------------------------------------------------------------------
+
+
+def test_dlq_list_prints_each_dead_letter_with_its_reason_once(
+    db: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     add_letters(db, letter("d-1", "pong:answer"), letter("d-2", "other:h", b"\xff"))
     assert main(["dlq", "list", f"{APP}:bus"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2
+    assert lines[0].startswith("d-1  ") and "pong:answer  Ping  attempts=3" in lines[0]
+    assert lines[0].endswith("  ValueError: bad ping")
+    assert "Traceback" not in "\n".join(lines)
+
+
+def test_dlq_list_verbose_shows_the_traceback(db: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    try:
+        try:
+            raise ConnectionError("refused")
+        except ConnectionError as cause:
+            raise ConnectionError("ConnectionError: the payment service is down") from cause
+    except ConnectionError as exc:
+        error = formatted(exc)
+    add_letters(db, letter("d-1", "pay:charge", error_type="ConnectionError", error=error))
+    assert main(["dlq", "list", f"{APP}:bus"]) == 0
     out = capsys.readouterr().out
-    assert "d-1" in out and "pong:answer" in out and "ValueError: bad ping" in out
-    assert main(["dlq", "list", f"{APP}:bus", "--consumer", "other:h", "--json"]) == 0
+    assert out.rstrip().endswith("ConnectionError: the payment service is down")
+    assert "ConnectionError: ConnectionError" not in out and "Traceback" not in out
+    assert main(["dlq", "list", f"{APP}:bus", "--verbose"]) == 0
+    out = capsys.readouterr().out
+    assert "    Traceback (most recent call last):" in out
+    assert "    message id: m-1" in out
+
+
+def test_dlq_list_drops_pydantic_links_and_joins_lines(
+    db: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    class Order(BaseModel):
+        quantity: int
+
+    try:
+        Order.model_validate({"quantity": "many"})
+    except ValidationError as exc:
+        error, message = formatted(exc), str(exc)
+    add_letters(
+        db,
+        letter("d-1", "shop:order", error_type="pydantic_core.ValidationError", error=error),
+        letter("d-2", "shop:decode", error_type="flowkit.DecodeError", error=message),
+    )
+    assert main(["dlq", "list", f"{APP}:bus"]) == 0
+    out = capsys.readouterr().out
+    assert "errors.pydantic.dev" not in out
+    first, second = out.splitlines()
+    assert first.endswith(
+        "pydantic_core.ValidationError: 1 validation error for Order; quantity; "
+        "Input should be a valid integer, unable to parse string as an integer "
+        "[type=int_parsing, input_value='many', input_type=str]"
+    )
+    assert second.endswith(
+        "flowkit.DecodeError: 1 validation error for Order; quantity; "
+        + (
+            "Input should be a valid integer, unable to parse string as an integer "
+            "[type=int_parsing, input_value='many', input_type=str]"
+        )
+    )
+
+
+def test_dlq_list_json_holds_objects(db: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    add_letters(
+        db,
+        letter("d-1", "pong:answer"),
+        letter("d-2", "other:h", b"\xff\x00"),
+        letter("d-3", "other:h", b"plain words"),
+    )
+    assert main(["dlq", "list", f"{APP}:bus", "--json"]) == 0
+    first, binary, text = json.loads(capsys.readouterr().out)
+    assert first["body_encoding"] == "json" and first["body"] == {"n": 1}
+    assert first["headers"] == {"trace": "t-1"}
+    assert first["error_type"] == "ValueError" and first["reason"] == "bad ping"
+    assert "error" not in first
+    assert binary["body_encoding"] == "base64" and binary["body"] == "/wA="
+    assert text["body_encoding"] == "text" and text["body"] == "plain words"
+    assert main(["dlq", "list", f"{APP}:bus", "--consumer", "pong:answer", "--json", "-v"]) == 0
     (only,) = json.loads(capsys.readouterr().out)
-    assert only["id"] == "d-2"
-    assert only["body"] is None and only["body_hex"] == "ff"
+    assert only["id"] == "d-1"
+    assert only["error"].startswith("Traceback (most recent call last):\n")
+    assert only["error"].endswith("\nValueError: bad ping")
+
+
+def test_dlq_list_without_dead_letters(db: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    add_letters(db)
+    assert main(["dlq", "list", f"{APP}:bus"]) == 0
+    assert capsys.readouterr().out == "no dead letters\n"
+    assert main(["dlq", "list", f"{APP}:bus", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == []
+
+
+# -- inspection never creates anything ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["dlq", "list", f"{APP}:bus"],
+        ["dlq", "replay", f"{APP}:broker_bus", "--all"],
+        ["workflows", "list", f"{APP}:orders"],
+        ["workflows", "show", f"{APP}:orders", "w-1"],
+    ],
+)
+def test_a_mistyped_database_path_creates_nothing(
+    db: Path, capsys: pytest.CaptureFixture[str], command: list[str]
+) -> None:
+    assert main(command) == 2
+    err = one_line_error(capsys)
+    assert f"no flowkit data at {db}: no such file" in err
+    assert list(db.parent.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["dlq", "list", f"{APP}:bus"],
+        ["workflows", "list", f"{APP}:orders"],
+        ["workflows", "show", f"{APP}:orders", "w-1"],
+    ],
+)
+def test_a_database_of_something_else_is_left_alone(
+    db: Path, capsys: pytest.CaptureFixture[str], command: list[str]
+) -> None:
+    with sqlite3.connect(db) as conn:
+        conn.execute("CREATE TABLE other (x INTEGER)")
+    conn.close()
+    assert main(command) == 2
+    assert "holds no flowkit data" in one_line_error(capsys)
+    with sqlite3.connect(db) as conn:
+        tables = [row[0] for row in conn.execute("SELECT name FROM sqlite_master")]
+    conn.close()
+    assert tables == ["other"]
+
+
+@pytest.mark.parametrize(
+    ("command", "message"),
+    [
+        (["dlq", "list", f"{APP}:storeless_bus"], "has no store: its dead letters stay"),
+        (["dlq", "list", f"{APP}:memory_bus"], "keeps its dead letters in memory"),
+        (["dlq", "replay", f"{APP}:storeless_bus", "--all"], "has no store"),
+        (["dlq", "replay", f"{APP}:memory_bus", "--all"], "keeps its dead letters in memory"),
+        (["workflows", "list", f"{APP}:memory_orders"], "keeps its workflows in memory"),
+    ],
+)
+def test_records_kept_in_another_process_memory_are_refused(
+    db: Path, capsys: pytest.CaptureFixture[str], command: list[str], message: str
+) -> None:
+    assert main(command) == 2
+    assert message in one_line_error(capsys)
+
+
+# -- dlq replay --------------------------------------------------------------------------
 
 
 def test_dlq_replay_by_id_and_all(db: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from tests.cli_app import broker
+
     add_letters(db, letter("d-1", "pong:answer"), letter("d-2", "pong:answer"))
     add_letters(db, letter("d-3", "other:h"))
-    assert main(["dlq", "replay", f"{APP}:bus", "d-1"]) == 0
-    assert "replayed 1" in capsys.readouterr().out
-    assert main(["dlq", "replay", f"{APP}:bus", "--all", "--consumer", "pong:answer"]) == 0
-    assert "replayed 1" in capsys.readouterr().out
-    assert main(["dlq", "list", f"{APP}:bus", "--json"]) == 0
-    assert [d["id"] for d in json.loads(capsys.readouterr().out)] == ["d-3"]
+    assert main(["dlq", "replay", f"{APP}:broker_bus", "d-1"]) == 0
+    assert capsys.readouterr().out == "replayed 1 dead letter(s)\n"
+    assert main(["dlq", "replay", f"{APP}:broker_bus", "--all", "--consumer", "pong:answer"]) == 0
+    assert capsys.readouterr().out == "replayed 1 dead letter(s)\n"
+    assert broker.published == 2
+    assert letter_ids(db) == ["d-3"]
 
 
-def test_dlq_replay_needs_ids_or_all(db: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["dlq", "replay", f"{APP}:bus"]) == 2
-    assert "give dead letter ids, or --all" in capsys.readouterr().err
-    assert main(["dlq", "replay", f"{APP}:bus", "nope"]) == 1
-    assert "NotFound" in capsys.readouterr().err
+def test_dlq_replay_refuses_a_process_local_transport(
+    db: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    add_letters(db, letter("d-1", "pong:answer"))
+    assert main(["dlq", "replay", f"{APP}:bus", "d-1"]) == 2
+    err = one_line_error(capsys)
+    assert "InMemoryTransport, which only reaches this process" in err
+    assert "run it with a broker transport (Redis, RabbitMQ, NATS, Kafka)" in err
+    assert letter_ids(db) == ["d-1"]
 
 
-def test_workflows_list_and_show(db: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_dlq_replay_keeps_the_dead_letter_when_the_publish_fails(
+    db: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tests.cli_app import broker
+
+    add_letters(db, letter("d-1", "pong:answer"), letter("d-2", "pong:answer"))
+    broker.fail_next_publish(times=1)
+    assert main(["dlq", "replay", f"{APP}:broker_bus", "d-1", "d-2"]) == 1
+    err = one_line_error(capsys)
+    assert err.startswith("flowkit: dead letter d-1: TransportError: ")
+    assert err.rstrip().endswith("(0 of 2 replayed before it)")
+    assert letter_ids(db) == ["d-1", "d-2"]
+
+
+def test_dlq_replay_command_line_mistakes(db: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    add_letters(db, letter("d-1", "pong:answer"))
+    assert main(["dlq", "replay", f"{APP}:broker_bus"]) == 2
+    assert "give dead letter ids, or --all" in one_line_error(capsys)
+    assert main(["dlq", "replay", f"{APP}:broker_bus", "d-1", "--consumer", "pong:answer"]) == 2
+    assert "not with ids" in one_line_error(capsys)
+    assert main(["dlq", "replay", f"{APP}:broker_bus", "d-1", "nope"]) == 1
+    err = one_line_error(capsys)
+    assert "dead letter nope: NotFound" in err and "(1 of 2 replayed before it)" in err
+
+
+# -- workflows ---------------------------------------------------------------------------
+
+
+def run_two_workflows() -> None:
     async def run_two() -> None:
         from tests.cli_app import Ping, orders
 
@@ -91,64 +312,179 @@ def test_workflows_list_and_show(db: Path, capsys: pytest.CaptureFixture[str]) -
 
     anyio.run(run_two)
     sys.modules.pop(APP)
+
+
+def test_workflows_list_and_show(db: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run_two_workflows()
     assert main(["workflows", "list", f"{APP}:orders"]) == 0
     out = capsys.readouterr().out
     assert "w-ok  COMPLETED" in out and "w-undone  COMPENSATED" in out
-    assert main(["workflows", "list", f"{APP}:orders", "--status", "COMPENSATED", "--json"]) == 0
-    (undone,) = json.loads(capsys.readouterr().out)
-    assert undone["id"] == "w-undone" and undone["compensated"] == ["ok"]
+    assert "errors.pydantic.dev" not in out
     assert main(["workflows", "show", f"{APP}:orders", "w-undone"]) == 0
     out = capsys.readouterr().out
     assert "PingSaga w-undone: COMPENSATED" in out
-    assert "step_compensated" in out
+    assert "step_compensated" in out and "errors.pydantic.dev" not in out
+    assert main(["workflows", "show", f"{APP}:orders", "missing"]) == 1
+    assert "WorkflowNotFound" in one_line_error(capsys)
+
+
+def test_workflows_json_holds_objects(db: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run_two_workflows()
+    assert main(["workflows", "list", f"{APP}:orders", "--status", "compensated", "--json"]) == 0
+    (undone,) = json.loads(capsys.readouterr().out)
+    assert undone["id"] == "w-undone" and undone["compensated"] == ["ok"]
+    assert undone["input"] == {"n": -1} and "history" not in undone
+    assert undone["error"]["type"] == "NonRetryableError"
+    assert undone["error"]["message"] == "negative"
     assert main(["workflows", "show", f"{APP}:orders", "w-ok", "--json"]) == 0
     shown = json.loads(capsys.readouterr().out)
     assert shown["steps"]["ok"]["result"] == 1 and shown["history"][0]["event"]
-    assert main(["workflows", "show", f"{APP}:orders", "missing"]) == 1
-    assert "WorkflowNotFound" in capsys.readouterr().err
+
+
+def test_workflows_status_is_any_case_and_checked(
+    db: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run_two_workflows()
+    assert main(["workflows", "list", f"{APP}:orders", "--status", "Completed,FAILED"]) == 0
+    assert capsys.readouterr().out.startswith("w-ok  COMPLETED")
+    assert main(["workflows", "list", f"{APP}:orders", "--status", "done"]) == 2
+    err = one_line_error(capsys)
+    assert "unknown status 'done'" in err
+    assert "RUNNING, COMPENSATING, COMPLETED, COMPENSATED, FAILED" in err
+
+
+# -- bad command lines -------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
     ("target", "message"),
     [
-        ("no_colon", "expected module:attribute"),
-        ("no_such_module_xyz:bus", "cannot import"),
-        (f"{APP}:missing", "has no attribute"),
-        (f"{APP}:not_a_bus", "is a int, expected a Choreography"),
+        ("no_colon", "expected module:attribute, got 'no_colon'"),
+        (":bus", "expected module:attribute"),
+        ("no_such_module_xyz:bus", "cannot import 'no_such_module_xyz': no module named"),
+        (
+            "tests.cli_app_broken:bus",
+            "importing 'tests.cli_app_broken' raised RuntimeError: cannot read the "
+            "configuration; at /etc/myshop.toml",
+        ),
+        (f"{APP}:missing", f"module {APP!r} has no attribute 'missing'"),
+        (f"{APP}:not_a_bus", "is of type int, expected a Choreography"),
+        (f"{APP}:orders", "is of type PingSaga, expected a Choreography"),
     ],
 )
-def test_bad_targets_are_named(
-    db: Path, capsys: pytest.CaptureFixture[str], target: str, message: str
+@pytest.mark.parametrize("command", [["dlq", "list"], ["dlq", "replay"], ["worker"]])
+def test_bad_targets_are_named_on_one_line(
+    db: Path,
+    capsys: pytest.CaptureFixture[str],
+    command: list[str],
+    target: str,
+    message: str,
 ) -> None:
-    assert main(["dlq", "list", target]) == 2
-    assert message in capsys.readouterr().err
+    assert main([*command, target, "--all"] if command[-1] == "replay" else [*command, target]) == 2
+    assert message in one_line_error(capsys)
 
 
-def test_worker_rejects_unknown_services(db: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["worker", f"{APP}:bus", "--services", "nope"]) == 2
-    assert "no handler is declared for service(s) ['nope']" in capsys.readouterr().err
+def test_an_orchestrator_class_is_not_an_instance(
+    db: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["workflows", "list", f"{APP}:PingSaga"]) == 2
+    assert "is the class PingSaga; give an instance of it" in one_line_error(capsys)
 
 
-def test_worker_runs_until_sigterm_and_stops_gracefully(tmp_path: Path) -> None:
-    env = {**os.environ, "FLOWKIT_CLI_DB": str(tmp_path / "w.db")}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "flowkit", "worker", f"{APP}:bus", "--services", "pong"],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["worker", f"{APP}:bus"], "InMemoryTransport, which only reaches this process"),
+        (["worker", f"{APP}:broker_bus", "--services", ","], "names no service"),
+        (["worker", f"{APP}:broker_bus", "--services", "pong,,x"], "has an empty name"),
+        (
+            ["worker", f"{APP}:broker_bus", "--services", "nope"],
+            "no handler is declared for service(s) ['nope']; known services: ['pong']",
+        ),
+        (["worker", f"{APP}:idle_bus"], "declares no handler: there is nothing to run"),
+        (["worker", f"{APP}:broker_bus", "--grace", "-1"], "expected seconds >= 0"),
+        (["worker", f"{APP}:broker_bus", "--grace", "soon"], "expected seconds, got 'soon'"),
+        (["worker"], "the following arguments are required: app"),
+        (["dlq", "list", f"{APP}:bus", "--limit", "0"], "expected a number of at least 1"),
+        (["nonsense"], "invalid choice: 'nonsense'"),
+    ],
+)
+def test_bad_command_lines_exit_2_on_one_line(
+    db: Path, capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+) -> None:
+    assert main(argv) == 2
+    err = one_line_error(capsys)
+    assert err.startswith("flowkit: error: ") and message in err
+
+
+# -- reasons -----------------------------------------------------------------------------
+
+
+def chained() -> None:
     try:
-        assert proc.stdout is not None
-        ready, _, _ = select.select([proc.stdout], [], [], 20)
-        assert ready, "the worker printed nothing within 20 s"
-        first = proc.stdout.readline()
-        assert "flowkit worker running: services pong" in first
-        proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=20)
-    finally:
-        proc.kill()
-    assert proc.returncode == 0, err
-    assert "received SIGTERM; stopping" in out
-    assert "flowkit worker stopped" in out
+        raise KeyError("k")
+    except KeyError as exc:
+        raise ConnectionError("ConnectionError: down") from exc
+
+
+def group_of_one() -> None:
+    raise ExceptionGroup("unhandled errors in a TaskGroup", [ConnectionError("refused")])
+
+
+def nested_groups() -> None:
+    try:
+        raise ValueError("ValueError: inner")
+    except ValueError as exc:
+        raise ExceptionGroup("outer", [ExceptionGroup("mid", [exc])]) from None
+
+
+def group_of_two() -> None:
+    raise ExceptionGroup("two", [ValueError("a"), KeyError("b")])
+
+
+def with_note() -> None:
+    exc = ValueError("first\nsecond")
+    exc.add_note("a note")
+    raise exc
+
+
+@pytest.mark.parametrize(
+    ("fail", "reason"),
+    [
+        (chained, "down"),
+        (
+            group_of_one,
+            "unhandled errors in a TaskGroup (1 sub-exception): ConnectionError: refused",
+        ),
+        (
+            nested_groups,
+            "outer (1 sub-exception): ExceptionGroup: mid (1 sub-exception): ValueError: inner",
+        ),
+        (group_of_two, "two (2 sub-exceptions)"),
+        (with_note, "first; second; a note"),
+    ],
+)
+def test_the_reason_is_the_last_exception_once(fail: Callable[[], None], reason: str) -> None:
+    try:
+        fail()
+    except Exception as exc:
+        dead = letter("d-1", "a:b", error_type=type(exc).__name__, error=formatted(exc))
+    assert reason_of(dead) == reason
+
+
+def test_help_exits_0(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["dlq", "list", "--help"]) == 0
+    assert "--verbose" in capsys.readouterr().out
+
+
+def test_workflows_of_an_orchestrator_with_remote_steps_open_no_transport(
+    db: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run_two_workflows()
+    from tests.cli_app import remote_transport
+
+    assert main(["workflows", "list", f"{APP}:remote_orders"]) == 0
+    assert capsys.readouterr().out == "no workflows\n"
+    assert main(["workflows", "show", f"{APP}:remote_orders", "w-ok"]) == 1
+    assert "WorkflowNotFound" in one_line_error(capsys)
+    assert remote_transport.opened == 0
