@@ -2,21 +2,32 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import json
+import logging
 import signal
 import sqlite3
 import sys
 import threading
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, cast
 
 import anyio
 import anyio.lowlevel
 import pytest
+from anyio.streams.buffered import BufferedByteReceiveStream
 
 from flowkit._errors import ConcurrencyConflict, StoreError, WorkflowNotFound
-from flowkit.stores import DeadLetter, MemoryStore, SQLiteStore, StateStore, WorkflowRecord
+from flowkit.stores import (
+    Claim,
+    DeadLetter,
+    MemoryStore,
+    SQLiteStore,
+    StateStore,
+    WorkflowRecord,
+)
 from flowkit.stores._codec import encode_state
 from flowkit.stores._sqlite import SCHEMA_VERSION
+from flowkit.stores._sqlite._schema import _MIGRATIONS
 from flowkit.testing._store_suite import STORE_CHECKS, check_store
 
 if TYPE_CHECKING:
@@ -139,12 +150,14 @@ async def test_sqlite_data_survives_close_and_reopen(tmp_path: Path) -> None:
     async with SQLiteStore(path) as store:
         record, _ = await store.create_workflow(_record("w1", step=0))
         saved = await store.save_workflow(_record("w1", record.version, step=1))
-        await store.inbox_add("svc:h", "m1")
+        await store.inbox_complete("svc:h", "m1")
+        assert await store.inbox_claim("svc:h", "m2", lease=600) == Claim.CLAIMED
         await store.add_dead_letter(letter)
     assert not _flowkit_threads()
     async with SQLiteStore(path) as store:
         assert await store.load_workflow("w1") == saved
-        assert await store.inbox_contains("svc:h", "m1")
+        assert await store.inbox_claim("svc:h", "m1", lease=600) == Claim.DONE
+        assert await store.inbox_claim("svc:h", "m2", lease=600) == Claim.BUSY
         assert await store.get_dead_letter("d1") == letter
     # The same instance can be entered again, too.
     async with store:
@@ -160,9 +173,10 @@ async def test_sqlite_two_stores_on_one_file_see_each_other(tmp_path: Path) -> N
         assert await first.load_workflow("w") == saved
         with pytest.raises(ConcurrencyConflict):
             await first.save_workflow(_record("w", created.version, step=2))
-        await first.inbox_add("c", "m")
-        assert await second.inbox_contains("c", "m")
-        assert not await second.inbox_add("c", "m")
+        assert await first.inbox_claim("c", "m", lease=600) == Claim.CLAIMED
+        assert await second.inbox_claim("c", "m", lease=600) == Claim.BUSY
+        await second.inbox_complete("c", "m")
+        assert await first.inbox_claim("c", "m", lease=600) == Claim.DONE
 
         outcomes: list[bool] = []
 
@@ -352,12 +366,12 @@ async def test_sqlite_cancelled_call_leaves_the_store_working(tmp_path: Path) ->
 async def test_sqlite_closed_store(tmp_path: Path) -> None:
     store = SQLiteStore(tmp_path / "closed.db")
     with pytest.raises(StoreError, match="not open"):
-        await store.inbox_add("c", "m")
+        await store.inbox_claim("c", "m", lease=600)
     async with store:
         await store.aclose()
         await store.aclose()  # idempotent
         with pytest.raises(StoreError, match="not open"):
-            await store.inbox_add("c", "m")
+            await store.inbox_complete("c", "m")
     assert not _flowkit_threads()
     with pytest.raises(WorkflowNotFound):
         async with store:
@@ -378,7 +392,7 @@ async def test_sqlite_concurrent_enter_opens_once(tmp_path: Path) -> None:
             if inside == 5:
                 entered.set()
             await release.wait()
-            await store.inbox_add("c", f"m{inside}")
+            await store.inbox_complete("c", f"m{inside}")
 
     async with anyio.create_task_group() as tg:
         for _ in range(5):
@@ -404,7 +418,7 @@ async def main(path: str) -> None:
             record = await store.save_workflow(
                 WorkflowRecord("w", "kill", "RUNNING", {"step": step}, record.version)
             )
-        await store.inbox_add("svc:h", "last")
+        await store.inbox_complete("svc:h", "last")
         print(record.version, flush=True)
         await anyio.sleep(60)
 
@@ -430,4 +444,238 @@ async def test_sqlite_write_survives_sigkill(tmp_path: Path) -> None:
         record = await store.load_workflow("w")
         assert record.version == int(output) == 21
         assert record.state == {"step": 20}
-        assert await store.inbox_contains("svc:h", "last")
+        assert await store.inbox_claim("svc:h", "last", lease=600) == Claim.DONE
+
+
+# -- the inbox, on both stores ---------------------------------------------------------
+
+
+def test_stores_exports_exactly_the_public_names() -> None:
+    import flowkit.stores
+
+    assert sorted(flowkit.stores.__all__) == [
+        "Claim",
+        "DeadLetter",
+        "MemoryStore",
+        "SQLiteStore",
+        "StateStore",
+        "WorkflowRecord",
+    ]
+    assert [claim.value for claim in Claim] == ["claimed", "done", "busy"]
+
+
+@pytest.mark.parametrize("lease", [0, -1.0, float("nan"), float("inf"), cast("Any", "5"), True])
+async def test_inbox_claim_refuses_a_lease_that_is_not_a_positive_number(
+    factory: StoreFactory, lease: Any
+) -> None:
+    async with factory() as store:
+        with pytest.raises(StoreError, match="lease"):
+            await store.inbox_claim("c", "m", lease=lease)
+        assert await store.inbox_claim("c", "m", lease=600) == Claim.CLAIMED
+
+
+async def test_inbox_claim_takes_a_huge_lease(factory: StoreFactory) -> None:
+    async with factory() as store:
+        assert await store.inbox_claim("c", "m", lease=1e300) == Claim.CLAIMED
+        assert await store.inbox_claim("c", "m", lease=1e300) == Claim.BUSY
+
+
+async def test_inbox_prune_forgets_expired_claims_but_keeps_held_ones(
+    factory: StoreFactory,
+) -> None:
+    async with factory() as store:
+        assert await store.inbox_claim("c", "expired", lease=0.01) == Claim.CLAIMED
+        assert await store.inbox_claim("c", "held", lease=600) == Claim.CLAIMED
+        await store.inbox_complete("c", "done")
+        await anyio.sleep(0.05)
+        assert await store.inbox_prune(datetime.now(UTC) - timedelta(hours=1)) == 0
+        assert await store.inbox_prune(datetime.now(UTC) + timedelta(hours=1)) == 2
+        assert await store.inbox_claim("c", "held", lease=600) == Claim.BUSY
+        assert await store.inbox_claim("c", "done", lease=600) == Claim.CLAIMED
+        assert await store.inbox_claim("c", "expired", lease=600) == Claim.CLAIMED
+
+
+# -- MemoryStore: the dead letter bound ---------------------------------------------------
+
+
+def _numbered_letter(index: int) -> DeadLetter:
+    return DeadLetter(
+        id=f"d{index:03}",
+        consumer="svc:h",
+        topic="orders",
+        body=b'{"card": "4111-secret-body"}',
+        headers={"authorization": "Bearer secret-header"},
+        error_type="ValueError",
+        error="secret-error-text",
+        attempts=3,
+        failed_at=datetime(2024, 1, 1, tzinfo=UTC) + timedelta(seconds=index),
+    )
+
+
+@pytest.mark.parametrize("bound", [0, -3, cast("Any", 2.5), cast("Any", True)])
+def test_memory_store_refuses_a_bad_dead_letter_bound(bound: Any) -> None:
+    with pytest.raises(ValueError, match="max_dead_letters"):
+        MemoryStore(max_dead_letters=bound)
+
+
+async def test_memory_store_drops_the_earliest_dead_letters_past_its_bound(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING, logger="flowkit.stores")
+    async with MemoryStore(max_dead_letters=10) as store:
+        for index in range(10):
+            await store.add_dead_letter(_numbered_letter(index))
+        assert not caplog.records
+        await store.add_dead_letter(_numbered_letter(10))  # one past: down to 9
+        kept = [letter.id for letter in await store.list_dead_letters(limit=100)]
+        assert kept == [f"d{index:03}" for index in range(2, 11)]
+        assert len(caplog.records) == 1
+        assert "dropped the 2 earliest dead letter(s)" in caplog.records[0].getMessage()
+        assert caplog.records[0].levelno == logging.WARNING
+        for index in range(11, 40):
+            await store.add_dead_letter(_numbered_letter(index))
+            assert len(await store.list_dead_letters(limit=100)) <= 10
+        kept = [letter.id for letter in await store.list_dead_letters(limit=100)]
+        assert kept[-1] == "d039"
+        assert kept == sorted(kept)
+        await store.add_dead_letter(_numbered_letter(39))  # already kept: nothing dropped
+    batches = len(caplog.records)
+    assert 1 < batches <= 30 // 2  # batches, not one warning per letter
+    for secret in ("secret-body", "secret-header", "secret-error-text"):
+        assert secret not in caplog.text
+
+
+async def test_memory_store_bound_of_one() -> None:
+    async with MemoryStore(max_dead_letters=1) as store:
+        for index in range(3):
+            await store.add_dead_letter(_numbered_letter(index))
+        assert [letter.id for letter in await store.list_dead_letters()] == ["d002"]
+
+
+async def test_memory_store_without_a_bound_keeps_every_letter(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING, logger="flowkit.stores")
+    async with MemoryStore() as store:
+        for index in range(300):
+            await store.add_dead_letter(_numbered_letter(index))
+        assert len(await store.list_dead_letters(limit=1000)) == 300
+    assert not caplog.records
+
+
+# -- SQLiteStore: the inbox ------------------------------------------------------------------
+
+
+def _create_schema_version_1(path: Path) -> None:
+    """A database as the first released schema left it, with one handled message."""
+    with sqlite3.connect(path) as conn:
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute(
+            "CREATE TABLE flowkit_schema (version INTEGER NOT NULL PRIMARY KEY, "
+            "applied_at TEXT NOT NULL)"
+        )
+        for statement in _MIGRATIONS[0]:
+            conn.execute(statement)
+        conn.execute("INSERT INTO flowkit_schema VALUES (1, '2024-01-01T00:00:00.000000+00:00')")
+        conn.execute(
+            "INSERT INTO flowkit_inbox VALUES ('svc:h', 'handled', "
+            "'2024-01-01T00:00:00.000000+00:00')"
+        )
+    with sqlite3.connect(path) as conn:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+
+async def test_sqlite_migrates_the_inbox_of_schema_version_1(tmp_path: Path) -> None:
+    path = tmp_path / "v1.db"
+    _create_schema_version_1(path)
+    async with SQLiteStore(path) as store:
+        # A message handled under the old schema stays handled.
+        assert await store.inbox_claim("svc:h", "handled", lease=600) == Claim.DONE
+        assert await store.inbox_claim("svc:h", "new", lease=600) == Claim.CLAIMED
+        assert await store.inbox_prune(datetime(2024, 6, 1, tzinfo=UTC)) == 1
+        assert await store.inbox_claim("svc:h", "handled", lease=600) == Claim.CLAIMED
+    with sqlite3.connect(path) as conn:
+        versions = [row[0] for row in conn.execute("SELECT version FROM flowkit_schema")]
+    assert versions == list(range(1, SCHEMA_VERSION + 1))
+
+
+async def test_sqlite_two_stores_on_one_file_claim_each_pair_once(tmp_path: Path) -> None:
+    path = tmp_path / "claims.db"
+    pairs, per_pair = 20, 6
+    answers: dict[str, list[Claim]] = {f"m{i}": [] for i in range(pairs)}
+    async with SQLiteStore(path) as first, SQLiteStore(path) as second:
+
+        async def claim(store: SQLiteStore, message_id: str) -> None:
+            answers[message_id].append(await store.inbox_claim("c", message_id, lease=600))
+
+        async with anyio.create_task_group() as tg:
+            for round_ in range(per_pair):
+                for message_id in answers:
+                    tg.start_soon(claim, first if round_ % 2 else second, message_id)
+    for message_id, got in answers.items():
+        assert got.count(Claim.CLAIMED) == 1, (message_id, got)
+        assert got.count(Claim.BUSY) == per_pair - 1, (message_id, got)
+
+
+_CLAIMER = """
+import json
+import sys
+
+import anyio
+
+from flowkit.stores import Claim, SQLiteStore
+
+
+async def main(path: str, pairs: int) -> None:
+    async with SQLiteStore(path) as store:
+        print("ready", flush=True)
+        await anyio.to_thread.run_sync(sys.stdin.readline)  # wait for the go
+        claimed: list[str] = []
+        todo = iter(range(pairs))
+
+        async def claimer() -> None:
+            # A few claims at a time, with pauses that leave the write lock
+            # free, so that both processes race on each pair.
+            for index in todo:
+                message_id = f"m{index}"
+                if await store.inbox_claim("svc:h", message_id, lease=600) == Claim.CLAIMED:
+                    claimed.append(message_id)
+                await anyio.sleep(0.002)
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(4):
+                tg.start_soon(claimer)
+    print(json.dumps(claimed), flush=True)
+
+
+anyio.run(main, sys.argv[1], int(sys.argv[2]))
+"""
+
+
+async def test_sqlite_two_processes_claim_each_pair_once(tmp_path: Path) -> None:
+    path = tmp_path / "processes.db"
+    pairs = 200
+    async with SQLiteStore(path):
+        pass  # created and migrated before the race
+    command = [sys.executable, "-c", _CLAIMER, str(path), str(pairs)]
+    with anyio.fail_after(60):
+        async with (
+            await anyio.open_process(command) as one,
+            await anyio.open_process(command) as two,
+        ):
+            processes = (one, two)
+            outputs = []
+            for proc in processes:
+                assert proc.stdout is not None
+                outputs.append(BufferedByteReceiveStream(proc.stdout))
+            for output in outputs:
+                assert await output.receive_until(b"\n", 100) == b"ready"
+            for proc in processes:
+                assert proc.stdin is not None
+                await proc.stdin.send(b"go\n")
+            results = [await output.receive_until(b"\n", 1 << 20) for output in outputs]
+            for proc in processes:
+                assert await proc.wait() == 0
+    claimed = [json.loads(result) for result in results]
+    everything = sorted(claimed[0] + claimed[1])
+    assert everything == sorted(f"m{index}" for index in range(pairs))  # each exactly once

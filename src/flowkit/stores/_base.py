@@ -119,10 +119,14 @@ class StateStore(Protocol):
         Args:
             consumer: the consumer group (``service:handler``).
             message_id: the message's id.
-            lease: seconds the claim holds before another caller may take it over.
+            lease: seconds the claim holds before another caller may take it
+                over; a positive number, longer than handling the message takes.
 
         Returns:
             :attr:`Claim.CLAIMED`, :attr:`Claim.DONE` or :attr:`Claim.BUSY`.
+
+        Raises:
+            StoreError: if ``lease`` is not a positive number of seconds.
         """
         ...
 
@@ -146,10 +150,18 @@ class StateStore(Protocol):
 
         Keep entries for longer than a message can be redelivered (the broker's
         retention, the longest retry delay): a duplicate older than that would
-        be handled again.
+        be handled again. Pruning is what bounds the inbox.
+
+        Claims whose lease ran out before ``older_than`` (their holder died
+        without completing or releasing them) may be forgotten too: a claim on
+        a forgotten pair answers :attr:`Claim.CLAIMED`, as it would on the
+        expired claim. Claims still held are always kept.
+
+        Args:
+            older_than: a timezone-aware time.
 
         Returns:
-            How many entries were removed.
+            How many entries were removed (expired claims included).
         """
         ...
 

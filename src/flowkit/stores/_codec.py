@@ -1,7 +1,8 @@
-"""What the stores share: the strict JSON form of workflow state, and UTC times."""
+"""What the stores share: the strict JSON form of workflow state, UTC times, leases."""
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -12,7 +13,10 @@ from .._errors import StoreError
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-__all__ = ["decode_state", "encode_state", "utc"]
+__all__ = ["MAX_LEASE", "decode_state", "encode_state", "lease_seconds", "utc"]
+
+#: The longest lease an inbox claim is given, in seconds (about 31 years).
+MAX_LEASE = 1e9
 
 
 def encode_state(state: Mapping[str, Any]) -> str:
@@ -49,3 +53,16 @@ def utc(value: datetime, what: str) -> datetime:
     if value.tzinfo is None or value.utcoffset() is None:
         raise StoreError(f"{what} must be a timezone-aware datetime, got naive {value!r}")
     return value.astimezone(UTC)
+
+
+def lease_seconds(lease: float) -> float:
+    """An inbox claim's lease in seconds, at most :data:`MAX_LEASE`.
+
+    Raises:
+        StoreError: if ``lease`` is not a positive, finite number.
+    """
+    if isinstance(lease, bool) or not isinstance(lease, int | float):
+        raise StoreError(f"an inbox lease must be a number of seconds, not {lease!r}")
+    if not (lease > 0 and math.isfinite(lease)):
+        raise StoreError(f"an inbox lease must be a positive number of seconds, not {lease!r}")
+    return min(float(lease), MAX_LEASE)

@@ -7,22 +7,36 @@ orchestrator and start another one on the same store to simulate a restart.
 
 from __future__ import annotations
 
+import itertools
+import logging
 import threading
+import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Self
 
 from anyio.lowlevel import checkpoint
 
 from .._errors import ConcurrencyConflict, NotFound, StoreError, WorkflowNotFound
-from ._base import DeadLetter, WorkflowRecord
-from ._codec import decode_state, encode_state, utc
+from ._base import Claim, DeadLetter, WorkflowRecord
+from ._codec import decode_state, encode_state, lease_seconds, utc
 
 if TYPE_CHECKING:
     from collections.abc import Collection, Mapping
     from types import TracebackType
 
 __all__ = ["MemoryStore"]
+
+logger = logging.getLogger("flowkit.stores")
+
+
+@dataclass(slots=True)
+class _InboxEntry:
+    """One inbox pair: claimed until ``expires`` (a monotonic time), or done (None)."""
+
+    stamped: datetime  # when it was claimed or completed (UTC)
+    expires: float | None
+    lease: float = 0.0
 
 
 @dataclass(slots=True)
@@ -76,15 +90,44 @@ class MemoryStore:
     are kept when it closes, so it can be opened again.
 
     The store is safe to share between tasks and threads.
+
+    What it holds grows only as the caller asks:
+
+    * dead letters, up to ``max_dead_letters`` (unbounded by default): past
+      it, the earliest added are dropped;
+    * inbox entries, until :meth:`inbox_prune` forgets the completed ones
+      (whoever uses the inbox prunes it, as with any store);
+    * workflow records, never dropped: they are the workflows' state, and
+      only the application knows when one is no longer wanted.
     """
 
-    def __init__(self) -> None:
-        """Create an empty store (closed until entered with ``async with``)."""
+    def __init__(self, *, max_dead_letters: int | None = None) -> None:
+        """Create an empty store (closed until entered with ``async with``).
+
+        Args:
+            max_dead_letters: the most dead letters kept (None: no bound). An
+                add that goes past it drops the earliest added letters, down
+                to nine tenths of the bound, so that drops come in batches;
+                each batch logs one WARNING on the ``flowkit.stores`` logger
+                saying how many letters were dropped.
+
+        Raises:
+            ValueError: if ``max_dead_letters`` is not a positive integer.
+        """
+        if max_dead_letters is not None and (
+            isinstance(max_dead_letters, bool)
+            or not isinstance(max_dead_letters, int)
+            or max_dead_letters < 1
+        ):
+            raise ValueError(
+                f"max_dead_letters must be a positive integer or None, not {max_dead_letters!r}"
+            )
+        self._max_dead_letters = max_dead_letters
         self._lock = threading.Lock()
         self._users = 0
         self._open = False
         self._seq = 0
-        self._inbox: dict[tuple[str, str], datetime] = {}
+        self._inbox: dict[tuple[str, str], _InboxEntry] = {}
         self._letters: dict[str, tuple[int, DeadLetter]] = {}
         self._workflows: dict[str, _StoredWorkflow] = {}
 
@@ -102,15 +145,46 @@ class MemoryStore:
 
     # -- inbox ---------------------------------------------------------------
 
-    async def inbox_add(self, consumer: str, message_id: str) -> bool:
-        """Record that ``consumer`` handled ``message_id``.
+    async def inbox_claim(self, consumer: str, message_id: str, *, lease: float) -> Claim:
+        """Claim ``message_id`` for ``consumer``, atomically.
 
         Args:
             consumer: the consumer group (``service:handler``).
-            message_id: the handled message's id.
+            message_id: the message's id.
+            lease: seconds the claim holds before another caller may take it
+                over (measured with the monotonic clock).
 
         Returns:
-            True if the pair was new, False if it was already recorded.
+            ``CLAIMED``, ``DONE`` or ``BUSY``.
+
+        Raises:
+            StoreError: if the store is not open or ``lease`` is not a
+                positive number.
+        """
+        seconds = lease_seconds(lease)
+        await checkpoint()
+        with self._lock:
+            self._check_open()
+            key = (consumer, message_id)
+            entry = self._inbox.get(key)
+            now = time.monotonic()
+            if entry is not None:
+                if entry.expires is None:
+                    return Claim.DONE
+                if entry.expires > now:
+                    return Claim.BUSY
+            self._inbox[key] = _InboxEntry(datetime.now(UTC), now + seconds, seconds)
+            return Claim.CLAIMED
+
+    async def inbox_complete(self, consumer: str, message_id: str) -> None:
+        """Record that ``consumer`` is done with ``message_id``.
+
+        Completing a pair that was never claimed records it all the same;
+        completing it again changes nothing.
+
+        Args:
+            consumer: the consumer group (``service:handler``).
+            message_id: the message's id.
 
         Raises:
             StoreError: if the store is not open.
@@ -119,20 +193,18 @@ class MemoryStore:
         with self._lock:
             self._check_open()
             key = (consumer, message_id)
-            if key in self._inbox:
-                return False
-            self._inbox[key] = datetime.now(UTC)
-            return True
+            entry = self._inbox.get(key)
+            if entry is None or entry.expires is not None:
+                self._inbox[key] = _InboxEntry(datetime.now(UTC), None)
 
-    async def inbox_contains(self, consumer: str, message_id: str) -> bool:
-        """Whether ``consumer`` has already handled ``message_id``.
+    async def inbox_release(self, consumer: str, message_id: str) -> None:
+        """Drop an unfinished claim, so the next delivery may claim the message.
+
+        A completed pair stays completed; releasing an unknown pair does nothing.
 
         Args:
             consumer: the consumer group (``service:handler``).
             message_id: the message's id.
-
-        Returns:
-            True if :meth:`inbox_add` recorded the pair.
 
         Raises:
             StoreError: if the store is not open.
@@ -140,10 +212,17 @@ class MemoryStore:
         await checkpoint()
         with self._lock:
             self._check_open()
-            return (consumer, message_id) in self._inbox
+            key = (consumer, message_id)
+            entry = self._inbox.get(key)
+            if entry is not None and entry.expires is not None:
+                del self._inbox[key]
 
     async def inbox_prune(self, older_than: datetime) -> int:
-        """Forget the inbox entries recorded before ``older_than``.
+        """Forget the entries completed before ``older_than``.
+
+        This is what bounds the inbox. Claims whose lease ran out before
+        ``older_than`` are forgotten too (a claim on a forgotten pair answers
+        ``CLAIMED``, as it would on the expired claim); claims still held are kept.
 
         Args:
             older_than: a timezone-aware time.
@@ -158,7 +237,13 @@ class MemoryStore:
         await checkpoint()
         with self._lock:
             self._check_open()
-            old = [key for key, added in self._inbox.items() if added < cutoff]
+            now = time.monotonic()
+            old = [
+                key
+                for key, entry in self._inbox.items()
+                if (entry.expires is None or entry.expires <= now)
+                and entry.stamped + timedelta(seconds=entry.lease) < cutoff
+            ]
             for key in old:
                 del self._inbox[key]
             return len(old)
@@ -181,8 +266,26 @@ class MemoryStore:
         stored = _copy_letter(letter, utc(letter.failed_at, "DeadLetter.failed_at"))
         with self._lock:
             self._check_open()
-            if stored.id not in self._letters:
-                self._letters[stored.id] = (self._next_seq(), stored)
+            if stored.id in self._letters:
+                return
+            self._letters[stored.id] = (self._next_seq(), stored)
+            dropped = self._drop_letters()
+        if dropped:
+            logger.warning(
+                "MemoryStore dropped the %d earliest dead letter(s): it keeps at most %d",
+                dropped,
+                self._max_dead_letters,
+            )
+
+    def _drop_letters(self) -> int:
+        """Drop the earliest letters past the bound (under the lock); how many."""
+        bound = self._max_dead_letters
+        if bound is None or len(self._letters) <= bound:
+            return 0
+        dropped = len(self._letters) - (bound - bound // 10)
+        for letter_id in list(itertools.islice(self._letters, dropped)):
+            del self._letters[letter_id]
+        return dropped
 
     async def list_dead_letters(
         self, *, consumer: str | None = None, topic: str | None = None, limit: int = 100

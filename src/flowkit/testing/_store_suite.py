@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from .._errors import ConcurrencyConflict, NotFound, StoreError, WorkflowNotFound
-from ..stores._base import DeadLetter, StateStore, WorkflowRecord
+from ..stores._base import Claim, DeadLetter, StateStore, WorkflowRecord
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -219,74 +219,156 @@ async def _check_is_a_state_store(factory: _Factory) -> None:
 # -- inbox --------------------------------------------------------------------------
 
 
+# A lease no check outlives, and one that runs out at once.
+_LONG_LEASE = 600.0
+_SHORT_LEASE = 0.05
+
+
 @_check
-async def _check_inbox_add_and_contains(factory: _Factory) -> None:
+async def _check_inbox_claim_new_then_busy(factory: _Factory) -> None:
     consumer, message_id = _name("consumer"), _name("message")
     async with factory() as store:
+        got = await store.inbox_claim(consumer, message_id, lease=_LONG_LEASE)
+        _expect(got == Claim.CLAIMED, f"inbox_claim of a new pair answered {got!r}, not CLAIMED")
+        for attempt in ("second", "third"):
+            got = await store.inbox_claim(consumer, message_id, lease=_LONG_LEASE)
+            _expect(
+                got == Claim.BUSY,
+                f"a {attempt} inbox_claim of a held pair answered {got!r}, not BUSY",
+            )
+        got = await store.inbox_claim(consumer, _name("message"), lease=_LONG_LEASE)
         _expect(
-            not await store.inbox_contains(consumer, message_id),
-            "inbox_contains is True for a message never added",
-        )
-        _expect(await store.inbox_add(consumer, message_id), "inbox_add of a new pair is not True")
-        _expect(
-            await store.inbox_contains(consumer, message_id),
-            "inbox_contains is False right after inbox_add",
-        )
-        _expect(
-            not await store.inbox_contains(consumer, _name("message")),
-            "inbox_contains is True for another message of the same consumer",
+            got == Claim.CLAIMED,
+            f"inbox_claim of another message of the same consumer answered {got!r}",
         )
 
 
 @_check
-async def _check_inbox_duplicate(factory: _Factory) -> None:
+async def _check_inbox_complete_then_done(factory: _Factory) -> None:
     consumer, message_id = _name("consumer"), _name("message")
     async with factory() as store:
-        _expect(await store.inbox_add(consumer, message_id), "first inbox_add is not True")
+        await store.inbox_claim(consumer, message_id, lease=_LONG_LEASE)
+        await store.inbox_complete(consumer, message_id)
+        got = await store.inbox_claim(consumer, message_id, lease=_LONG_LEASE)
+        _expect(got == Claim.DONE, f"inbox_claim after inbox_complete answered {got!r}, not DONE")
+        await store.inbox_complete(consumer, message_id)
+        got = await store.inbox_claim(consumer, message_id, lease=_LONG_LEASE)
+        _expect(got == Claim.DONE, f"after a second inbox_complete, inbox_claim answered {got!r}")
+
+
+@_check
+async def _check_inbox_complete_without_claim(factory: _Factory) -> None:
+    consumer, message_id = _name("consumer"), _name("message")
+    async with factory() as store:
+        await store.inbox_complete(consumer, message_id)
+        got = await store.inbox_claim(consumer, message_id, lease=_LONG_LEASE)
         _expect(
-            not await store.inbox_add(consumer, message_id),
-            "second inbox_add of the same pair is not False",
+            got == Claim.DONE,
+            f"inbox_claim of a pair completed without a claim answered {got!r}, not DONE",
         )
+
+
+@_check
+async def _check_inbox_release(factory: _Factory) -> None:
+    consumer, message_id, done = _name("consumer"), _name("message"), _name("message")
+    async with factory() as store:
+        await store.inbox_claim(consumer, message_id, lease=_LONG_LEASE)
+        await store.inbox_release(consumer, message_id)
+        got = await store.inbox_claim(consumer, message_id, lease=_LONG_LEASE)
+        _expect(got == Claim.CLAIMED, f"inbox_claim after inbox_release answered {got!r}")
+        await store.inbox_claim(consumer, done, lease=_LONG_LEASE)
+        await store.inbox_complete(consumer, done)
+        await store.inbox_release(consumer, done)
+        got = await store.inbox_claim(consumer, done, lease=_LONG_LEASE)
         _expect(
-            not await store.inbox_add(consumer, message_id),
-            "third inbox_add of the same pair is not False",
+            got == Claim.DONE,
+            f"releasing a completed pair made inbox_claim answer {got!r}, not DONE",
         )
-        _expect(await store.inbox_contains(consumer, message_id), "the pair is no longer there")
+        await store.inbox_release(consumer, _name("message"))  # unknown: a no-op
+
+
+@_check
+async def _check_inbox_expired_claim_taken_over(factory: _Factory) -> None:
+    consumer, message_id = _name("consumer"), _name("message")
+    async with factory() as store:
+        got = await store.inbox_claim(consumer, message_id, lease=_SHORT_LEASE)
+        _expect(got == Claim.CLAIMED, f"inbox_claim of a new pair answered {got!r}")
+        await anyio.sleep(_SHORT_LEASE * 4)
+        answers: list[Claim] = []
+
+        async def claim() -> None:
+            answers.append(await store.inbox_claim(consumer, message_id, lease=_LONG_LEASE))
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(5):
+                tg.start_soon(claim)
+        _expect(
+            sorted(answers) == sorted([Claim.CLAIMED] + [Claim.BUSY] * 4),
+            f"5 claims of a pair whose lease ran out answered {answers}, not one CLAIMED "
+            "and the rest BUSY",
+        )
+
+
+@_check
+async def _check_inbox_concurrent_claims_one_wins(factory: _Factory) -> None:
+    claimers = 50
+    consumer, message_id = _name("consumer"), _name("message")
+    async with factory() as store:
+        answers: list[Claim] = []
+
+        async def claim() -> None:
+            answers.append(await store.inbox_claim(consumer, message_id, lease=_LONG_LEASE))
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(claimers):
+                tg.start_soon(claim)
+        claimed = answers.count(Claim.CLAIMED)
+        _expect(
+            claimed == 1 and answers.count(Claim.BUSY) == claimers - 1,
+            f"{claimed} of {claimers} concurrent claims of one pair got CLAIMED, not exactly "
+            f"one (and the rest BUSY): {sorted(set(answers))}",
+        )
 
 
 @_check
 async def _check_inbox_isolated_per_consumer(factory: _Factory) -> None:
     first, second, message_id = _name("consumer"), _name("consumer"), _name("message")
     async with factory() as store:
-        await store.inbox_add(first, message_id)
+        await store.inbox_claim(first, message_id, lease=_LONG_LEASE)
+        got = await store.inbox_claim(second, message_id, lease=_LONG_LEASE)
         _expect(
-            not await store.inbox_contains(second, message_id),
-            "a message handled by one consumer shows as handled by another",
+            got == Claim.CLAIMED,
+            f"a message claimed by one consumer answered {got!r} to another, not CLAIMED",
         )
-        _expect(
-            await store.inbox_add(second, message_id),
-            "inbox_add for a second consumer of the same message is not True",
-        )
-        _expect(
-            not await store.inbox_add(first, message_id),
-            "inbox_add for the first consumer became new again",
-        )
+        await store.inbox_complete(second, message_id)
+        got = await store.inbox_claim(first, message_id, lease=_LONG_LEASE)
+        _expect(got == Claim.BUSY, f"another consumer's completion made this one {got!r}")
 
 
 @_check
 async def _check_inbox_prune(factory: _Factory) -> None:
     consumer = _name("consumer")
+    done, held = _name("message"), _name("message")
     async with factory() as store:
-        await store.inbox_add(consumer, "old")
-        _expect(
-            await store.inbox_prune(datetime.now(UTC) - timedelta(hours=1)) == 0,
-            "inbox_prune removed entries younger than its cut-off",
-        )
-        _expect(await store.inbox_contains(consumer, "old"), "a young inbox entry was pruned")
+        await store.inbox_complete(consumer, done)
+        await store.inbox_claim(consumer, held, lease=_LONG_LEASE)
+        removed = await store.inbox_prune(datetime.now(UTC) - timedelta(hours=1))
+        _expect(removed >= 0, f"inbox_prune returned {removed!r}")
+        got = await store.inbox_claim(consumer, done, lease=_LONG_LEASE)
+        _expect(got == Claim.DONE, f"a young completed entry was pruned: claim answered {got!r}")
         removed = await store.inbox_prune(datetime.now(UTC) + timedelta(seconds=1))
-        _expect(removed >= 1, f"inbox_prune of everything removed {removed} entries")
-        _expect(not await store.inbox_contains(consumer, "old"), "a pruned entry is still there")
-        _expect(await store.inbox_add(consumer, "old"), "a pruned entry cannot be added again")
+        _expect(removed >= 1, f"inbox_prune of everything old removed {removed} entries")
+        got = await store.inbox_claim(consumer, done, lease=_LONG_LEASE)
+        _expect(
+            got == Claim.CLAIMED,
+            f"a pruned completed entry still answers {got!r}, not CLAIMED",
+        )
+        got = await store.inbox_claim(consumer, held, lease=_LONG_LEASE)
+        _expect(got == Claim.BUSY, f"inbox_prune dropped a claim still held: it answers {got!r}")
+        _expect(
+            await store.inbox_prune(datetime.now(UTC) + timedelta(seconds=1)) >= 0,
+            "a second inbox_prune failed",
+        )
 
 
 # -- dead letters ---------------------------------------------------------------------
@@ -872,9 +954,13 @@ async def _check_datetimes_are_utc(factory: _Factory) -> None:
 async def _check_closed_store_raises(factory: _Factory) -> None:
     store = factory()
     async with store:
-        await store.inbox_add(_name("consumer"), _name("message"))
+        await store.inbox_claim(_name("consumer"), _name("message"), lease=_LONG_LEASE)
     for what, action in [
-        ("inbox_add", lambda: store.inbox_add(_name("consumer"), _name("message"))),
+        (
+            "inbox_claim",
+            lambda: store.inbox_claim(_name("consumer"), _name("message"), lease=_LONG_LEASE),
+        ),
+        ("inbox_complete", lambda: store.inbox_complete(_name("consumer"), _name("message"))),
         ("load_workflow", lambda: store.load_workflow(_name("workflow"))),
         ("list_dead_letters", lambda: store.list_dead_letters(consumer=_name("consumer"))),
     ]:
@@ -889,24 +975,19 @@ async def _check_closed_store_raises(factory: _Factory) -> None:
 async def _check_enter_is_counted(factory: _Factory) -> None:
     store = factory()
     consumer = _name("consumer")
+
+    def claim() -> Awaitable[Claim]:
+        return store.inbox_claim(consumer, _name("message"), lease=_LONG_LEASE)
+
     async with store:
         async with store:
-            await store.inbox_add(consumer, _name("message"))
-        _expect(
-            not await store.inbox_contains(consumer, _name("message")),
-            "inbox_contains is True for an unknown message",
-        )
-        await store.inbox_add(consumer, _name("message"))  # still open: one user left
-    await _expect_raises(
-        StoreError,
-        lambda: store.inbox_add(consumer, _name("message")),
-        "inbox_add after the last user exited",
-    )
+            await claim()
+        got = await claim()  # still open: one user left
+        _expect(got == Claim.CLAIMED, f"inbox_claim of a new pair answered {got!r}")
+    await _expect_raises(StoreError, claim, "inbox_claim after the last user exited")
     async with store:
         async with store:
             await store.aclose()
             await _expect_raises(
-                StoreError,
-                lambda: store.inbox_add(consumer, _name("message")),
-                "inbox_add after aclose() while entered twice",
+                StoreError, claim, "inbox_claim after aclose() while entered twice"
             )

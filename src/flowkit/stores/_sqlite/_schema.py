@@ -1,0 +1,220 @@
+"""What an SQLite database holds for flowkit, and opening one ready for use.
+
+The schema has a version, kept in the ``flowkit_schema`` table (one row per
+applied migration). Opening a database for writing applies the migrations it
+lacks, in one transaction; opening it read-only changes nothing and only
+checks that it holds flowkit data this code can read.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pathlib
+import sqlite3
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Literal
+
+from ..._errors import StoreError
+from ..._redact import redact_url
+from ._rows import timestamp
+
+__all__ = [
+    "MEMORY",
+    "SCHEMA_VERSION",
+    "SYNCHRONOUS_LEVELS",
+    "Database",
+    "SynchronousLevel",
+    "connect",
+    "rollback",
+    "schema_version",
+]
+
+SynchronousLevel = Literal["OFF", "NORMAL", "FULL", "EXTRA"]
+SYNCHRONOUS_LEVELS: tuple[SynchronousLevel, ...] = ("OFF", "NORMAL", "FULL", "EXTRA")
+
+#: The path of a private in-memory database.
+MEMORY = ":memory:"
+
+#: The statements that bring the schema from version ``n`` to ``n + 1`` are
+#: ``_MIGRATIONS[n]``. Released migrations are never edited, only appended to.
+_MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (
+        """CREATE TABLE flowkit_inbox (
+            consumer TEXT NOT NULL,
+            message_id TEXT NOT NULL,
+            added_at TEXT NOT NULL,
+            PRIMARY KEY (consumer, message_id)
+        ) WITHOUT ROWID""",
+        """CREATE TABLE flowkit_dead_letters (
+            id TEXT NOT NULL PRIMARY KEY,
+            consumer TEXT NOT NULL,
+            topic TEXT NOT NULL,
+            body BLOB NOT NULL,
+            headers TEXT NOT NULL,
+            error_type TEXT NOT NULL,
+            error TEXT NOT NULL,
+            attempts INTEGER NOT NULL,
+            failed_at TEXT NOT NULL,
+            message_id TEXT
+        )""",
+        "CREATE INDEX flowkit_dead_letters_failed_at ON flowkit_dead_letters (failed_at)",
+        "CREATE INDEX flowkit_dead_letters_consumer ON flowkit_dead_letters (consumer, failed_at)",
+        "CREATE INDEX flowkit_dead_letters_topic ON flowkit_dead_letters (topic, failed_at)",
+        """CREATE TABLE flowkit_workflows (
+            id TEXT NOT NULL PRIMARY KEY,
+            name TEXT NOT NULL,
+            status TEXT NOT NULL,
+            version INTEGER NOT NULL,
+            state TEXT NOT NULL,
+            created_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL
+        )""",
+        "CREATE INDEX flowkit_workflows_status ON flowkit_workflows (status, created_at)",
+        "CREATE INDEX flowkit_workflows_name ON flowkit_workflows (name, created_at)",
+        "CREATE INDEX flowkit_workflows_created_at ON flowkit_workflows (created_at)",
+        "CREATE INDEX flowkit_inbox_added_at ON flowkit_inbox (added_at)",
+    ),
+    (
+        # Inbox entries become claims: ``claimed_until`` is when the claim's
+        # lease runs out, NULL once the message is done. Every entry written
+        # before is a handled message, so NULL is right for them all.
+        # ``added_at`` is when the entry got its current state (claimed or done).
+        "ALTER TABLE flowkit_inbox ADD COLUMN claimed_until TEXT",
+    ),
+)
+
+#: The schema version this code writes; a database with a newer one is refused.
+SCHEMA_VERSION = len(_MIGRATIONS)
+
+#: The oldest schema version the read operations can read as it is, for a
+#: read-only store (which never migrates). A migration that changes what the
+#: dead letter or workflow reads select raises this to its own version.
+_OLDEST_READABLE = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Database:
+    """Which database to open, and how.
+
+    Attributes:
+        path: the file's absolute path, or :data:`MEMORY`.
+        synchronous: SQLite's ``synchronous`` level.
+        busy_timeout: seconds to wait for another connection's write lock.
+        read_only: open the file read-only, never creating or migrating it.
+    """
+
+    path: str
+    synchronous: SynchronousLevel
+    busy_timeout: float
+    read_only: bool = False
+
+    @property
+    def shown(self) -> str:
+        """The path as errors and logs show it (quoted, any secret masked)."""
+        return repr(redact_url(self.path))
+
+
+def schema_version(conn: sqlite3.Connection) -> int:
+    """The flowkit schema version of a database (0 when it has none)."""
+    exists = conn.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'flowkit_schema'"
+    ).fetchone()
+    if exists is None:
+        return 0
+    row = conn.execute("SELECT COALESCE(MAX(version), 0) FROM flowkit_schema").fetchone()
+    return int(row[0])
+
+
+def connect(database: Database) -> sqlite3.Connection:
+    """A connection to ``database``, ready for the operations.
+
+    Written to: in WAL mode, at the ``synchronous`` level asked for, migrated
+    to :data:`SCHEMA_VERSION` (the file is created if missing). Read-only: the
+    file must exist and hold flowkit data of a version this code reads.
+
+    Raises:
+        StoreError: if the database cannot be put in WAL mode, has a newer
+            schema than this code, or (read-only) does not exist or holds no
+            flowkit data.
+        sqlite3.Error: if SQLite fails.
+    """
+    if database.read_only:
+        return _connect_read_only(database)
+    conn = sqlite3.connect(database.path, timeout=database.busy_timeout, isolation_level=None)
+    try:
+        mode = str(conn.execute("PRAGMA journal_mode = WAL").fetchone()[0])
+        if mode.lower() != "wal" and database.path != MEMORY:
+            raise StoreError(
+                f"cannot put the database {database.shown} in WAL mode (it is in {mode!r})"
+            )
+        conn.execute(f"PRAGMA synchronous = {database.synchronous}")
+        _migrate(conn, database)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def rollback(conn: sqlite3.Connection) -> None:
+    """Roll back the open transaction, if any, ignoring a failure to."""
+    if conn.in_transaction:
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("ROLLBACK")
+
+
+def _connect_read_only(database: Database) -> sqlite3.Connection:
+    path = database.path
+    if not os.path.isfile(path):
+        raise StoreError(f"no database at {redact_url(path)}")
+    uri = f"{pathlib.Path(path).as_uri()}?mode=ro"
+    conn = sqlite3.connect(uri, uri=True, timeout=database.busy_timeout, isolation_level=None)
+    try:
+        version = schema_version(conn)
+        if version == 0:
+            raise StoreError(f"{redact_url(path)} holds no flowkit data")
+        _check_not_newer(version, database)
+        if version < _OLDEST_READABLE:
+            raise StoreError(
+                f"the database {database.shown} has flowkit schema version {version}, too old "
+                "to read without upgrading it; open it once without read_only"
+            )
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _check_not_newer(version: int, database: Database) -> None:
+    if version > SCHEMA_VERSION:
+        raise StoreError(
+            f"the database {database.shown} has flowkit schema version {version}, newer than "
+            f"version {SCHEMA_VERSION} that this flowkit supports; upgrade flowkit"
+        )
+
+
+def _migrate(conn: sqlite3.Connection, database: Database) -> None:
+    version = schema_version(conn)
+    _check_not_newer(version, database)
+    if version == SCHEMA_VERSION:
+        return
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS flowkit_schema ("
+            "version INTEGER NOT NULL PRIMARY KEY, applied_at TEXT NOT NULL)"
+        )
+        version = schema_version(conn)  # again, now that we hold the write lock
+        _check_not_newer(version, database)
+        for target in range(version + 1, SCHEMA_VERSION + 1):
+            for statement in _MIGRATIONS[target - 1]:
+                conn.execute(statement)
+            conn.execute(
+                "INSERT INTO flowkit_schema (version, applied_at) VALUES (?, ?)",
+                (target, timestamp(datetime.now(UTC))),
+            )
+        conn.execute("COMMIT")
+    except BaseException:
+        rollback(conn)
+        raise
