@@ -127,8 +127,8 @@ class SQLiteStore:
 
         Args:
             path: the database file (created if missing; its directory must
-                exist), ``":memory:"`` for a private in-memory database, or the
-                same as an URL: ``sqlite:///relative/path``,
+                exist), or ``":memory:"`` for a private in-memory database;
+                either may be given as a URL: ``sqlite:///relative/path``,
                 ``sqlite:////absolute/path``, ``sqlite:///:memory:``.
             synchronous: SQLite's ``synchronous`` level: ``"NORMAL"`` survives a
                 process crash, ``"FULL"`` also survives a power loss.
