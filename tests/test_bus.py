@@ -527,7 +527,8 @@ async def test_starting_a_running_bus_is_refused() -> None:
 
 
 async def test_stopping_the_bus_ends_waiting_requests() -> None:
-    bus = Choreography(InMemoryTransport())
+    transport = InMemoryTransport()
+    bus = Choreography(transport)
     errors: list[BaseException] = []
 
     async def ask() -> None:
@@ -537,10 +538,11 @@ async def test_stopping_the_bus_ends_waiting_requests() -> None:
             errors.append(exc)
 
     with anyio.fail_after(5):
-        async with anyio.create_task_group() as tg:
+        async with anyio.create_task_group() as tg, transport:
+            listener = await transport.subscribe("CheckStock", "listener")
             async with bus.run(services=[]):
                 tg.start_soon(ask)
-                await wait_until(lambda: bool(bus._pending))
+                await listener.receive()  # the request is out: the caller waits
     assert len(errors) == 1
     assert "stopped while waiting" in str(errors[0])
 

@@ -4,7 +4,7 @@ import anyio
 import pytest
 
 from flowkit import Choreography, Context, Event, Retry, TransportError
-from flowkit.stores import MemoryStore
+from flowkit.stores import Claim, MemoryStore
 from flowkit.testing import run_in_memory
 from flowkit.transports import InMemoryTransport
 
@@ -146,7 +146,8 @@ async def test_fixtures_are_open(
     with anyio.fail_after(1):
         delivery = await sub.receive()
     assert delivery.body == b"x"
-    assert await memory_store.inbox_add("c", "m") is True
+    await delivery.ack()
+    assert await memory_store.inbox_claim("c", "m", lease=60) is Claim.CLAIMED
 
 
 async def test_the_memory_bus_fixture(memory_bus: Choreography) -> None:

@@ -12,7 +12,7 @@ from ._errors import DefinitionError as DefinitionError
 from ._errors import FlowkitError as FlowkitError
 from ._errors import HandlerTimeout as HandlerTimeout
 from ._errors import InvalidWorkflowState as InvalidWorkflowState
-from ._errors import MissingDependency as MissingDependency
+from ._errors import MessageTooLarge as MessageTooLarge
 from ._errors import NonRetryableError as NonRetryableError
 from ._errors import NotFound as NotFound
 from ._errors import OrchestratorNotStarted as OrchestratorNotStarted
@@ -60,7 +60,7 @@ __all__ = [
     "HandlerTimeout",
     "InvalidWorkflowState",
     "Message",
-    "MissingDependency",
+    "MessageTooLarge",
     "NonRetryableError",
     "NotFound",
     "Orchestrator",

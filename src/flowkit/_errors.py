@@ -18,7 +18,7 @@ __all__ = [
     "FlowkitError",
     "HandlerTimeout",
     "InvalidWorkflowState",
-    "MissingDependency",
+    "MessageTooLarge",
     "NonRetryableError",
     "NotFound",
     "OrchestratorNotStarted",
@@ -43,18 +43,6 @@ class DefinitionError(FlowkitError, TypeError):
 
     Raised at decoration or class-creation time, never at the first message.
     """
-
-
-class MissingDependency(FlowkitError, ImportError):
-    """An optional dependency is not installed; the message names the extra."""
-
-    def __init__(self, package: str, extra: str, feature: str) -> None:
-        self.package = package
-        self.extra = extra
-        super().__init__(
-            f"{feature} needs the {package!r} package, which is not installed. "
-            f"Install it with: pip install 'flowkit[{extra}]'"
-        )
 
 
 DecodeErrorKind = Literal["json", "envelope", "unknown_type", "validation"]
@@ -126,7 +114,40 @@ class BusNotStarted(FlowkitError):
 
 
 class RequestTimeout(FlowkitError, TimeoutError):
-    """No reply to a request arrived within its timeout."""
+    """No reply to a request arrived within its timeout.
+
+    Attributes:
+        taken: whether a service took the request (started handling it) before
+            the caller gave up. False means no running service received it in
+            time; True means it was taken, may have acted, and did not answer in
+            time.
+    """
+
+    def __init__(self, message: str, *, taken: bool = False) -> None:
+        self.taken = taken
+        super().__init__(message)
+
+
+class MessageTooLarge(FlowkitError, ValueError):
+    """A message's encoded body is larger than the bus's ``max_message_size``.
+
+    Raised on publish; a received body over the limit is dead-lettered with it.
+
+    Attributes:
+        type_name: the message type.
+        size: the body's size in bytes.
+        limit: the limit it exceeded, in bytes.
+    """
+
+    def __init__(self, type_name: str | None, size: int, limit: int) -> None:
+        self.type_name = type_name
+        self.size = size
+        self.limit = limit
+        subject = f"message {type_name!r}" if type_name else "a message"
+        super().__init__(
+            f"{subject} is {size:,} bytes, over the limit of {limit:,} bytes "
+            "(max_message_size)"
+        )
 
 
 class RemoteError(FlowkitError):

@@ -14,10 +14,11 @@ import os
 import random
 import time
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, ClassVar, Generic, NotRequired, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, NotRequired, TypeVar, get_args
 
 from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
 from pydantic_core import to_json
+from pydantic_core.core_schema import ErrorType
 from typing_extensions import TypedDict
 
 from ._errors import DecodeError, DefinitionError
@@ -132,11 +133,19 @@ def _now_ms() -> int:
     return ms
 
 
+_id_prefix: tuple[int, str] = (-1, "")
+
+
 def _format_id(ms: int) -> str:
+    global _id_prefix
     seq = next(_sequence) & 0xFFFF_FFFF
-    value = ms << 80 | 0x7000 << 64 | (seq >> 20) << 64 | 0b10 << 62 | (seq & 0xFFFFF) << 42
-    h = f"{value | _process_bits:032x}"
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+    cached_ms, prefix = _id_prefix
+    if cached_ms != ms:  # the time part changes once per millisecond
+        t = f"{ms:012x}"
+        prefix = f"{t[:8]}-{t[8:]}-7"
+        _id_prefix = (ms, prefix)
+    low = f"{0b10 << 62 | (seq & 0xFFFFF) << 42 | _process_bits:016x}"
+    return f"{prefix}{seq >> 20:03x}-{low[:4]}-{low[4:]}"
 
 
 def new_message_id() -> str:
@@ -147,16 +156,16 @@ def new_message_id() -> str:
     return _format_id(_now_ms())
 
 
-_iso_cache: tuple[int, datetime, str] = (0, datetime.fromtimestamp(0, UTC), "")
+_iso_cache: tuple[int, datetime, bytes] = (0, datetime.fromtimestamp(0, UTC), b"")
 
 
-def _timestamp(ms: int) -> tuple[datetime, str]:
+def _timestamp(ms: int) -> tuple[datetime, bytes]:
     """The UTC time of a millisecond timestamp, and its ISO form (cached per millisecond)."""
     global _iso_cache
     cached_ms, when, text = _iso_cache
     if cached_ms != ms:
         when = datetime.fromtimestamp(ms / 1000, UTC)
-        text = when.isoformat(timespec="milliseconds")
+        text = when.isoformat(timespec="milliseconds").encode()
         _iso_cache = (ms, when, text)
     return when, text
 
@@ -288,7 +297,7 @@ def encode(
             b',"causation_id":',
             b"null" if causation_id is None else to_json(causation_id),
             b',"occurred_at":"',
-            occurred_text.encode(),
+            occurred_text,
             b'","headers":',
             to_json(hdrs) if hdrs else b"{}",
             b',"payload":',
@@ -319,7 +328,7 @@ class _WireEnvelope(TypedDict):
     version: int
     correlation_id: str
     causation_id: NotRequired[str | None]
-    occurred_at: str
+    occurred_at: datetime
     headers: NotRequired[dict[str, str]]
     payload: dict[str, Any]
 
@@ -351,11 +360,10 @@ def decode_envelope(body: bytes) -> Envelope:
     try:
         data = _WIRE.validate_json(body)
     except ValidationError as exc:
-        first = exc.errors(include_url=False)[0]
+        first = exc.errors(include_url=False, include_input=False, include_context=False)[0]
         if first["type"] == "json_invalid":
             raise DecodeError("json", str(first["msg"])) from exc
-        where = ".".join(str(p) for p in first["loc"]) or "body"
-        raise DecodeError("envelope", f"{where}: {first['msg']}") from exc
+        raise DecodeError("envelope", describe_errors(exc)) from exc
     return _envelope_of(data, payload=data["payload"])
 
 
@@ -366,17 +374,13 @@ def _envelope_of(
     message: Message | None = None,
 ) -> Envelope:
     """An envelope from its checked JSON fields (payload raw, or already validated)."""
-    try:
-        occurred = datetime.fromisoformat(data["occurred_at"])
-    except ValueError as exc:
-        raise DecodeError("envelope", f"occurred_at: {exc}", type_name=data["type"]) from exc
     return Envelope(
         data["id"],
         data["type"],
         data["version"],
         data["correlation_id"],
         data.get("causation_id"),
-        occurred,
+        data["occurred_at"],
         data.get("headers", {}),
         payload,
         message=message,
@@ -396,8 +400,9 @@ def decode(body: bytes, model: type[M]) -> tuple[Envelope, M]:
     """
     try:
         data = _adapter_for(model).validate_json(body)
-    except ValidationError:
-        # The one-pass check failed: decode step by step to say exactly what is wrong.
+    except Exception:
+        # The one-pass check failed (or a validator raised something of its own):
+        # decode step by step to say exactly what is wrong.
         envelope = decode_envelope(body)
         return envelope, validate_payload(envelope, model)
     if data["type"] != model.__flowkit_type__:
@@ -423,7 +428,7 @@ def _adapter_for(model: type[Message]) -> TypeAdapter[Any]:
                 "version": int,
                 "correlation_id": str,
                 "causation_id": NotRequired[str | None],
-                "occurred_at": str,
+                "occurred_at": datetime,
                 "headers": NotRequired[dict[str, str]],
                 "payload": model,
             },
@@ -443,4 +448,37 @@ def validate_payload(envelope: Envelope, model: type[M]) -> M:
     try:
         return model.model_validate(envelope.payload)
     except ValidationError as exc:
-        raise DecodeError("validation", str(exc), type_name=envelope.type) from exc
+        raise DecodeError("validation", describe_errors(exc), type_name=envelope.type) from exc
+    except Exception as exc:
+        # pydantic passes on what a validator raises other than ValueError and
+        # AssertionError: still this payload's failure, named by type only.
+        raise DecodeError(
+            "validation",
+            f"a validator of {model.__name__} raised {type(exc).__name__}",
+            type_name=envelope.type,
+        ) from exc
+
+
+# Error types whose pydantic message is written from the schema alone; the
+# others (value_error, assertion_error, custom errors) may quote the input.
+_SCHEMA_ONLY_MESSAGES = frozenset(get_args(ErrorType)) - {"value_error", "assertion_error"}
+_MAX_LISTED_ERRORS = 10
+
+
+def describe_errors(exc: ValidationError) -> str:
+    """Which fields failed and how, without any value of the input.
+
+    ``total: Input should be a valid number (float_parsing); card: value_error``
+    """
+    errors = exc.errors(include_url=False, include_input=False, include_context=False)
+    parts = []
+    for error in errors[:_MAX_LISTED_ERRORS]:
+        where = ".".join(str(p) for p in error["loc"]) or "payload"
+        kind = error["type"]
+        if kind in _SCHEMA_ONLY_MESSAGES:
+            parts.append(f"{where}: {error['msg']} ({kind})")
+        else:
+            parts.append(f"{where}: {kind}")
+    if len(errors) > _MAX_LISTED_ERRORS:
+        parts.append(f"and {len(errors) - _MAX_LISTED_ERRORS} more")
+    return "; ".join(parts)

@@ -3,5 +3,6 @@
 from ._bus import Choreography as Choreography
 from ._context import Context as Context
 from ._handlers import HandlerSpec as HandlerSpec
+from ._observe import BusObserver as BusObserver
 
-__all__ = ["Choreography", "Context", "HandlerSpec"]
+__all__ = ["BusObserver", "Choreography", "Context", "HandlerSpec"]

@@ -1,54 +1,35 @@
-"""The choreography bus: typed handlers per service, consumer loops, request/reply."""
+"""The choreography bus: the public face of handlers, publishing, requests and dead letters.
+
+The work is done elsewhere, one job per module: ``_handlers`` checks
+declarations, ``_consumer`` is the pipeline every message goes through,
+``_replies`` is request/reply, ``_dead_letters`` keeps and replays what
+consumers gave up on, and ``_lifecycle`` starts and stops the consumers.
+"""
 
 from __future__ import annotations
 
 import logging
-import sys
-import traceback
-from contextlib import AsyncExitStack
-from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Literal, Self, TypeVar
+from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 import anyio
 
-from .._errors import (
-    BusNotStarted,
-    DecodeError,
-    DefinitionError,
-    HandlerTimeout,
-    RemoteError,
-    RequestTimeout,
-    TransportClosed,
-    TransportError,
-)
-from .._events import (
-    Command,
-    Envelope,
-    Event,
-    Message,
-    decode,
-    decode_envelope,
-    encode,
-    new_message_id,
-    reply_type_of,
-    validate_payload,
-)
-from .._exits import exit_stack
-from ..stores._base import DeadLetter
-from ._context import IDEMPOTENCY_KEY_HEADER, Context
+from .._errors import BusNotStarted, DefinitionError, MessageTooLarge
+from .._events import Command, Envelope, Event, Message, encode, reply_type_of
+from ._dead_letters import DeadLetterBox
 from ._handlers import HandlerFunc, HandlerSpec, make_spec
+from ._lifecycle import Running
+from ._observe import BusObserver, notify
+from ._replies import Requests
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Mapping, Sequence
     from types import TracebackType
 
-    from anyio.abc import TaskGroup
-
     from .._retry import Retry
-    from ..stores._base import StateStore
-    from ..transports._base import Delivery, Subscription, Transport
+    from ..stores._base import DeadLetter, StateStore
+    from ..transports._base import Transport
 
-__all__ = ["Choreography"]
+__all__ = ["DEFAULT_MAX_MESSAGE_SIZE", "Choreography"]
 
 logger = logging.getLogger("flowkit.bus")
 
@@ -56,36 +37,10 @@ M = TypeVar("M", bound=Message)
 R = TypeVar("R", bound=Message)
 F = TypeVar("F", bound=HandlerFunc)
 
-REPLY_TO_HEADER = "flowkit-reply-to"
-IN_REPLY_TO_HEADER = "flowkit-in-reply-to"
-REQUEST_ID_HEADER = "flowkit-request-id"
-TARGET_HEADER = "flowkit-target"
-REPLAY_HEADER = "flowkit-replay-of"
-_DECODE_CACHE_SIZE = 1024
+DEFAULT_MAX_MESSAGE_SIZE = 1024 * 1024
 
-
-class _RemoteFailure(Message, type_name="flowkit.RemoteError"):
-    error_type: str
-    message: str
-    service: str
-    retryable: bool
-
-
-class _PendingReply:
-    __slots__ = ("body", "done", "stopped")
-
-    def __init__(self) -> None:
-        self.done = anyio.Event()
-        self.body: bytes | None = None
-        self.stopped = False
-
-
-class _Worker:
-    __slots__ = ("busy", "sub")
-
-    def __init__(self, sub: Subscription) -> None:
-        self.sub = sub
-        self.busy = False
+# use(store=...) left out: keep the store as it is.
+_UNCHANGED: Any = object()
 
 
 class Choreography:
@@ -95,16 +50,29 @@ class Choreography:
     :meth:`handles` (commands answered with a reply); ``async with bus:``
     starts a consumer for every handler, ``bus.run(services=[...])`` only for
     some services. Delivery is at least once; with a ``store``, each handler
-    skips the messages it already handled (inbox) and dead letters survive
-    restarts.
+    claims every message in its inbox before handling it, so a duplicate is
+    not handled twice (even by another process sharing the store), and dead
+    letters survive restarts.
 
     Args:
         transport: the transport carrying the messages.
         store: keeps the inbox and the dead letters. Without one, nothing is
-            deduplicated and dead letters are kept in memory.
+            deduplicated and at most 10,000 dead letters are kept in memory.
         stop_grace: seconds that in-flight handlers get to finish when the bus
-            stops; those still running after that are cancelled, not acked, and
-            delivered again later.
+            stops; those still running after that are cancelled and their
+            messages go back to the transport unacked.
+        max_message_size: the largest encoded message, in bytes (1 MiB by
+            default): publishing a larger one raises
+            :class:`~flowkit.MessageTooLarge`, and a larger one received is
+            dead-lettered.
+        claim_lease: seconds an inbox claim holds (at least the handler's
+            timeout plus a minute). A process that dies while handling a
+            message leaves its claim; another process takes the message over
+            once the claim has run out.
+        observers: who watches the bus (tracing, metrics, the testing kit).
+
+    Raises:
+        ValueError: if a number is out of range.
     """
 
     def __init__(
@@ -113,20 +81,26 @@ class Choreography:
         *,
         store: StateStore | None = None,
         stop_grace: float = 10.0,
+        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        claim_lease: float = 300.0,
+        observers: Sequence[BusObserver] = (),
     ) -> None:
+        if stop_grace < 0:
+            raise ValueError(f"stop_grace must be >= 0 seconds, got {stop_grace}")
+        if max_message_size < 1:
+            raise ValueError(f"max_message_size must be >= 1 byte, got {max_message_size}")
+        if not claim_lease > 0:
+            raise ValueError(f"claim_lease must be > 0 seconds, got {claim_lease}")
         self._transport = transport
         self._store = store
         self._stop_grace = stop_grace
+        self._max_message_size = max_message_size
+        self._claim_lease = claim_lease
+        self._observers: tuple[BusObserver, ...] = tuple(observers)
         self._handlers: list[HandlerSpec] = []
-        self._running: _Run | None = None
-        self._fallback_store: StateStore | None = None
-        self._fallback_open: anyio.Event | None = None
-        self._decoded: dict[bytes, tuple[Envelope, Message]] = {}
-        self._inflight: set[tuple[str, str]] = set()
-        self._pending: dict[str, _PendingReply] = {}
-        self._reply_topic = f"flowkit.reply.{new_message_id()}"
-        self._reply_lock: anyio.Lock | None = None
-        self._reply_started = False
+        self._running: Running | None = None
+        self._dead_letters = DeadLetterBox(store)
+        self._requests = Requests(max_message_size)
 
     # -- declaration -----------------------------------------------------------
 
@@ -186,7 +160,7 @@ class Choreography:
         *,
         service: str,
         retry: Retry | None = None,
-        concurrency: int = 1,
+        concurrency: int = 8,
         timeout: float | None = None,
         name: str | None = None,
     ) -> Callable[[F], F]:
@@ -195,6 +169,11 @@ class Choreography:
         The handler returns the command's reply model; the caller of
         :meth:`request` gets it. If the handler fails after its retries, the
         caller gets a :class:`~flowkit.RemoteError`.
+
+        A command handler answers up to ``concurrency`` requests at once per
+        process (8 by default), so one slow request does not hold up the
+        other callers. A request past its caller's deadline is not started,
+        and not retried.
 
         Raises:
             DefinitionError: at decoration time, if the declaration is wrong or
@@ -243,6 +222,8 @@ class Choreography:
                 )
         self._handlers.append(spec)
 
+    # -- configuration -----------------------------------------------------------
+
     @property
     def handlers(self) -> tuple[HandlerSpec, ...]:
         """Every declared handler, in declaration order."""
@@ -263,14 +244,85 @@ class Choreography:
         """The store given to this bus, if any."""
         return self._store
 
+    @property
+    def stop_grace(self) -> float:
+        """Seconds in-flight handlers get to finish when the bus stops."""
+        return self._stop_grace
+
+    @property
+    def max_message_size(self) -> int:
+        """The largest encoded message accepted, in bytes."""
+        return self._max_message_size
+
+    @property
+    def claim_lease(self) -> float:
+        """Seconds an inbox claim holds before another process may take over."""
+        return self._claim_lease
+
+    @property
+    def observers(self) -> tuple[BusObserver, ...]:
+        """The observers watching this bus."""
+        return self._observers
+
+    def use(
+        self, *, transport: Transport | None = None, store: StateStore | None = _UNCHANGED
+    ) -> None:
+        """Replace the transport and the store before the bus starts.
+
+        A service module builds its bus on its broker; a test runs the same bus
+        on in-memory parts (:func:`flowkit.testing.run_in_memory` does this,
+        and puts the originals back afterwards).
+
+        Args:
+            transport: the new transport (unchanged if None).
+            store: the new store; None for no store (unchanged if left out).
+
+        Raises:
+            RuntimeError: if the bus is running.
+        """
+        self._check_stopped("replace the transport or store of")
+        if transport is not None:
+            self._transport = transport
+        if store is not _UNCHANGED:
+            self._store = store
+            self._dead_letters = DeadLetterBox(store)
+
+    def add_observer(self, observer: BusObserver) -> None:
+        """Start notifying ``observer``; takes effect when the bus next starts.
+
+        Raises:
+            RuntimeError: if the bus is running.
+        """
+        self._check_stopped("add an observer to")
+        self._observers = (*self._observers, observer)
+
+    def remove_observer(self, observer: BusObserver) -> None:
+        """Stop notifying ``observer`` (a no-op if it was not added).
+
+        Raises:
+            RuntimeError: if the bus is running.
+        """
+        self._check_stopped("remove an observer from")
+        self._observers = tuple(o for o in self._observers if o is not observer)
+
+    def _check_stopped(self, doing: str) -> None:
+        if self._running is not None:
+            raise RuntimeError(f"cannot {doing} a running bus; do it before starting it")
+
     # -- lifecycle -------------------------------------------------------------
 
-    def run(self, services: Iterable[str] | None = None) -> _Run:
+    def run(
+        self, services: Iterable[str] | None = None, *, stop_grace: float | None = None
+    ) -> Running:
         """An async context manager running the consumers of some services.
 
         ``async with bus.run(services=["notification"]):`` starts only the
         handlers of that service; ``services=[]`` starts none (a process that
         only publishes and sends requests). ``async with bus:`` runs them all.
+
+        Args:
+            services: the services to run (all by default).
+            stop_grace: overrides the bus's ``stop_grace`` for this run.
 
         Raises:
             DefinitionError: if a named service has no handler on this bus.
@@ -283,7 +335,10 @@ class Choreography:
                     f"no handler is declared for service(s) {sorted(unknown)}; "
                     f"known services: {sorted(self.services)}"
                 )
-        return _Run(self, selected)
+        grace = self._stop_grace if stop_grace is None else stop_grace
+        if grace < 0:
+            raise ValueError(f"stop_grace must be >= 0 seconds, got {grace}")
+        return Running(self, selected, grace)
 
     async def __aenter__(self) -> Self:
         await self.run().__aenter__()
@@ -304,7 +359,13 @@ class Choreography:
         """Whether the bus is started."""
         return self._running is not None
 
-    def _require_running(self) -> _Run:
+    @property
+    def in_flight(self) -> int:
+        """How many handlers of this process are handling a message right now."""
+        running = self._running
+        return running.workers.busy if running is not None else 0
+
+    def _require_running(self) -> Running:
         running = self._running
         if running is None:
             raise BusNotStarted(
@@ -312,19 +373,34 @@ class Choreography:
             )
         return running
 
-    async def _dead_letter_store(self) -> StateStore:
-        if self._store is not None:
-            return self._store
-        if self._fallback_store is None:
-            from ..stores._memory import MemoryStore
+    async def wait_idle(self, timeout: float = 30.0) -> None:
+        """Wait until the running handlers have settled everything sent to them.
 
-            self._fallback_store = MemoryStore()
-            self._fallback_open = anyio.Event()
-            await self._fallback_store.__aenter__()  # in memory: open for the bus's lifetime
-            self._fallback_open.set()
-        elif self._fallback_open is not None:
-            await self._fallback_open.wait()
-        return self._fallback_store
+        Idle means that no handler runs and the transport holds nothing for
+        the running handlers' groups: nothing ready, nothing waiting out a
+        retry delay, nothing delivered and not yet acked. Useful in tests and
+        scripts; a service normally runs until it is stopped.
+
+        Raises:
+            BusNotStarted: if the bus is not running.
+            TimeoutError: if it is still busy after ``timeout`` seconds, saying
+                how many messages are left.
+        """
+        running = self._require_running()
+        left = 0
+        quiet = 0
+        with anyio.move_on_after(timeout):
+            while True:
+                left = running.workers.busy
+                for spec in running.specs:
+                    left += await self._transport.backlog(spec.topic, spec.consumer)
+                quiet = quiet + 1 if left == 0 else 0
+                if quiet >= 2:
+                    return
+                await anyio.sleep(0.002 if quiet else 0.005)
+        raise TimeoutError(
+            f"the bus was still busy after {timeout}s: {left} message(s) not yet settled"
+        )
 
     # -- sending ---------------------------------------------------------------
 
@@ -351,9 +427,12 @@ class Choreography:
 
         Raises:
             BusNotStarted: if the bus is not running.
-            TransportError: if the transport failed.
+            MessageTooLarge: if the encoded event is over ``max_message_size``.
+            TransportError: if the transport failed or could not take the
+                message in time.
         """
-        self._require_running()
+        if self._running is None:
+            self._require_running()
         if not isinstance(event, Event):
             raise TypeError(
                 f"publish() takes an Event, got {type(event).__name__}; send commands "
@@ -366,7 +445,11 @@ class Choreography:
             headers=headers,
             message_id=message_id,
         )
+        if len(body) > self._max_message_size:
+            raise MessageTooLarge(envelope.type, len(body), self._max_message_size)
         await self._transport.publish(envelope.type, body)
+        if self._observers:
+            notify(self._observers, "published", envelope)
         return envelope
 
     async def request(
@@ -381,6 +464,9 @@ class Choreography:
     ) -> R:
         """Send a command to the service that handles it and await the typed reply.
 
+        The request carries its deadline: the answering service does not
+        start it, nor retry it, once the caller has given up.
+
         Args:
             command: the command; its class names the reply type.
             timeout: seconds to wait for the reply.
@@ -393,83 +479,32 @@ class Choreography:
             The reply, validated as the command's reply model.
 
         Raises:
-            BusNotStarted: if the bus is not running.
-            RequestTimeout: if no reply came within ``timeout``.
+            BusNotStarted: if the bus is not running, or stops while waiting.
+            RequestTimeout: if no reply came within ``timeout``; its ``taken``
+                says whether a service had started handling the request.
             RemoteError: if the handling service failed.
+            MessageTooLarge: if the encoded command is over ``max_message_size``.
             DecodeError: if the reply does not validate as the reply model.
         """
-        self._require_running()
+        running = self._require_running()
         if not isinstance(command, Command):
             raise TypeError(f"request() takes a Command, got {type(command).__name__}")
-        reply_type = reply_type_of(type(command))
-        await self._ensure_reply_listener()
-        hdrs = dict(headers) if headers else {}
-        if idempotency_key is not None:
-            hdrs[IDEMPOTENCY_KEY_HEADER] = idempotency_key
-        envelope, body = encode(
-            command, correlation_id=correlation_id, causation_id=causation_id, headers=hdrs
+        reply_type: type[R] = reply_type_of(type(command))  # type: ignore[assignment]
+        observers = self._observers
+        return await self._requests.request(
+            self._transport,
+            running.task_group,
+            command,
+            reply_type,
+            timeout=timeout,
+            headers=headers,
+            correlation_id=correlation_id,
+            causation_id=causation_id,
+            idempotency_key=idempotency_key,
+            on_sent=(lambda envelope: notify(observers, "published", envelope))
+            if observers
+            else None,
         )
-        pending = _PendingReply()
-        self._pending[envelope.message_id] = pending
-        try:
-            await self._transport.publish(
-                envelope.type,
-                body,
-                {REPLY_TO_HEADER: self._reply_topic, REQUEST_ID_HEADER: envelope.message_id},
-            )
-            with anyio.move_on_after(timeout):
-                await pending.done.wait()
-        finally:
-            del self._pending[envelope.message_id]
-        if pending.stopped:
-            raise BusNotStarted(f"the bus stopped while waiting for the reply to {envelope.type}")
-        if pending.body is None:
-            raise RequestTimeout(
-                f"no reply to {envelope.type} (message {envelope.message_id}) within "
-                f"{timeout}s; is a service handling {envelope.type!r} running?"
-            )
-        reply = decode_envelope(pending.body)
-        if reply.type == _RemoteFailure.__flowkit_type__:
-            failure = validate_payload(reply, _RemoteFailure)
-            raise RemoteError(
-                failure.error_type,
-                failure.message,
-                service=failure.service,
-                retryable=failure.retryable,
-            )
-        return validate_payload(reply, reply_type)  # type: ignore[return-value]
-
-    async def _ensure_reply_listener(self) -> None:
-        if self._reply_started:
-            return
-        running = self._require_running()
-        if self._reply_lock is None:
-            self._reply_lock = anyio.Lock()
-        async with self._reply_lock:
-            if self._reply_started:
-                return
-            sub = await self._transport.subscribe(self._reply_topic, self._reply_topic)
-            running.task_group.start_soon(self._listen_replies, sub)
-            running.subscriptions.append(sub)
-            self._reply_started = True
-
-    async def _listen_replies(self, sub: Subscription) -> None:
-        while True:
-            try:
-                delivery = await sub.receive()
-            except TransportClosed:
-                return
-            try:
-                await delivery.ack()
-            except TransportError:
-                logger.warning("could not ack a reply; it may arrive twice", exc_info=True)
-            request_id = delivery.headers.get(IN_REPLY_TO_HEADER)
-            pending = self._pending.get(request_id) if request_id else None
-            if pending is None:
-                logger.debug("dropping a reply to an unknown or expired request %s", request_id)
-                continue
-            pending.body = delivery.body
-            pending.done.set()
 
     # -- dead letters ------------------------------------------------------------
 
@@ -483,30 +518,21 @@ class Choreography:
             topic: only those of one message type.
             limit: at most this many.
         """
-        return await (await self._dead_letter_store()).list_dead_letters(
-            consumer=consumer, topic=topic, limit=limit
-        )
+        return await self._dead_letters.list(consumer=consumer, topic=topic, limit=limit)
 
     async def replay(self, letter_id: str) -> None:
         """Deliver a dead letter again, to the handler that gave up on it only.
 
         The message is published again with its original body (so its original
-        message id) and the dead letter is removed.
+        message id); the dead letter is removed once the transport accepted it.
 
         Raises:
             NotFound: if there is no dead letter with this id.
             BusNotStarted: if the bus is not running.
+            TransportError: if the publish failed (the dead letter is kept).
         """
         self._require_running()
-        store = await self._dead_letter_store()
-        letter = await store.get_dead_letter(letter_id)
-        headers = {
-            k: v for k, v in letter.headers.items() if k not in (TARGET_HEADER, REPLAY_HEADER)
-        }
-        headers[TARGET_HEADER] = letter.consumer
-        headers[REPLAY_HEADER] = letter.id
-        await self._transport.publish(letter.topic, letter.body, headers)
-        await store.delete_dead_letter(letter.id)
+        await self._dead_letters.replay(letter_id, self._transport)
 
     async def replay_all(
         self, *, consumer: str | None = None, topic: str | None = None, limit: int = 1000
@@ -527,383 +553,12 @@ class Choreography:
         self._require_running()
         letters = await self.dead_letters(consumer=consumer, topic=topic, limit=limit)
         for letter in letters:
-            await self.replay(letter.id)
+            await self._dead_letters.replay(letter.id, self._transport)
         return len(letters)
 
-    # -- consuming -------------------------------------------------------------
-
-    def _decode(self, body: bytes, spec: HandlerSpec) -> tuple[Envelope, Message]:
-        envelope, message = decode(body, spec.message_type)
-        if len(self._decoded) >= _DECODE_CACHE_SIZE:
-            self._decoded.clear()
-        self._decoded[body] = (envelope, message)
-        return envelope, message
-
-    async def _consume(self, running: _Run, spec: HandlerSpec, sub: Subscription) -> None:
-        backoff = 0.05
-        while True:
-            worker = _Worker(sub)
-            running.workers.add(worker)
-            try:
-                while not running.stopping:
-                    try:
-                        delivery = await sub.receive()
-                    except TransportClosed:
-                        break
-                    if running.stopping:
-                        break  # not handled: closing the subscription gives it back
-                    worker.busy = True
-                    try:
-                        await self._process(spec, delivery)
-                    except Exception:
-                        # The store or the transport failed around the handler: the
-                        # message goes back, and the consumer carries on.
-                        logger.exception("consumer %s could not settle a message", spec.consumer)
-                        await _nack_quietly(delivery, 1.0)
-                    finally:
-                        worker.busy = False
-            finally:
-                running.workers.discard(worker)
-                if running.stopping and not running.workers:
-                    running.workers_gone.set()
-                with anyio.CancelScope(shield=True):
-                    await _close_quietly(sub)
-            if running.stopping:
-                return
-            # the subscription was lost (consumer dropped, connection reset): subscribe again
-            while True:
-                try:
-                    sub = await self._transport.subscribe(spec.topic, spec.consumer)
-                    break
-                except (TransportClosed, TransportError) as exc:
-                    if running.stopping:
-                        return
-                    logger.warning(
-                        "consumer %s could not subscribe (%s); retrying in %.2fs",
-                        spec.consumer,
-                        exc,
-                        backoff,
-                    )
-                    await anyio.sleep(backoff)
-                    backoff = min(backoff * 2, 5.0)
-            backoff = 0.05
-
-    async def _process(self, spec: HandlerSpec, delivery: Delivery) -> None:
-        headers = delivery.headers
-        if headers and TARGET_HEADER in headers and headers[TARGET_HEADER] != spec.consumer:
-            await delivery.ack()  # a replay meant for another consumer
-            return
-        body = delivery.body
-        cached = self._decoded.get(body)
-        if cached is not None and type(cached[1]) is spec.message_type:
-            envelope, message = cached
-        else:
-            try:
-                envelope, message = self._decode(body, spec)
-            except DecodeError as exc:
-                logger.error(
-                    "consumer %s dead-lettered an undecodable message: %s", spec.consumer, exc
-                )
-                if await self._give_up(spec, delivery, exc, None, attempts=0):
-                    await self._reply_failure(spec, delivery, None, exc, retryable=False)
-                return
-        key: tuple[str, str] | None = None
-        store = self._store
-        if store is not None and spec.kind == "event":
-            # A replayed dead letter is a new chance for the same message: it has an
-            # inbox entry of its own, since giving up recorded the message as settled.
-            replay_of = headers.get(REPLAY_HEADER) if headers else None
-            key = (
-                spec.consumer,
-                f"{envelope.message_id}/replay/{replay_of}" if replay_of else envelope.message_id,
-            )
-            if key in self._inflight:
-                await delivery.ack()  # a duplicate of a message being handled right now
-                return
-            self._inflight.add(key)
-            try:
-                seen = await store.inbox_contains(*key)
-            except BaseException:
-                self._inflight.discard(key)
-                raise
-            if seen:
-                self._inflight.discard(key)
-                await delivery.ack()  # a duplicate of a message already handled
-                return
-        attempt = delivery.attempt
-        ctx = Context(self, spec, envelope, attempt)
-        try:
-            if spec.timeout is None and spec.takes_context:
-                result = await spec.func(message, ctx)
-            else:
-                result = await self._call(spec, message, ctx)
-            if spec.kind == "command":
-                await self._reply(spec, delivery, envelope, result)
-            if key is not None and store is not None:
-                await store.inbox_add(*key)
-        except Exception as exc:
-            await self._failed(spec, delivery, envelope, ctx, exc, key)
-        else:
-            await delivery.ack()
-        finally:
-            if key is not None:
-                self._inflight.discard(key)
-
-    async def _call(self, spec: HandlerSpec, message: Message, ctx: Context) -> Any:
-        if spec.timeout is None:
-            if spec.takes_context:
-                return await spec.func(message, ctx)
-            return await spec.func(message)
-        scope: anyio.CancelScope | None = None
-        try:
-            with anyio.fail_after(spec.timeout) as scope:
-                if spec.takes_context:
-                    return await spec.func(message, ctx)
-                return await spec.func(message)
-        except TimeoutError:
-            if scope is not None and scope.cancelled_caught:
-                raise HandlerTimeout(
-                    f"handler {spec.consumer} exceeded its timeout of {spec.timeout}s"
-                ) from None
-            raise
-
-    async def _failed(
-        self,
-        spec: HandlerSpec,
-        delivery: Delivery,
-        envelope: Envelope,
-        ctx: Context,
-        exc: Exception,
-        key: tuple[str, str] | None,
-    ) -> None:
-        attempt = ctx.attempt
-        if spec.retry.should_retry(exc, attempt):
-            delay = spec.retry.delay(attempt)
-            ctx.logger.warning(
-                "attempt %d of %s failed (%s: %s); retrying in %.3fs",
-                attempt,
-                spec.consumer,
-                type(exc).__name__,
-                exc,
-                delay,
-            )
-            await delivery.nack(delay)
-            return
-        ctx.logger.error(
-            "%s gave up on message %s after %d attempt(s): %s: %s",
-            spec.consumer,
-            envelope.message_id,
-            attempt,
-            type(exc).__name__,
-            exc,
+    def __repr__(self) -> str:
+        state = "running" if self._running is not None else "stopped"
+        return (
+            f"<Choreography {len(self._handlers)} handler(s) in {len(self.services)} "
+            f"service(s), {state}>"
         )
-        if await self._give_up(spec, delivery, exc, envelope, attempts=attempt, key=key):
-            await self._reply_failure(
-                spec, delivery, envelope, exc, retryable=spec.retry.is_retryable(exc)
-            )
-
-    async def _give_up(
-        self,
-        spec: HandlerSpec,
-        delivery: Delivery,
-        exc: BaseException,
-        envelope: Envelope | None,
-        *,
-        attempts: int,
-        key: tuple[str, str] | None = None,
-    ) -> bool:
-        """Dead-letter a delivery, then ack it. False if the dead letter could not be kept
-        (the delivery is then nacked, so nothing is lost).
-
-        With an inbox ``key``, the message is recorded as settled for this consumer, so a
-        duplicate arriving later is not handled behind its dead letter's back (a replay
-        is the way to try it again)."""
-        detail = "".join(traceback.format_exception(exc)) if attempts else str(exc)
-        letter = DeadLetter(
-            id=new_message_id(),
-            consumer=spec.consumer,
-            topic=delivery.topic,
-            body=delivery.body,
-            headers={k: v for k, v in delivery.headers.items() if k != TARGET_HEADER},
-            error_type=_qualname(exc),
-            error=detail,
-            attempts=attempts,
-            failed_at=datetime.now(UTC),
-            message_id=envelope.message_id if envelope is not None else None,
-        )
-        try:
-            await (await self._dead_letter_store()).add_dead_letter(letter)
-            if key is not None and self._store is not None:
-                await self._store.inbox_add(*key)
-        except Exception:
-            logger.exception("could not keep a dead letter for %s; redelivering", spec.consumer)
-            await delivery.nack(1.0)
-            return False
-        await delivery.ack()
-        return True
-
-    async def _reply(
-        self, spec: HandlerSpec, delivery: Delivery, envelope: Envelope, result: Any
-    ) -> None:
-        reply_to = delivery.headers.get(REPLY_TO_HEADER)
-        assert spec.reply_type is not None
-        if not isinstance(result, spec.reply_type):
-            raise TypeError(
-                f"command handler {spec.consumer} returned {type(result).__name__}, "
-                f"expected {spec.reply_type.__name__}"
-            )
-        if reply_to is None:
-            return  # sent without waiting for a reply
-        _, body = encode(
-            result,
-            correlation_id=envelope.correlation_id,
-            causation_id=envelope.message_id,
-        )
-        await self._transport.publish(reply_to, body, {IN_REPLY_TO_HEADER: envelope.message_id})
-
-    async def _reply_failure(
-        self,
-        spec: HandlerSpec,
-        delivery: Delivery,
-        envelope: Envelope | None,
-        exc: BaseException,
-        *,
-        retryable: bool,
-    ) -> None:
-        if spec.kind != "command":
-            return
-        reply_to = delivery.headers.get(REPLY_TO_HEADER)
-        if reply_to is None:
-            return
-        request_id = delivery.headers.get(REQUEST_ID_HEADER) or (
-            envelope.message_id if envelope is not None else None
-        )
-        if request_id is None:
-            return
-        failure = _RemoteFailure(
-            error_type=_qualname(exc), message=str(exc), service=spec.service, retryable=retryable
-        )
-        _, body = encode(
-            failure,
-            correlation_id=envelope.correlation_id if envelope is not None else None,
-            causation_id=request_id,
-        )
-        try:
-            await self._transport.publish(reply_to, body, {IN_REPLY_TO_HEADER: request_id})
-        except TransportError:
-            logger.exception("could not send the failure reply of %s", spec.consumer)
-
-
-class _Run:
-    """A running bus: its task group, subscriptions and workers."""
-
-    def __init__(self, bus: Choreography, services: frozenset[str] | None) -> None:
-        self.bus = bus
-        self.services = services
-        self.stopping = False
-        self.workers: set[_Worker] = set()
-        self.workers_gone = anyio.Event()
-        self.subscriptions: list[Subscription] = []
-        self._stack: AsyncExitStack | None = None
-        self._task_group: TaskGroup | None = None
-
-    @property
-    def task_group(self) -> TaskGroup:
-        assert self._task_group is not None
-        return self._task_group
-
-    async def __aenter__(self) -> Choreography:
-        bus = self.bus
-        if bus._running is not None:
-            raise RuntimeError("the bus is already running")
-        stack = AsyncExitStack()
-        await stack.__aenter__()
-        try:
-            await stack.enter_async_context(bus._transport)
-            if bus._store is not None:
-                await stack.enter_async_context(bus._store)
-            specs = [
-                s for s in bus._handlers if self.services is None or s.service in self.services
-            ]
-            initial: list[tuple[HandlerSpec, Subscription]] = []
-            for spec in specs:
-                for _ in range(spec.concurrency):
-                    initial.append(
-                        (spec, await bus._transport.subscribe(spec.topic, spec.consumer))
-                    )
-            self._task_group = await stack.enter_async_context(anyio.create_task_group())
-        except BaseException:
-            await stack.__aexit__(None, None, None)
-            raise
-        self._stack = stack
-        bus._running = self
-        for spec, sub in initial:
-            self._task_group.start_soon(bus._consume, self, spec, sub)
-        return bus
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> Literal[False]:
-        bus = self.bus
-        stack = self._stack
-        assert stack is not None and self._task_group is not None
-        try:
-            with anyio.CancelScope(shield=True):
-                await self._stop()
-        finally:
-            bus._running = None
-            bus._reply_started = False
-            await exit_stack(stack, exc_type, exc, tb)
-        return False
-
-    async def _stop(self) -> None:
-        assert self._task_group is not None
-        self.stopping = True
-        for pending in self.bus._pending.values():
-            pending.stopped = True
-            pending.done.set()
-        for worker in list(self.workers):
-            if not worker.busy:
-                await _close_quietly(worker.sub)
-        for sub in self.subscriptions:
-            await _close_quietly(sub)
-        if self.workers:
-            with anyio.move_on_after(self.bus._stop_grace):
-                await self.workers_gone.wait()
-        if self.workers:
-            logger.warning(
-                "%d handler(s) still running after %.1fs; cancelling them (their messages "
-                "will be delivered again)",
-                len(self.workers),
-                self.bus._stop_grace,
-            )
-        self._task_group.cancel_scope.cancel()
-
-
-async def _nack_quietly(delivery: Delivery, delay: float) -> None:
-    try:
-        await delivery.nack(delay)
-    except Exception:
-        logger.debug("could not nack a delivery; it comes back when its consumer closes")
-
-
-async def _close_quietly(sub: Subscription) -> None:
-    try:
-        await sub.aclose()
-    except Exception:
-        logger.debug("error while closing a subscription", exc_info=True)
-
-
-def _qualname(exc: BaseException) -> str:
-    """An exception's type as users import it: ``ValueError``, ``flowkit.DecodeError``,
-    ``myshop.payments.CardDeclined``."""
-    cls = type(exc)
-    module = cls.__module__
-    if module == "builtins":
-        return cls.__qualname__
-    if module.startswith("flowkit.") and hasattr(sys.modules["flowkit"], cls.__name__):
-        return f"flowkit.{cls.__qualname__}"
-    return f"{module}.{cls.__qualname__}"

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 from .._errors import DefinitionError
 from .._events import Command, Envelope, Event, Message
+from ._headers import IDEMPOTENCY_KEY
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -18,8 +19,6 @@ if TYPE_CHECKING:
 __all__ = ["Context", "derive_message_id"]
 
 R = TypeVar("R", bound=Message)
-
-IDEMPOTENCY_KEY_HEADER = "flowkit-idempotency-key"
 
 
 def derive_message_id(cause_id: str, consumer: str, index: int) -> str:
@@ -99,7 +98,7 @@ class Context:
         The sender's ``flowkit-idempotency-key`` header when it set one (an
         orchestrator's remote step does), else ``consumer:message_id``.
         """
-        return self.envelope.headers.get(IDEMPOTENCY_KEY_HEADER) or (
+        return self.envelope.headers.get(IDEMPOTENCY_KEY) or (
             f"{self._spec.consumer}:{self.envelope.message_id}"
         )
 

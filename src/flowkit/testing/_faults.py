@@ -138,6 +138,10 @@ class _FaultySubscription:
             faults._held[key] = faults._held.get(key, 0) + 1
             await delivery.nack(remaining)
 
+    async def receive_many(self, limit: int) -> list[Delivery]:
+        """Wait for the next delivery and return it alone (faults apply one by one)."""
+        return [await self.receive()]
+
     async def aclose(self) -> None:
         """Detach the consumer; unacked deliveries go back to the group."""
         self._faults._subscriptions.discard(self)
@@ -349,6 +353,10 @@ class FaultyTransport:
         subscription = _FaultySubscription(self, inner, topic, group)
         self._subscriptions.add(subscription)
         return subscription
+
+    async def backlog(self, topic: str, group: str) -> int:
+        """The wrapped transport's backlog of ``group`` (delayed messages included)."""
+        return await self._inner.backlog(topic, group)
 
     async def aclose(self) -> None:
         """Close the wrapped transport and every subscription on it."""

@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-import dataclasses
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 
-from .._errors import DecodeError
-from .._events import Envelope, Event, decode_envelope, validate_payload
+from .._events import Envelope, Event, validate_payload
+from ..choreography._observe import BusObserver
 from ..stores._memory import MemoryStore
 from ..transports._memory import InMemoryTransport
 from ._faults import FaultyTransport
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+    from collections.abc import AsyncIterator, Callable, Iterable
 
     from ..choreography import Choreography, Context
     from ..choreography._handlers import HandlerSpec
@@ -26,26 +25,28 @@ __all__ = ["BusHarness", "run_in_memory"]
 E = TypeVar("E", bound=Event)
 
 
-class _RecordingTransport(FaultyTransport):
-    """The fault-injecting wrapper, also recording every publish for the harness."""
-
-    def __init__(self, inner: InMemoryTransport, on_publish: Callable[[str, bytes], None]) -> None:
-        super().__init__(inner)
-        self._on_publish = on_publish
-
-    async def publish(
-        self, topic: str, body: bytes, headers: Mapping[str, str] | None = None
-    ) -> None:
-        await super().publish(topic, body, headers)
-        self._on_publish(topic, body)
-
-
 class _HandlerFault:
     __slots__ = ("error", "remaining")
 
     def __init__(self, times: int, error: BaseException) -> None:
         self.remaining = times
         self.error = error
+
+
+class _Watch(BusObserver):
+    """What the harness sees of the bus: publishes, and handler faults to inject."""
+
+    def __init__(self, harness: BusHarness) -> None:
+        self._harness = harness
+
+    def published(self, envelope: Envelope) -> None:
+        self._harness._record(envelope)
+
+    def before_handle(self, ctx: Context) -> None:
+        fault = self._harness._handler_faults.get(f"{ctx.service}:{ctx.handler}")
+        if fault is not None and fault.remaining > 0:
+            fault.remaining -= 1
+            raise fault.error
 
 
 class BusHarness:
@@ -66,22 +67,15 @@ class BusHarness:
     def __init__(self, bus: Choreography, transport: InMemoryTransport, store: StateStore) -> None:
         self.bus = bus
         self.transport = transport
-        self.faults: FaultyTransport = _RecordingTransport(transport, self._record)
+        self.faults = FaultyTransport(transport)
         self.store = store
         self._published: list[Envelope] = []
         self._changed = anyio.Event()
         self._handler_faults: dict[str, _HandlerFault] = {}
-        self._busy = 0
 
     # -- what was published ----------------------------------------------------
 
-    def _record(self, topic: str, body: bytes) -> None:
-        if topic.startswith("flowkit.reply."):
-            return
-        try:
-            envelope = decode_envelope(body)
-        except DecodeError:
-            return  # a test publishing garbage on purpose
+    def _record(self, envelope: Envelope) -> None:
         self._published.append(envelope)
         self._changed.set()
         self._changed = anyio.Event()
@@ -150,25 +144,13 @@ class BusHarness:
     async def drain(self, timeout: float = 5.0) -> None:
         """Wait until every published message is acked or dead-lettered and no handler runs.
 
-        Messages waiting for a retry delay count as not done.
+        Messages waiting for a retry delay count as not done (see
+        :meth:`Choreography.wait_idle`).
 
         Raises:
             TimeoutError: if the bus is still busy after ``timeout`` seconds.
         """
-        quiet = 0
-        with anyio.move_on_after(timeout):
-            while True:
-                if self.transport.outstanding() == 0:
-                    quiet += 1
-                    if quiet >= 3:
-                        return
-                else:
-                    quiet = 0
-                await anyio.sleep(0.001)
-        raise TimeoutError(
-            f"the bus was still busy after {timeout}s: {self.transport.outstanding()} "
-            "message(s) not yet handled"
-        )
+        await self.bus.wait_idle(timeout)
 
     # -- handler faults ----------------------------------------------------------
 
@@ -202,22 +184,6 @@ class BusHarness:
                 return spec
         raise LookupError(f"no handler {handler!r} on this bus")
 
-    def _wrap(self, spec: HandlerSpec) -> HandlerSpec:
-        original = spec.func
-        faults = self._handler_faults
-
-        async def with_faults(message: Any, ctx: Context) -> Any:
-            fault = faults.get(spec.consumer)
-            if fault is not None and fault.remaining > 0:
-                fault.remaining -= 1
-                raise fault.error
-            if spec.takes_context:
-                return await original(message, ctx)
-            return await original(message)
-
-        with_faults.__wrapped__ = original  # type: ignore[attr-defined]
-        return dataclasses.replace(spec, func=with_faults, takes_context=True)
-
 
 @asynccontextmanager
 async def run_in_memory(
@@ -245,12 +211,13 @@ async def run_in_memory(
     memory = InMemoryTransport(max_buffer=max_buffer)
     test_store = store if store is not None else MemoryStore()
     harness = BusHarness(bus, memory, test_store)
-    saved = (bus._transport, bus._store, bus._handlers)
-    bus._transport = harness.faults
-    bus._store = test_store
-    bus._handlers = [harness._wrap(spec) for spec in saved[2]]
+    watch = _Watch(harness)
+    saved_transport, saved_store = bus.transport, bus.store
+    bus.use(transport=harness.faults, store=test_store)
+    bus.add_observer(watch)
     try:
         async with bus.run(services=services):
             yield harness
     finally:
-        bus._transport, bus._store, bus._handlers = saved
+        bus.remove_observer(watch)
+        bus.use(transport=saved_transport, store=saved_store)

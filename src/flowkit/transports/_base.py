@@ -10,8 +10,9 @@ services. It knows topics and consumer groups:
 * a message delivered but neither acked nor nacked when its subscription closes
   (or its consumer dies) is delivered again;
 * a group, once subscribed, keeps receiving messages while it has no consumer;
-  buffers are bounded, so a full group slows publishers down (backpressure)
-  instead of growing without limit.
+* every buffer is bounded: a transport says how it pushes back when one is
+  full, and no publish waits without limit (it fails with
+  :class:`~flowkit.TransportError` after a bounded time).
 
 Delivery is at least once. Duplicates are possible; the bus deduplicates by
 message id when it has a store.
@@ -23,7 +24,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, Self, runtime_checkable
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Mapping, Sequence
     from types import TracebackType
 
 __all__ = ["Capabilities", "Delivery", "Subscription", "Transport"]
@@ -102,6 +103,18 @@ class Subscription(Protocol):
         """
         ...
 
+    async def receive_many(self, limit: int) -> Sequence[Delivery]:
+        """Wait for at least one delivery, and return up to ``limit`` that are ready.
+
+        A transport may always return a single delivery. The deliveries
+        returned are this consumer's until acked, nacked or given back by
+        closing the subscription.
+
+        Raises:
+            TransportClosed: once the subscription or its transport is closed.
+        """
+        ...
+
     async def aclose(self) -> None:
         """Detach the consumer; unacked deliveries go back to the group."""
         ...
@@ -135,11 +148,25 @@ class Transport(Protocol):
     ) -> None:
         """Publish one message to every group subscribed to ``topic``.
 
-        Waits while a group's buffer is full.
+        May wait while the transport pushes back, but never without limit.
 
         Raises:
             TransportClosed: if the transport is not open.
-            TransportError: if the broker refused or the connection failed.
+            TransportError: if the broker refused, the connection failed, or
+                the message could not be taken within the transport's publish
+                timeout.
+        """
+        ...
+
+    async def backlog(self, topic: str, group: str) -> int:
+        """How many messages ``group`` has not settled yet: ready for delivery,
+        waiting out a nack delay, or delivered and neither acked nor nacked.
+
+        Zero for a group that does not exist.
+
+        Raises:
+            TransportClosed: if the transport is not open.
+            TransportError: if the broker could not be asked.
         """
         ...
 

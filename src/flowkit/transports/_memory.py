@@ -10,6 +10,7 @@ due, whichever is first.
 from __future__ import annotations
 
 import heapq
+import logging
 from collections import deque
 from itertools import count
 from types import MappingProxyType
@@ -18,7 +19,7 @@ from typing import TYPE_CHECKING, Self
 import anyio
 from anyio.lowlevel import checkpoint
 
-from .._errors import TransportClosed
+from .._errors import TransportClosed, TransportError
 from ._base import Capabilities
 
 if TYPE_CHECKING:
@@ -29,6 +30,8 @@ if TYPE_CHECKING:
 
 _CAPABILITIES = Capabilities(crosses_processes=False)
 __all__ = ["InMemoryTransport"]
+
+logger = logging.getLogger("flowkit.transport.memory")
 
 # A receive or publish that never has to wait still yields to the event loop
 # once every _CHECKPOINT_MASK + 1 calls, so a busy task cannot starve the others.
@@ -54,6 +57,7 @@ class _Group:
     __slots__ = (
         "delayed",
         "ids",
+        "limit",
         "name",
         "publishers",
         "ready",
@@ -62,9 +66,10 @@ class _Group:
         "topic",
     )
 
-    def __init__(self, topic: str, name: str) -> None:
+    def __init__(self, topic: str, name: str, limit: int) -> None:
         self.topic = topic
         self.name = name
+        self.limit = limit
         # Fresh messages (attempt 1) and settled deliveries to deliver again.
         self.ready: deque[_Message | _MemoryDelivery] = deque()
         # Nacked deliveries waiting for their delay: (due time, id, delivery).
@@ -80,6 +85,22 @@ class _Group:
             receivers.popleft().set()
             n -= 1
 
+    def wake_publishers(self) -> None:
+        """Wake the publishers waiting for room, as many as there is room for."""
+        room = self.limit - len(self.ready)
+        publishers = self.publishers
+        while room > 0 and publishers:
+            publishers.popleft().set()
+            room -= 1
+
+    def backlog(self) -> int:
+        """Messages not settled: ready, delayed, or delivered and not acked or nacked."""
+        return (
+            len(self.ready)
+            + len(self.delayed)
+            + sum(len(sub._in_flight) for sub in self.subscriptions)
+        )
+
     def wake_all(self) -> None:
         for waiters in (self.receivers, self.publishers):
             while waiters:
@@ -92,7 +113,7 @@ class _Group:
                 self.receivers.popleft().set()
             return
         delayed = self.delayed
-        heapq.heappush(delayed, (anyio.current_time() + delay, delivery._id, delivery))
+        heapq.heappush(delayed, (anyio.current_time() + delay, next(self.ids), delivery))
         if delayed[0][2] is delivery:
             # A new earliest due time: waiting receivers compute their timeout anew.
             self.wake_all_receivers()
@@ -129,48 +150,26 @@ class _State:
 class _MemoryDelivery:
     """One delivery of a message to one subscription."""
 
-    __slots__ = ("_attempt", "_id", "_message", "_subscription")
+    __slots__ = ("_in_flight", "_message", "_subscription", "attempt", "body", "headers", "topic")
 
-    def __init__(
-        self,
-        subscription: _MemorySubscription,
-        message: _Message,
-        attempt: int,
-        delivery_id: int,
-    ) -> None:
+    def __init__(self, subscription: _MemorySubscription, message: _Message, attempt: int) -> None:
         self._subscription = subscription
+        self._in_flight = subscription._in_flight
         self._message = message
-        self._attempt = attempt
-        self._id = delivery_id
-
-    @property
-    def topic(self) -> str:
-        """The topic the message was published to."""
-        return self._message.topic
+        self.topic = message.topic
+        self.body = message.body
+        self.headers = message.headers
+        # How many times this message has been delivered to this group, this time included.
+        self.attempt = attempt
 
     @property
     def group(self) -> str:
         """The consumer group it was delivered to."""
         return self._subscription._group.name
 
-    @property
-    def body(self) -> bytes:
-        """The message body, as published."""
-        return self._message.body
-
-    @property
-    def headers(self) -> Mapping[str, str]:
-        """The headers, as published (read-only)."""
-        return self._message.headers
-
-    @property
-    def attempt(self) -> int:
-        """How many times this message has been delivered to this group, this time included."""
-        return self._attempt
-
     async def ack(self) -> None:
         """Mark the message handled; a second ack or nack is a no-op."""
-        self._subscription._in_flight.pop(self._id, None)
+        self._in_flight.pop(self, None)
 
     async def nack(self, delay: float = 0.0) -> None:
         """Give the message back, to be delivered again after ``delay`` seconds.
@@ -178,14 +177,15 @@ class _MemoryDelivery:
         Args:
             delay: seconds before the message is deliverable again.
         """
-        subscription = self._subscription
-        if subscription._in_flight.pop(self._id, None) is not None:
-            subscription._group.requeue(self, delay)
+        in_flight = self._in_flight
+        if self in in_flight:
+            del in_flight[self]
+            self._subscription._group.requeue(self, delay)
 
     def __repr__(self) -> str:
         return (
             f"<InMemoryTransport delivery topic={self.topic!r} group={self.group!r} "
-            f"attempt={self._attempt}>"
+            f"attempt={self.attempt}>"
         )
 
 
@@ -198,7 +198,8 @@ class _MemorySubscription:
         self._group = group
         self._limit = limit
         self._closed = False
-        self._in_flight: dict[int, _MemoryDelivery] = {}
+        # Deliveries held, in the order they were made (a dict used as an ordered set).
+        self._in_flight: dict[_MemoryDelivery, None] = {}
         self._receives = 0
 
     async def receive(self) -> Delivery:
@@ -224,14 +225,39 @@ class _MemorySubscription:
                 item = ready.popleft()
                 if group.publishers and len(ready) < self._limit:
                     group.publishers.popleft().set()
-                delivery_id = next(group.ids)
                 if isinstance(item, _Message):
-                    delivery = _MemoryDelivery(self, item, 1, delivery_id)
+                    delivery = _MemoryDelivery(self, item, 1)
                 else:
-                    delivery = _MemoryDelivery(self, item._message, item._attempt + 1, delivery_id)
-                self._in_flight[delivery_id] = delivery
+                    delivery = _MemoryDelivery(self, item._message, item.attempt + 1)
+                self._in_flight[delivery] = None
                 return delivery
             await self._wait(group)
+
+    async def receive_many(self, limit: int) -> list[Delivery]:
+        """Wait for the next delivery, and return it with up to ``limit - 1``
+        more that are ready now.
+
+        Raises:
+            TransportClosed: once the subscription or its transport is closed.
+        """
+        first = await self.receive()
+        group = self._group
+        ready = group.ready
+        if limit <= 1 or not ready:
+            return [first]
+        batch = [first]
+        in_flight = self._in_flight
+        for _ in range(min(limit - 1, len(ready))):
+            item = ready.popleft()
+            if isinstance(item, _Message):
+                delivery = _MemoryDelivery(self, item, 1)
+            else:
+                delivery = _MemoryDelivery(self, item._message, item.attempt + 1)
+            in_flight[delivery] = None
+            batch.append(delivery)
+        if group.publishers and len(ready) < self._limit:
+            group.wake_publishers()
+        return batch
 
     async def _wait(self, group: _Group) -> None:
         """Wait until a message may be ready: published, given back or come due."""
@@ -260,7 +286,7 @@ class _MemorySubscription:
         group.subscriptions.discard(self)
         in_flight = self._in_flight
         if give_back and in_flight:
-            group.ready.extendleft(reversed(in_flight.values()))
+            group.ready.extendleft(reversed(list(in_flight)))
         in_flight.clear()
         # Wakes this subscription's blocked receivers (they raise TransportClosed)
         # and, for given-back messages, the other consumers of the group.
@@ -294,24 +320,39 @@ class InMemoryTransport:
     consumers, ack and delayed nack, redelivery of what a closed subscription
     held, and backpressure. It runs on asyncio and trio and starts no task.
 
-    A message published to a topic no group subscribes to is dropped. Closing
-    the transport drops every message; entering it again starts empty.
+    What it keeps and what it loses:
+
+    * a message published to a topic no group subscribes to is dropped;
+    * while it is open, every message of a group is kept until a consumer of
+      the group acks it, through nacks, retry delays, and consumers that
+      close or stop (what they held goes back to the group);
+    * closing it (the last ``async with`` leaving) drops everything not yet
+      acked: messages ready, delivered, or waiting out a retry delay. A
+      warning says how many. Entering it again starts empty;
+    * it never reaches another process.
 
     Args:
         max_buffer: how many undelivered messages a group holds before
             :meth:`publish` waits for its consumers. Redeliveries (nacked or
             given back) never wait, so a group can briefly hold more.
+        publish_timeout: the longest a publish waits for room, in seconds;
+            then it fails with :class:`~flowkit.TransportError` (a handler
+            publishing to its own full topic would otherwise wait for itself).
 
     Raises:
-        ValueError: if ``max_buffer`` is less than 1.
+        ValueError: if ``max_buffer`` is less than 1 or ``publish_timeout``
+            is not positive.
     """
 
-    __slots__ = ("_entered", "_max_buffer", "_publishes", "_state")
+    __slots__ = ("_entered", "_max_buffer", "_publish_timeout", "_publishes", "_state")
 
-    def __init__(self, *, max_buffer: int = 10_000) -> None:
+    def __init__(self, *, max_buffer: int = 10_000, publish_timeout: float = 10.0) -> None:
         if max_buffer < 1:
             raise ValueError(f"max_buffer must be at least 1, not {max_buffer}")
+        if not publish_timeout > 0:
+            raise ValueError(f"publish_timeout must be > 0 seconds, not {publish_timeout}")
         self._max_buffer = max_buffer
+        self._publish_timeout = publish_timeout
         self._state: _State | None = None
         self._entered = 0
         self._publishes = 0
@@ -326,6 +367,11 @@ class InMemoryTransport:
         """How many undelivered messages a group holds before publishers wait."""
         return self._max_buffer
 
+    @property
+    def publish_timeout(self) -> float:
+        """The longest a publish waits for room, in seconds."""
+        return self._publish_timeout
+
     def outstanding(self) -> int:
         """How many deliveries are not settled yet, over every group.
 
@@ -336,12 +382,19 @@ class InMemoryTransport:
         state = self._state
         if state is None:
             return 0
-        return sum(
-            len(group.ready)
-            + len(group.delayed)
-            + sum(len(sub._in_flight) for sub in group.subscriptions)
-            for group in state.groups.values()
-        )
+        return sum(group.backlog() for group in state.groups.values())
+
+    async def backlog(self, topic: str, group: str) -> int:
+        """How many messages ``group`` has not settled yet (see :meth:`outstanding`).
+
+        Raises:
+            TransportClosed: if the transport is not open.
+        """
+        state = self._state
+        if state is None:
+            raise TransportClosed("the transport is not open")
+        found = state.groups.get((topic, group))
+        return found.backlog() if found is not None else 0
 
     async def publish(
         self, topic: str, body: bytes, headers: Mapping[str, str] | None = None
@@ -349,7 +402,8 @@ class InMemoryTransport:
         """Publish one message to every group subscribed to ``topic``.
 
         The message is added to every group at once, after waiting while any of
-        them holds ``max_buffer`` undelivered messages.
+        them holds ``max_buffer`` undelivered messages, for at most
+        ``publish_timeout`` seconds.
 
         Args:
             topic: where to publish.
@@ -358,6 +412,7 @@ class InMemoryTransport:
 
         Raises:
             TransportClosed: if the transport is not open, or closes while waiting.
+            TransportError: if a group stayed full for ``publish_timeout`` seconds.
         """
         state = self._state
         if state is None:
@@ -386,7 +441,22 @@ class InMemoryTransport:
                 group.receivers.popleft().set()
 
     async def _wait_for_room(self, state: _State, topic: str) -> list[_Group]:
-        """Wait until no group of ``topic`` is full; return the groups."""
+        """Wait until no group of ``topic`` is full; return the groups.
+
+        Raises:
+            TransportError: if a group is still full after ``publish_timeout``.
+        """
+        with anyio.move_on_after(self._publish_timeout):
+            return await self._room(state, topic)
+        full = [g.name for g in state.topics[topic] if len(g.ready) >= self._max_buffer]
+        raise TransportError(
+            f"publish to {topic!r} waited {self._publish_timeout}s for room: group(s) "
+            f"{', '.join(repr(name) for name in full)} still hold {self._max_buffer} "
+            "undelivered messages (max_buffer). Their consumers are not keeping up, or "
+            "a handler publishes to the topic it consumes"
+        )
+
+    async def _room(self, state: _State, topic: str) -> list[_Group]:
         limit = self._max_buffer
         while True:
             if state.closed:
@@ -427,7 +497,7 @@ class InMemoryTransport:
         key = (topic, group)
         target = state.groups.get(key)
         if target is None:
-            target = state.groups[key] = _Group(topic, group)
+            target = state.groups[key] = _Group(topic, group, self._max_buffer)
             state.topics.setdefault(topic, []).append(target)
         subscription = _MemorySubscription(target, self._max_buffer)
         target.subscriptions.add(subscription)
@@ -445,6 +515,16 @@ class InMemoryTransport:
         if state is None or state.closed:
             return
         state.closed = True
+        dropped = sum(group.backlog() for group in state.groups.values())
+        if dropped:
+            delayed = sum(len(group.delayed) for group in state.groups.values())
+            logger.warning(
+                "the in-memory transport closed with %d message(s) not yet handled "
+                "(%d waiting for a retry); they are dropped, since it keeps nothing "
+                "once closed",
+                dropped,
+                delayed,
+            )
         for group in state.groups.values():
             for subscription in list(group.subscriptions):
                 subscription._close(give_back=False)
@@ -469,4 +549,7 @@ class InMemoryTransport:
 
     def __repr__(self) -> str:
         state = "open" if self._state is not None else "closed"
-        return f"<InMemoryTransport max_buffer={self._max_buffer} {state}>"
+        return (
+            f"<InMemoryTransport max_buffer={self._max_buffer} "
+            f"publish_timeout={self._publish_timeout} {state}>"
+        )

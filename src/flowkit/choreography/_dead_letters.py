@@ -1,0 +1,105 @@
+"""Dead letters: keeping the messages a consumer gave up on, listing and replaying them."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+import anyio
+
+from .._errors import FlowkitError
+from ._headers import REPLAY_OF, TARGET
+
+if TYPE_CHECKING:
+    from ..stores._base import DeadLetter, StateStore
+    from ..transports._base import Transport
+
+__all__ = ["FALLBACK_DEAD_LETTERS", "DeadLetterBox"]
+
+logger = logging.getLogger("flowkit.bus")
+
+# Without a store, dead letters are kept in memory, at most this many (oldest dropped).
+FALLBACK_DEAD_LETTERS = 10_000
+
+
+class DeadLetterBox:
+    """Where a bus keeps its dead letters: its store, or a bounded in-memory one.
+
+    Args:
+        store: the bus's store; None keeps at most :data:`FALLBACK_DEAD_LETTERS`
+            dead letters in memory, for the life of the bus object.
+    """
+
+    def __init__(self, store: StateStore | None) -> None:
+        self._store = store
+        self._fallback: StateStore | None = None
+        self._opening: anyio.Event | None = None
+
+    @property
+    def durable(self) -> bool:
+        """Whether dead letters go to the bus's own store (False: in memory)."""
+        return self._store is not None
+
+    async def store(self) -> StateStore:
+        """The store holding the dead letters."""
+        if self._store is not None:
+            return self._store
+        if self._fallback is None:
+            from ..stores._memory import MemoryStore
+
+            opening = self._opening = anyio.Event()
+            fallback = self._fallback = MemoryStore(max_dead_letters=FALLBACK_DEAD_LETTERS)
+            try:
+                await fallback.__aenter__()  # in memory: open for the life of the bus
+            finally:
+                opening.set()
+            return fallback
+        if self._opening is not None:
+            await self._opening.wait()
+        return self._fallback
+
+    async def keep(self, letter: DeadLetter) -> None:
+        """Keep one dead letter.
+
+        Raises:
+            StoreError: if the store failed.
+        """
+        await (await self.store()).add_dead_letter(letter)
+
+    async def list(
+        self, *, consumer: str | None, topic: str | None, limit: int
+    ) -> list[DeadLetter]:
+        """Dead letters, oldest first, optionally of one consumer or topic."""
+        return await (await self.store()).list_dead_letters(
+            consumer=consumer, topic=topic, limit=limit
+        )
+
+    async def replay(self, letter_id: str, transport: Transport) -> DeadLetter:
+        """Publish a dead letter again to the consumer that gave up on it, then remove it.
+
+        The dead letter is removed only once the transport accepted the publish,
+        so a failed publish leaves it in place.
+
+        Returns:
+            The dead letter that was replayed.
+
+        Raises:
+            NotFound: if there is no dead letter with this id.
+            TransportError: if the publish failed (the dead letter is kept).
+        """
+        store = await self.store()
+        letter = await store.get_dead_letter(letter_id)
+        headers = {k: v for k, v in letter.headers.items() if k not in (TARGET, REPLAY_OF)}
+        headers[TARGET] = letter.consumer
+        headers[REPLAY_OF] = letter.id
+        await transport.publish(letter.topic, letter.body, headers)
+        try:
+            await store.delete_dead_letter(letter.id)
+        except FlowkitError:
+            # Published but still listed: a second replay would deliver it again,
+            # and the consumer's inbox drops that copy.
+            logger.warning(
+                "dead letter %s was replayed but could not be removed", letter.id, exc_info=True
+            )
+            raise
+        return letter

@@ -1,0 +1,150 @@
+"""Starting and stopping a bus: subscriptions, consumer loops, and a bounded stop."""
+
+from __future__ import annotations
+
+import logging
+from contextlib import AsyncExitStack
+from typing import TYPE_CHECKING, Literal
+
+import anyio
+
+from .._cancel import cancel_requested
+from .._exits import exit_stack
+from ._consumer import Consumer, DecodeCache, Workers
+
+if TYPE_CHECKING:
+    from types import TracebackType
+
+    from anyio.abc import TaskGroup
+
+    from ..transports._base import Subscription
+    from ._bus import Choreography
+    from ._handlers import HandlerSpec
+
+__all__ = ["Running"]
+
+logger = logging.getLogger("flowkit.bus")
+
+
+class Running:
+    """A started bus: its task group, consumers and consumer loops.
+
+    Made by :meth:`Choreography.run`; entering it starts the consumers of the
+    selected services, leaving it stops them:
+
+    1. idle consumer loops stop at once, and waiting requests end;
+    2. busy ones get ``stop_grace`` seconds to finish the message in hand;
+    3. whatever still runs is cancelled; its message is not acked, so the
+       transport delivers it again (a broker keeps it; the in-memory transport
+       drops it when it closes, and says so).
+
+    A cancellation of the enclosing scope (Ctrl-C) skips or cuts short step 2.
+    """
+
+    def __init__(
+        self, bus: Choreography, services: frozenset[str] | None, stop_grace: float
+    ) -> None:
+        self.bus = bus
+        self.services = services
+        self.stop_grace = stop_grace
+        self.workers = Workers()
+        self.specs: tuple[HandlerSpec, ...] = ()
+        self.cache = DecodeCache()
+        self._stack: AsyncExitStack | None = None
+        self._task_group: TaskGroup | None = None
+
+    @property
+    def task_group(self) -> TaskGroup:
+        """The task group the consumer loops run in."""
+        assert self._task_group is not None
+        return self._task_group
+
+    @property
+    def stopping(self) -> bool:
+        """Whether the bus has begun to stop."""
+        return self.workers.stopping
+
+    async def __aenter__(self) -> Choreography:
+        bus = self.bus
+        if bus.running:
+            raise RuntimeError("the bus is already running")
+        transport, store = bus.transport, bus.store
+        stack = AsyncExitStack()
+        await stack.__aenter__()
+        try:
+            await stack.enter_async_context(transport)
+            if store is not None:
+                await stack.enter_async_context(store)
+            self.specs = tuple(
+                s for s in bus.handlers if self.services is None or s.service in self.services
+            )
+            loops: list[tuple[Consumer, Subscription]] = []
+            for spec in self.specs:
+                consumer = Consumer(
+                    spec,
+                    bus=bus,
+                    transport=transport,
+                    store=store,
+                    dead_letters=bus._dead_letters,
+                    observers=bus.observers,
+                    cache=self.cache,
+                    max_message_size=bus.max_message_size,
+                    claim_lease=bus.claim_lease,
+                )
+                for _ in range(spec.concurrency):
+                    loops.append((consumer, await transport.subscribe(spec.topic, spec.consumer)))
+            self._task_group = await stack.enter_async_context(anyio.create_task_group())
+        except BaseException:
+            await stack.__aexit__(None, None, None)
+            raise
+        self._stack = stack
+        bus._running = self
+        for consumer, sub in loops:
+            self._task_group.start_soon(consumer.run, sub, self.workers)
+        return bus
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> Literal[False]:
+        stack = self._stack
+        assert stack is not None and self._task_group is not None
+        try:
+            await self._wind_down(
+                cancelled=isinstance(exc, anyio.get_cancelled_exc_class()) or cancel_requested()
+            )
+        finally:
+            # Whatever happened above (a second Ctrl-C included), stop now.
+            self.workers.stopping = True
+            self._task_group.cancel_scope.cancel()
+            self.bus._running = None
+            self.cache.clear()
+            with anyio.CancelScope(shield=True):
+                await self.bus._requests.stop()
+            await exit_stack(stack, exc_type, exc, tb)
+        return False
+
+    async def _wind_down(self, *, cancelled: bool) -> None:
+        """Stop taking messages, and give busy handlers ``stop_grace`` seconds.
+
+        Not shielded: a cancellation arriving meanwhile ends the wait at once.
+        """
+        workers = self.workers
+        workers.stopping = True
+        await self.bus._requests.stop()
+        await workers.close_idle()
+        if not workers.live:
+            return
+        if not cancelled and self.stop_grace > 0:
+            with anyio.move_on_after(self.stop_grace):
+                await workers.gone.wait()
+        if workers.live:
+            busy = workers.busy
+            logger.warning(
+                "%d handler(s) still running %s; cancelling them: their messages are not "
+                "acked and go back to the transport",
+                busy,
+                "at a cancellation" if cancelled else f"after {self.stop_grace:.1f}s",
+            )
