@@ -526,3 +526,70 @@ async def _check_close_wakes_receivers(
         _expect_equal(
             outcomes, ["closed", "closed"], "outcome of a receive when the transport closed"
         )
+
+
+@_check
+async def _check_receive_many(factory: Callable[[], Transport], delay_tolerance: float) -> None:
+    """receive_many returns at least one delivery and at most ``limit``, in order, each
+    settled on its own; what a closed subscription held comes back."""
+    topic, group = _name("topic"), _name("group")
+    async with factory() as transport:
+        subscription = await transport.subscribe(topic, group)
+        for i in range(5):
+            await transport.publish(topic, b"%d" % i)
+        got: list[Delivery] = []
+        with anyio.fail_after(_RECEIVE_TIMEOUT):
+            while len(got) < 5:
+                batch = await subscription.receive_many(3)
+                if not 1 <= len(batch) <= 3:
+                    raise AssertionError(f"receive_many(3) returned {len(batch)} deliveries")
+                got.extend(batch)
+        _expect_equal([d.body for d in got], [b"%d" % i for i in range(5)], "bodies in order")
+        for delivery in got[:4]:
+            await delivery.ack()
+        await subscription.aclose()  # the fifth was neither acked nor nacked
+        again = await transport.subscribe(topic, group)
+        redelivered = await _receive(again, "the delivery the closed subscription held")
+        _expect_equal(redelivered.body, b"4", "body given back on close")
+        await redelivered.ack()
+        await again.aclose()
+
+
+@_check
+async def _check_backlog(factory: Callable[[], Transport], delay_tolerance: float) -> None:
+    """backlog counts what a group has not settled: ready, delivered, waiting out a delay."""
+    topic, group = _name("topic"), _name("group")
+    async with factory() as transport:
+        _expect_equal(await transport.backlog(topic, group), 0, "backlog of an unknown group")
+        subscription = await transport.subscribe(topic, group)
+        for i in range(3):
+            await transport.publish(topic, b"%d" % i)
+        with anyio.fail_after(_RECEIVE_TIMEOUT):
+            while await transport.backlog(topic, group) < 3:
+                await anyio.sleep(0.01)
+        first = await _receive(subscription, "the first message")
+        _expect_equal(await transport.backlog(topic, group), 3, "backlog with one delivered")
+        await first.ack()
+        second = await _receive(subscription, "the second message")
+        await second.nack(delay_tolerance * 4)
+        _expect_equal(await transport.backlog(topic, group), 2, "backlog with one delayed")
+        third = await _receive(subscription, "the third message")
+        await third.ack()
+        _expect_equal(await transport.backlog(topic, group), 1, "backlog with one delayed left")
+        again = await _receive(subscription, "the nacked message, after its delay")
+        await again.ack()
+        with anyio.fail_after(_RECEIVE_TIMEOUT):
+            while await transport.backlog(topic, group):
+                await anyio.sleep(0.01)
+        await subscription.aclose()
+
+
+@_check
+async def _check_capabilities(factory: Callable[[], Transport], delay_tolerance: float) -> None:
+    """The transport declares its capabilities."""
+    from ..transports._base import Capabilities
+
+    transport = factory()
+    declared = transport.capabilities
+    if not isinstance(declared, Capabilities):
+        raise AssertionError(f"capabilities is {declared!r}, not a Capabilities")
