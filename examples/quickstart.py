@@ -26,7 +26,7 @@ async def prepare_shipment(event: OrderPlaced, ctx: Context) -> None:
 async def main() -> None:
     async with bus:
         await bus.publish(OrderPlaced(order_id="o-1"))
-        await anyio.sleep(0.1)  # let the services react
+        await bus.wait_idle()  # let the services react
 
 
 if __name__ == "__main__":

@@ -5,8 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import anyio
-
 from flowkit import Choreography, DeadLetter
 from flowkit.stores import SQLiteStore
 from flowkit.transports import InMemoryTransport
@@ -62,13 +60,6 @@ async def run_choreography(store_path: Path, *, echo: bool = False) -> Choreogra
                 total=40.0,
             )
         )
-        await settle(transport)
+        await bus.wait_idle(10)
         dead = await bus.dead_letters()
     return ChoreographyResult(world, timelines, dead)
-
-
-async def settle(transport: InMemoryTransport, timeout: float = 10.0) -> None:
-    """Wait until every message published so far is handled or dead-lettered."""
-    with anyio.fail_after(timeout):
-        while transport.outstanding():  # noqa: ASYNC110 - the transport has no idle event
-            await anyio.sleep(0.005)

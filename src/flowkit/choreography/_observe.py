@@ -52,9 +52,7 @@ class BusObserver:
         """A consumer gave up on a message and kept it as a dead letter."""
 
 
-def notify(
-    observers: Sequence[BusObserver], method: str, *args: object, **kwargs: object
-) -> None:
+def notify(observers: Sequence[BusObserver], method: str, *args: object, **kwargs: object) -> None:
     """Call ``method`` on every observer; an observer that raises is logged and skipped."""
     for observer in observers:
         try:
