@@ -39,16 +39,22 @@ class Worker:
             self.lines.put(line)
         self.lines.put(None)
 
-    def read_until(self, text: str, timeout: float = 20) -> str:
+    def read_until(self, text: str, timeout: float = 30) -> str:
         """The first line containing ``text``; fails after ``timeout`` seconds."""
         deadline = time.monotonic() + timeout
         while True:
             try:
                 line = self.lines.get(timeout=max(deadline - time.monotonic(), 0))
             except queue.Empty:
-                pytest.fail(f"the worker did not print {text!r} within {timeout}s: {self.out}")
+                pytest.fail(
+                    f"the worker did not print {text!r} within {timeout}s; "
+                    f"stdout: {self.out}; stderr: {self.errors!r}"
+                )
             if line is None:
-                pytest.fail(f"the worker exited before printing {text!r}: {self.out}")
+                pytest.fail(
+                    f"the worker exited before printing {text!r}; "
+                    f"stdout: {self.out}; stderr: {self.errors!r}"
+                )
             self.out.append(line)
             if text in line:
                 return line
@@ -56,7 +62,7 @@ class Worker:
     def signal(self, sig: signal.Signals) -> None:
         self.proc.send_signal(sig)
 
-    def wait(self, timeout: float = 10) -> float:
+    def wait(self, timeout: float = 20) -> float:
         """Wait for the process to end and read the rest of its output; the
         seconds it took to end."""
         start = time.monotonic()
@@ -117,8 +123,8 @@ def test_a_first_signal_waits_for_handlers_no_longer_than_the_grace(
     worker.signal(signal.SIGINT)
     took = worker.wait()
     assert worker.proc.returncode == 0, worker.errors
-    assert took < 5
-    assert "received SIGINT; stopping: waiting up to 0.5s for " in worker.output
+    assert took < 10  # the grace left would be 60 s
+    assert "received SIGINT; stopping: waiting up to 0.5s for 1 handler;" in worker.output
     assert "; press Ctrl-C again to stop now\n" in worker.output
     assert worker.output.endswith("flowkit worker stopped\n")
     assert "Traceback" not in worker.errors
@@ -128,11 +134,11 @@ def test_a_second_signal_stops_at_once(start_worker: StartWorker) -> None:
     worker = start_worker()
     worker.read_until("napping 60s")
     worker.signal(signal.SIGINT)
-    assert "waiting up to 60s for " in worker.read_until("stopping")
+    assert "waiting up to 60s for 1 handler;" in worker.read_until("stopping")
     worker.signal(signal.SIGINT)
     took = worker.wait()
     assert worker.proc.returncode == 128 + signal.SIGINT, worker.errors
-    assert took < 5
+    assert took < 10  # the grace left would be 60 s
     assert "received SIGINT again; stopping now: cancelling running handlers" in worker.output
     assert worker.output.endswith("flowkit worker stopped at once\n")
     assert "Traceback" not in worker.errors
@@ -145,17 +151,6 @@ def test_sigterm_stops_gracefully_once_handlers_are_done(start_worker: StartWork
     worker.signal(signal.SIGTERM)
     worker.wait()
     assert worker.proc.returncode == 0, worker.errors
-    assert "received SIGTERM; stopping" in worker.output
+    assert "received SIGTERM; stopping: no handler is running\n" in worker.output
     assert worker.output.endswith("flowkit worker stopped\n")
     assert "Traceback" not in worker.errors
-
-
-@pytest.mark.xfail(
-    reason="needs a count of the handlers running now from the bus (Choreography.in_flight)",
-    strict=True,
-)
-def test_the_stopping_line_counts_the_running_handlers(start_worker: StartWorker) -> None:
-    worker = start_worker("--grace", "0.5")
-    worker.read_until("napping 60s")
-    worker.signal(signal.SIGINT)
-    assert "stopping: waiting up to 0.5s for 1 handler;" in worker.read_until("stopping")

@@ -171,6 +171,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return anyio.run(run, args)
     except KeyboardInterrupt:
+        print("flowkit: interrupted", file=sys.stderr)
         return 130
     except (UsageError, CommandFailed, FlowkitError, BaseExceptionGroup) as raised:
         error = _leaf(raised)

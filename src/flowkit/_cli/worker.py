@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import anyio
 
@@ -92,11 +92,6 @@ def _start(
         raise UsageError(one_line(str(exc))) from None
 
 
-def _in_flight(bus: Choreography) -> int | None:
-    count: Any = getattr(bus, "in_flight", None)
-    return count if isinstance(count, int) else None
-
-
 class _Stopper:
     """Turns signals into a stop: the first graceful, the second at once, the
     third without waiting even for cancelled handlers to unwind."""
@@ -133,12 +128,11 @@ class _Stopper:
                 os._exit(128 + signum)
 
     def _stopping(self) -> str:
-        busy = _in_flight(self.bus)
+        busy = self.bus.in_flight
         if busy == 0:
             return "stopping: no handler is running"
-        handlers = "running handlers" if busy is None else _plural(busy, "handler")
         return (
-            f"stopping: waiting up to {self.grace:g}s for {handlers}; "
+            f"stopping: waiting up to {self.grace:g}s for {_plural(busy, 'handler')}; "
             "press Ctrl-C again to stop now"
         )
 
