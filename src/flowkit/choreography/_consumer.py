@@ -73,7 +73,7 @@ class DecodeCache:
     messages would only burden the garbage collector.
     """
 
-    __slots__ = ("_entries", "_max_bytes", "_max_entries", "_max_entry", "_size")
+    __slots__ = ("_entries", "_max_bytes", "_max_entries", "_max_entry", "_size", "get")
 
     def __init__(
         self,
@@ -83,14 +83,12 @@ class DecodeCache:
         max_entry: int = 256 * 1024,
     ) -> None:
         self._entries: dict[bytes, tuple[Envelope, Message]] = {}
+        # The decoded form of a body, if kept (the dict's own get: this is the hot path).
+        self.get = self._entries.get
         self._max_entries = max_entries
         self._max_bytes = max_bytes
         self._max_entry = max_entry
         self._size = 0
-
-    def get(self, body: bytes) -> tuple[Envelope, Message] | None:
-        """The decoded form of ``body``, if kept."""
-        return self._entries.get(body)
 
     def put(self, body: bytes, decoded: tuple[Envelope, Message]) -> None:
         """Keep the decoded form of ``body``, if it is small enough."""
@@ -188,6 +186,7 @@ class Consumer:
         self._dead_letters = dead_letters
         self._observers = tuple(observers)
         self._cache = cache
+        self._cached = cache.get
         self._max_size = max_message_size
         self._lease = max(claim_lease, (spec.timeout or 0.0) + 60.0)
         self._handling: set[str] = set()  # inbox keys being handled in this process
@@ -208,6 +207,7 @@ class Consumer:
         replaced, with a growing pause between attempts.
         """
         batch = _BATCH if self.spec.concurrency == 1 else 1
+        handle = self.handle
         while True:
             worker = _Worker(sub)
             workers.live.add(worker)
@@ -217,21 +217,26 @@ class Consumer:
                         deliveries = await sub.receive_many(batch)
                     except TransportClosed:
                         break
-                    for delivery in deliveries:
-                        if workers.stopping:
-                            break  # not handled: closing the subscription gives it back
-                        worker.busy = True
-                        try:
-                            await self.handle(delivery)
-                        except BaseException as exc:
-                            if is_real_cancellation(exc):
-                                raise
-                            # The store or the transport failed around the handler:
-                            # the message goes back, and the loop carries on.
-                            logger.exception("consumer %s could not settle a message", self.name)
-                            await _nack_quietly(delivery, self.spec.retry.delay(delivery.attempt))
-                        finally:
-                            worker.busy = False
+                    worker.busy = True
+                    try:
+                        for delivery in deliveries:
+                            if workers.stopping:
+                                break  # not handled: closing the subscription gives it back
+                            try:
+                                await handle(delivery)
+                            except BaseException as exc:
+                                if is_real_cancellation(exc):
+                                    raise
+                                # The store or the transport failed around the handler:
+                                # the message goes back, and the loop carries on.
+                                logger.exception(
+                                    "consumer %s could not settle a message", self.name
+                                )
+                                await _nack_quietly(
+                                    delivery, self.spec.retry.delay(delivery.attempt)
+                                )
+                    finally:
+                        worker.busy = False
             finally:
                 workers._left(worker)
                 with anyio.CancelScope(shield=True):
@@ -275,7 +280,7 @@ class Consumer:
         if len(body) > self._max_size:
             await self._reject(delivery, MessageTooLarge(None, len(body), self._max_size))
             return
-        decoded = self._cache.get(body)
+        decoded = self._cached(body)
         if decoded is None or decoded[1].__class__ is not spec.message_type:
             try:
                 decoded = decode(body, spec.message_type)

@@ -150,17 +150,20 @@ class _State:
 class _MemoryDelivery:
     """One delivery of a message to one subscription."""
 
-    __slots__ = ("_in_flight", "_message", "_subscription", "attempt", "body", "headers", "topic")
+    __slots__ = ("_message", "_subscription", "attempt", "body", "headers")
 
     def __init__(self, subscription: _MemorySubscription, message: _Message, attempt: int) -> None:
         self._subscription = subscription
-        self._in_flight = subscription._in_flight
         self._message = message
-        self.topic = message.topic
         self.body = message.body
         self.headers = message.headers
         # How many times this message has been delivered to this group, this time included.
         self.attempt = attempt
+
+    @property
+    def topic(self) -> str:
+        """The topic the message was published to."""
+        return self._message.topic
 
     @property
     def group(self) -> str:
@@ -169,7 +172,7 @@ class _MemoryDelivery:
 
     async def ack(self) -> None:
         """Mark the message handled; a second ack or nack is a no-op."""
-        self._in_flight.pop(self, None)
+        self._subscription._in_flight.pop(self, None)
 
     async def nack(self, delay: float = 0.0) -> None:
         """Give the message back, to be delivered again after ``delay`` seconds.
@@ -177,7 +180,7 @@ class _MemoryDelivery:
         Args:
             delay: seconds before the message is deliverable again.
         """
-        in_flight = self._in_flight
+        in_flight = self._subscription._in_flight
         if self in in_flight:
             del in_flight[self]
             self._subscription._group.requeue(self, delay)
