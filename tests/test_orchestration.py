@@ -11,7 +11,7 @@ import anyio
 import pytest
 from pydantic import BaseModel
 
-from flowkit import NonRetryableError, Retry, StoreError, WorkflowNotFound
+from flowkit import NonRetryableError, Retry, WorkflowNotFound
 from flowkit.orchestration import (
     InvalidWorkflowState,
     Orchestrator,
@@ -23,7 +23,6 @@ from flowkit.orchestration import (
     StepContext,
     WorkflowStatus,
 )
-from flowkit.stores._base import WorkflowRecord
 from flowkit.testing._sagas import FaultPlan, SimulatedCrash, assert_compensation_order
 
 if TYPE_CHECKING:
@@ -811,24 +810,6 @@ async def _run_quietly(orders: PlaceOrder, n: int) -> None:
         await orders.run(order(n), workflow_id=f"w{n}")
     except SimulatedCrash:
         pass
-
-
-async def test_an_unreadable_record_is_reported_and_does_not_stop_resume(
-    memory_store: MemoryStore, caplog: pytest.LogCaptureFixture
-) -> None:
-    plan = FaultPlan().crash(charge, at="started")
-    async with plan.install(PlaceOrder(store=memory_store)) as orders:
-        with pytest.raises(SimulatedCrash):
-            await orders.run(order(), workflow_id="w1")
-    await memory_store.create_workflow(
-        WorkflowRecord(id="bad", name="PlaceOrder", status="RUNNING", state={"format": 99})
-    )
-    async with PlaceOrder(store=memory_store) as orders:
-        with pytest.raises(StoreError, match="cannot read the state of workflow 'bad'"):
-            await orders.get("bad")
-        outcomes = await orders.resume()
-    assert [o.workflow_id for o in outcomes] == ["w1"]
-    assert any("could not resume workflow bad" in r.getMessage() for r in caplog.records)
 
 
 async def test_on_sqlite_a_workflow_survives_a_restart(tmp_path: Path) -> None:

@@ -19,14 +19,17 @@ def test_orchestration_exports_exactly_the_public_names() -> None:
         "Remote",
         "Requester",
         "ResultNotAvailable",
+        "SagaObserver",
         "Step",
         "StepContext",
         "StepError",
+        "StepEvent",
         "StepInfo",
         "StepStatus",
         "StepTimeout",
         "Transition",
         "WorkflowCancelled",
+        "WorkflowEvent",
         "WorkflowInfo",
         "WorkflowStatus",
     }
@@ -42,6 +45,10 @@ def test_the_saga_testing_kit_names() -> None:
     }
     for name in flowkit.testing._sagas.__all__:
         assert getattr(flowkit.testing._sagas, name) is not None
+
+
+def test_a_fault_plan_is_a_saga_observer() -> None:
+    assert issubclass(flowkit.testing._sagas.FaultPlan, flowkit.orchestration.SagaObserver)
 
 
 def test_orchestration_errors_are_flowkit_errors() -> None:

@@ -4,7 +4,8 @@ An :class:`Orchestrator` subclass declares its steps (local :class:`Step`
 functions, :class:`Remote` commands to other services, :class:`Parallel`
 groups); the engine runs them forward, checkpoints every transition in a
 state store, compensates the steps that acted when one fails, and resumes
-unfinished workflows after a crash.
+unfinished workflows after a crash. A :class:`SagaObserver` sees every
+transition (for logs, metrics, traces) and can intercept the calls of steps.
 """
 
 from .._errors import DeadlineExceeded as DeadlineExceeded
@@ -17,6 +18,7 @@ from ._context import StepContext as StepContext
 from ._declare import Parallel as Parallel
 from ._declare import Remote as Remote
 from ._declare import Step as Step
+from ._engine import Requester as Requester
 from ._model import Outcome as Outcome
 from ._model import StepError as StepError
 from ._model import StepInfo as StepInfo
@@ -24,8 +26,10 @@ from ._model import StepStatus as StepStatus
 from ._model import Transition as Transition
 from ._model import WorkflowInfo as WorkflowInfo
 from ._model import WorkflowStatus as WorkflowStatus
+from ._observe import SagaObserver as SagaObserver
+from ._observe import StepEvent as StepEvent
+from ._observe import WorkflowEvent as WorkflowEvent
 from ._orchestrator import Orchestrator as Orchestrator
-from ._orchestrator import Requester as Requester
 
 __all__ = [
     "DeadlineExceeded",
@@ -37,14 +41,17 @@ __all__ = [
     "Remote",
     "Requester",
     "ResultNotAvailable",
+    "SagaObserver",
     "Step",
     "StepContext",
     "StepError",
+    "StepEvent",
     "StepInfo",
     "StepStatus",
     "StepTimeout",
     "Transition",
     "WorkflowCancelled",
+    "WorkflowEvent",
     "WorkflowInfo",
     "WorkflowStatus",
 ]

@@ -1,40 +1,37 @@
-"""The saga engine: run steps forward, compensate in reverse, checkpoint every
-transition, resume after a crash."""
+"""The public side of the saga engine: declare an orchestrator, start and stop
+it, and run, resume, inspect, cancel and retry its workflows.
+
+What happens inside one workflow run (steps, groups, compensations,
+checkpoints, retries) is the engine's job, in ``_engine.py``.
+"""
 
 from __future__ import annotations
 
 import logging
-import math
 import time
 from contextlib import AsyncExitStack
-from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, Protocol, Self, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Self, TypeVar
 
 import anyio
-from pydantic import BaseModel
 
 from .._errors import (
     ConcurrencyConflict,
-    DeadlineExceeded,
     DefinitionError,
     InvalidWorkflowState,
-    NonRetryableError,
     OrchestratorNotStarted,
-    RemoteError,
-    RequestTimeout,
-    StepTimeout,
     WorkflowCancelled,
     WorkflowNotFound,
 )
-from .._events import Command, Message, new_message_id
+from .._events import new_message_id
 from .._exits import exit_stack
 from .._retry import Retry
-from ._context import StepContext
-from ._declare import Action, Parallel, Plan, Remote, Step, StepSpec, compile_plan
+from ._declare import Parallel, Plan, Remote, Step, compile_plan
+from ._engine import Engine, Halted, Requester, Superseded, unwrap
 from ._model import Outcome, WorkflowInfo, WorkflowStatus
+from ._observe import SagaObserver
 from ._state import Run, error_of
 
 if TYPE_CHECKING:
-    import builtins
     from collections.abc import Collection, Iterable, Sequence
     from types import TracebackType
 
@@ -43,107 +40,16 @@ if TYPE_CHECKING:
     from ..stores._base import StateStore, WorkflowRecord
     from ..transports._base import Transport
 
-__all__ = ["FaultHook", "Orchestrator", "Requester"]
+__all__ = ["Orchestrator"]
 
 logger = logging.getLogger("flowkit.orchestration")
 
 InputT = TypeVar("InputT")
-M = TypeVar("M", bound=Message)
 
-_RUNNING = WorkflowStatus.RUNNING
-_COMPENSATING = WorkflowStatus.COMPENSATING
-_COMPLETED = WorkflowStatus.COMPLETED
 _UNFINISHED = (WorkflowStatus.RUNNING.value, WorkflowStatus.COMPENSATING.value)
 _FINISHED = frozenset(
     {WorkflowStatus.COMPLETED.value, WorkflowStatus.COMPENSATED.value, WorkflowStatus.FAILED.value}
 )
-
-CrashPoint = Literal[
-    "started",
-    "acted",
-    "succeeded",
-    "compensation_started",
-    "compensation_acted",
-    "compensated",
-]
-
-
-class Requester(Protocol):
-    """What remote steps need from a bus: request/reply.
-
-    :class:`~flowkit.Choreography` is one; pass a running bus as
-    ``Orchestrator(bus=...)`` to share it.
-    """
-
-    async def request(
-        self,
-        command: Command[M],
-        *,
-        timeout: float = ...,
-        idempotency_key: str | None = ...,
-        correlation_id: str | None = ...,
-    ) -> M:
-        """Send ``command`` and return its typed reply.
-
-        Raises:
-            RequestTimeout: if no reply came within ``timeout``.
-            RemoteError: if the answering service failed.
-        """
-        ...
-
-
-class FaultHook(Protocol):
-    """Where a test's fault plan plugs into the engine (see ``flowkit.testing.FaultPlan``)."""
-
-    def before_call(
-        self, workflow_id: str, step: str, compensation: bool
-    ) -> Literal["timeout", "timeout_after", None]:
-        """Called before a step or compensation runs; may raise to fail the attempt.
-
-        Returns:
-            ``"timeout"`` to time the attempt out without running it,
-            ``"timeout_after"`` to run it and then time it out, or None.
-        """
-        ...
-
-    def reached(self, workflow_id: str, step: str, point: CrashPoint) -> None:
-        """Called at each crash point of a step; may raise to stop the process."""
-        ...
-
-
-class _Superseded(Exception):
-    """Another process (or call) saved this workflow since we read it."""
-
-
-def _fields(value: Any) -> Any:
-    if isinstance(value, BaseModel):
-        return value.model_dump()
-    return value
-
-
-def _unwrap(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    """The exception to re-raise for a task group's exception group."""
-    leaves: list[BaseException] = []
-
-    def walk(exc: BaseException) -> None:
-        if isinstance(exc, BaseExceptionGroup):
-            for inner in exc.exceptions:
-                walk(inner)
-        else:
-            leaves.append(exc)
-
-    walk(group)
-    cancelled = anyio.get_cancelled_exc_class()
-    for exc in leaves:
-        if not isinstance(exc, cancelled | Exception):
-            return exc  # a simulated crash, KeyboardInterrupt, ...
-    for exc in leaves:
-        if isinstance(exc, _Superseded):
-            return exc
-    for exc in leaves:
-        if not isinstance(exc, cancelled):
-            return exc
-    return group
 
 
 def _input_type_of(cls: type) -> Any:
@@ -181,6 +87,8 @@ class Orchestrator(Generic[InputT]):
 
     Every transition is checkpointed to the store before the next one begins;
     :meth:`resume` continues the unfinished workflows after a restart.
+    Leaving ``async with`` gives running workflows ``stop_grace`` seconds,
+    then stops the others where they stand (:meth:`resume` continues them).
 
     Class attributes:
         steps: the steps, in order: :class:`Step`, :class:`Remote` and
@@ -202,10 +110,18 @@ class Orchestrator(Generic[InputT]):
             instead of ``transport``.
         concurrency: how many workflows run at once in this instance; more
             wait for a free slot.
+        stop_grace: seconds that the workflows running in this instance get to
+            finish when ``async with`` is left; those still running after that
+            are stopped where they stand and stay unfinished, for
+            :meth:`resume` (as after a crash).
+        observers: :class:`SagaObserver` instances to report to (see also
+            :meth:`add_observer`).
 
     Raises:
         DefinitionError: if the orchestrator has remote steps but neither
-            ``transport`` nor ``bus``, or ``concurrency`` is below 1.
+            ``transport`` nor ``bus``, ``concurrency`` is below 1,
+            ``stop_grace`` is negative, or an observer is not a
+            :class:`SagaObserver`.
     """
 
     steps: ClassVar[Sequence[Step[Any, Any] | Remote[Any] | Parallel]]
@@ -254,6 +170,8 @@ class Orchestrator(Generic[InputT]):
         transport: Transport | None = None,
         bus: Requester | None = None,
         concurrency: int = 100,
+        stop_grace: float = 10.0,
+        observers: Iterable[SagaObserver] = (),
     ) -> None:
         plan = getattr(type(self), "_plan", None)
         if plan is None:
@@ -266,17 +184,31 @@ class Orchestrator(Generic[InputT]):
             )
         if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
             raise DefinitionError(f"concurrency must be an integer >= 1, got {concurrency!r}")
+        if (
+            isinstance(stop_grace, bool)
+            or not isinstance(stop_grace, int | float)
+            or not stop_grace >= 0
+        ):
+            raise DefinitionError(
+                f"stop_grace must be a number of seconds >= 0, got {stop_grace!r}"
+            )
         self._store = store
         self._transport = transport
         self._bus = bus
-        self._requester: Requester | None = bus
         self._concurrency = concurrency
+        self._stop_grace = float(stop_grace)
         self._running: dict[str, Run] = {}
+        self._engine = Engine(plan, self.name, self.deadline, store, self._running)
+        self._engine.requester = bus
+        self._observers: list[SagaObserver] = []
+        for observer in observers:
+            self.add_observer(observer)
         self._stack: AsyncExitStack | None = None
         self._tg: TaskGroup | None = None
         self._slots: anyio.Semaphore | None = None
-        self._faults: FaultHook | None = None
-        self._crashed: type[BaseException] | None = None
+        self._stopping = False  # leaving async with: no new work
+        self._halting = False  # the grace is over: every run stops where it stands
+        self._idle: anyio.Event | None = None
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -293,13 +225,14 @@ class Orchestrator(Generic[InputT]):
                 assert self._transport is not None
                 bus = Choreography(self._transport)
                 await stack.enter_async_context(bus.run(services=[]))
-                self._requester = bus
+                self._engine.requester = bus
             self._slots = anyio.Semaphore(self._concurrency)
             self._tg = await stack.enter_async_context(anyio.create_task_group())
         except BaseException:
             await stack.__aexit__(None, None, None)
             raise
         self._stack = stack
+        self._stopping = self._halting = False
         return self
 
     async def __aexit__(
@@ -312,34 +245,82 @@ class Orchestrator(Generic[InputT]):
         if stack is None:
             return
         try:
-            await exit_stack(stack, exc_type, exc, tb)
+            await self._stop()
         finally:
-            self._stack = None
-            self._tg = None
-            self._requester = self._bus
+            try:
+                await exit_stack(stack, exc_type, exc, tb)
+            finally:
+                self._stack = None
+                self._tg = None
+                self._engine.requester = self._bus
 
-    def _check_open(self) -> None:
-        if self._crashed is not None:
-            raise self._crashed(f"{self.name} has crashed (simulated); resume on a new instance")
+    async def _stop(self) -> None:
+        """Give the running workflows ``stop_grace`` seconds, then stop the others
+        where they stand.
+
+        The wait is not shielded: when the enclosing scope is cancelled (Ctrl-C),
+        before or during it, the workflows are stopped at once.
+        """
+        self._stopping = True
+        try:
+            if self._running:
+                with anyio.move_on_after(self._stop_grace):
+                    await self._drained()
+                if self._running:
+                    logger.warning(
+                        "%s: %d workflow(s) still running after %.1fs; stopping them where "
+                        "they stand (resume() continues them)",
+                        self.name,
+                        len(self._running),
+                        self._stop_grace,
+                    )
+        finally:
+            self._halting = True
+            for run in list(self._running.values()):
+                self._engine.halt(run)
+        await self._drained()  # they write nothing more: this is quick
+
+    async def _drained(self) -> None:
+        """Wait until no workflow runs in this instance."""
+        while self._running:
+            self._idle = anyio.Event()
+            await self._idle.wait()
+
+    def _check_open(self, *, new_work: bool = False) -> None:
+        self._engine.check_crash()
         if self._stack is None:
             raise OrchestratorNotStarted(
                 f"{self.name} is not started: use 'async with {type(self).__name__}(...) as x:'"
             )
+        if new_work and self._stopping:
+            raise OrchestratorNotStarted(f"{self.name} is stopping: it takes no new work")
 
-    def _check_crash(self) -> None:
-        if self._crashed is not None:
-            raise self._crashed(f"{self.name} has crashed (simulated)")
+    def _stopped(self, workflow_id: str) -> OrchestratorNotStarted:
+        return OrchestratorNotStarted(
+            f"{self.name} stopped before workflow {workflow_id!r} finished; resume() continues it"
+        )
 
-    def _install_faults(self, hook: FaultHook | None) -> None:
-        """Plug a fault plan into the engine (``flowkit.testing.FaultPlan.install``)."""
-        self._faults = hook
+    # -- observers ---------------------------------------------------------------------
 
-    def _crash(self, exc_type: type[BaseException]) -> None:
-        """Stop the engine as if the process died: no further checkpoint is written."""
-        self._crashed = exc_type
-        for run in self._running.values():
-            if run.scope is not None:
-                run.scope.cancel()
+    def add_observer(self, observer: SagaObserver) -> None:
+        """Report this orchestrator's transitions to ``observer`` from now on.
+
+        Observers are called in the order they were added; adding one that is
+        already there does nothing. It may be done before or after the
+        orchestrator is started.
+
+        Args:
+            observer: the observer (see :class:`SagaObserver`).
+
+        Raises:
+            DefinitionError: if ``observer`` is not a :class:`SagaObserver`.
+        """
+        if not isinstance(observer, SagaObserver):
+            raise DefinitionError(f"an observer must be a SagaObserver, got {observer!r}")
+        if any(known is observer for known in self._observers):
+            return
+        self._observers.append(observer)
+        self._engine.observe(self._observers)
 
     # -- public operations -------------------------------------------------------------
 
@@ -364,13 +345,16 @@ class Orchestrator(Generic[InputT]):
             The outcome: ``COMPLETED``, ``COMPENSATED`` or ``FAILED``.
 
         Raises:
-            OrchestratorNotStarted: outside ``async with``.
-            InvalidWorkflowState: if the id belongs to another orchestrator.
+            OrchestratorNotStarted: outside ``async with``, or if the
+                orchestrator stopped before the workflow finished (it stays
+                unfinished, for :meth:`resume`).
+            InvalidWorkflowState: if the id belongs to another orchestrator, or
+                its record cannot be read.
             TypeError: if ``input`` is not of the input type.
             StoreError: if the store failed (the workflow stays at its last
                 checkpoint).
         """
-        self._check_open()
+        self._check_open(new_work=True)
         wid = self._workflow_id(workflow_id)
         active = self._running.get(wid)
         if active is not None:
@@ -389,7 +373,8 @@ class Orchestrator(Generic[InputT]):
 
         Returns once the workflow is recorded (durably, with a durable store).
         Idempotent like :meth:`run`. Get the outcome with :meth:`wait` or
-        :meth:`get`. Leaving ``async with`` waits for background workflows.
+        :meth:`get`. Leaving ``async with`` waits for background workflows, up
+        to ``stop_grace`` seconds.
 
         Args:
             input: the workflow's input.
@@ -399,11 +384,11 @@ class Orchestrator(Generic[InputT]):
             The workflow's id.
 
         Raises:
-            OrchestratorNotStarted: outside ``async with``.
+            OrchestratorNotStarted: outside ``async with`` (or while leaving it).
             InvalidWorkflowState: if the id belongs to another orchestrator.
             TypeError: if ``input`` is not of the input type.
         """
-        self._check_open()
+        self._check_open(new_work=True)
         wid = self._workflow_id(workflow_id)
         if wid in self._running:
             return wid
@@ -436,6 +421,8 @@ class Orchestrator(Generic[InputT]):
 
         Raises:
             WorkflowNotFound: if this orchestrator has no such workflow.
+            OrchestratorNotStarted: outside ``async with``, or if the
+                orchestrator stopped before the workflow finished.
         """
         self._check_open()
         active = self._running.get(workflow_id)
@@ -454,13 +441,19 @@ class Orchestrator(Generic[InputT]):
         alone: see :meth:`retry_compensation`.
 
         A workflow that another process saves meanwhile is left to that process
-        and has no outcome in the list. A workflow whose record cannot be read or
-        whose store write fails is logged and left where it is.
+        and has no outcome in the list. A workflow whose record cannot be read
+        is logged (ERROR, naming the workflow and the problem) and skipped; one
+        whose store write fails is logged and left where it is. Neither stops
+        the others.
 
         Returns:
             The outcomes of the workflows continued here, oldest first.
+
+        Raises:
+            OrchestratorNotStarted: outside ``async with`` (or while leaving it).
+            StoreError: if the store cannot list the workflows.
         """
-        self._check_open()
+        self._check_open(new_work=True)
         records = await self._store.list_workflows(status=_UNFINISHED, name=self.name)
         outcomes: list[Outcome | None] = [None] * len(records)
 
@@ -471,10 +464,24 @@ class Orchestrator(Generic[InputT]):
                     outcomes[index] = await self._wait_active(active)
                     return
                 run = Run(self._plan, record.id, None, None, None)
-                run.load(record)
+                try:
+                    run.load(record)
+                except InvalidWorkflowState as exc:
+                    logger.error(
+                        "%s: resume() skipped a workflow: %s",
+                        self.name,
+                        exc,
+                        extra={"workflow": self.name, "workflow_id": record.id},
+                    )
+                    return
                 run.event("workflow_resumed")
                 self._running[record.id] = run
                 outcomes[index] = await self._drive(run, poll_if_superseded=False)
+            except Superseded:
+                pass  # another process runs it
+            except OrchestratorNotStarted:
+                if not self._stopping:
+                    raise
             except Exception:
                 logger.exception("could not resume workflow %s of %s", record.id, self.name)
 
@@ -483,7 +490,7 @@ class Orchestrator(Generic[InputT]):
                 for index, record in enumerate(records):
                     tg.start_soon(one, index, record)
         except BaseExceptionGroup as group:
-            raise _unwrap(group) from None
+            raise unwrap(group) from None
         return [o for o in outcomes if o is not None]
 
     async def get(self, workflow_id: str) -> WorkflowInfo:
@@ -497,6 +504,8 @@ class Orchestrator(Generic[InputT]):
 
         Raises:
             WorkflowNotFound: if this orchestrator has no such workflow.
+            InvalidWorkflowState: if its record cannot be read; the message
+                names the workflow and the problem.
         """
         self._check_open()
         record = await self._load(workflow_id)
@@ -517,7 +526,8 @@ class Orchestrator(Generic[InputT]):
             limit: at most this many.
 
         Returns:
-            Their details.
+            Their details. A workflow whose record cannot be read is left out,
+            with a warning naming it and the problem.
         """
         self._check_open()
         statuses: Collection[str] | None
@@ -531,7 +541,16 @@ class Orchestrator(Generic[InputT]):
         infos: list[WorkflowInfo] = []
         for record in records:
             run = Run(self._plan, record.id, None, None, None)
-            run.load(record)
+            try:
+                run.load(record)
+            except InvalidWorkflowState as exc:
+                logger.warning(
+                    "%s: list() left out a workflow: %s",
+                    self.name,
+                    exc,
+                    extra={"workflow": self.name, "workflow_id": record.id},
+                )
+                continue
             infos.append(run.to_info(self.name))
         return infos
 
@@ -556,7 +575,7 @@ class Orchestrator(Generic[InputT]):
             ConcurrencyConflict: if another process is running it and saved it
                 meanwhile.
         """
-        self._check_open()
+        self._check_open(new_work=True)
         active = self._running.get(workflow_id)
         if active is not None:
             if active.status is WorkflowStatus.RUNNING:
@@ -609,7 +628,7 @@ class Orchestrator(Generic[InputT]):
             InvalidWorkflowState: if it did not fail while compensating.
             ConcurrencyConflict: if another process saved it meanwhile.
         """
-        self._check_open()
+        self._check_open(new_work=True)
         run = await self._failed_run(workflow_id, "backward", "retry_forward")
         for state in run.steps.values():
             state.comp_reset()
@@ -634,7 +653,7 @@ class Orchestrator(Generic[InputT]):
             InvalidWorkflowState: if it did not fail past its pivot.
             ConcurrencyConflict: if another process saved it meanwhile.
         """
-        self._check_open()
+        self._check_open(new_work=True)
         run = await self._failed_run(workflow_id, "forward", "retry_compensation")
         for state in run.steps.values():
             if state.status != "succeeded":
@@ -683,7 +702,7 @@ class Orchestrator(Generic[InputT]):
         if created:
             run.version = stored.version
             run.created_at = stored.created_at
-            self._reached(run, 0, "started")
+            run.fresh = True
             return
         if stored.name != self.name:
             raise InvalidWorkflowState(
@@ -731,8 +750,8 @@ class Orchestrator(Generic[InputT]):
             return await self._wait_active(self._running[run.id])
         self._running[run.id] = run
         try:
-            await self._save(run)
-        except _Superseded as exc:
+            await self._engine.save(run)
+        except Superseded as exc:
             self._release(run)
             raise ConcurrencyConflict(
                 f"workflow {run.id!r} was changed by another process meanwhile; try again"
@@ -743,9 +762,17 @@ class Orchestrator(Generic[InputT]):
         return await self._drive(run, poll_if_superseded=True)
 
     async def _drive(self, run: Run, *, poll_if_superseded: bool) -> Outcome:
-        """Run a registered workflow to its end; always releases it."""
+        """Run a registered workflow to its end; always releases it.
+
+        Raises:
+            OrchestratorNotStarted: if the orchestrator stopped it.
+            Superseded: if another process saved it meanwhile, unless
+                ``poll_if_superseded`` (then that process's outcome is awaited).
+        """
         try:
             if run.outcome is None:
+                if self._halting:
+                    raise Halted(run.id)
                 slots = self._slots
                 assert slots is not None
                 try:
@@ -753,25 +780,48 @@ class Orchestrator(Generic[InputT]):
                 except anyio.WouldBlock:
                     await slots.acquire()
                 try:
-                    run.outcome = await self._execute(run)
+                    if run.halted:
+                        raise Halted(run.id)
+                    run.outcome = await self._engine.execute(run)
                 finally:
                     slots.release()
-        except _Superseded:
+        except Superseded:
             logger.info("workflow %s was saved by another process; leaving it to it", run.id)
             if not poll_if_superseded:
                 raise
-            run.outcome = await self._poll(run.id)
+            run.outcome = await self._poll_run(run)
+        except Halted:
+            raise self._stopped(run.id) from None
         finally:
             self._release(run)
         return run.outcome
 
+    async def _poll_run(self, run: Run) -> Outcome:
+        """Wait for the outcome of a registered run that another process took over;
+        the orchestrator's stop ends the wait."""
+        with anyio.CancelScope() as scope:
+            run.scope = scope
+            if run.halted:
+                scope.cancel()
+            try:
+                return await self._poll(run.id)
+            finally:
+                run.scope = None
+        raise self._stopped(run.id)
+
     async def _background(self, run: Run) -> None:
         try:
             await self._drive(run, poll_if_superseded=True)
+        except OrchestratorNotStarted:
+            logger.info(
+                "workflow %s of %s stopped with the orchestrator; resume() continues it",
+                run.id,
+                self.name,
+            )
         except Exception:
             logger.exception("workflow %s of %s stopped; resume() continues it", run.id, self.name)
         except BaseException as exc:
-            crashed = self._crashed
+            crashed = self._engine.crashed
             if crashed is None or not isinstance(exc, crashed):
                 raise
 
@@ -781,6 +831,8 @@ class Orchestrator(Generic[InputT]):
             del self._running[run.id]
         if run.done is not None:
             run.done.set()
+        if not self._running and self._idle is not None:
+            self._idle.set()
 
     async def _wait_active(self, run: Run) -> Outcome:
         if not run.released:
@@ -789,7 +841,9 @@ class Orchestrator(Generic[InputT]):
             await run.done.wait()
         if run.outcome is not None:
             return run.outcome
-        self._check_crash()
+        self._engine.check_crash()
+        if self._stopping:
+            raise self._stopped(run.id)
         # the run stopped without an outcome (its caller was cancelled, the store
         # failed, ...): continue it here, or report how it ended
         record = await self._load(run.id)
@@ -807,405 +861,14 @@ class Orchestrator(Generic[InputT]):
     async def _poll(self, workflow_id: str) -> Outcome:
         delay = 0.01
         while True:
-            self._check_crash()
+            self._engine.check_crash()
+            if self._halting:
+                raise self._stopped(workflow_id)
             record = await self._load(workflow_id)
             if record.status in _FINISHED:
                 return self._outcome_of(record)
             await anyio.sleep(delay)
             delay = min(delay * 2, 1.0)
-
-    # -- the engine ----------------------------------------------------------------
-
-    async def _save(self, run: Run) -> None:
-        if self._crashed is not None:
-            raise self._crashed(f"{self.name} has crashed (simulated)")
-        try:
-            stored = await self._store.save_workflow(run.record(self.name))
-        except ConcurrencyConflict as exc:
-            raise _Superseded(run.id) from exc
-        run.version = stored.version
-
-    async def _save_shared(self, run: Run) -> None:
-        """Save from one of several concurrent members of a parallel group."""
-        if run.lock is None:
-            run.lock = anyio.Lock()
-        with anyio.CancelScope(shield=True):
-            async with run.lock:
-                await self._save(run)
-
-    def _reached(self, run: Run, stage: int, point: CrashPoint) -> None:
-        faults = self._faults
-        if faults is not None:
-            for spec in self._plan.stages[stage]:
-                if run.steps[spec.name].status == "running" or point != "started":
-                    faults.reached(run.id, spec.name, point)
-
-    def _local_deadline(self, run: Run) -> float:
-        if run.deadline_at is None or run.pivot_done:
-            return math.inf
-        return anyio.current_time() + (run.deadline_at - time.time())
-
-    async def _execute(self, run: Run) -> Outcome:
-        self._check_crash()
-        try:
-            while run.status is _RUNNING:
-                if not run.cancel_requested:
-                    with anyio.CancelScope(deadline=self._local_deadline(run)) as scope:
-                        run.scope = scope
-                        await self._forward(run)
-                    run.scope = None
-                    if not scope.cancelled_caught:
-                        break
-                self._check_crash()
-                await self._interrupted(run)
-            if run.status is _COMPENSATING:
-                with anyio.CancelScope() as scope:
-                    run.scope = scope
-                    await self._backward(run)
-                run.scope = None
-                self._check_crash()
-        except BaseExceptionGroup as group:
-            raise _unwrap(group) from None
-        finally:
-            run.scope = None
-        return run.to_outcome(self._plan.name_of)
-
-    async def _interrupted(self, run: Run) -> None:
-        """The forward phase was cut by ``cancel()`` or the deadline: resync with the
-        store (a save may have been cut too) and turn back."""
-        cancelled = run.cancel_requested
-        record = await self._store.load_workflow(run.id)
-        run.load(record)
-        if run.status is not WorkflowStatus.RUNNING:
-            return
-        run.cancel_requested = False
-        if run.pivot_done:
-            # past the pivot there is no way back: the deadline no longer applies and
-            # a cancellation that arrived while the pivot was running comes too late
-            return
-        if cancelled:
-            run.event("cancel_requested")
-            reason = "the workflow was cancelled"
-            error = error_of("", WorkflowCancelled(reason))
-        else:
-            reason = f"the workflow's deadline of {self.deadline}s passed"
-            run.event("deadline_exceeded")
-            error = error_of("", DeadlineExceeded(reason))
-        run.interrupt_running()
-        run.turn_back(error, reason)
-        await self._save(run)
-
-    async def _forward(self, run: Run) -> None:
-        stages = self._plan.stages
-        count = len(stages)
-        index = run.next_stage()
-        while index < count:
-            if run.begun != index:
-                run.begin_stage(index)
-                await self._save(run)
-                if self._faults is not None:
-                    self._reached(run, index, "started")
-            stage = stages[index]
-            if len(stage) == 1:
-                ok = await self._run_step(run, stage[0], False)
-            else:
-                ok = await self._run_group(run, stage)
-            if not ok:
-                return
-            index += 1
-            if index < count:
-                run.begin_stage(index)
-            else:
-                run.finish(_COMPLETED)
-            await self._save(run)
-            if run.pivot_done and run.scope is not None:
-                run.scope.deadline = math.inf
-            if self._faults is not None:
-                if len(stage) == 1:
-                    self._reached(run, index - 1, "succeeded")
-                if index < count:
-                    self._reached(run, index, "started")
-
-    def _context(self, run: Run, name: str, attempt: int, compensating: bool) -> StepContext:
-        return StepContext(
-            workflow_id=run.id,
-            workflow=self.name,
-            step=name,
-            idempotency_key=f"{run.id}:{name}:compensate" if compensating else f"{run.id}:{name}",
-            attempt=attempt,
-            results=run.results_view,
-            compensating=compensating,
-            names=self._plan.name_of,
-        )
-
-    async def _call(self, run: Run, name: str, action: Action, ctx: StepContext) -> Any:
-        """Call a step or compensation once, through the fault hook and its timeout."""
-        timeout = action.timeout if action.fn is not None else None
-        if timeout is None:
-            return await self._invoke(run, name, action, ctx)
-        with anyio.CancelScope(deadline=anyio.current_time() + timeout) as scope:
-            return await self._invoke(run, name, action, ctx)
-        if scope.cancelled_caught:
-            what = "compensation of step" if ctx.compensating else "step"
-            raise StepTimeout(f"{what} {name!r} took longer than {timeout}s")
-        raise AssertionError("unreachable")  # pragma: no cover
-
-    async def _invoke(self, run: Run, name: str, action: Action, ctx: StepContext) -> Any:
-        faults = self._faults
-        mode = None
-        if faults is not None:
-            mode = faults.before_call(run.id, name, ctx.compensating)
-            if mode == "timeout":
-                raise StepTimeout(f"step {name!r} timed out")
-        if action.fn is not None:
-            result = await action.fn(ctx, run.input)
-        else:
-            result = await self._request(run, action, ctx)
-        if mode == "timeout_after":
-            raise StepTimeout(f"step {name!r} timed out")
-        return result
-
-    async def _request(self, run: Run, action: Action, ctx: StepContext) -> Any:
-        requester = self._requester
-        if requester is None:
-            raise OrchestratorNotStarted(f"{self.name} has no bus for its remote steps")
-        assert action.command is not None and action.timeout is not None
-        if action.build is not None:
-            command = action.build(ctx, run.input)
-            if not isinstance(command, action.command):
-                raise NonRetryableError(
-                    f"the build function of step {ctx.step!r} returned "
-                    f"{type(command).__name__}, not {action.command.__name__}"
-                )
-        else:
-            command = action.command.model_validate(_fields(run.input))
-        return await requester.request(
-            command,
-            timeout=action.timeout,
-            idempotency_key=ctx.idempotency_key,
-            correlation_id=run.id,
-        )
-
-    def _retryable(self, run: Run, spec: StepSpec, exc: Exception, failures: int) -> bool:
-        if isinstance(exc, RemoteError) and not exc.retryable:
-            return False
-        if run.pivot_done:
-            return spec.retry.is_retryable(exc)
-        return spec.retry.should_retry(exc, failures)
-
-    async def _run_step(self, run: Run, spec: StepSpec, shared: bool) -> bool:
-        """Run a begun step until it succeeds or gives up; True if it succeeded."""
-        name = spec.name
-        state = run.steps[name]
-        action = spec.action
-        fn = action.fn if action.timeout is None and self._faults is None else None
-        while True:
-            ctx = self._context(run, name, state.attempts, False)
-            failure: Exception | None = None
-            acted = False
-            try:
-                if fn is not None:
-                    result = await fn(ctx, run.input)
-                else:
-                    result = await self._call(run, name, action, ctx)
-            except (StepTimeout, RequestTimeout) as exc:
-                failure, acted = exc, True
-            except Exception as exc:
-                failure = exc
-            else:
-                if self._faults is not None:
-                    self._faults.reached(run.id, name, "acted")
-                recorded = None
-                if action.dump is None:
-                    result = None
-                else:
-                    try:
-                        recorded = action.dump(result)
-                    except Exception as exc:
-                        # the step acted, but its result cannot be recorded: a bug, not retried
-                        failure, acted = (
-                            NonRetryableError(
-                                f"the result of step {name!r} does not match its annotation: {exc}"
-                            ),
-                            True,
-                        )
-                if failure is None:
-                    state.succeed(recorded)
-                    run.results[name] = result
-                    run.event("step_succeeded", name, state.attempts)
-                    if spec.pivot:
-                        run.pivot_done = True
-                    if shared:
-                        await self._save_shared(run)
-                        if self._faults is not None:
-                            self._faults.reached(run.id, name, "succeeded")
-                    return True
-
-            assert failure is not None
-            error = error_of(name, failure)
-            retry = self._retryable(run, spec, failure, state.failures + 1)
-            state.attempt_failed(error, acted, final=not retry)
-            event = "step_timed_out" if acted else "step_failed"
-            if not retry:
-                run.event(event, name, state.attempts, error)
-                logger.warning(
-                    "%s %s: step %r failed after %d attempt(s): %s",
-                    self.name,
-                    run.id,
-                    name,
-                    state.attempts,
-                    failure,
-                )
-                if not shared:
-                    self._give_up(run, spec)
-                    await self._save(run)
-                return False
-            delay = spec.retry.delay(state.failures)
-            run.event(event, name, state.attempts, error, f"retrying in {delay:.3f}s")
-            logger.info(
-                "%s %s: step %r attempt %d failed (%s); retrying in %.3fs",
-                self.name,
-                run.id,
-                name,
-                state.attempts,
-                failure,
-                delay,
-            )
-            await (self._save_shared(run) if shared else self._save(run))
-            if delay > 0:
-                await anyio.sleep(delay)
-            state.begin()
-            run.event("step_started", name, state.attempts)
-            await (self._save_shared(run) if shared else self._save(run))
-            if self._faults is not None:
-                self._faults.reached(run.id, name, "started")
-
-    def _give_up(self, run: Run, spec: StepSpec) -> None:
-        """A forward step failed for good: turn back, or fail past the pivot."""
-        error = run.steps[spec.name].error
-        assert error is not None
-        what = f"step {spec.name!r} failed: {error['type']}: {error['message']}"
-        if run.pivot_done:
-            reason = f"{what} (past the pivot {self._plan.pivot!r}; not retryable)"
-            run.error = error
-            run.fail(reason, run.todo_list(), "forward")
-            logger.error("%s %s FAILED: %s", self.name, run.id, reason)
-        else:
-            run.turn_back(error, what)
-
-    async def _run_group(self, run: Run, stage: tuple[StepSpec, ...]) -> bool:
-        failed: list[StepSpec] = []
-
-        async def member(spec: StepSpec) -> None:
-            if not await self._run_step(run, spec, True):
-                failed.append(spec)
-                tg.cancel_scope.cancel()
-
-        async with anyio.create_task_group() as tg:
-            for spec in stage:
-                if run.steps[spec.name].status != "succeeded":
-                    tg.start_soon(member, spec)
-        if not failed:
-            return True
-        for spec in stage:
-            state = run.steps[spec.name]
-            if state.interrupt():
-                run.event("step_interrupted", spec.name, state.attempts)
-        self._give_up(run, failed[0])
-        await self._save(run)
-        return False
-
-    async def _backward(self, run: Run) -> None:
-        for stage in reversed(self._plan.stages):
-            todo = [spec for spec in stage if run.steps[spec.name].needs_undo]
-            if not todo:
-                continue
-            if len(todo) == 1:
-                failed = [] if await self._compensate(run, todo[0], False) else todo
-            else:
-                failed = await self._compensate_group(run, todo)
-            if failed:
-                state = run.steps[failed[0].name]
-                error = state.comp_error
-                assert error is not None
-                reason = (
-                    f"the compensation of step {failed[0].name!r} failed after "
-                    f"{state.comp_attempts} attempt(s): {error['type']}: {error['message']}"
-                )
-                run.fail(reason, run.undo_list(), "backward")
-                logger.error("%s %s FAILED: %s", self.name, run.id, reason)
-                await self._save(run)
-                return
-        run.finish(WorkflowStatus.COMPENSATED)
-        await self._save(run)
-
-    async def _compensate_group(
-        self, run: Run, todo: builtins.list[StepSpec]
-    ) -> builtins.list[StepSpec]:
-        """Compensate members of a parallel group together; return those that failed."""
-        failed: list[StepSpec] = []
-
-        async def member(spec: StepSpec) -> None:
-            if not await self._compensate(run, spec, True):
-                failed.append(spec)
-
-        async with anyio.create_task_group() as tg:
-            for spec in todo:
-                tg.start_soon(member, spec)
-        return failed
-
-    async def _compensate(self, run: Run, spec: StepSpec, shared: bool) -> bool:
-        """Run one step's compensation until it succeeds or gives up."""
-        name = spec.name
-        state = run.steps[name]
-        action = spec.compensation
-        assert action is not None
-        policy = spec.compensation_retry
-        faults = self._faults
-        while True:
-            state.comp_begin()
-            run.event("compensation_started", name, state.comp_attempts)
-            await (self._save_shared(run) if shared else self._save(run))
-            if faults is not None:
-                faults.reached(run.id, name, "compensation_started")
-            ctx = self._context(run, name, state.comp_attempts, True)
-            try:
-                await self._call(run, name, action, ctx)
-            except Exception as exc:
-                failure: Exception = exc
-            else:
-                if faults is not None:
-                    faults.reached(run.id, name, "compensation_acted")
-                state.comp_succeed()
-                run.compensated.append(name)
-                run.event("step_compensated", name, state.comp_attempts)
-                await (self._save_shared(run) if shared else self._save(run))
-                if faults is not None:
-                    faults.reached(run.id, name, "compensated")
-                return True
-            error = error_of(name, failure)
-            retry = not (isinstance(failure, RemoteError) and not failure.retryable) and (
-                policy.should_retry(failure, state.comp_failures + 1)
-            )
-            state.comp_attempt_failed(error, final=not retry)
-            if not retry:
-                run.event("compensation_failed", name, state.comp_attempts, error)
-                logger.warning(
-                    "%s %s: compensation of %r failed after %d attempt(s): %s",
-                    self.name,
-                    run.id,
-                    name,
-                    state.comp_attempts,
-                    failure,
-                )
-                return False
-            delay = policy.delay(state.comp_failures)
-            run.event(
-                "compensation_failed", name, state.comp_attempts, error, f"retrying in {delay:.3f}s"
-            )
-            await (self._save_shared(run) if shared else self._save(run))
-            if delay > 0:
-                await anyio.sleep(delay)
 
     # -- reading -------------------------------------------------------------------------
 
@@ -1218,6 +881,23 @@ class Orchestrator(Generic[InputT]):
     def step_names(cls) -> tuple[str, ...]:
         """The names of the steps, in declaration order."""
         return tuple(spec.name for spec in cls._plan.specs)
+
+    @classmethod
+    def step_name(cls, step: object) -> str:
+        """The name of one of the steps.
+
+        Args:
+            step: the step's function, its ``Step``/``Remote`` declaration, or
+                its name.
+
+        Returns:
+            The name it is recorded, reported and observed under.
+
+        Raises:
+            KeyError: if it is not a step of this orchestrator (or its function
+                is used by several steps: name it by its declaration or name).
+        """
+        return cls._plan.name_of(step)
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} name={self.name!r} running={len(self._running)}>"

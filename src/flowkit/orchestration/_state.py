@@ -19,8 +19,10 @@ in milliseconds since the Unix epoch, then the fields of
 encodes and decodes about twice as fast as an object, and every checkpoint
 writes the whole history).
 
-Nothing but JSON values is read back; results and input are validated against
-the declared types.
+Nothing but JSON values is read back: results and input are validated against
+the declared types, and a state that does not have this shape is refused with
+:class:`~flowkit.InvalidWorkflowState`, whose message names the problem but
+never a recorded value.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
-from .._errors import StoreError
+from .._errors import InvalidWorkflowState
 from ..stores._base import WorkflowRecord
 from ._model import (
     Outcome,
@@ -47,7 +49,7 @@ if TYPE_CHECKING:
 
     from ._declare import Plan, StepSpec
 
-__all__ = ["Run", "StepState", "error_of"]
+__all__ = ["Run", "StepState", "error_of", "step_error"]
 
 FORMAT = 1
 _MAY_HAVE_ACTED = frozenset({"succeeded", "running", "timed_out", "interrupted"})
@@ -55,6 +57,15 @@ _STEP_STATUSES = frozenset(
     {"pending", "running", "retrying", "succeeded", "failed", "timed_out", "interrupted"}
 )
 _COMP_STATUSES = frozenset({"running", "retrying", "compensated", "failed"})
+_DIRECTIONS = frozenset({"forward", "backward"})
+
+
+class _Unreadable(Exception):
+    """A record's state is not one this orchestrator can read.
+
+    Its message names the problem and where it is, never a recorded value (a
+    record holds the workflow's input and results, which may be personal data).
+    """
 
 
 def error_of(step: str, exc: BaseException) -> dict[str, str]:
@@ -62,7 +73,8 @@ def error_of(step: str, exc: BaseException) -> dict[str, str]:
     return {"step": step, "type": type(exc).__name__, "message": str(exc)}
 
 
-def _step_error(data: Any) -> StepError | None:
+def step_error(data: dict[str, str] | None) -> StepError | None:
+    """The public form of a recorded error."""
     if data is None:
         return None
     return StepError(step=data["step"], type=data["type"], message=data["message"])
@@ -75,6 +87,7 @@ class StepState:
         "_json",
         "acted",
         "attempts",
+        "clock",
         "comp",
         "comp_attempts",
         "comp_error",
@@ -88,6 +101,8 @@ class StepState:
 
     def __init__(self, spec: StepSpec) -> None:
         self.spec = spec
+        # process-local: when the current attempt was reported started (monotonic)
+        self.clock: float | None = None
         self.reset()
 
     def reset(self) -> None:
@@ -208,22 +223,33 @@ class StepState:
         return data
 
     def load(self, data: Mapping[str, Any]) -> None:
-        status = data["status"]
-        if status not in _STEP_STATUSES:
-            raise ValueError(f"unknown step status {status!r}")
+        """Replace this step's state with a record's.
+
+        Raises:
+            _Unreadable: if the data is not a step state.
+        """
+        where = f"step {self.spec.name!r}"
+        status = data.get("status")
+        if not isinstance(status, str) or status not in _STEP_STATUSES:
+            raise _Unreadable(f"{where} has no known status")
         comp = data.get("compensation")
-        if comp is not None and comp not in _COMP_STATUSES:
-            raise ValueError(f"unknown compensation status {comp!r}")
+        if comp is not None and (not isinstance(comp, str) or comp not in _COMP_STATUSES):
+            raise _Unreadable(f"{where} has no known compensation status")
+        acted = data.get("acted", False)
+        if not isinstance(acted, bool):
+            raise _Unreadable(f"{where}: 'acted' is not a boolean")
         self.status = status
-        self.attempts = int(data.get("attempts", 0))
-        self.failures = int(data.get("failures", 0))
-        self.acted = bool(data.get("acted", False))
+        self.attempts = _count(data, "attempts", where)
+        self.failures = _count(data, "failures", where)
+        self.acted = acted
         self.result = data.get("result")
-        self.error = _checked_error(data.get("error"))
+        self.error = _checked_error(data.get("error"), f"{where}: 'error'")
         self.comp = comp
-        self.comp_attempts = int(data.get("compensation_attempts", 0))
-        self.comp_failures = int(data.get("compensation_failures", 0))
-        self.comp_error = _checked_error(data.get("compensation_error"))
+        self.comp_attempts = _count(data, "compensation_attempts", where)
+        self.comp_failures = _count(data, "compensation_failures", where)
+        self.comp_error = _checked_error(
+            data.get("compensation_error"), f"{where}: 'compensation_error'"
+        )
         self._json = None
 
     def info(self, typed_result: Any) -> StepInfo:
@@ -232,22 +258,61 @@ class StepState:
             status=self.status,  # type: ignore[arg-type]
             attempts=self.attempts,
             result=typed_result,
-            error=_step_error(self.error),
+            error=step_error(self.error),
             may_have_acted=self.may_have_acted,
             compensation=self.comp,  # type: ignore[arg-type]
             compensation_attempts=self.comp_attempts,
-            compensation_error=_step_error(self.comp_error),
+            compensation_error=step_error(self.comp_error),
         )
 
 
-def _checked_error(data: Any) -> dict[str, str] | None:
+def _count(data: Mapping[str, Any], key: str, where: str) -> int:
+    value = data.get(key, 0)
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise _Unreadable(f"{where}: {key!r} is not a count")
+    return value
+
+
+def _checked_error(data: Any, what: str) -> dict[str, str] | None:
     if data is None:
         return None
     if not isinstance(data, Mapping) or not all(
         isinstance(data.get(k), str) for k in ("step", "type", "message")
     ):
-        raise ValueError(f"malformed error {data!r}")
+        raise _Unreadable(f"{what} is not an error (step, type, message)")
     return {"step": data["step"], "type": data["type"], "message": data["message"]}
+
+
+_LAST_MS = 253_402_300_799_999  # the last millisecond of the year 9999
+_ENTRY_TYPES: tuple[type | tuple[type, ...], ...] = (
+    str,
+    (str, type(None)),
+    (int, type(None)),
+    (str, type(None)),
+    (str, type(None)),
+)
+
+
+def _checked_history(history: Any) -> list[list[Any]]:
+    """The history, checked entry by entry: ``[at, event, step, attempt, error, detail]``."""
+    if not isinstance(history, list):
+        raise _Unreadable("'history' is not a list")
+    for entry in history:
+        if (
+            not isinstance(entry, list)
+            or not 2 <= len(entry) <= 6
+            or isinstance(entry[0], bool)
+            or not isinstance(entry[0], int | float)
+            or not 0 <= entry[0] <= _LAST_MS
+            or not all(
+                isinstance(field, kinds) and not isinstance(field, bool)
+                for field, kinds in zip(entry[1:], _ENTRY_TYPES, strict=False)
+            )
+        ):
+            raise _Unreadable("'history' has an entry that is not a transition")
+    return history
 
 
 class Run:
@@ -256,12 +321,15 @@ class Run:
     __slots__ = (
         "begun",
         "cancel_requested",
+        "clock",
         "compensated",
         "created_at",
         "deadline_at",
         "direction",
         "done",
         "error",
+        "fresh",
+        "halted",
         "history",
         "id",
         "input",
@@ -306,8 +374,11 @@ class Run:
         self.pivot_done = False
         self.begun = -1
         # process-local
+        self.fresh = False  # created by this process, not loaded from a record
+        self.clock: float | None = None  # when it was reported started (monotonic)
         self.scope: anyio.CancelScope | None = None
         self.cancel_requested = False
+        self.halted = False  # the orchestrator stops it where it stands
         self.lock: anyio.Lock | None = None
         self.done: anyio.Event | None = None
         self.outcome: Outcome | None = None
@@ -354,10 +425,14 @@ class Run:
                 self.event("step_started", spec.name, state.attempts)
         self.begun = index
 
-    def interrupt_running(self) -> None:
+    def interrupt_running(self) -> list[StepState]:
+        """Mark the running steps interrupted; return them."""
+        interrupted = []
         for name, state in self.steps.items():
             if state.interrupt():
                 self.event("step_interrupted", name, state.attempts)
+                interrupted.append(state)
+        return interrupted
 
     def turn_back(self, error: dict[str, str], reason: str) -> None:
         self.status = WorkflowStatus.COMPENSATING
@@ -424,45 +499,78 @@ class Run:
         """Replace this run's state with a record's.
 
         Raises:
-            StoreError: if the record's state is not one this orchestrator can read.
+            InvalidWorkflowState: if the record's state is not one this
+                orchestrator can read. The message names the workflow and the
+                problem, never a recorded value.
         """
-        plan = self.plan
         try:
-            state = record.state
-            if state.get("format") != FORMAT:
-                raise ValueError(f"unknown state format {state.get('format')!r}")
+            self._load(record)
+        except _Unreadable as exc:
+            raise InvalidWorkflowState(
+                f"the record of workflow {record.id!r} ({record.name}) cannot be read: {exc}"
+            ) from None
+
+    def _load(self, record: WorkflowRecord) -> None:
+        plan = self.plan
+        state = record.state
+        if not isinstance(state, Mapping):
+            raise _Unreadable("its state is not a mapping")
+        if state.get("format") != FORMAT:
+            raise _Unreadable("its state format is unknown")
+        try:
             status = WorkflowStatus(record.status)
-            steps_data = state["steps"]
-            unknown = set(steps_data) - set(self.steps)
-            if unknown:
-                raise ValueError(
-                    f"it records step(s) {sorted(unknown)} that {plan.owner} does not declare"
-                )
-            input_json = state["input"]
+        except ValueError:
+            raise _Unreadable("its status is unknown") from None
+        steps_data = state.get("steps")
+        if not isinstance(steps_data, Mapping):
+            raise _Unreadable("'steps' is missing or not a mapping")
+        if any(not isinstance(name, str) or name not in self.steps for name in steps_data):
+            raise _Unreadable(f"it records steps that {plan.owner} does not declare")
+        if "input" not in state:
+            raise _Unreadable("'input' is missing")
+        input_json = state["input"]
+        try:
             typed_input = plan.input_adapter.validate_python(input_json)
-            results: dict[str, Any] = {}
-            for name, state_obj in self.steps.items():
-                data = steps_data.get(name)
-                if data is None:
-                    state_obj.reset()
-                    continue
-                state_obj.load(data)
-                if state_obj.status == "succeeded":
-                    load = state_obj.spec.action.load
+        except Exception:
+            raise _Unreadable(f"'input' does not match the input type of {plan.owner}") from None
+        results: dict[str, Any] = {}
+        for name, state_obj in self.steps.items():
+            data = steps_data.get(name)
+            if data is None:
+                state_obj.reset()
+                continue
+            if not isinstance(data, Mapping):
+                raise _Unreadable(f"step {name!r} is not a mapping")
+            state_obj.load(data)
+            if state_obj.status == "succeeded":
+                load = state_obj.spec.action.load
+                try:
                     results[name] = None if load is None else load(state_obj.result)
-            history = state["history"]
-            if not isinstance(history, list) or not all(
-                isinstance(e, list) and len(e) >= 2 for e in history
-            ):
-                raise ValueError("history is not a list of entries")
-            error = _checked_error(state.get("error"))
-            deadline_at = state.get("deadline_at")
-            remaining = list(state.get("remaining", ()))
-            compensated = [e[2] for e in history if e[1] == "step_compensated" and len(e) > 2]
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise StoreError(
-                f"cannot read the state of workflow {record.id!r} ({record.name}): {exc}"
-            ) from exc
+                except Exception:
+                    raise _Unreadable(
+                        f"the result of step {name!r} does not match its annotation"
+                    ) from None
+        history = _checked_history(state.get("history"))
+        error = _checked_error(state.get("error"), "'error'")
+        deadline_at = state.get("deadline_at")
+        if deadline_at is not None and (
+            isinstance(deadline_at, bool) or not isinstance(deadline_at, int | float)
+        ):
+            raise _Unreadable("'deadline_at' is not a number")
+        remaining = state.get("remaining", [])
+        if not isinstance(remaining, list) or not all(
+            isinstance(n, str) and n in self.steps for n in remaining
+        ):
+            raise _Unreadable("'remaining' is not a list of its steps")
+        reason = state.get("reason")
+        if reason is not None and not isinstance(reason, str):
+            raise _Unreadable("'reason' is not a string")
+        direction = state.get("direction")
+        if direction is not None and (
+            not isinstance(direction, str) or direction not in _DIRECTIONS
+        ):
+            raise _Unreadable("'direction' is neither 'forward' nor 'backward'")
+        compensated = [e[2] for e in history if e[1] == "step_compensated" and len(e) > 2]
         self.status = status
         self.version = record.version
         self.created_at = record.created_at
@@ -474,9 +582,9 @@ class Run:
         self.results.clear()
         self.results.update(results)
         self.error = error
-        self.reason = state.get("reason")
-        self.remaining = remaining
-        self.direction = state.get("direction")
+        self.reason = reason
+        self.remaining = list(remaining)
+        self.direction = direction
         self.compensated = compensated
         self.pivot_done = plan.pivot is not None and self.steps[plan.pivot].status == "succeeded"
         self.begun = -1
@@ -488,7 +596,7 @@ class Run:
             workflow_id=self.id,
             status=self.status,
             results=dict(self.results),
-            error=_step_error(self.error),
+            error=step_error(self.error),
             reason=self.reason,
             compensated=tuple(self.compensated),
             remaining=tuple(self.remaining),
@@ -504,7 +612,7 @@ class Run:
             input=self.input,
             steps={n: s.info(self.results.get(n)) for n, s in self.steps.items()},
             history=history,
-            error=_step_error(self.error),
+            error=step_error(self.error),
             reason=self.reason,
             compensated=tuple(self.compensated),
             remaining=tuple(self.remaining),

@@ -32,12 +32,17 @@ from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Self, TypeVar
 
-from .._errors import DefinitionError, FlowkitError
-from ..orchestration._declare import Remote, Step
+from .._errors import DefinitionError, FlowkitError, StepTimeout
+from ..orchestration import Parallel, Remote, SagaObserver, Step
 
 if TYPE_CHECKING:
-    from ..orchestration._model import Outcome, WorkflowInfo
-    from ..orchestration._orchestrator import CrashPoint, Orchestrator
+    from ..orchestration import (
+        Orchestrator,
+        Outcome,
+        StepContext,
+        StepEvent,
+        WorkflowInfo,
+    )
 
 __all__ = [
     "FaultPlan",
@@ -51,7 +56,16 @@ OrchestratorT = TypeVar("OrchestratorT", bound="Orchestrator[Any]")
 
 StepRef = str | Callable[..., Awaitable[Any]] | Step[Any, Any] | Remote[Any]
 
-_POINTS = (
+CrashPoint = Literal[
+    "started",
+    "acted",
+    "succeeded",
+    "compensation_started",
+    "compensation_acted",
+    "compensated",
+]
+
+_POINTS: tuple[CrashPoint, ...] = (
     "started",
     "acted",
     "succeeded",
@@ -150,7 +164,7 @@ class _Rule:
             self.remaining -= 1
 
 
-class FaultPlan:
+class FaultPlan(SagaObserver):
     """Failures to inject into an orchestrator's steps, for tests.
 
     Each method adds a rule and returns the plan, so rules chain. A rule names
@@ -158,13 +172,19 @@ class FaultPlan:
     and optionally limits itself to one workflow id. Rules apply in the order
     they were added; each fires ``times`` times (``None``: every time).
 
+    A plan is a :class:`~flowkit.orchestration.SagaObserver`: it fails and
+    times out calls in :meth:`intercept`, and crashes at the engine's
+    notifications (``step_started``, ``step_acted``, ``step_succeeded``) by
+    raising :class:`SimulatedCrash`.
+
     Attributes:
         injected: every fault injected so far, in order.
     """
 
+    __slots__ = ("_rules", "injected")
+
     def __init__(self) -> None:
         self._rules: list[_Rule] = []
-        self._orchestrator: Orchestrator[Any] | None = None
         self.injected: list[Injection] = []
 
     # -- rules --------------------------------------------------------------------------
@@ -315,11 +335,12 @@ class FaultPlan:
     # -- installation ---------------------------------------------------------------------
 
     def install(self, orchestrator: OrchestratorT) -> OrchestratorT:
-        """Plug the plan into an orchestrator (before or after it is started).
+        """Plug the plan into an orchestrator (before or after it is started), as
+        an observer (:meth:`~flowkit.orchestration.Orchestrator.add_observer`).
 
         A plan can be installed on several instances in turn (for example on
         the one that resumes after a simulated crash); its rules keep their
-        remaining counts.
+        remaining counts. Installing it twice on one instance does nothing more.
 
         Args:
             orchestrator: the orchestrator.
@@ -330,24 +351,27 @@ class FaultPlan:
         Raises:
             DefinitionError: if a rule names a step the orchestrator does not have.
         """
-        plan = type(orchestrator)._plan
+        compensated = {
+            orchestrator.step_name(declared)
+            for entry in orchestrator.steps
+            for declared in (entry.steps if isinstance(entry, Parallel) else (entry,))
+            if declared.compensate is not None
+        }
         for rule in self._rules:
             try:
-                rule.step = plan.name_of(rule.ref)
+                rule.step = orchestrator.step_name(rule.ref)
             except KeyError as exc:
                 raise DefinitionError(f"FaultPlan: {exc.args[0]}") from None
-            if rule.compensation and plan.by_name[rule.step].compensation is None:
+            if rule.compensation and rule.step not in compensated:
                 raise DefinitionError(f"FaultPlan: step {rule.step!r} has no compensation")
-        self._orchestrator = orchestrator
-        orchestrator._install_faults(self)
+        orchestrator.add_observer(self)
         return orchestrator
 
-    # -- the engine's hook ------------------------------------------------------------------
+    # -- the observer -----------------------------------------------------------------------
 
-    def before_call(
-        self, workflow_id: str, step: str, compensation: bool
-    ) -> Literal["timeout", "timeout_after", None]:
-        """Called by the engine before a step or compensation runs (see :meth:`install`)."""
+    async def intercept(self, ctx: StepContext, proceed: Callable[[], Awaitable[Any]]) -> Any:
+        """Fail or time out a step or compensation that a rule names (see :meth:`fail`)."""
+        workflow_id, step, compensation = ctx.workflow_id, ctx.step, ctx.compensating
         for rule in self._rules:
             if rule.kind == "crash" or rule.compensation != compensation:
                 continue
@@ -356,16 +380,30 @@ class FaultPlan:
             rule.consume()
             self.injected.append(Injection(workflow_id, step, rule.kind, compensation))
             if rule.kind == "timeout":
-                return "timeout_after" if rule.acted else "timeout"
+                if rule.acted:
+                    await proceed()
+                raise StepTimeout(f"step {step!r} timed out")
             error = rule.error
             if error is None:
                 what = "compensation of step" if compensation else "step"
                 raise InjectedFault(f"injected failure of {what} {step!r}")
             raise error() if isinstance(error, type) else error
-        return None
+        return await proceed()
 
-    def reached(self, workflow_id: str, step: str, point: CrashPoint) -> None:
-        """Called by the engine at each crash point (see :meth:`crash`)."""
+    def step_started(self, event: StepEvent) -> None:
+        """Crash at ``"started"`` or ``"compensation_started"`` (see :meth:`crash`)."""
+        self._reached(event, "compensation_started" if event.compensating else "started")
+
+    def step_acted(self, event: StepEvent) -> None:
+        """Crash at ``"acted"`` or ``"compensation_acted"`` (see :meth:`crash`)."""
+        self._reached(event, "compensation_acted" if event.compensating else "acted")
+
+    def step_succeeded(self, event: StepEvent) -> None:
+        """Crash at ``"succeeded"`` or ``"compensated"`` (see :meth:`crash`)."""
+        self._reached(event, "compensated" if event.compensating else "succeeded")
+
+    def _reached(self, event: StepEvent, point: CrashPoint) -> None:
+        workflow_id, step = event.workflow_id, event.step
         for rule in self._rules:
             if rule.kind != "crash" or rule.point != point:
                 continue
@@ -373,8 +411,6 @@ class FaultPlan:
                 continue
             rule.consume()
             self.injected.append(Injection(workflow_id, step, "crash", detail=point))
-            if self._orchestrator is not None:
-                self._orchestrator._crash(SimulatedCrash)
             raise SimulatedCrash(
                 f"simulated crash at {point!r} of step {step!r} in workflow {workflow_id!r}"
             )
