@@ -21,7 +21,7 @@ from flowkit import (
     Retry,
     StoreError,
 )
-from flowkit.stores import MemoryStore
+from flowkit.stores import Claim, MemoryStore
 from flowkit.testing._faults import FaultyTransport
 from flowkit.transports import InMemoryTransport
 
@@ -498,11 +498,11 @@ class _FlakyStore(MemoryStore):
 
     failures = 1
 
-    async def inbox_contains(self, consumer: str, message_id: str) -> bool:
+    async def inbox_claim(self, consumer: str, message_id: str, *, lease: float) -> Claim:
         if self.failures:
             self.failures -= 1
             raise StoreError("database is restarting")
-        return await super().inbox_contains(consumer, message_id)
+        return await super().inbox_claim(consumer, message_id, lease=lease)
 
 
 async def test_a_failing_store_does_not_kill_the_consumer() -> None:

@@ -31,6 +31,7 @@ from ._events import Event as Event
 from ._events import Message as Message
 from ._retry import Retry as Retry
 from .choreography import Choreography as Choreography
+from .choreography import BusObserver as BusObserver
 from .choreography import Context as Context
 from .orchestration import Orchestrator as Orchestrator
 from .orchestration import Outcome as Outcome
@@ -40,13 +41,16 @@ from .orchestration import Step as Step
 from .orchestration import StepContext as StepContext
 from .orchestration import WorkflowInfo as WorkflowInfo
 from .orchestration import WorkflowStatus as WorkflowStatus
+from .stores import Claim as Claim
 from .stores import DeadLetter as DeadLetter
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BusNotStarted",
+    "BusObserver",
     "Choreography",
+    "Claim",
     "Command",
     "ConcurrencyConflict",
     "Context",
