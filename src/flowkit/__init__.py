@@ -30,8 +30,8 @@ from ._events import Envelope as Envelope
 from ._events import Event as Event
 from ._events import Message as Message
 from ._retry import Retry as Retry
-from .choreography import Choreography as Choreography
 from .choreography import BusObserver as BusObserver
+from .choreography import Choreography as Choreography
 from .choreography import Context as Context
 from .orchestration import Orchestrator as Orchestrator
 from .orchestration import Outcome as Outcome
