@@ -38,6 +38,9 @@ class _ForgetfulSubscription:
         await delivery.nack()
         return await self._inner.receive()
 
+    async def receive_many(self, limit: int) -> list[Delivery]:
+        return [await self.receive()]
+
     async def aclose(self) -> None:
         await self._inner.aclose()
 

@@ -145,8 +145,7 @@ class MessageTooLarge(FlowkitError, ValueError):
         self.limit = limit
         subject = f"message {type_name!r}" if type_name else "a message"
         super().__init__(
-            f"{subject} is {size:,} bytes, over the limit of {limit:,} bytes "
-            "(max_message_size)"
+            f"{subject} is {size:,} bytes, over the limit of {limit:,} bytes (max_message_size)"
         )
 
 

@@ -565,7 +565,8 @@ async def _check_backlog(factory: Callable[[], Transport], delay_tolerance: floa
         for i in range(3):
             await transport.publish(topic, b"%d" % i)
         with anyio.fail_after(_RECEIVE_TIMEOUT):
-            while await transport.backlog(topic, group) < 3:
+            # A broker counts its backlog on request: there is nothing to wait on.
+            while await transport.backlog(topic, group) < 3:  # noqa: ASYNC110
                 await anyio.sleep(0.01)
         first = await _receive(subscription, "the first message")
         _expect_equal(await transport.backlog(topic, group), 3, "backlog with one delivered")
@@ -579,7 +580,7 @@ async def _check_backlog(factory: Callable[[], Transport], delay_tolerance: floa
         again = await _receive(subscription, "the nacked message, after its delay")
         await again.ack()
         with anyio.fail_after(_RECEIVE_TIMEOUT):
-            while await transport.backlog(topic, group):
+            while await transport.backlog(topic, group):  # noqa: ASYNC110
                 await anyio.sleep(0.01)
         await subscription.aclose()
 
