@@ -177,26 +177,49 @@ async def undo_sibling(ctx: StepContext, order: Order) -> None:
     CALLS[ctx.workflow_id].append("undo_sibling")
 
 
-async def quits(ctx: StepContext, order: Order) -> None:
+async def raises_soon(ctx: StepContext, order: Order) -> None:
     await anyio.sleep(0.01)
-    raise Quit("gone")
+    raise RAISE["raises_soon"]()
 
 
-async def test_a_group_member_raising_a_base_exception_fails_the_group(
-    memory_store: MemoryStore,
+@pytest.mark.parametrize("kind", list(FAILURES))
+async def test_a_group_member_raising_anything_but_a_stop_fails_the_group(
+    memory_store: MemoryStore, kind: str
 ) -> None:
     class Group(Orchestrator[Order]):
         steps = (
             Step(reserve, compensate=release),
-            Parallel(Step(sibling, compensate=undo_sibling), Step(quits)),
+            Parallel(Step(sibling, compensate=undo_sibling), Step(raises_soon)),
         )
 
+    RAISE["raises_soon"] = FAILURES[kind]
     async with Group(store=memory_store) as group:
         with anyio.fail_after(5):
             outcome = await group.run(ORDER, workflow_id="w1")
     assert outcome.status is WorkflowStatus.COMPENSATED
-    assert outcome.error is not None and outcome.error.type == "Quit"
+    assert outcome.error is not None and outcome.error.step == "raises_soon"
+    assert outcome.error.type == type(FAILURES[kind]()).__name__
+    # the sibling was interrupted (it may have acted); the member that raised was not
     assert outcome.compensated == ("sibling", "reserve")
+
+
+@pytest.mark.parametrize("kind", list(FAILURES))
+async def test_a_step_with_a_timeout_raising_anything_but_a_stop_fails_its_attempt(
+    memory_store: MemoryStore, kind: str
+) -> None:
+    class Timed(Orchestrator[Order]):
+        steps = (
+            Step(reserve, compensate=release, timeout=5),
+            Step(charge, compensate=refund, timeout=5, retry=Retry(attempts=2, backoff=0)),
+        )
+
+    RAISE["charge"] = FAILURES[kind]
+    async with Timed(store=memory_store) as timed:
+        outcome = await timed.run(ORDER, workflow_id="w1")
+        info = await timed.get("w1")
+    assert outcome.ok
+    assert info.steps["charge"].attempts == 2
+    assert [t.event for t in info.history if t.step == "charge"][1] == "step_failed"
 
 
 @pytest.mark.parametrize("kind", list(STOPS))
