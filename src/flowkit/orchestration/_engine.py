@@ -225,9 +225,7 @@ class Engine:
                 raise
 
     def _tell_workflow(self, method: str, run: Run) -> None:
-        clock = run.clock
-        if method == "workflow_started":
-            run.clock = clock = None
+        clock = None if method == "workflow_started" else run.clock
         self._tell(
             method,
             WorkflowEvent(

@@ -53,7 +53,8 @@ class StepEvent:
             the step and for its compensation).
         compensating: True for the step's compensation.
         duration: seconds since this attempt's ``step_started``; None for
-            ``step_started`` itself.
+            ``step_started`` itself (and when the observers were changed
+            during the attempt).
         error: for ``step_failed``: what the attempt raised
             (:class:`~flowkit.orchestration.StepTimeout` when it timed out).
         will_retry: for ``step_failed``: whether another attempt follows.
