@@ -78,7 +78,7 @@ class DecodeCache:
     def __init__(
         self,
         *,
-        max_entries: int = 256,
+        max_entries: int = 128,
         max_bytes: int = 4 * 1024 * 1024,
         max_entry: int = 256 * 1024,
     ) -> None:
