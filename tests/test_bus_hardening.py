@@ -6,9 +6,13 @@ import asyncio
 import gc
 import json
 import logging
+import signal
+import subprocess
+import sys
 import time
 import tracemalloc
 from dataclasses import dataclass
+from pathlib import Path
 
 import anyio
 import pytest
@@ -628,3 +632,29 @@ async def test_the_transport_and_store_cannot_be_swapped_while_running() -> None
             bus.use(store=MemoryStore())
         with pytest.raises(RuntimeError, match="running bus"):
             bus.add_observer(BusObserver())
+
+
+def test_a_real_ctrl_c_inside_a_handler_on_trio_stops_the_bus() -> None:
+    """trio delivers Ctrl-C as a KeyboardInterrupt inside the running handler: that
+    one is the process stopping, not the handler's failure."""
+    script = Path(__file__).with_name("ctrl_c_app.py")
+    child = subprocess.Popen(
+        [sys.executable, str(script)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=script.parent.parent,
+    )
+    try:
+        assert child.stdout is not None
+        assert child.stdout.readline().strip() == "handling"
+        time.sleep(0.2)
+        child.send_signal(signal.SIGINT)
+        out, err = child.communicate(timeout=20)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    assert child.returncode == 130, (out, err)
+    assert "stopped by Ctrl-C" in out
+    assert "gave up" not in err and "the bus carried on" not in out

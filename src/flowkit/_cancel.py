@@ -7,7 +7,7 @@ import sys
 
 import anyio
 
-__all__ = ["cancel_requested", "is_real_cancellation"]
+__all__ = ["cancel_requested", "is_real_cancellation", "is_real_interrupt", "stops_work"]
 
 
 def cancel_requested() -> bool:
@@ -34,3 +34,29 @@ def is_real_cancellation(exc: BaseException) -> bool:
     else user code raises is the failure of the message or step at hand.
     """
     return isinstance(exc, anyio.get_cancelled_exc_class()) and cancel_requested()
+
+
+def is_real_interrupt(exc: BaseException) -> bool:
+    """Whether ``exc`` is a ``KeyboardInterrupt`` delivered by the event loop's
+    Ctrl-C handler rather than raised by hand.
+
+    trio raises a Ctrl-C inside whichever task is running when the signal
+    arrives, from its own signal handler, which is then the innermost frame
+    of the traceback. (On asyncio a Ctrl-C cancels the main task instead.)
+    """
+    if not isinstance(exc, KeyboardInterrupt):
+        return False
+    tb = exc.__traceback__
+    if tb is None:
+        return False
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    return str(tb.tb_frame.f_globals.get("__name__", "")).startswith("trio._core._ki")
+
+
+def stops_work(exc: BaseException) -> bool:
+    """Whether ``exc`` must stop a consumer rather than fail the message at hand:
+    a real cancellation or a real Ctrl-C, alone or inside an exception group."""
+    if isinstance(exc, BaseExceptionGroup):
+        return any(stops_work(inner) for inner in exc.exceptions)
+    return is_real_cancellation(exc) or is_real_interrupt(exc)

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from .._cancel import is_real_cancellation
+from .._cancel import stops_work
 from .._errors import DecodeError, HandlerTimeout, MessageTooLarge, TransportClosed, TransportError
 from .._events import decode, decode_envelope, new_message_id
 from ..stores._base import Claim, DeadLetter
@@ -225,7 +225,7 @@ class Consumer:
                             try:
                                 await handle(delivery)
                             except BaseException as exc:
-                                if is_real_cancellation(exc):
+                                if stops_work(exc):
                                     raise
                                 # The store or the transport failed around the handler:
                                 # the message goes back, and the loop carries on.
@@ -295,7 +295,7 @@ class Consumer:
             try:
                 await spec.func(message)
             except BaseException as exc:
-                if is_real_cancellation(exc):
+                if stops_work(exc):
                     raise
                 await self._failed(delivery, envelope, None, exc, None, 0.0)
                 return
@@ -383,7 +383,7 @@ class Consumer:
                     self._max_size,
                 )
         except BaseException as exc:
-            if is_real_cancellation(exc):
+            if stops_work(exc):
                 if key is not None:
                     await self._release(key)
                 raise
@@ -548,7 +548,7 @@ class Consumer:
                 assert self._inbox is not None
                 await self._inbox.inbox_complete(self.name, key)
         except BaseException as exc:
-            if is_real_cancellation(exc):
+            if stops_work(exc):
                 raise
             logger.exception(
                 "%s could not keep dead letter %s; the message comes back", self.name, letter.id

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from .._cancel import is_real_cancellation
+from .._cancel import stops_work
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -58,6 +58,6 @@ def notify(observers: Sequence[BusObserver], method: str, *args: object, **kwarg
         try:
             getattr(observer, method)(*args, **kwargs)
         except BaseException as exc:
-            if is_real_cancellation(exc):
+            if stops_work(exc):
                 raise
             logger.exception("bus observer %r failed in %s", observer, method)

@@ -9,7 +9,6 @@ the observers (:class:`~flowkit.orchestration.SagaObserver`).
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
 import time
@@ -19,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 import anyio
 from pydantic import BaseModel
 
+from .._cancel import is_real_cancellation
 from .._errors import (
     ConcurrencyConflict,
     DeadlineExceeded,
@@ -111,18 +111,6 @@ def unwrap(group: BaseExceptionGroup[BaseException]) -> BaseException:
     return group
 
 
-def _cancel_pending() -> bool:
-    """Whether the current task is being cancelled for real (by a cancel scope,
-    or on asyncio by ``Task.cancel()``), rather than an exception of the
-    cancellation class having been raised by hand."""
-    if anyio.current_effective_deadline() == -math.inf:
-        return True
-    if anyio.get_cancelled_exc_class() is asyncio.CancelledError:
-        task = asyncio.current_task()
-        return task is not None and task.cancelling() > 0
-    return False
-
-
 def _stops(exc: BaseException) -> bool:
     """Whether an exception raised by a step stops the run, rather than failing
     the attempt: a real cancellation, or the process stopping."""
@@ -130,7 +118,7 @@ def _stops(exc: BaseException) -> bool:
         return True
     if isinstance(exc, BaseExceptionGroup):
         return any(_stops(inner) for inner in exc.exceptions)
-    return isinstance(exc, anyio.get_cancelled_exc_class()) and _cancel_pending()
+    return is_real_cancellation(exc)
 
 
 def _fields(value: Any) -> Any:
