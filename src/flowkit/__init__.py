@@ -37,8 +37,11 @@ from .orchestration import Orchestrator as Orchestrator
 from .orchestration import Outcome as Outcome
 from .orchestration import Parallel as Parallel
 from .orchestration import Remote as Remote
+from .orchestration import SagaObserver as SagaObserver
 from .orchestration import Step as Step
 from .orchestration import StepContext as StepContext
+from .orchestration import StepEvent as StepEvent
+from .orchestration import WorkflowEvent as WorkflowEvent
 from .orchestration import WorkflowInfo as WorkflowInfo
 from .orchestration import WorkflowStatus as WorkflowStatus
 from .stores import Claim as Claim
@@ -76,13 +79,16 @@ __all__ = [
     "RequestTimeout",
     "ResultNotAvailable",
     "Retry",
+    "SagaObserver",
     "Step",
     "StepContext",
+    "StepEvent",
     "StepTimeout",
     "StoreError",
     "TransportClosed",
     "TransportError",
     "WorkflowCancelled",
+    "WorkflowEvent",
     "WorkflowInfo",
     "WorkflowNotFound",
     "WorkflowStatus",
