@@ -34,7 +34,7 @@ from flowkit import (
 )
 from flowkit._events import encode
 from flowkit.choreography import BusObserver
-from flowkit.choreography._consumer import DecodeCache
+from flowkit.choreography._consumer import DecodeCache, Decoded
 from flowkit.stores import Claim, MemoryStore
 from flowkit.transports import InMemoryTransport
 
@@ -196,8 +196,7 @@ async def test_a_publish_to_a_full_group_fails_after_the_publish_timeout() -> No
 
 def test_the_decode_cache_is_bounded_by_count_and_bytes() -> None:
     cache = DecodeCache(max_entries=10, max_bytes=1000, max_entry=300)
-    envelope, _ = encode(Ping(n=1))
-    entry = (envelope, Ping(n=1))
+    entry = Decoded({}, Ping(n=1))
     cache.put(b"x" * 301, entry)
     assert len(cache) == 0  # too large to keep
     for i in range(100):

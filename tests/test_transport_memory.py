@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import anyio
 import anyio.lowlevel
 import pytest
@@ -9,6 +11,9 @@ from flowkit._errors import TransportClosed
 from flowkit.testing._transport_suite import TRANSPORT_CHECKS, check_transport
 from flowkit.transports._base import Delivery, Subscription, Transport
 from flowkit.transports._memory import InMemoryTransport
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 pytestmark = pytest.mark.anyio
 
@@ -40,6 +45,10 @@ class _ForgetfulSubscription:
 
     async def receive_many(self, limit: int) -> list[Delivery]:
         return [await self.receive()]
+
+    async def ack_many(self, deliveries: Sequence[Delivery]) -> None:
+        for delivery in deliveries:
+            await delivery.ack()
 
     async def aclose(self) -> None:
         await self._inner.aclose()

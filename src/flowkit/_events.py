@@ -399,30 +399,53 @@ def decode(body: bytes, model: type[M]) -> tuple[Envelope, M]:
             ``"unknown_type"`` when the envelope names a type other than
             ``model``'s, ``"validation"`` when the payload does not validate.
     """
+    fields, message = decode_fields(body, model)
+    return envelope_of(fields, message), message
+
+
+def decode_fields(body: bytes, model: type[M]) -> tuple[Mapping[str, Any], M]:
+    """Like :func:`decode`, returning the envelope's checked fields instead of an
+    :class:`Envelope` (built by :func:`envelope_of` when someone needs it).
+
+    Raises:
+        DecodeError: as :func:`decode`.
+    """
     try:
         data = _validator_for(model)(body)
     except Exception:
         # The one-pass check failed (or a validator raised something of its own):
         # decode step by step to say exactly what is wrong.
         envelope = decode_envelope(body)
-        return envelope, validate_payload(envelope, model)
+        message = validate_payload(envelope, model)
+        return {
+            "id": envelope.message_id,
+            "type": envelope.type,
+            "version": envelope.version,
+            "correlation_id": envelope.correlation_id,
+            "causation_id": envelope.causation_id,
+            "occurred_at": envelope.occurred_at,
+            "headers": envelope.headers,
+        }, message
     if data["type"] != model.__flowkit_type__:
         raise DecodeError(
             "unknown_type", f"expected {model.__flowkit_type__!r}", type_name=data["type"]
         )
-    message: M = data["payload"]
-    envelope = Envelope(
-        data["id"],
-        data["type"],
-        data["version"],
-        data["correlation_id"],
-        data.get("causation_id"),
-        data["occurred_at"],
-        data.get("headers", _NO_HEADERS),
+    return data, data["payload"]
+
+
+def envelope_of(fields: Mapping[str, Any], message: Message) -> Envelope:
+    """The envelope of fields checked by :func:`decode_fields`."""
+    return Envelope(
+        fields["id"],
+        fields["type"],
+        fields["version"],
+        fields["correlation_id"],
+        fields.get("causation_id"),
+        fields["occurred_at"],
+        fields.get("headers", _NO_HEADERS),
         None,
         message=message,
     )
-    return envelope, message
 
 
 _validators: dict[type[Message], Callable[[bytes], Any]] = {}

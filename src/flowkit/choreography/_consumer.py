@@ -35,7 +35,7 @@ import anyio
 
 from .._cancel import stops_work
 from .._errors import DecodeError, HandlerTimeout, MessageTooLarge, TransportClosed, TransportError
-from .._events import decode, decode_envelope, new_message_id
+from .._events import decode_envelope, decode_fields, envelope_of, new_message_id
 from ..stores._base import Claim, DeadLetter
 from ._context import Context
 from ._headers import REPLAY_OF, TARGET, deadline_of
@@ -43,7 +43,7 @@ from ._observe import notify
 from ._replies import send_accepted, send_failure, send_reply
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Mapping, Sequence
 
     from .._events import Envelope, Message
     from ..stores._base import StateStore
@@ -53,7 +53,7 @@ if TYPE_CHECKING:
     from ._handlers import HandlerSpec
     from ._observe import BusObserver
 
-__all__ = ["Consumer", "DecodeCache", "Workers"]
+__all__ = ["Consumer", "DecodeCache", "Decoded", "Workers"]
 
 logger = logging.getLogger("flowkit.bus")
 
@@ -61,6 +61,28 @@ logger = logging.getLogger("flowkit.bus")
 # it is the handler's only loop. With several loops, each takes one at a time
 # so that a slow handler does not hold messages its siblings could take.
 _BATCH = 64
+# Handled deliveries of a batch are acked together at its end, or as soon as the
+# oldest of them has waited this long (seconds).
+_ACK_WITHIN = 0.1
+
+
+class Decoded:
+    """A decoded message, and its envelope once someone needed it."""
+
+    __slots__ = ("_envelope", "fields", "message")
+
+    def __init__(self, fields: Mapping[str, Any], message: Message) -> None:
+        self.fields = fields
+        self.message = message
+        self._envelope: Envelope | None = None
+
+    @property
+    def envelope(self) -> Envelope:
+        """The envelope, built on first use (a plain handler that succeeds never needs it)."""
+        envelope = self._envelope
+        if envelope is None:
+            envelope = self._envelope = envelope_of(self.fields, self.message)
+        return envelope
 
 
 class DecodeCache:
@@ -78,11 +100,11 @@ class DecodeCache:
     def __init__(
         self,
         *,
-        max_entries: int = 128,
+        max_entries: int = 64,
         max_bytes: int = 4 * 1024 * 1024,
         max_entry: int = 256 * 1024,
     ) -> None:
-        self._entries: dict[bytes, tuple[Envelope, Message]] = {}
+        self._entries: dict[bytes, Decoded] = {}
         # The decoded form of a body, if kept (the dict's own get: this is the hot path).
         self.get = self._entries.get
         self._max_entries = max_entries
@@ -90,7 +112,7 @@ class DecodeCache:
         self._max_entry = max_entry
         self._size = 0
 
-    def put(self, body: bytes, decoded: tuple[Envelope, Message]) -> None:
+    def put(self, body: bytes, decoded: Decoded) -> None:
         """Keep the decoded form of ``body``, if it is small enough."""
         size = len(body)
         if size > self._max_entry:
@@ -218,12 +240,17 @@ class Consumer:
                     except TransportClosed:
                         break
                     worker.busy = True
+                    handled: list[Delivery] = []
+                    first = 0.0
                     try:
                         for delivery in deliveries:
                             if workers.stopping:
                                 break  # not handled: closing the subscription gives it back
                             try:
-                                await handle(delivery)
+                                if await handle(delivery):
+                                    if not handled:
+                                        first = time.monotonic()
+                                    handled.append(delivery)
                             except BaseException as exc:
                                 if stops_work(exc):
                                     raise
@@ -235,8 +262,13 @@ class Consumer:
                                 await _nack_quietly(
                                     delivery, self.spec.retry.delay(delivery.attempt)
                                 )
+                            if handled and time.monotonic() - first > _ACK_WITHIN:
+                                await _ack(sub, handled)
                     finally:
                         worker.busy = False
+                        if handled:
+                            with anyio.CancelScope(shield=True):
+                                await _ack(sub, handled)
             finally:
                 workers._left(worker)
                 with anyio.CancelScope(shield=True):
@@ -266,29 +298,34 @@ class Consumer:
 
     # -- the pipeline ------------------------------------------------------------
 
-    async def handle(self, delivery: Delivery) -> None:
-        """Take one delivery through decode, claim, invoke and settle."""
+    async def handle(self, delivery: Delivery) -> bool:
+        """Take one delivery through decode, claim, invoke and settle.
+
+        Returns:
+            True if the message was handled: the caller acks it (with the rest
+            of its batch). Every other outcome is settled here.
+        """
         spec = self.spec
         headers = delivery.headers
         if headers:
             target = headers.get(TARGET)
             if target is not None and target != self.name:
                 await delivery.ack()  # a replay meant for another consumer
-                return
+                return False
         # decode
         body = delivery.body
         if len(body) > self._max_size:
             await self._reject(delivery, MessageTooLarge(None, len(body), self._max_size))
-            return
+            return False
         decoded = self._cached(body)
-        if decoded is None or decoded[1].__class__ is not spec.message_type:
+        if decoded is None or decoded.message.__class__ is not spec.message_type:
             try:
-                decoded = decode(body, spec.message_type)
+                decoded = Decoded(*decode_fields(body, spec.message_type))
             except DecodeError as exc:
                 await self._reject(delivery, exc)
-                return
+                return False
             self._cache.put(body, decoded)
-        envelope, message = decoded
+        message = decoded.message
         if self._plain:
             # An event handler with no inbox, timeout, context or observer:
             # invoke and settle, nothing else to do.
@@ -297,25 +334,25 @@ class Consumer:
             except BaseException as exc:
                 if stops_work(exc):
                     raise
-                await self._failed(delivery, envelope, None, exc, None, 0.0)
-                return
-            await delivery.ack()
-            return
+                await self._failed(delivery, decoded.envelope, None, exc, None, 0.0)
+                return False
+            return True
+        envelope = decoded.envelope
         # claim
         key: str | None = None
         if self._inbox is not None:
             key = await self._claim(delivery, envelope)
             if key is None:
-                return
+                return False
         try:
             if spec.kind == "command" and headers:
                 deadline = deadline_of(headers)
                 if deadline is not None and time.time() >= deadline:
                     await self._expire(delivery, envelope, "before it started")
-                    return
+                    return False
                 await send_accepted(self._transport, delivery, delivery.attempt)
             # invoke, then settle
-            await self._invoke(delivery, envelope, message, key)
+            return await self._invoke(delivery, envelope, message, key)
         finally:
             if key is not None:
                 self._handling.discard(key)
@@ -352,7 +389,7 @@ class Consumer:
 
     async def _invoke(
         self, delivery: Delivery, envelope: Envelope, message: Message, key: str | None
-    ) -> None:
+    ) -> bool:
         spec = self.spec
         observers = self._observers
         ctx = (
@@ -388,14 +425,14 @@ class Consumer:
                     await self._release(key)
                 raise
             await self._failed(delivery, envelope, ctx, exc, key, started)
-            return
-        # settle: success
+            return False
+        # settle: success (the consumer loop acks)
         if key is not None:
             assert self._inbox is not None
             await self._inbox.inbox_complete(self.name, key)
-        await delivery.ack()
         if observers:
             notify(observers, "handled", ctx, time.monotonic() - started)
+        return True
 
     async def _call_with_timeout(self, message: Message, ctx: Context | None) -> Any:
         spec = self.spec
@@ -602,6 +639,19 @@ def _fields(consumer: str, envelope: Envelope) -> dict[str, str]:
         "message_id": envelope.message_id,
         "correlation_id": envelope.correlation_id,
     }
+
+
+async def _ack(sub: Subscription, handled: list[Delivery]) -> None:
+    """Ack the handled deliveries together, and forget them."""
+    try:
+        await sub.ack_many(handled)
+    except TransportError:
+        logger.warning(
+            "could not ack %d handled message(s); they may be delivered again",
+            len(handled),
+            exc_info=True,
+        )
+    handled.clear()
 
 
 async def _nack_quietly(delivery: Delivery, delay: float) -> None:

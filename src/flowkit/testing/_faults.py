@@ -19,7 +19,7 @@ import anyio
 from .._errors import TransportClosed, TransportError
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Mapping, Sequence
     from types import TracebackType
 
     from ..transports._base import Capabilities, Delivery, Subscription, Transport
@@ -141,6 +141,11 @@ class _FaultySubscription:
     async def receive_many(self, limit: int) -> list[Delivery]:
         """Wait for the next delivery and return it alone (faults apply one by one)."""
         return [await self.receive()]
+
+    async def ack_many(self, deliveries: Sequence[Delivery]) -> None:
+        """Ack each delivery."""
+        for delivery in deliveries:
+            await delivery.ack()
 
     async def aclose(self) -> None:
         """Detach the consumer; unacked deliveries go back to the group."""

@@ -115,6 +115,15 @@ class Subscription(Protocol):
         """
         ...
 
+    async def ack_many(self, deliveries: Sequence[Delivery]) -> None:
+        """Ack several deliveries of this subscription at once (one round trip
+        where the broker allows it); the same as acking each.
+
+        Raises:
+            TransportError: if the broker refused or the connection failed.
+        """
+        ...
+
     async def aclose(self) -> None:
         """Detach the consumer; unacked deliveries go back to the group."""
         ...

@@ -23,7 +23,7 @@ from .._errors import TransportClosed, TransportError
 from ._base import Capabilities
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Mapping, Sequence
     from types import TracebackType
 
     from ._base import Delivery, Subscription
@@ -261,6 +261,12 @@ class _MemorySubscription:
         if group.publishers and len(ready) < self._limit:
             group.wake_publishers()
         return batch
+
+    async def ack_many(self, deliveries: Sequence[Delivery]) -> None:
+        """Ack several deliveries at once; a delivery already settled is skipped."""
+        pop = self._in_flight.pop
+        for delivery in deliveries:
+            pop(delivery, None)  # type: ignore[call-overload]
 
     async def _wait(self, group: _Group) -> None:
         """Wait until a message may be ready: published, given back or come due."""
