@@ -530,8 +530,9 @@ async def _check_close_wakes_receivers(
 
 @_check
 async def _check_receive_many(factory: Callable[[], Transport], delay_tolerance: float) -> None:
-    """receive_many returns at least one delivery and at most ``limit``, in order, each
-    settled on its own; what a closed subscription held comes back."""
+    """receive_many returns at least one delivery and at most ``limit``, in order;
+    ack_many acks several (an already settled one is skipped); what a closed
+    subscription held, and only that, comes back."""
     topic, group = _name("topic"), _name("group")
     async with factory() as transport:
         subscription = await transport.subscribe(topic, group)
@@ -545,13 +546,15 @@ async def _check_receive_many(factory: Callable[[], Transport], delay_tolerance:
                     raise AssertionError(f"receive_many(3) returned {len(batch)} deliveries")
                 got.extend(batch)
         _expect_equal([d.body for d in got], [b"%d" % i for i in range(5)], "bodies in order")
-        for delivery in got[:4]:
-            await delivery.ack()
+        await got[0].ack()
+        await subscription.ack_many(got[1:4])  # and one already settled: a no-op
+        await subscription.ack_many(got[:1])
         await subscription.aclose()  # the fifth was neither acked nor nacked
         again = await transport.subscribe(topic, group)
         redelivered = await _receive(again, "the delivery the closed subscription held")
         _expect_equal(redelivered.body, b"4", "body given back on close")
         await redelivered.ack()
+        await _expect_nothing(again, delay_tolerance, "acked with ack_many, then closed")
         await again.aclose()
 
 
