@@ -89,10 +89,11 @@ class DecodeCache:
     """Decoded messages by body, so that the handlers of one process that get
     the same message decode it once.
 
-    The handlers of one message take it at about the same time, so the cache
-    is small: at most ``max_entries`` bodies totalling ``max_bytes``, and a
-    body larger than ``max_entry`` bytes is never kept. Kept longer, decoded
-    messages would only burden the garbage collector.
+    The handlers of one message take it at about the same time (within one
+    batch), so the cache is small: at most ``max_entries`` bodies totalling
+    ``max_bytes``, the oldest forgotten first, and a body larger than
+    ``max_entry`` bytes is never kept. Kept longer, decoded messages would
+    only burden the garbage collector.
     """
 
     __slots__ = ("_entries", "_max_bytes", "_max_entries", "_max_entry", "_size", "get")
@@ -113,14 +114,19 @@ class DecodeCache:
         self._size = 0
 
     def put(self, body: bytes, decoded: Decoded) -> None:
-        """Keep the decoded form of ``body``, if it is small enough."""
+        """Keep the decoded form of ``body``, if it is small enough, forgetting
+        the oldest entries to make room (so the cache does not grow and shrink
+        by whole generations of objects, which would wake the garbage collector)."""
         size = len(body)
         if size > self._max_entry:
             return
         entries = self._entries
-        if len(entries) >= self._max_entries or self._size + size > self._max_bytes:
-            entries.clear()
-            self._size = 0
+        while entries and (
+            len(entries) >= self._max_entries or self._size + size > self._max_bytes
+        ):
+            oldest = next(iter(entries))
+            del entries[oldest]
+            self._size -= len(oldest)
         entries[body] = decoded
         self._size += size
 
