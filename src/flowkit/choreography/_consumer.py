@@ -38,7 +38,7 @@ from .._errors import DecodeError, HandlerTimeout, MessageTooLarge, TransportClo
 from .._events import decode_envelope, decode_fields, envelope_of, new_message_id
 from ..stores._base import Claim, DeadLetter
 from ._context import Context
-from ._headers import REPLAY_OF, TARGET, deadline_of
+from ._headers import REPLAY_OF, deadline_of
 from ._observe import notify
 from ._replies import send_accepted, send_failure, send_reply
 
@@ -313,11 +313,6 @@ class Consumer:
         """
         spec = self.spec
         headers = delivery.headers
-        if headers:
-            target = headers.get(TARGET)
-            if target is not None and target != self.name:
-                await delivery.ack()  # a replay meant for another consumer
-                return False
         # decode
         body = delivery.body
         if len(body) > self._max_size:
@@ -571,7 +566,7 @@ class Consumer:
             consumer=self.name,
             topic=delivery.topic,
             body=delivery.body,
-            headers={k: v for k, v in delivery.headers.items() if k != TARGET},
+            headers=dict(delivery.headers),
             error_type=qualified_name(exc),
             error=detail,
             attempts=attempts,

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import anyio
 
 from .._errors import FlowkitError
-from ._headers import REPLAY_OF, TARGET
+from ._headers import REPLAY_OF
 
 if TYPE_CHECKING:
     from ..stores._base import DeadLetter, StateStore
@@ -89,10 +89,9 @@ class DeadLetterBox:
         """
         store = await self.store()
         letter = await store.get_dead_letter(letter_id)
-        headers = {k: v for k, v in letter.headers.items() if k not in (TARGET, REPLAY_OF)}
-        headers[TARGET] = letter.consumer
+        headers = {k: v for k, v in letter.headers.items() if k != REPLAY_OF}
         headers[REPLAY_OF] = letter.id
-        await transport.publish(letter.topic, letter.body, headers)
+        await transport.publish(letter.topic, letter.body, headers, group=letter.consumer)
         try:
             await store.delete_dead_letter(letter.id)
         except FlowkitError:

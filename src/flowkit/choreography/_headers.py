@@ -23,7 +23,6 @@ __all__ = [
     "REPLY_KIND",
     "REPLY_TO",
     "REQUEST_ID",
-    "TARGET",
     "deadline_header",
     "deadline_of",
 ]
@@ -39,8 +38,7 @@ IN_REPLY_TO = "flowkit-in-reply-to"
 REPLY_KIND = "flowkit-reply-kind"
 # An accepted notice: which attempt of the request's handling is starting.
 ATTEMPT = "flowkit-attempt"
-# A replayed dead letter: the one consumer it is meant for, and the dead letter's id.
-TARGET = "flowkit-target"
+# A replayed dead letter (published to its consumer's group only): the dead letter's id.
 REPLAY_OF = "flowkit-replay-of"
 # Stable across redeliveries; an orchestrator's remote step sets it.
 IDEMPOTENCY_KEY = "flowkit-idempotency-key"

@@ -161,7 +161,7 @@ class Requests:
         async with self._lock:
             if self._listening:
                 return
-            sub = await transport.subscribe(self._topic, self._topic)
+            sub = await transport.subscribe(self._topic, self._topic, durable=False)
             self._subscription = sub
             self._listening = True
             task_group.start_soon(self._receive, sub)

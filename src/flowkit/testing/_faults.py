@@ -298,7 +298,13 @@ class FaultyTransport:
         self._failures.append(_FailRule(topic, times, error))
 
     async def publish(
-        self, topic: str, body: bytes, headers: Mapping[str, str] | None = None
+        self,
+        topic: str,
+        body: bytes,
+        headers: Mapping[str, str] | None = None,
+        *,
+        key: str | None = None,
+        group: str | None = None,
     ) -> None:
         """Publish through the wrapped transport, applying the armed faults.
 
@@ -306,6 +312,8 @@ class FaultyTransport:
             topic: where to publish.
             body: the message body.
             headers: string headers.
+            key: passed on.
+            group: passed on: deliver to this group only.
 
         Raises:
             TransportError: if a failure was armed with :meth:`fail_next_publish`
@@ -329,24 +337,25 @@ class FaultyTransport:
         delay = delays.popleft() if delays else None
         for copy in range(copies):
             if delay is None:
-                await self._inner.publish(topic, body, headers)
+                await self._inner.publish(topic, body, headers, key=key, group=group)
             else:
                 fault_id = uuid.uuid4().hex
                 self._due[fault_id] = anyio.current_time() + delay
                 marked = {**(headers or {}), _DELAY_HEADER: fault_id}
-                await self._inner.publish(topic, body, marked)
+                await self._inner.publish(topic, body, marked, key=key, group=group)
             if copy:
                 self.duplicated += 1
         self.published += 1
         if delay is not None:
             self.delayed += 1
 
-    async def subscribe(self, topic: str, group: str) -> Subscription:
+    async def subscribe(self, topic: str, group: str, *, durable: bool = True) -> Subscription:
         """Subscribe through the wrapped transport; the subscription can be dropped.
 
         Args:
             topic: the topic to consume.
             group: the consumer group.
+            durable: passed on.
 
         Returns:
             A subscription that :meth:`drop_consumers` can drop.
@@ -354,7 +363,7 @@ class FaultyTransport:
         Raises:
             TransportClosed: if the wrapped transport is not open.
         """
-        inner = await self._inner.subscribe(topic, group)
+        inner = await self._inner.subscribe(topic, group, durable=durable)
         subscription = _FaultySubscription(self, inner, topic, group)
         self._subscriptions.add(subscription)
         return subscription

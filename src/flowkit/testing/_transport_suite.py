@@ -597,3 +597,73 @@ async def _check_capabilities(factory: Callable[[], Transport], delay_tolerance:
     declared = transport.capabilities
     if not isinstance(declared, Capabilities):
         raise AssertionError(f"capabilities is {declared!r}, not a Capabilities")
+
+
+@_check
+async def _check_publish_to_one_group(
+    factory: Callable[[], Transport], delay_tolerance: float
+) -> None:
+    """A publish naming a group reaches that group only; the others never see it."""
+    topic = _name("topic")
+    chosen, other = _name("chosen"), _name("other")
+    async with factory() as transport:
+        to_chosen = await transport.subscribe(topic, chosen)
+        to_other = await transport.subscribe(topic, other)
+        await transport.publish(topic, b"only for one", {"h": "v"}, group=chosen)
+        await transport.publish(topic, b"for all")
+        first = await _receive(to_chosen, "the message published to this group")
+        _expect_equal(first.body, b"only for one", "body of the targeted message")
+        _expect_equal(dict(first.headers), {"h": "v"}, "headers of the targeted message")
+        await first.ack()
+        everyone = await _receive(to_other, "the message published to every group")
+        _expect_equal(everyone.body, b"for all", "what the other group gets first")
+        await everyone.ack()
+        await _expect_nothing(to_other, delay_tolerance, "a message targeted at another group")
+        second = await _receive(to_chosen, "the message published to every group")
+        await second.ack()
+        await to_chosen.aclose()
+        await to_other.aclose()
+
+
+@_check
+async def _check_non_durable_group_leaves_nothing(
+    factory: Callable[[], Transport], delay_tolerance: float
+) -> None:
+    """A non-durable group lives only while subscribed: once its last subscription
+    closes, what it held is gone and a later subscription starts empty."""
+    topic, group = _name("topic"), _name("inbox")
+    async with factory() as transport:
+        inbox = await transport.subscribe(topic, group, durable=False)
+        await transport.publish(topic, b"1")
+        delivery = await _receive(inbox, "a message to the non-durable group")
+        await delivery.ack()
+        await transport.publish(topic, b"left behind")
+        with anyio.fail_after(_RECEIVE_TIMEOUT):
+            while await transport.backlog(topic, group) < 1:  # noqa: ASYNC110
+                await anyio.sleep(0.01)
+        await inbox.aclose()
+        _expect_equal(await transport.backlog(topic, group), 0, "backlog of a removed group")
+        again = await transport.subscribe(topic, group, durable=False)
+        await _expect_nothing(again, delay_tolerance, "a message held by a removed group")
+        await again.aclose()
+
+
+@_check
+async def _check_key_is_accepted(factory: Callable[[], Transport], delay_tolerance: float) -> None:
+    """Publishing with a key works on every transport; where the transport declares
+    ``ordered_by_key``, one consumer gets a key's messages in publish order."""
+    topic, group = _name("topic"), _name("group")
+    async with factory() as transport:
+        subscription = await transport.subscribe(topic, group)
+        for i in range(10):
+            await transport.publish(topic, b"%d" % i, key="order-1")
+        bodies = []
+        for _ in range(10):
+            delivery = await _receive(subscription, "a message published with a key")
+            bodies.append(delivery.body)
+            await delivery.ack()
+        if transport.capabilities.ordered_by_key:
+            _expect_equal(bodies, [b"%d" % i for i in range(10)], "order within one key")
+        else:
+            _expect_equal(sorted(bodies), sorted(b"%d" % i for i in range(10)), "bodies")
+        await subscription.aclose()

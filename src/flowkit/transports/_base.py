@@ -3,15 +3,33 @@
 A transport moves opaque bodies (JSON envelopes) with string headers between
 services. It knows topics and consumer groups:
 
-* every group subscribed to a topic gets every message published to it (fan-out);
+* every group subscribed to a topic gets every message published to it
+  (fan-out), unless the publish names one group: then only that group gets it
+  (a dead-letter replay goes to the consumer that gave up, and to no other);
 * the consumers of one group compete: each message goes to one of them;
 * a consumer acks a message when it is handled, or nacks it with a delay, after
-  which it is delivered again (to any consumer of the group);
+  which it is delivered again to the same group (to any of its consumers). How
+  the delay is kept is the transport's business: natively where the broker
+  has it (NATS), or by the transport (Redis: a sorted set of due messages
+  moved back by the transport; RabbitMQ: a TTL queue per delay with a
+  dead-letter exchange; Kafka: retry topics). ``Capabilities.native_delay``
+  says which;
 * a message delivered but neither acked nor nacked when its subscription closes
   (or its consumer dies) is delivered again;
-* a group, once subscribed, keeps receiving messages while it has no consumer;
-* every buffer is bounded: a transport says how it pushes back when one is
-  full, and no publish waits without limit (it fails with
+* ``Delivery.attempt`` counts the deliveries of a message to a group, this one
+  included. Where the broker keeps no count (Kafka) or only flags a
+  redelivery (RabbitMQ), the transport carries the count with the message
+  when it delivers it again;
+* a durable group, once subscribed, keeps receiving messages while it has no
+  consumer; a group subscribed with ``durable=False`` (a reply inbox) exists
+  only while it has a subscription, and closing its last subscription removes
+  it and whatever it held from the broker;
+* a message published with a ``key`` reaches each group in publish order
+  relative to the other messages of that key where the transport declares
+  ``Capabilities.ordered_by_key``; elsewhere the key is carried and ignored;
+* every buffer is bounded, and backpressure is what each broker gives: a
+  consumer holds a bounded number of unsettled deliveries (its prefetch, its
+  batch), and no publish waits without limit (it fails with
   :class:`~flowkit.TransportError` after a bounded time).
 
 Delivery is at least once. Duplicates are possible; the bus deduplicates by
@@ -40,9 +58,19 @@ class Capabilities:
             consumers in another (False for the in-memory transport). Commands
             that only make sense when another process hears them, such as
             ``flowkit dlq replay``, refuse a transport that does not.
+        native_delay: whether the broker itself holds a nacked message for its
+            delay (otherwise the transport does, as the contract describes).
+        ordered_by_key: whether messages published with one ``key`` reach a
+            group in publish order, one at a time, whichever consumer takes
+            them.
+        max_message_size: the largest body the broker accepts, in bytes (None:
+            no limit of its own below the bus's ``max_message_size``).
     """
 
     crosses_processes: bool = True
+    native_delay: bool = False
+    ordered_by_key: bool = False
+    max_message_size: int | None = None
 
 
 @runtime_checkable
@@ -153,11 +181,26 @@ class Transport(Protocol):
         ...
 
     async def publish(
-        self, topic: str, body: bytes, headers: Mapping[str, str] | None = None
+        self,
+        topic: str,
+        body: bytes,
+        headers: Mapping[str, str] | None = None,
+        *,
+        key: str | None = None,
+        group: str | None = None,
     ) -> None:
         """Publish one message to every group subscribed to ``topic``.
 
         May wait while the transport pushes back, but never without limit.
+
+        Args:
+            topic: where to publish.
+            body: the message body.
+            headers: string headers, delivered as given.
+            key: orders the message among those of the same key, where the
+                transport declares ``ordered_by_key``.
+            group: deliver to this group of ``topic`` only (it must exist:
+                a message to a group nobody ever subscribed is dropped).
 
         Raises:
             TransportClosed: if the transport is not open.
@@ -179,10 +222,19 @@ class Transport(Protocol):
         """
         ...
 
-    async def subscribe(self, topic: str, group: str) -> Subscription:
+    async def subscribe(
+        self, topic: str, group: str, *, durable: bool = True
+    ) -> Subscription:
         """Attach a consumer to ``group`` on ``topic``, creating the group if needed.
 
         Messages published after this call returns reach the group.
+
+        Args:
+            topic: the topic to consume.
+            group: the consumer group; its consumers share its messages.
+            durable: False for a group that lives only while it has a
+                subscription (a reply inbox): closing its last subscription
+                removes it, and its messages, from the broker.
 
         Raises:
             TransportClosed: if the transport is not open.

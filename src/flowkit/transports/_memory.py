@@ -56,20 +56,24 @@ class _Group:
 
     __slots__ = (
         "delayed",
+        "durable",
         "ids",
         "limit",
         "name",
         "publishers",
         "ready",
         "receivers",
+        "state",
         "subscriptions",
         "topic",
     )
 
-    def __init__(self, topic: str, name: str, limit: int) -> None:
+    def __init__(self, topic: str, name: str, limit: int, state: _State, durable: bool) -> None:
         self.topic = topic
         self.name = name
         self.limit = limit
+        self.state = state
+        self.durable = durable
         # Fresh messages (attempt 1) and settled deliveries to deliver again.
         self.ready: deque[_Message | _MemoryDelivery] = deque()
         # Nacked deliveries waiting for their delay: (due time, id, delivery).
@@ -84,6 +88,20 @@ class _Group:
         while n > 0 and receivers:
             receivers.popleft().set()
             n -= 1
+
+    def remove(self) -> None:
+        """Forget this group and everything it holds (a non-durable group left alone)."""
+        state = self.state
+        if state.groups.get((self.topic, self.name)) is self:
+            del state.groups[(self.topic, self.name)]
+            siblings = state.topics.get(self.topic, [])
+            if self in siblings:
+                siblings.remove(self)
+            if not siblings:
+                state.topics.pop(self.topic, None)
+        self.ready.clear()
+        self.delayed.clear()
+        self.wake_all()
 
     def wake_publishers(self) -> None:
         """Wake the publishers waiting for room, as many as there is room for."""
@@ -145,6 +163,14 @@ class _State:
         self.closed = False
         self.groups: dict[tuple[str, str], _Group] = {}
         self.topics: dict[str, list[_Group]] = {}
+
+
+def _groups_of(state: _State, topic: str, only: str | None) -> list[_Group]:
+    """The groups of ``topic``, or only the one named ``only`` (if it still exists)."""
+    if only is None:
+        return state.topics.get(topic, [])
+    found = state.groups.get((topic, only))
+    return [found] if found is not None else []
 
 
 class _MemoryDelivery:
@@ -300,6 +326,8 @@ class _MemorySubscription:
         # Wakes this subscription's blocked receivers (they raise TransportClosed)
         # and, for given-back messages, the other consumers of the group.
         group.wake_all_receivers()
+        if not group.durable and not group.subscriptions:
+            group.remove()
 
     async def aclose(self) -> None:
         """Detach the consumer; unacked deliveries go back to the front of the group."""
@@ -406,7 +434,13 @@ class InMemoryTransport:
         return found.backlog() if found is not None else 0
 
     async def publish(
-        self, topic: str, body: bytes, headers: Mapping[str, str] | None = None
+        self,
+        topic: str,
+        body: bytes,
+        headers: Mapping[str, str] | None = None,
+        *,
+        key: str | None = None,
+        group: str | None = None,
     ) -> None:
         """Publish one message to every group subscribed to ``topic``.
 
@@ -418,6 +452,9 @@ class InMemoryTransport:
             topic: where to publish.
             body: the message body.
             headers: string headers, delivered as given.
+            key: carried, not used: the transport does not order by key (a
+                group's competing consumers take messages as they come).
+            group: deliver to this group only (dropped if it does not exist).
 
         Raises:
             TransportClosed: if the transport is not open, or closes while waiting.
@@ -431,33 +468,43 @@ class InMemoryTransport:
             await checkpoint()
             if state.closed:
                 raise TransportClosed("the transport is closed")
-        groups = state.topics.get(topic)
-        if not groups:
-            return
+        if group is None:
+            groups = state.topics.get(topic)
+            if not groups:
+                return
+        else:
+            target = state.groups.get((topic, group))
+            if target is None:
+                return
+            groups = [target]
         limit = self._max_buffer
-        for group in groups:
-            if len(group.ready) >= limit:
-                groups = await self._wait_for_room(state, topic)
+        for each in groups:
+            if len(each.ready) >= limit:
+                groups = await self._wait_for_room(state, topic, group)
                 break
         message = _Message(
             topic,
             body if type(body) is bytes else bytes(body),
             MappingProxyType(dict(headers)) if headers else _NO_HEADERS,
         )
-        for group in groups:
-            group.ready.append(message)
-            if group.receivers:
-                group.receivers.popleft().set()
+        for each in groups:
+            each.ready.append(message)
+            if each.receivers:
+                each.receivers.popleft().set()
 
-    async def _wait_for_room(self, state: _State, topic: str) -> list[_Group]:
-        """Wait until no group of ``topic`` is full; return the groups.
+    async def _wait_for_room(self, state: _State, topic: str, only: str | None) -> list[_Group]:
+        """Wait until no group of ``topic`` (or the group ``only``) is full; return them.
 
         Raises:
             TransportError: if a group is still full after ``publish_timeout``.
         """
         with anyio.move_on_after(self._publish_timeout):
-            return await self._room(state, topic)
-        full = [g.name for g in state.topics[topic] if len(g.ready) >= self._max_buffer]
+            return await self._room(state, topic, only)
+        full = [
+            g.name
+            for g in _groups_of(state, topic, only)
+            if len(g.ready) >= self._max_buffer
+        ]
         raise TransportError(
             f"publish to {topic!r} waited {self._publish_timeout}s for room: group(s) "
             f"{', '.join(repr(name) for name in full)} still hold {self._max_buffer} "
@@ -465,12 +512,12 @@ class InMemoryTransport:
             "a handler publishes to the topic it consumes"
         )
 
-    async def _room(self, state: _State, topic: str) -> list[_Group]:
+    async def _room(self, state: _State, topic: str, only: str | None) -> list[_Group]:
         limit = self._max_buffer
         while True:
             if state.closed:
                 raise TransportClosed("the transport is closed")
-            groups = state.topics[topic]
+            groups = _groups_of(state, topic, only)
             full = next((group for group in groups if len(group.ready) >= limit), None)
             if full is None:
                 return groups
@@ -487,12 +534,14 @@ class InMemoryTransport:
                 if not waiter.is_set():
                     full.publishers.remove(waiter)
 
-    async def subscribe(self, topic: str, group: str) -> Subscription:
+    async def subscribe(self, topic: str, group: str, *, durable: bool = True) -> Subscription:
         """Attach a consumer to ``group`` on ``topic``, creating the group if needed.
 
         Args:
             topic: the topic to consume.
             group: the consumer group; its consumers share its messages.
+            durable: False for a group removed, with its messages, when its
+                last subscription closes.
 
         Returns:
             The new subscription; close it to detach the consumer.
@@ -506,7 +555,7 @@ class InMemoryTransport:
         key = (topic, group)
         target = state.groups.get(key)
         if target is None:
-            target = state.groups[key] = _Group(topic, group, self._max_buffer)
+            target = state.groups[key] = _Group(topic, group, self._max_buffer, state, durable)
             state.topics.setdefault(topic, []).append(target)
         subscription = _MemorySubscription(target, self._max_buffer)
         target.subscriptions.add(subscription)
