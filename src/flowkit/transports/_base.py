@@ -222,9 +222,7 @@ class Transport(Protocol):
         """
         ...
 
-    async def subscribe(
-        self, topic: str, group: str, *, durable: bool = True
-    ) -> Subscription:
+    async def subscribe(self, topic: str, group: str, *, durable: bool = True) -> Subscription:
         """Attach a consumer to ``group`` on ``topic``, creating the group if needed.
 
         Messages published after this call returns reach the group.

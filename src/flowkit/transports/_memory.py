@@ -500,11 +500,7 @@ class InMemoryTransport:
         """
         with anyio.move_on_after(self._publish_timeout):
             return await self._room(state, topic, only)
-        full = [
-            g.name
-            for g in _groups_of(state, topic, only)
-            if len(g.ready) >= self._max_buffer
-        ]
+        full = [g.name for g in _groups_of(state, topic, only) if len(g.ready) >= self._max_buffer]
         raise TransportError(
             f"publish to {topic!r} waited {self._publish_timeout}s for room: group(s) "
             f"{', '.join(repr(name) for name in full)} still hold {self._max_buffer} "
