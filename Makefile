@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 BENCH_VENV := .venv-bench
 BENCH_STAMP := $(BENCH_VENV)/.installed
 
-.PHONY: demo test lint typecheck docs bench clean
+.PHONY: demo test lint typecheck docs bench clean brokers brokers-env brokers-stop test-brokers
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +47,31 @@ $(BENCH_STAMP): pyproject.toml benchmarks/requirements.txt
 
 bench: $(BENCH_STAMP)
 	$(BENCH_VENV)/bin/python -m benchmarks
+
+# The real servers of the broker tests (scripts/brokers.sh; docs/development.md).
+# `make brokers` starts them and prints their URLs; to use them in a shell:
+#   eval "$(make -s brokers-env)"
+BROKERS := bash scripts/brokers.sh
+
+brokers:
+	@$(BROKERS) start
+	@echo '# export these (eval "$$(make -s brokers-env)"), then run make test:'
+	@$(BROKERS) env
+
+brokers-env:
+	@$(BROKERS) env
+
+brokers-stop:
+	@$(BROKERS) stop
+
+# `make test` against servers of its own, stopped afterwards whatever the outcome
+# (it leaves any started by `make brokers` alone).
+test-brokers:
+	@state=$$(mktemp -d) && export FLOWKIT_BROKERS_DIR="$$state" && \
+	trap '$(BROKERS) stop; rm -rf "$$state"' EXIT && trap 'exit 130' INT TERM && \
+	$(BROKERS) start && \
+	eval "$$($(BROKERS) env)" && \
+	FLOWKIT_REQUIRE_BROKERS=1 $(MAKE) test
 
 clean:
 	rm -rf $(VENV) $(BENCH_VENV) site .mypy_cache .ruff_cache

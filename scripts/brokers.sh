@@ -1,0 +1,262 @@
+#!/usr/bin/env bash
+# Start, stop and describe the real servers that flowkit's broker tests use.
+#
+#   scripts/brokers.sh start [NAME ...]   install when missing, start (or reuse) each server
+#   scripts/brokers.sh env   [NAME ...]   print `export FLOWKIT_<NAME>_URL=...` for running servers
+#   scripts/brokers.sh stop  [NAME ...]   stop each server by its PID and remove its data
+#   scripts/brokers.sh status [NAME ...]  say which servers run, on which port, with which PID
+#
+# With no NAME, every server in BROKERS below. Each server listens on a free port of
+# 127.0.0.1 and keeps its data in a temporary directory; its PID, port and directory
+# are recorded in $FLOWKIT_BROKERS_DIR/NAME.env (default: .brokers/ in the repo).
+#
+# Adding a server is adding its functions NAME_install, NAME_start (sets PID, PORT, DIR),
+# NAME_alive, NAME_stop and NAME_url (see the Redis ones) and its name to BROKERS.
+set -euo pipefail
+
+BROKERS=(redis)
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+STATE_DIR="${FLOWKIT_BROKERS_DIR:-$ROOT/.brokers}"
+READY_TIMEOUT="${FLOWKIT_BROKERS_READY_TIMEOUT:-20}"   # seconds a server may take to answer
+STOP_TIMEOUT="${FLOWKIT_BROKERS_STOP_TIMEOUT:-20}"     # seconds a server may take to exit
+
+log() { printf 'brokers: %s\n' "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+# --- helpers ------------------------------------------------------------------------------
+
+APT_UPDATED=0
+apt_install() {
+    command -v apt-get >/dev/null || die "apt-get not found: install $* yourself"
+    [ "$(id -u)" = 0 ] || die "installing $* needs root: run 'sudo apt-get install -y $*'"
+    export DEBIAN_FRONTEND=noninteractive
+    # The Debian packages start their own system service on install; keep them from it
+    # where no policy says so already (Docker-like images ship one that does).
+    local policy=/usr/sbin/policy-rc.d made_policy=0
+    if [ ! -e "$policy" ]; then
+        printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod +x "$policy" && made_policy=1
+    fi
+    local rc=0
+    if [ "$APT_UPDATED" = 0 ]; then
+        apt-get update -qq -o DPkg::Lock::Timeout=300 >/dev/null || rc=$?
+        APT_UPDATED=1
+    fi
+    if [ "$rc" = 0 ]; then
+        apt-get install -y -qq -o DPkg::Lock::Timeout=300 "$@" >/dev/null || rc=$?
+    fi
+    if [ "$made_policy" = 1 ]; then rm -f "$policy"; fi
+    [ "$rc" = 0 ] || die "apt-get install $* failed (exit $rc)"
+}
+
+free_port() {
+    # The system Python when there is one: a version manager's shim costs ~0.1 s to start.
+    "$(command -v /usr/bin/python3 || command -v python3)" -c \
+        'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# pid_is PID WORD: PID is a live process whose command line contains WORD.
+pid_is() {
+    [ -n "$1" ] && kill -0 "$1" 2>/dev/null && tr '\0' ' ' <"/proc/$1/cmdline" 2>/dev/null | grep -q -- "$2"
+}
+
+# stop_pid PID WORD: SIGTERM, wait (bounded), then SIGKILL if it is still there.
+stop_pid() {
+    local pid=$1 word=$2 i
+    pid_is "$pid" "$word" || return 0
+    kill -TERM "$pid" 2>/dev/null || true
+    for ((i = 0; i < STOP_TIMEOUT * 10; i++)); do
+        pid_is "$pid" "$word" || return 0
+        sleep 0.1
+    done
+    log "$word (PID $pid) did not exit within ${STOP_TIMEOUT}s; killing it"
+    kill -KILL "$pid" 2>/dev/null || true
+    for ((i = 0; i < 50; i++)); do
+        pid_is "$pid" "$word" || return 0
+        sleep 0.1
+    done
+    die "$word (PID $pid) is still running after SIGKILL"
+}
+
+# State file STATE_DIR/NAME.env holds PID=, PORT= and DIR= lines; load_state sets them.
+state_file() { printf '%s/%s.env' "$STATE_DIR" "$1"; }
+load_state() {
+    PID='' PORT='' DIR=''
+    local file key value
+    file=$(state_file "$1")
+    [ -f "$file" ] || return 1
+    while IFS='=' read -r key value; do
+        case "$key" in
+            PID) PID=$value ;;
+            PORT) PORT=$value ;;
+            DIR) DIR=$value ;;
+        esac
+    done <"$file"
+    [ -n "$PID" ] && [ -n "$PORT" ] && [ -n "$DIR" ]
+}
+save_state() {
+    local file
+    file=$(state_file "$1")
+    printf 'PID=%s\nPORT=%s\nDIR=%s\n' "$PID" "$PORT" "$DIR" >"$file.tmp"
+    mv "$file.tmp" "$file"
+}
+remove_data_dir() {
+    # Only ever a directory this script made.
+    case "$1" in
+        */flowkit-broker-*) rm -rf -- "$1" ;;
+        '') ;;
+        *) log "not removing $1: not a data directory of this script" ;;
+    esac
+}
+new_data_dir() { mktemp -d "${TMPDIR:-/tmp}/flowkit-broker-$1.XXXXXX"; }
+
+# --- Redis --------------------------------------------------------------------------------
+
+redis_install() {
+    command -v redis-server >/dev/null && command -v redis-cli >/dev/null && return 0
+    log "installing redis-server with apt-get"
+    apt_install redis-server
+    # Should the package's own service have started anyway (no policy honoured), stop
+    # and disable it: the tests use only the server started below.
+    if [ -d /run/systemd/system ]; then
+        systemctl disable --now redis-server >/dev/null 2>&1 || true
+    elif [ -f /run/redis/redis-server.pid ]; then
+        stop_pid "$(cat /run/redis/redis-server.pid)" redis-server
+        update-rc.d redis-server disable >/dev/null 2>&1 || true
+    fi
+    command -v redis-server >/dev/null || die "redis-server is still missing after apt-get install"
+}
+
+redis_ping() { [ "$(redis-cli -h 127.0.0.1 -p "$1" ping 2>/dev/null)" = PONG ]; }
+
+# Uses PID/PORT/DIR from load_state: is that server ours, alive and answering?
+redis_alive() { pid_is "$PID" redis-server && redis_ping "$PORT"; }
+
+redis_start() {
+    local attempt i
+    for attempt in 1 2 3; do   # a port found free may be taken before the server binds it
+        PORT=$(free_port)
+        DIR=$(new_data_dir redis)
+        # --appendonly yes: restart tests check that nothing acknowledged is lost.
+        redis-server --bind 127.0.0.1 --port "$PORT" --daemonize yes \
+            --dir "$DIR" --pidfile "$DIR/redis.pid" --logfile "$DIR/redis.log" \
+            --save '' --appendonly yes </dev/null >/dev/null 9>&- || true
+        for ((i = 0; i < READY_TIMEOUT * 20; i++)); do
+            if redis_ping "$PORT"; then
+                PID=$(cat "$DIR/redis.pid" 2>/dev/null || true)
+                if ! pid_is "$PID" redis-server; then
+                    PID=$(redis-cli -h 127.0.0.1 -p "$PORT" info server | tr -d '\r' |
+                        sed -n 's/^process_id://p')
+                fi
+                return 0
+            fi
+            if grep -qs 'Failed listening on port' "$DIR/redis.log"; then break; fi
+            sleep 0.05
+        done
+        log "redis-server did not answer PING on 127.0.0.1:$PORT" \
+            "(attempt $attempt, waited up to ${READY_TIMEOUT}s); its log:"
+        tail -n 20 "$DIR/redis.log" >&2 2>/dev/null || true
+        stop_pid "$(cat "$DIR/redis.pid" 2>/dev/null || true)" redis-server
+        remove_data_dir "$DIR"
+    done
+    die "could not start redis-server"
+}
+
+redis_stop() { stop_pid "$PID" redis-server; }
+
+redis_url() { printf 'redis://127.0.0.1:%s/0' "$PORT"; }
+
+# --- commands -----------------------------------------------------------------------------
+
+known() {
+    local b
+    for b in "${BROKERS[@]}"; do [ "$b" = "$1" ] && return 0; done
+    return 1
+}
+
+start_one() {
+    local name=$1 started
+    if load_state "$name" && "${name}_alive"; then
+        log "$name already running: PID $PID, port $PORT"
+        return 0
+    fi
+    if load_state "$name"; then   # a stale record: the server died or was killed
+        "${name}_stop"
+        remove_data_dir "$DIR"
+    fi
+    rm -f "$(state_file "$name")"
+    "${name}_install"
+    started=$(date +%s%N)
+    "${name}_start"
+    save_state "$name"
+    log "$name started in $(((($(date +%s%N) - started)) / 1000000)) ms: PID $PID, port $PORT, data $DIR"
+}
+
+stop_one() {
+    local name=$1
+    if load_state "$name"; then
+        "${name}_stop"
+        remove_data_dir "$DIR"
+        log "$name stopped (PID $PID)"
+    fi
+    rm -f "$(state_file "$name")"
+}
+
+env_one() {
+    local name=$1 var
+    var="FLOWKIT_$(printf '%s' "$name" | tr '[:lower:]' '[:upper:]')_URL"
+    if load_state "$name" && "${name}_alive"; then
+        printf 'export %s=%s\n' "$var" "$("${name}_url")"
+        return 0
+    fi
+    return 1
+}
+
+status_one() {
+    local name=$1
+    if load_state "$name" && "${name}_alive"; then
+        printf '%s: running, PID %s, port %s, data %s\n' "$name" "$PID" "$PORT" "$DIR"
+    else
+        printf '%s: not running\n' "$name"
+    fi
+}
+
+usage() {
+    sed -n '2,8s/^# \{0,1\}//p' "${BASH_SOURCE[0]}" >&2
+    exit 2
+}
+
+main() {
+    [ $# -ge 1 ] || usage
+    local cmd=$1 name explicit=0 rc=0
+    shift
+    local names=("$@")
+    if [ ${#names[@]} -eq 0 ]; then names=("${BROKERS[@]}"); else explicit=1; fi
+    for name in "${names[@]}"; do
+        known "$name" || die "unknown server '$name' (known: ${BROKERS[*]})"
+    done
+    case "$cmd" in
+        start | stop)
+            mkdir -p "$STATE_DIR"
+            # One start or stop at a time per state directory; servers never inherit fd 9.
+            exec 9>"$STATE_DIR/.lock"
+            flock -w 120 9 || die "another scripts/brokers.sh has held $STATE_DIR/.lock for 120s"
+            for name in "${names[@]}"; do "${cmd}_one" "$name"; done
+            ;;
+        env)
+            for name in "${names[@]}"; do
+                if ! env_one "$name" && [ "$explicit" = 1 ]; then
+                    log "$name is not running: run 'scripts/brokers.sh start $name'"
+                    rc=1
+                fi
+            done
+            ;;
+        status)
+            for name in "${names[@]}"; do status_one "$name"; done
+            ;;
+        *) usage ;;
+    esac
+    return "$rc"
+}
+
+main "$@"
