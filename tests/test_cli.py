@@ -488,3 +488,38 @@ def test_workflows_of_an_orchestrator_with_remote_steps_open_no_transport(
     assert main(["workflows", "show", f"{APP}:remote_orders", "w-ok"]) == 1
     assert "WorkflowNotFound" in one_line_error(capsys)
     assert remote_transport.opened == 0
+
+
+# -- --transport and --store ----------------------------------------------------------
+
+
+def test_the_command_line_takes_a_store_url(
+    tmp_path: Path, db: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    other = tmp_path / "other.db"
+    add_letters(other, letter("d-9", "pong:answer"))
+    assert main(["dlq", "list", f"{APP}:bus", "--store", f"sqlite:///{other}"]) == 0
+    assert "d-9" in capsys.readouterr().out
+    assert not db.exists()  # the bus's own database was never opened
+
+
+def test_the_store_url_may_come_from_the_environment(
+    tmp_path: Path, db: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    other = tmp_path / "other.db"
+    add_letters(other, letter("d-8", "pong:answer"))
+    monkeypatch.setenv("FLOWKIT_STORE", f"sqlite:///{other}")
+    assert main(["dlq", "list", f"{APP}:bus"]) == 0
+    assert "d-8" in capsys.readouterr().out
+
+
+def test_a_memory_transport_url_is_refused_where_a_broker_is_needed(
+    db: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["worker", f"{APP}:broker_bus", "--transport", "memory://"]) == 2
+    assert "only reaches this process" in one_line_error(capsys)
+
+
+def test_a_bad_transport_url_is_one_line(db: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["dlq", "replay", f"{APP}:broker_bus", "--all", "--transport", "amqp2://x"]) == 2
+    assert "no transport for 'amqp2://'" in one_line_error(capsys)

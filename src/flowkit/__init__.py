@@ -13,6 +13,7 @@ from ._errors import FlowkitError as FlowkitError
 from ._errors import HandlerTimeout as HandlerTimeout
 from ._errors import InvalidWorkflowState as InvalidWorkflowState
 from ._errors import MessageTooLarge as MessageTooLarge
+from ._errors import MissingDependency as MissingDependency
 from ._errors import NonRetryableError as NonRetryableError
 from ._errors import NotFound as NotFound
 from ._errors import OrchestratorNotStarted as OrchestratorNotStarted
@@ -68,6 +69,7 @@ __all__ = [
     "InvalidWorkflowState",
     "Message",
     "MessageTooLarge",
+    "MissingDependency",
     "NonRetryableError",
     "NotFound",
     "Orchestrator",

@@ -19,6 +19,7 @@ __all__ = [
     "HandlerTimeout",
     "InvalidWorkflowState",
     "MessageTooLarge",
+    "MissingDependency",
     "NonRetryableError",
     "NotFound",
     "OrchestratorNotStarted",
@@ -43,6 +44,18 @@ class DefinitionError(FlowkitError, TypeError):
 
     Raised at decoration or class-creation time, never at the first message.
     """
+
+
+class MissingDependency(FlowkitError, ImportError):
+    """An optional dependency is not installed; the message names the extra."""
+
+    def __init__(self, package: str, extra: str, feature: str) -> None:
+        self.package = package
+        self.extra = extra
+        super().__init__(
+            f"{feature} needs the {package!r} package, which is not installed. "
+            f"Install it with: pip install 'flowkit[{extra}]'"
+        )
 
 
 DecodeErrorKind = Literal["json", "envelope", "unknown_type", "validation"]

@@ -67,6 +67,23 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _urls(command: argparse.ArgumentParser, *, transport: bool) -> None:
+    """The --transport and --store options, which override the target's own."""
+    if transport:
+        command.add_argument(
+            "--transport",
+            metavar="URL",
+            help="the broker to use instead of the bus's own (redis://...; default: "
+            "$FLOWKIT_TRANSPORT)",
+        )
+    command.add_argument(
+        "--store",
+        metavar="URL",
+        help="the store to use instead of the target's own (sqlite:///path; default: "
+        "$FLOWKIT_STORE)",
+    )
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="flowkit", description="Run flowkit services; inspect dead letters and workflows."
@@ -81,6 +98,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     worker.add_argument("app", help="the Choreography, as module:attribute")
     worker.add_argument("--services", help="comma-separated services to run (default: all)")
+    _urls(worker, transport=True)
     worker.add_argument(
         "--grace",
         type=_seconds,
@@ -109,6 +127,8 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("--consumer", help="only this handler's (service:name)")
         sub.add_argument("--topic", help="only this message type's")
         sub.add_argument("--limit", type=_positive_int, default=100, help="at most this many (100)")
+    _urls(dlq_list, transport=False)
+    _urls(dlq_replay, transport=True)
     dlq_list.add_argument("--json", action="store_true", help="print JSON")
     dlq_list.add_argument(
         "-v", "--verbose", action="store_true", help="with each dead letter's full error"
@@ -133,6 +153,7 @@ def _parser() -> argparse.ArgumentParser:
         help=f"only this status, any case (repeatable or comma-separated): {STATUSES}",
     )
     wf_list.add_argument("--limit", type=_positive_int, default=None, help="at most this many")
+    _urls(wf_list, transport=False)
     wf_list.add_argument("--json", action="store_true", help="print JSON")
     wf_list.set_defaults(run=list_workflows)
     wf_show = workflows.add_parser(
@@ -142,6 +163,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     wf_show.add_argument("app", help="the Orchestrator instance, as module:attribute")
     wf_show.add_argument("id", help="the workflow id")
+    _urls(wf_show, transport=False)
     wf_show.add_argument("--json", action="store_true", help="print JSON")
     wf_show.set_defaults(run=show_workflow)
     return parser

@@ -9,8 +9,10 @@ import re
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from .._errors import StoreError
+from .._errors import MissingDependency, StoreError
 from ..stores import MemoryStore, SQLiteStore
+from ..stores import from_url as store_from_url
+from ..transports import from_url as transport_from_url
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterable
@@ -20,18 +22,25 @@ if TYPE_CHECKING:
     from ..stores import StateStore
 
 __all__ = [
+    "STORE_ENV",
+    "TRANSPORT_ENV",
     "CommandFailed",
     "UsageError",
+    "chosen_store",
     "describe",
     "entered",
     "load_object",
     "one_line",
+    "point_bus",
     "readable_store",
     "require_broker",
     "text_lines",
 ]
 
 T = TypeVar("T")
+
+TRANSPORT_ENV = "FLOWKIT_TRANSPORT"
+STORE_ENV = "FLOWKIT_STORE"
 
 BROKERS = "Redis, RabbitMQ, NATS, Kafka"
 """The broker transports named when a command needs one."""
@@ -157,6 +166,42 @@ def require_broker(bus: Choreography, target: str, consequence: str) -> None:
 
 
 # -- stores ----------------------------------------------------------------------------
+
+
+def _url(args: Any, option: str, env: str) -> str | None:
+    return getattr(args, option, None) or os.environ.get(env) or None
+
+
+def point_bus(bus: Choreography, args: Any) -> None:
+    """Put the bus on the transport and store the command line names, if any
+    (``--transport``/``--store``, or ``FLOWKIT_TRANSPORT``/``FLOWKIT_STORE``).
+
+    Raises:
+        UsageError: for a URL flowkit cannot open, or a missing client library.
+    """
+    transport, store = _url(args, "transport", TRANSPORT_ENV), _url(args, "store", STORE_ENV)
+    try:
+        if transport is not None:
+            bus.use(transport=transport_from_url(transport))
+        if store is not None:
+            bus.use(store=store_from_url(store))
+    except (ValueError, MissingDependency) as exc:
+        raise UsageError(one_line(str(exc))) from None
+
+
+def chosen_store(own: StateStore | None, args: Any) -> StateStore | None:
+    """The store the command line names (``--store`` or ``FLOWKIT_STORE``), else ``own``.
+
+    Raises:
+        UsageError: for a URL flowkit cannot open.
+    """
+    url = _url(args, "store", STORE_ENV)
+    if url is None:
+        return own
+    try:
+        return store_from_url(url)
+    except ValueError as exc:
+        raise UsageError(one_line(str(exc))) from None
 
 
 def readable_store(store: StateStore | None, target: str, kept: str) -> StateStore:

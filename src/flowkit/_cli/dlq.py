@@ -13,10 +13,12 @@ from ..choreography import Choreography
 from .common import (
     CommandFailed,
     UsageError,
+    chosen_store,
     describe,
     entered,
     load_object,
     one_line,
+    point_bus,
     readable_store,
     require_broker,
     text_lines,
@@ -37,7 +39,7 @@ _SUB_EXCEPTION = re.compile(r"^\s*\+[-+]* (\d+|\.\.\.) -+$")
 async def list_letters(args: argparse.Namespace) -> int:
     """``flowkit dlq list``: print the dead letters, oldest first. Reads only."""
     bus = load_object(args.app, Choreography)
-    store = readable_store(bus.store, args.app, "dead letters")
+    store = readable_store(chosen_store(bus.store, args), args.app, "dead letters")
     async with entered(store, store):
         letters = await store.list_dead_letters(
             consumer=args.consumer, topic=args.topic, limit=args.limit
@@ -69,6 +71,7 @@ async def replay_letters(args: argparse.Namespace) -> int:
     first failure the command stops and says how many were replayed before it.
     """
     bus = load_object(args.app, Choreography)
+    point_bus(bus, args)
     if args.all == bool(args.ids):
         raise UsageError("give dead letter ids, or --all (with --consumer / --topic), not both")
     if args.ids and (args.consumer or args.topic):

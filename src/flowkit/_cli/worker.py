@@ -18,7 +18,7 @@ import anyio
 
 from .._errors import DefinitionError
 from ..choreography import Choreography
-from .common import UsageError, load_object, one_line, require_broker
+from .common import UsageError, load_object, one_line, point_bus, require_broker
 
 if TYPE_CHECKING:
     import argparse
@@ -36,6 +36,7 @@ async def run_worker(args: argparse.Namespace) -> int:
         signal cut the stop short.
     """
     bus = load_object(args.app, Choreography)
+    point_bus(bus, args)
     require_broker(
         bus, args.app, "a worker on it would receive nothing published by other processes"
     )

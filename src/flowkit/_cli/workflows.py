@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from ..orchestration import Orchestrator, WorkflowInfo, WorkflowStatus
 from .common import (
     UsageError,
+    chosen_store,
     describe,
     entered,
     load_object,
@@ -44,7 +45,7 @@ async def list_workflows(args: argparse.Namespace) -> int:
     """``flowkit workflows list``: print the workflows, oldest first. Reads only."""
     orchestrator = load_object(args.app, Orchestrator)
     statuses = parse_statuses(args.status)
-    store, reader = _reader(orchestrator, args.app)
+    store, reader = _reader(orchestrator, args.app, args)
     async with entered(reader, store):
         infos = await reader.list(status=statuses, limit=args.limit)
     if args.json:
@@ -64,7 +65,7 @@ async def list_workflows(args: argparse.Namespace) -> int:
 async def show_workflow(args: argparse.Namespace) -> int:
     """``flowkit workflows show``: one workflow's steps and history. Reads only."""
     orchestrator = load_object(args.app, Orchestrator)
-    store, reader = _reader(orchestrator, args.app)
+    store, reader = _reader(orchestrator, args.app, args)
     async with entered(reader, store):
         info = await reader.get(args.id)
     if args.json:
@@ -129,9 +130,11 @@ class _NoCommands:
         raise RuntimeError("an orchestrator opened for reading sends no command")
 
 
-def _reader(orchestrator: Orchestrator[Any], target: str) -> tuple[StateStore, Orchestrator[Any]]:
+def _reader(
+    orchestrator: Orchestrator[Any], target: str, args: argparse.Namespace
+) -> tuple[StateStore, Orchestrator[Any]]:
     """The store to read and an orchestrator of the same class that reads it."""
-    store = readable_store(orchestrator.store, target, "workflows")
+    store = readable_store(chosen_store(orchestrator.store, args), target, "workflows")
     cls = type(orchestrator)
     try:
         reader = cls(store, bus=_NoCommands())
