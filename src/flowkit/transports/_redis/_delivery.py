@@ -1,0 +1,180 @@
+"""Deliveries, and reading them from stream entries.
+
+An entry's fields are ``body`` (the bytes as published), ``headers`` (a JSON
+object of strings, absent when there are none), ``key`` (when published with
+one) and ``attempt`` (on a message the transport added again: how many times
+it had been delivered to the group).
+
+Entries written by something else than the transport are delivered as well as
+they can be, never crash a consumer: any bytes are a body (the bus
+dead-letters what it cannot decode); an entry without a ``body`` field is
+delivered with an empty body, headers that are not a JSON object of strings
+are delivered as no headers, and a WARNING names the entry each time.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from ._subscription import RedisSubscription
+
+__all__ = ["RedisDelivery", "encode_headers", "read_entries"]
+
+logger = logging.getLogger("flowkit.transport.redis")
+
+_NO_HEADERS: Mapping[str, str] = MappingProxyType({})
+
+# Which stream an entry was read from.
+TOPIC_STREAM = 1
+OWN_STREAM = 2
+
+
+class RedisDelivery:
+    """One delivery of a stream entry to one subscription."""
+
+    __slots__ = ("_id", "_source", "_subscription", "attempt", "body", "headers")
+
+    def __init__(
+        self,
+        subscription: RedisSubscription,
+        source: int,
+        entry_id: bytes,
+        body: bytes,
+        headers: Mapping[str, str],
+        attempt: int,
+    ) -> None:
+        self._subscription = subscription
+        self._source = source
+        self._id = entry_id
+        self.body = body
+        self.headers = headers
+        # How many times this message has been delivered to this group, this time included.
+        self.attempt = attempt
+
+    @property
+    def topic(self) -> str:
+        """The topic the message was published to."""
+        return self._subscription._group.topic
+
+    @property
+    def group(self) -> str:
+        """The consumer group it was delivered to."""
+        return self._subscription._group.name
+
+    async def ack(self) -> None:
+        """Mark the message handled (``XACK``); a second ack or nack is a no-op.
+
+        Raises:
+            TransportError: if Redis could not be reached within the timeout.
+        """
+        await self._subscription._ack(self)
+
+    async def nack(self, delay: float = 0.0) -> None:
+        """Give the message back, to be delivered again after ``delay`` seconds.
+
+        The entry is acked and a copy, its attempt count carried, goes to the
+        group's own stream at once, or to the group's delayed set until it is
+        due; both in one script, so it is never lost nor doubled.
+
+        Args:
+            delay: seconds before the message is deliverable again.
+
+        Raises:
+            TransportError: if Redis could not be reached within the timeout.
+        """
+        await self._subscription._nack(self, delay)
+
+    def __repr__(self) -> str:
+        return (
+            f"<RedisTransport delivery topic={self.topic!r} group={self.group!r} "
+            f"id={self._id.decode()} attempt={self.attempt}>"
+        )
+
+
+def encode_headers(headers: Mapping[str, str]) -> bytes:
+    """The ``headers`` field of an entry: a compact JSON object."""
+    return json.dumps(dict(headers), ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def read_entries(
+    subscription: RedisSubscription,
+    source: int,
+    stream: bytes,
+    entries: list[Any],
+    out: list[RedisDelivery],
+) -> None:
+    """Make deliveries of entries read from ``stream`` and append them to ``out``.
+
+    Args:
+        subscription: the subscription they are delivered to.
+        source: which of the group's streams they come from.
+        stream: that stream's key, for warnings.
+        entries: ``[id, [field, value, ...]]`` as read by ``XREADGROUP``, or
+            ``[id, fields, deliveries]`` as claimed from another consumer (the
+            delivery count Redis keeps, this delivery included).
+        out: where the deliveries go.
+    """
+    for entry in entries:
+        entry_id = entry[0]
+        fields = entry[1]
+        deliveries = int(entry[2]) if len(entry) > 2 else 1
+        if fields is None:
+            continue  # deleted while pending: nothing left to deliver
+        if len(fields) == 2 and fields[0] == b"body":
+            out.append(
+                RedisDelivery(subscription, source, entry_id, fields[1], _NO_HEADERS, deliveries)
+            )
+            continue
+        body: bytes | None = None
+        headers = _NO_HEADERS
+        before = 0
+        for index in range(0, len(fields) - 1, 2):
+            name = fields[index]
+            value = fields[index + 1]
+            if name == b"body":
+                body = value
+            elif name == b"headers":
+                headers = _headers(value, stream, entry_id)
+            elif name == b"attempt":
+                before = _count(value)
+        if body is None:
+            logger.warning(
+                "entry %s of Redis stream %r has no body field: delivered with an empty body",
+                entry_id.decode(),
+                stream.decode(errors="replace"),
+            )
+            body = b""
+        out.append(
+            RedisDelivery(subscription, source, entry_id, body, headers, before + deliveries)
+        )
+
+
+def _headers(value: bytes, stream: bytes, entry_id: bytes) -> Mapping[str, str]:
+    try:
+        headers = json.loads(value)
+    except ValueError:
+        headers = None
+    if isinstance(headers, dict) and all(
+        isinstance(k, str) and isinstance(v, str) for k, v in headers.items()
+    ):
+        return headers
+    logger.warning(
+        "entry %s of Redis stream %r has headers that are not a JSON object of strings: "
+        "delivered without headers",
+        entry_id.decode(),
+        stream.decode(errors="replace"),
+    )
+    return _NO_HEADERS
+
+
+def _count(value: bytes) -> int:
+    try:
+        return max(0, int(value))
+    except ValueError:
+        return 0
