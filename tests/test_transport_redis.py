@@ -391,30 +391,42 @@ async def test_entries_of_a_dead_consumer_are_reclaimed(
     stream = f"{prefix}:{topic}"
     async with make(claim_idle=0.3) as transport:
         subscription = await transport.subscribe(topic, group)
-        await transport.publish(topic, b"taken by the dead")
+        await transport.publish(topic, b"taken once")
         await transport.publish(topic, b"taken twice", {"h": "v"})
-        # A consumer that reads and dies without acking.
+        # Consumers that read and die without acking.
         await raw.xreadgroup(group, "dead", {stream: ">"}, count=2)
-        first = await _receive(subscription)
-        second = await _receive(subscription)
-        assert {(first.body, first.attempt), (second.body, second.attempt)} == {
-            (b"taken by the dead", 2),
-            (b"taken twice", 2),
-        }
-        await first.ack()
-        # A consumer that hangs: the entry is reclaimed again, counted again.
-        third = await _receive(subscription, timeout=5)
-        assert (third.body, dict(third.headers), third.attempt) == (
-            second.body,
-            dict(second.headers),
-            3,
-        )
-        await third.ack()
-        await second.ack()  # late: already settled
-        pending = await raw.xpending(stream, group)
-        assert pending["pending"] == 0
+        twice = (await _entries(raw, stream))[1][0]
+        await raw.xclaim(stream, group, "dead too", 0, [twice])
+        got = {}
+        for _ in range(2):
+            delivery = await _receive(subscription, timeout=5)
+            got[delivery.body] = (dict(delivery.headers), delivery.attempt)
+            await delivery.ack()
+        assert got == {b"taken once": ({}, 2), b"taken twice": ({"h": "v"}, 3)}
+        assert (await raw.xpending(stream, group))["pending"] == 0
         await _nothing(subscription, 0.8)
         await subscription.aclose()
+
+
+async def test_a_live_consumer_keeps_what_it_holds(
+    make: Callable[..., RedisTransport], raw: Redis, prefix: str
+) -> None:
+    """A consumer that takes longer than claim_idle to settle keeps its entries
+    while its process runs: nobody else gets them."""
+    topic, group = _name("topic"), _name("group")
+    async with make(claim_idle=0.3) as first, make(claim_idle=0.3) as second:
+        slow = await first.subscribe(topic, group)
+        other = await second.subscribe(topic, group)
+        for i in range(3):
+            await first.publish(topic, b"%d" % i)
+        held = [await _receive(slow)]  # two more wait in its buffer
+        await _nothing(other, 1.5)
+        held += [await _receive(slow), await _receive(slow)]
+        assert sorted(d.attempt for d in held) == [1, 1, 1]
+        await slow.ack_many(held)
+        assert (await raw.xpending(f"{prefix}:{topic}", group))["pending"] == 0
+        await slow.aclose()
+        await other.aclose()
 
 
 async def test_close_gives_back_buffered_entries_without_counting_them(

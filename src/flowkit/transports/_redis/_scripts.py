@@ -192,6 +192,29 @@ return result
 """
 )
 
+# Keep the entries a live consumer holds from being reclaimed: reset their
+# idle time (XCLAIM to itself, JUSTID: the delivery count stays), each only if
+# this consumer still owns it.
+#
+# KEYS: the topic's stream, the group's stream.
+# ARGV: group, consumer, how many ids are of the topic's stream, then the ids
+#       (those of the topic's stream first).
+# Returns how many entries were kept.
+TOUCH = """
+local in_topic = tonumber(ARGV[3])
+local kept = 0
+for i = 4, #ARGV do
+  local key = KEYS[1]
+  if i > 3 + in_topic then key = KEYS[2] end
+  local pending = redis.call('XPENDING', key, ARGV[1], ARGV[i], ARGV[i], 1)
+  if pending[1] and pending[1][2] == ARGV[2] then
+    redis.call('XCLAIM', key, ARGV[1], ARGV[2], 0, ARGV[i], 'JUSTID')
+    kept = kept + 1
+  end
+end
+return kept
+"""
+
 # A subscription leaves its group: every entry this consumer holds in either
 # stream is added again to the group's stream (its attempt count carried) and
 # acked, then the consumer is deleted. For the last local subscription of a
@@ -336,11 +359,12 @@ class Scripts:
     requeue = _sha(REQUEUE)
     move_due = _sha(MOVE_DUE)
     reclaim = _sha(RECLAIM)
+    touch = _sha(TOUCH)
     leave = _sha(LEAVE)
     trim = _sha(TRIM)
     backlog = _sha(BACKLOG)
 
-    _SOURCES = (PUBLISH, REQUEUE, MOVE_DUE, RECLAIM, LEAVE, TRIM, BACKLOG)
+    _SOURCES = (PUBLISH, REQUEUE, MOVE_DUE, RECLAIM, TOUCH, LEAVE, TRIM, BACKLOG)
 
     @classmethod
     async def load(cls, client: Redis) -> None:

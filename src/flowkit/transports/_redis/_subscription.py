@@ -104,6 +104,7 @@ class RedisSubscription:
         "_next_reclaim",
         "_reader",
         "_receives",
+        "_touch",
         "_waiting",
         "_want",
     )
@@ -124,6 +125,7 @@ class RedisSubscription:
         self._next_reclaim = 0.0
         self._cursors: list[bytes] = [b"0-0", b"0-0"]
         self._receives = 0
+        self._touch: asyncio.TimerHandle | None = None
 
     @property
     def consumer(self) -> str:
@@ -219,6 +221,7 @@ class RedisSubscription:
                     )
                 if got:
                     self._buffer.extend(got)
+                    self._keep_alive()
                     self._wake()
         finally:
             self._reader = None
@@ -321,6 +324,48 @@ class RedisSubscription:
         elif not got:
             raise failure
 
+    def _keep_alive(self) -> None:
+        """Keep what this consumer holds from being reclaimed while it is alive.
+
+        Every third of ``claim_idle`` while it holds entries (handed out or
+        buffered), their idle time is reset; so only the entries of a
+        consumer whose process died or stopped running are reclaimed, not
+        those of one working through a long batch.
+        """
+        if self._touch is None and not self._closed:
+            self._touch = asyncio.get_running_loop().call_later(
+                self._connection.options.claim_idle / 3, self._on_touch
+            )
+
+    def _on_touch(self) -> None:
+        self._touch = None
+        if not self._closed and (self._held or self._buffer):
+            self._connection.spawn(self._touch_held())
+
+    async def _touch_held(self) -> None:
+        group = self._group
+        held = [*self._held, *self._buffer]
+        in_topic = [d._id for d in held if d._source == TOPIC_STREAM]
+        in_own = [d._id for d in held if d._source != TOPIC_STREAM]
+        try:
+            await self._connection.batcher.call(
+                "keep-alive of held entries",
+                "EVALSHA",
+                Scripts.touch,
+                2,
+                group.stream,
+                group.own,
+                group.name,
+                self._consumer,
+                len(in_topic),
+                *in_topic,
+                *in_own,
+            )
+        except TransportError as exc:
+            logger.debug("consumer %s could not keep its entries: %s", self._consumer, exc)
+        if self._held or self._buffer:
+            self._keep_alive()
+
     async def _ack(self, delivery: RedisDelivery) -> None:
         if self._held.pop(delivery, _MISSING) is _MISSING:
             return
@@ -413,6 +458,9 @@ class RedisSubscription:
         if self._closed:
             return
         self._closed = True
+        if self._touch is not None:
+            self._touch.cancel()
+            self._touch = None
         reader = self._reader
         if reader is not None:
             reader.cancel()
@@ -434,7 +482,7 @@ class RedisSubscription:
             connection.forget(group)
         remove = last and not group.durable
         try:
-            await connection.batcher.call(
+            given, _removed = await connection.batcher.call(
                 "close of a subscription",
                 "EVALSHA",
                 Scripts.leave,
@@ -456,6 +504,9 @@ class RedisSubscription:
                 group.name,
                 connection.options.claim_idle,
             )
+            return
+        if given and not remove:
+            connection.retention.note(group.own, int(given))
 
     async def __aenter__(self) -> Self:
         return self
