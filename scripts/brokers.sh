@@ -60,19 +60,29 @@ pid_is() {
     [ -n "$1" ] && kill -0 "$1" 2>/dev/null && tr '\0' ' ' <"/proc/$1/cmdline" 2>/dev/null | grep -q -- "$2"
 }
 
+# A daemon's parent is init, which may take a moment to reap it; until then it shows
+# in the process list as <defunct>. Wait for that, briefly.
+await_reaped() {
+    local i
+    for ((i = 0; i < 50; i++)); do
+        [ -e "/proc/$1" ] || return 0
+        sleep 0.1
+    done
+}
+
 # stop_pid PID WORD: SIGTERM, wait (bounded), then SIGKILL if it is still there.
 stop_pid() {
     local pid=$1 word=$2 i
     pid_is "$pid" "$word" || return 0
     kill -TERM "$pid" 2>/dev/null || true
     for ((i = 0; i < STOP_TIMEOUT * 10; i++)); do
-        pid_is "$pid" "$word" || return 0
+        pid_is "$pid" "$word" || { await_reaped "$pid"; return 0; }
         sleep 0.1
     done
     log "$word (PID $pid) did not exit within ${STOP_TIMEOUT}s; killing it"
     kill -KILL "$pid" 2>/dev/null || true
     for ((i = 0; i < 50; i++)); do
-        pid_is "$pid" "$word" || return 0
+        pid_is "$pid" "$word" || { await_reaped "$pid"; return 0; }
         sleep 0.1
     done
     die "$word (PID $pid) is still running after SIGKILL"
@@ -150,14 +160,19 @@ redis_start() {
                 fi
                 return 0
             fi
-            if grep -qs 'Failed listening on port' "$DIR/redis.log"; then break; fi
+            if grep -qs 'Failed listening on port' "$DIR/redis.log"; then
+                log "port $PORT was taken before redis-server could bind it (attempt $attempt of 3)"
+                remove_data_dir "$DIR"
+                continue 2
+            fi
             sleep 0.05
         done
-        log "redis-server did not answer PING on 127.0.0.1:$PORT" \
-            "(attempt $attempt, waited up to ${READY_TIMEOUT}s); its log:"
+        log "redis-server did not answer PING on 127.0.0.1:$PORT within ${READY_TIMEOUT}s;" \
+            "the end of its log:"
         tail -n 20 "$DIR/redis.log" >&2 2>/dev/null || true
         stop_pid "$(cat "$DIR/redis.pid" 2>/dev/null || true)" redis-server
         remove_data_dir "$DIR"
+        break
     done
     die "could not start redis-server"
 }
@@ -189,7 +204,7 @@ start_one() {
     started=$(date +%s%N)
     "${name}_start"
     save_state "$name"
-    log "$name started in $(((($(date +%s%N) - started)) / 1000000)) ms: PID $PID, port $PORT, data $DIR"
+    log "$name started in $((($(date +%s%N) - started) / 1000000)) ms: PID $PID, port $PORT, data $DIR"
 }
 
 stop_one() {
