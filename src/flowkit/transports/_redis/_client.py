@@ -61,15 +61,21 @@ def check_asyncio() -> None:
 def translate(exc: BaseException, doing: str) -> TransportError:
     """A :class:`~flowkit.TransportError` for a redis-py error, its URLs redacted.
 
+    The error is chained to ``exc`` already (its ``__cause__``), for the
+    errors handed to a waiting caller rather than raised where ``exc`` was
+    caught.
+
     Args:
         exc: the error raised by redis-py (or by the socket under it).
         doing: what the transport was doing, for the message ("publish to ...").
 
     Returns:
-        The error to raise ``from exc``.
+        The error to raise.
     """
     detail = redact_url(str(exc)) or type(exc).__name__
-    return TransportError(f"Redis {doing} failed: {type(exc).__name__}: {detail}")
+    error = TransportError(f"Redis {doing} failed: {type(exc).__name__}: {detail}")
+    error.__cause__ = exc
+    return error
 
 
 def is_missing_group(exc: BaseException) -> bool:

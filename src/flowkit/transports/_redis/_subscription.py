@@ -6,13 +6,22 @@ pipeline per read: the mover script (delayed messages that came due go back
 to the group's own stream), now and then the reclaim script (entries that
 other consumers held idle for ``claim_idle`` seconds), and one
 ``XREADGROUP ... COUNT n BLOCK ms`` over the topic's stream and the group's
-own stream. What it reads beyond what the waiting task takes stays in a
-buffer of at most ``2 * n`` deliveries, handed out by the next calls.
+own stream (``n`` entries at most from each, ``ms`` a quarter of
+``claim_idle``, at most 2 s). What it reads beyond what the waiting task takes
+stays in a buffer, handed out by the next calls; the next read waits until it
+is empty. Entries read from both streams at once are handed out in the order
+of their ids (the server's clock), the group's own first within one
+millisecond.
 
 The read runs in a task of its own, so a receiver that gives up (a timeout,
 a cancelled task) never loses what the server already handed over; closing
 the subscription cancels it at once. A lost connection is retried with
 backoff until the server is back.
+
+Keeping: while the subscription holds entries (handed out or buffered), it
+resets their idle time every third of ``claim_idle`` (``XCLAIM ... JUSTID``
+to itself, for those it still owns), so the group's other consumers reclaim
+only what a stopped process held.
 
 Leaving: :meth:`aclose` gives back every entry this consumer holds in Redis,
 delivered or only buffered, by adding it again to the group's own stream with

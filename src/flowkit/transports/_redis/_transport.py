@@ -69,16 +69,19 @@ class RedisTransport:
     * ``attempt`` is 1 for a fresh message; a message added again (nacked,
       given back) carries its count in its ``attempt`` field; an entry
       reclaimed from a dead consumer counts Redis's own delivery count;
-    * the entries a consumer held without settling them for ``claim_idle``
-      seconds (it died or hung) are claimed (``XAUTOCLAIM``) by the group's
-      live consumers and delivered again;
+    * a live subscription resets the idle time of what it holds every third
+      of ``claim_idle``; the entries of a consumer whose process died or
+      stopped running stay idle, and after ``claim_idle`` seconds the
+      group's live consumers claim them (``XAUTOCLAIM``) and deliver them
+      again;
     * closing a subscription gives back at once everything it held, and
       deletes its consumer; closing the last subscription of a group
       subscribed with ``durable=False`` removes the group, its own stream
       and its delayed set (and the topic's stream, if no group is left).
 
     Publishing: concurrent publishes, acks and nacks are sent together, one
-    pipeline per round trip. No publish waits longer than about
+    pipeline per round trip, the publishes of a pipeline as one call of a
+    script that adds each entry. No publish waits longer than
     ``publish_timeout``: it fails with :class:`~flowkit.TransportError`
     (through a lost connection it is retried until then; a retried publish
     may be delivered twice, as the contract allows).
@@ -103,14 +106,17 @@ class RedisTransport:
             for TLS, or ``unix://``; the password never appears in a log, a
             repr or an error.
         prefix: the start of every key the transport writes.
-        prefetch: the most entries one read takes; what the caller does not
-            take at once is held for the next receive (at most twice this).
-        claim_idle: seconds after which an entry a consumer holds without
-            settling it is given to another consumer of the group.
+        prefetch: the most entries one read takes from each of the group's
+            two streams; what the caller does not take at once is held for
+            the next receive.
+        claim_idle: seconds after which the entries of a consumer that
+            stopped (its process died or hangs) go to another consumer of the
+            group.
         max_len: the most entries a stream keeps (None: no limit: only what
             every group has settled is trimmed).
-        publish_timeout: the longest, in seconds, a publish, ack or nack waits
-            to be sent, and for room in the queue of commands.
+        publish_timeout: the longest, in seconds, a publish, ack, nack or
+            backlog waits for its reply (room in the queue of commands
+            included).
         connect_timeout: the longest, in seconds, opening a connection takes.
         redis_options: more keyword arguments for
             ``redis.asyncio.Redis.from_url`` (TLS certificates, for one).
