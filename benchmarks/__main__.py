@@ -10,6 +10,7 @@ BENCHMARKS: dict[str, list[str]] = {
     "bench_bus": [],
     "bench_store": [],
     "bench_orchestrator": ["--dbos", "--synchronous", "FULL"],
+    "bench_redis": [],
 }
 
 
