@@ -31,6 +31,7 @@ try:
     import redis
     from redis.asyncio import Redis
 
+    from flowkit.transports import from_url
     from flowkit.transports._redis import RedisTransport
 except ModuleNotFoundError as exc:  # pragma: no cover - depends on the environment
     if exc.name != "redis" or os.environ.get("FLOWKIT_REQUIRE_BROKERS") == "1":
@@ -885,6 +886,24 @@ def test_options_are_checked() -> None:
         RedisTransport("redis://localhost", max_len=0)
     with pytest.raises(ValueError, match="prefix"):
         RedisTransport("redis://localhost", prefix="")
+
+
+async def test_options_in_the_url(redis_url: str, raw: Redis, prefix: str) -> None:
+    sep = "&" if "?" in redis_url else "?"
+    url = f"{redis_url}{sep}prefix={prefix}&claim_idle=0.3&max_len=&health_check_interval=5"
+    transport = from_url(url)
+    assert isinstance(transport, RedisTransport)
+    async with transport:
+        subscription = await transport.subscribe("t", "g")
+        await transport.publish("t", b"taken by the dead")
+        await raw.xreadgroup("g", "dead", {f"{prefix}:t": ">"})
+        delivery = await _receive(subscription, timeout=3)  # reclaimed after 0.3 s
+        assert (delivery.body, delivery.attempt) == (b"taken by the dead", 2)
+        await delivery.ack()
+        await subscription.aclose()
+    with pytest.raises(ValueError, match="not a number") as bad:
+        RedisTransport(f"redis://:{_PASSWORD}@localhost/0?claim_idle=soon")
+    assert _PASSWORD not in str(bad.value)
 
 
 @pytest.mark.parametrize("anyio_backend", ["trio"])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from redis import exceptions as redis_errors
 from redis.asyncio import Redis
@@ -25,8 +26,14 @@ __all__ = [
     "is_missing_group",
     "open_client",
     "redis_errors",
+    "split_options",
     "translate",
 ]
+
+# The transport's own options that a URL may carry in its query string.
+TRANSPORT_OPTIONS = frozenset(
+    {"prefix", "prefetch", "claim_idle", "max_len", "publish_timeout", "connect_timeout"}
+)
 
 # Errors that pass when the server comes back: a lost or refused connection, a
 # read that timed out, a server still loading its data after a restart, a
@@ -56,6 +63,31 @@ def check_asyncio() -> None:
             "run on trio or any other event loop. Run the bus with anyio's asyncio "
             "backend, or use another transport"
         ) from None
+
+
+def split_options(url: str) -> tuple[str, dict[str, str]]:
+    """Take the transport's own options out of a URL's query string.
+
+    ``redis://host/0?claim_idle=5&socket_keepalive=true`` gives
+    ``redis://host/0?socket_keepalive=true`` (what redis-py reads) and
+    ``{"claim_idle": "5"}``.
+
+    Returns:
+        The URL without those options, and the options as written.
+    """
+    parts = urlsplit(url)
+    if not parts.query:
+        return url, {}
+    ours: dict[str, str] = {}
+    theirs: list[tuple[str, str]] = []
+    for name, value in parse_qsl(parts.query, keep_blank_values=True):
+        if name in TRANSPORT_OPTIONS:
+            ours[name] = value
+        else:
+            theirs.append((name, value))
+    if not ours:
+        return url, {}
+    return urlunsplit(parts._replace(query=urlencode(theirs))), ours
 
 
 def translate(exc: BaseException, doing: str) -> TransportError:

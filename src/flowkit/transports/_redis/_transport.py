@@ -13,7 +13,7 @@ from ..._errors import TransportClosed
 from ..._redact import redact_url
 from .._base import Capabilities
 from ._batcher import Batcher
-from ._client import check_asyncio, open_client, redis_errors, translate
+from ._client import check_asyncio, open_client, redis_errors, split_options, translate
 from ._delivery import encode_headers
 from ._scripts import Scripts
 from ._state import Connection, Options
@@ -104,7 +104,10 @@ class RedisTransport:
     Args:
         url: ``redis://[[user]:password@]host[:port][/db]``, ``rediss://``
             for TLS, or ``unix://``; the password never appears in a log, a
-            repr or an error.
+            repr or an error. Its query string may set the options below
+            (``?claim_idle=5&max_len=100000``, ``max_len=`` for None), which
+            then take precedence over the keyword arguments; the rest of the
+            query goes to redis-py.
         prefix: the start of every key the transport writes.
         prefetch: the most entries one read takes from each of the group's
             two streams; what the caller does not take at once is held for
@@ -158,6 +161,17 @@ class RedisTransport:
             raise ValueError(
                 f"RedisTransport needs a redis://, rediss:// or unix:// URL, not {where!r}"
             )
+        url, in_url = split_options(url)
+        try:
+            prefix = in_url.get("prefix", prefix)
+            prefetch = int(in_url.get("prefetch", prefetch))
+            claim_idle = float(in_url.get("claim_idle", claim_idle))
+            if "max_len" in in_url:
+                max_len = int(in_url["max_len"]) if in_url["max_len"] else None
+            publish_timeout = float(in_url.get("publish_timeout", publish_timeout))
+            connect_timeout = float(in_url.get("connect_timeout", connect_timeout))
+        except ValueError as exc:
+            raise ValueError(f"a transport option in {where!r} is not a number: {exc}") from None
         if not prefix:
             raise ValueError("prefix must not be empty")
         if prefetch < 1:
