@@ -31,22 +31,34 @@ apt_install() {
     command -v apt-get >/dev/null || die "apt-get not found: install $* yourself"
     [ "$(id -u)" = 0 ] || die "installing $* needs root: run 'sudo apt-get install -y $*'"
     export DEBIAN_FRONTEND=noninteractive
+    local out rc=0 began
+    began=$(date +%s)
+    out=$(mktemp)
     # The Debian packages start their own system service on install; keep them from it
     # where no policy says so already (Docker-like images ship one that does).
     local policy=/usr/sbin/policy-rc.d made_policy=0
     if [ ! -e "$policy" ]; then
         printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod +x "$policy" && made_policy=1
+        trap 'rm -f /usr/sbin/policy-rc.d' EXIT
     fi
-    local rc=0
     if [ "$APT_UPDATED" = 0 ]; then
-        apt-get update -qq -o DPkg::Lock::Timeout=300 >/dev/null || rc=$?
+        apt-get update -qq -o DPkg::Lock::Timeout=300 >"$out" 2>&1 || rc=$?
         APT_UPDATED=1
     fi
     if [ "$rc" = 0 ]; then
-        apt-get install -y -qq -o DPkg::Lock::Timeout=300 "$@" >/dev/null || rc=$?
+        apt-get install -y -qq -o DPkg::Lock::Timeout=300 "$@" >"$out" 2>&1 || rc=$?
     fi
-    if [ "$made_policy" = 1 ]; then rm -f "$policy"; fi
-    [ "$rc" = 0 ] || die "apt-get install $* failed (exit $rc)"
+    if [ "$made_policy" = 1 ]; then
+        rm -f "$policy"
+        trap - EXIT
+    fi
+    if [ "$rc" != 0 ]; then
+        cat "$out" >&2
+        rm -f "$out"
+        die "apt-get install $* failed (exit $rc)"
+    fi
+    rm -f "$out"
+    log "installed $* in $(($(date +%s) - began)) s"
 }
 
 free_port() {
