@@ -215,8 +215,6 @@ class Batcher:
         loop = asyncio.get_running_loop()
         try:
             while queue:
-                # Let the callers woken by the last replies queue their next commands.
-                await asyncio.sleep(0)
                 batch: list[_Item] = []
                 now = loop.time()
                 while queue and len(batch) < self._max_batch:
@@ -237,6 +235,8 @@ class Batcher:
                     self._wake_room()
                 if batch:
                     await self._send(batch)
+                    # Let the callers woken by the replies queue their next commands.
+                    await asyncio.sleep(0)
         finally:
             self._task = None
 
