@@ -886,6 +886,10 @@ def test_options_are_checked() -> None:
         RedisTransport("redis://localhost", max_len=0)
     with pytest.raises(ValueError, match="prefix"):
         RedisTransport("redis://localhost", prefix="")
+    with pytest.raises(ValueError, match="decode_responses"):
+        RedisTransport("redis://localhost", redis_options={"decode_responses": True})
+    with pytest.raises(ValueError, match="protocol"):
+        RedisTransport("redis://localhost/0?protocol=3")
 
 
 async def test_options_in_the_url(redis_url: str, raw: Redis, prefix: str) -> None:

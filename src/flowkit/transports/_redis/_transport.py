@@ -8,6 +8,7 @@ import os
 import secrets
 import socket
 from typing import TYPE_CHECKING, Any, Self
+from urllib.parse import parse_qs, urlsplit
 
 from ..._errors import TransportClosed
 from ..._redact import redact_url
@@ -162,6 +163,14 @@ class RedisTransport:
                 f"RedisTransport needs a redis://, rediss:// or unix:// URL, not {where!r}"
             )
         url, in_url = split_options(url)
+        fixed = {"decode_responses", "protocol"} & (
+            set(redis_options or ()) | set(parse_qs(urlsplit(url).query))
+        )
+        if fixed:
+            raise ValueError(
+                f"RedisTransport sets {', '.join(sorted(fixed))} itself (it reads raw "
+                f"RESP2 replies); leave it out of the URL and of redis_options: {where!r}"
+            )
         try:
             prefix = in_url.get("prefix", prefix)
             prefetch = int(in_url.get("prefetch", prefetch))
