@@ -24,7 +24,14 @@ if TYPE_CHECKING:
 
     from ._subscription import RedisSubscription
 
-__all__ = ["RedisDelivery", "encode_headers", "read_entries"]
+__all__ = [
+    "OWN_STREAM",
+    "TOPIC_STREAM",
+    "RedisDelivery",
+    "encode_headers",
+    "publish_order",
+    "read_entries",
+]
 
 logger = logging.getLogger("flowkit.transport.redis")
 
@@ -153,6 +160,18 @@ def read_entries(
         out.append(
             RedisDelivery(subscription, source, entry_id, body, headers, before + deliveries)
         )
+
+
+def publish_order(delivery: RedisDelivery) -> tuple[int, int, int]:
+    """Where an entry read from either stream falls in publish order.
+
+    Entry ids are the server's time in milliseconds and a sequence number
+    within that millisecond, counted per stream: within one millisecond the
+    entries of the two streams cannot be told apart, and the group's own
+    entries come first.
+    """
+    millis, _, sequence = delivery._id.partition(b"-")
+    return int(millis), delivery._source == TOPIC_STREAM, int(sequence)
 
 
 def _headers(value: bytes, stream: bytes, entry_id: bytes) -> Mapping[str, str]:

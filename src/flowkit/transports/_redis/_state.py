@@ -2,9 +2,9 @@
 
 A :class:`Connection` lives from ``async with transport`` to ``aclose()``; a
 transport entered again after closing starts a new one. A :class:`Group` is a
-consumer group this process subscribes to: its three keys, its local
-subscriptions, and the timer that moves its delayed messages back when they
-come due.
+consumer group this process subscribes to: its three keys, its creation in
+Redis, its local subscriptions, and the timer that moves its delayed messages
+back when they come due.
 
 Keys, for a topic ``T`` and a group ``G`` under the prefix ``P``:
 
@@ -93,6 +93,28 @@ class Group:
         self.subscriptions: set[RedisSubscription] = set()
         self._timer: asyncio.TimerHandle | None = None
         self._timer_due = 0.0
+
+    async def create(self, consumer: str) -> None:
+        """Create the group on the topic's stream (at its end) and on its own
+        stream, and ``consumer`` in both.
+
+        The topic's group starts at ``$``: it gets what is published from now
+        on. The group's own stream is read from its start, since everything in
+        it is meant for the group. A group that exists already is left as it is.
+        The consumer is made at once (not at its first delivery) so that others
+        see it: a non-durable group is not removed while it has a consumer.
+
+        Raises:
+            redis.RedisError: if the server refused or could not be reached.
+        """
+        pipe = self._connection.client.pipeline(transaction=False)
+        pipe.execute_command("XGROUP", "CREATE", self.stream, self.name, "$", "MKSTREAM")
+        pipe.execute_command("XGROUP", "CREATE", self.own, self.name, "0", "MKSTREAM")
+        pipe.execute_command("XGROUP", "CREATECONSUMER", self.stream, self.name, consumer)
+        pipe.execute_command("XGROUP", "CREATECONSUMER", self.own, self.name, consumer)
+        for reply in await pipe.execute(raise_on_error=False):
+            if isinstance(reply, Exception) and not str(reply).startswith("BUSYGROUP"):
+                raise reply
 
     def schedule_move(self, delay: float) -> None:
         """Move the group's due messages back in ``delay`` seconds (or sooner if set).

@@ -41,7 +41,7 @@ from ..._errors import TransportClosed, TransportError
 from ..._redact import redact_url
 from ._batcher import Backoff
 from ._client import RECOVERABLE, is_missing_group, redis_errors, translate
-from ._delivery import OWN_STREAM, TOPIC_STREAM, RedisDelivery, read_entries
+from ._delivery import OWN_STREAM, TOPIC_STREAM, RedisDelivery, publish_order, read_entries
 from ._scripts import Scripts
 from ._state import MOVE_MAX
 
@@ -52,7 +52,7 @@ if TYPE_CHECKING:
     from .._base import Delivery
     from ._state import Connection, Group
 
-__all__ = ["RedisSubscription", "create_groups"]
+__all__ = ["RedisSubscription"]
 
 logger = logging.getLogger("flowkit.transport.redis")
 
@@ -60,41 +60,6 @@ logger = logging.getLogger("flowkit.transport.redis")
 # _CHECKPOINT_MASK + 1 calls, so a busy task cannot starve the others.
 _CHECKPOINT_MASK = 63
 _MISSING = object()
-
-
-async def create_groups(connection: Connection, group: Group, consumer: str) -> None:
-    """Create the group on the topic's stream (at its end) and on its own stream,
-    and the consumer in both.
-
-    The topic's group starts at ``$``: it gets what is published from now
-    on. The group's own stream is read from its start, since everything in
-    it is meant for the group. A group that exists already is left as it is.
-    The consumer is made at once (not at its first delivery) so that others
-    see it: a non-durable group is not removed while it has a consumer.
-
-    Raises:
-        redis.RedisError: if the server refused or could not be reached.
-    """
-    pipe = connection.client.pipeline(transaction=False)
-    pipe.execute_command("XGROUP", "CREATE", group.stream, group.name, "$", "MKSTREAM")
-    pipe.execute_command("XGROUP", "CREATE", group.own, group.name, "0", "MKSTREAM")
-    pipe.execute_command("XGROUP", "CREATECONSUMER", group.stream, group.name, consumer)
-    pipe.execute_command("XGROUP", "CREATECONSUMER", group.own, group.name, consumer)
-    for reply in await pipe.execute(raise_on_error=False):
-        if isinstance(reply, Exception) and not str(reply).startswith("BUSYGROUP"):
-            raise reply
-
-
-def _publish_order(delivery: RedisDelivery) -> tuple[int, int, int]:
-    """Where an entry read from either stream falls in publish order.
-
-    Entry ids are the server's time in milliseconds and a sequence number
-    within that millisecond, counted per stream: within one millisecond the
-    entries of the two streams cannot be told apart, and the group's own
-    entries come first.
-    """
-    millis, _, sequence = delivery._id.partition(b"-")
-    return int(millis), delivery._source == TOPIC_STREAM, int(sequence)
 
 
 class RedisSubscription:
@@ -302,7 +267,7 @@ class RedisSubscription:
                 source = TOPIC_STREAM if stream == group.stream else OWN_STREAM
                 read_entries(self, source, stream, entries, fresh)
             if len(read) > 1:
-                fresh.sort(key=_publish_order)
+                fresh.sort(key=publish_order)
             got.extend(fresh)
         moved = replies[0]
         if isinstance(moved, Exception):
@@ -329,7 +294,7 @@ class RedisSubscription:
                 self._group.name,
                 self._group.stream.decode(errors="replace"),
             )
-            await create_groups(self._connection, self._group, self._consumer)
+            await self._group.create(self._consumer)
         elif not got:
             raise failure
 

@@ -18,7 +18,7 @@ from ._client import check_asyncio, open_client, redis_errors, split_options, tr
 from ._delivery import encode_headers
 from ._scripts import Scripts
 from ._state import Connection, Options
-from ._subscription import RedisSubscription, create_groups
+from ._subscription import RedisSubscription
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -316,7 +316,7 @@ class RedisTransport:
         target = connection.group(topic, group, durable)
         consumer = f"{connection.consumer_prefix}:{secrets.token_hex(4)}"
         try:
-            await create_groups(connection, target, consumer)
+            await target.create(consumer)
         except redis_errors.RedisError as exc:
             if not target.subscriptions:
                 connection.forget(target)
