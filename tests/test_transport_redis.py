@@ -751,6 +751,7 @@ async def test_a_group_lost_by_the_server_is_created_again(
         subscription = await transport.subscribe(topic, group)
         await transport.publish(topic, b"before")
         await (await _receive(subscription)).ack()
+        await _nothing(subscription, 0.2)  # its read now waits on the server
         await raw.delete(*await _keys(raw, prefix))
         with anyio.fail_after(10):
             while True:

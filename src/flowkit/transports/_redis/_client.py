@@ -111,11 +111,12 @@ def translate(exc: BaseException, doing: str) -> TransportError:
 
 
 def is_missing_group(exc: BaseException) -> bool:
-    """Whether ``exc`` says a stream or its consumer group does not exist."""
+    """Whether ``exc`` says a stream or its consumer group does not exist (or
+    stopped existing while a read waited on it)."""
     if not isinstance(exc, redis_errors.ResponseError):
         return False
     text = str(exc)
-    return text.startswith("NOGROUP") or "no such key" in text
+    return text.startswith(("NOGROUP", "UNBLOCKED")) or "no such key" in text
 
 
 def _raw(response: Any, **options: Any) -> Any:
