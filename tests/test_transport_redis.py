@@ -293,6 +293,20 @@ async def test_publish_to_one_group_goes_through_its_own_stream(
         await to_other.aclose()
 
 
+async def test_large_bodies_published_together(make: Callable[..., RedisTransport]) -> None:
+    topic, group = _name("topic"), _name("group")
+    bodies = [bytes([i]) * (1024 * 1024) for i in range(12)] + [b"\x00" * (9 * 1024 * 1024)]
+    async with make() as transport:
+        subscription = await transport.subscribe(topic, group)
+        async with anyio.create_task_group() as tg:
+            for body in bodies:
+                tg.start_soon(transport.publish, topic, body)
+        got = [await _receive(subscription) for _ in bodies]
+        assert sorted(d.body for d in got) == sorted(bodies)
+        await subscription.ack_many(got)
+        await subscription.aclose()
+
+
 # -- nack, delays, attempts ----------------------------------------------------
 
 

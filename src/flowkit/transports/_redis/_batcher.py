@@ -4,9 +4,9 @@ Publishes, acks and nacks do not each pay a round trip: a caller queues its
 command and waits for its own reply, while one flusher task sends everything
 queued as one pipeline, then the next. Under load a pipeline carries as many
 commands as callers arrived during the previous round trip. The publishes of
-a pipeline travel as one call of the publish script (up to 500 ``XADD`` in one
-command and one reply), which costs the client a fraction of what one
-command per message does.
+a pipeline travel as calls of the publish script (up to 500 ``XADD`` and
+4 MB of bodies in one command and one reply), which costs the client a
+fraction of what one command per message does.
 
 Bounds: the queue holds at most ``max_queued`` commands (a caller waits for
 room, for at most ``timeout`` seconds); a command fails once ``timeout``
@@ -67,6 +67,9 @@ _Item = tuple[tuple[Any, ...], str, "asyncio.Future[Any]", float]
 _PUBLISH = "publish"
 # The most publishes in one call of the publish script.
 _PUBLISH_CHUNK = 500
+# The most body bytes in one call of the publish script (a larger body goes alone),
+# so one command stays far below what Redis buffers for a client.
+_PUBLISH_CHUNK_BYTES = 4 * 1024 * 1024
 
 
 def _first_key(args: tuple[Any, ...]) -> str:
@@ -247,10 +250,7 @@ class Batcher:
         while True:
             publishes = [item for item in batch if item[1] is _PUBLISH]
             commands = [item for item in batch if item[1] is not _PUBLISH] if publishes else batch
-            chunks = [
-                publishes[start : start + _PUBLISH_CHUNK]
-                for start in range(0, len(publishes), _PUBLISH_CHUNK)
-            ]
+            chunks = _chunks(publishes)
             pipe = self._client.pipeline(transaction=False)
             for chunk in chunks:
                 args: list[Any] = ["EVALSHA", Scripts.publish, len(chunk)]
@@ -369,6 +369,23 @@ class Batcher:
         if task is not None:
             task.cancel()
         return task
+
+
+def _chunks(publishes: list[_Item]) -> list[list[_Item]]:
+    """The publishes cut into calls of the publish script, by count and by size."""
+    chunks: list[list[_Item]] = []
+    chunk: list[_Item] = []
+    size = 0
+    for item in publishes:
+        body = len(item[0][3])  # (stream, number of fields, b"body", body, ...)
+        if chunk and (len(chunk) >= _PUBLISH_CHUNK or size + body > _PUBLISH_CHUNK_BYTES):
+            chunks.append(chunk)
+            chunk, size = [], 0
+        chunk.append(item)
+        size += body
+    if chunk:
+        chunks.append(chunk)
+    return chunks
 
 
 def _failed(item: _Item, exc: BaseException) -> TransportError:
