@@ -30,9 +30,9 @@ class SeededBroker(InMemoryTransport):
         """``crosses_processes`` is True."""
         return Capabilities(crosses_processes=True)
 
-    async def subscribe(self, topic: str, group: str) -> Subscription:
+    async def subscribe(self, topic: str, group: str, *, durable: bool = True) -> Subscription:
         """Subscribe; the first subscriber to naps finds one waiting."""
-        sub = await super().subscribe(topic, group)
+        sub = await super().subscribe(topic, group, durable=durable)
         if topic == "cli_test.nap" and not self.seeded:
             self.seeded = True
             async with Choreography(self).run(services=[]) as publisher:

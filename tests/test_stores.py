@@ -460,6 +460,7 @@ def test_stores_exports_exactly_the_public_names() -> None:
         "SQLiteStore",
         "StateStore",
         "WorkflowRecord",
+        "from_url",
     ]
     assert [claim.value for claim in Claim] == ["claimed", "done", "busy"]
 

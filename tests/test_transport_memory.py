@@ -30,8 +30,8 @@ async def test_check_transport_runs_every_check() -> None:
 class _ForgetsAcks(InMemoryTransport):
     """A broken transport: every subscription gives back even acked deliveries."""
 
-    async def subscribe(self, topic: str, group: str) -> Subscription:
-        return _ForgetfulSubscription(await super().subscribe(topic, group))
+    async def subscribe(self, topic: str, group: str, *, durable: bool = True) -> Subscription:
+        return _ForgetfulSubscription(await super().subscribe(topic, group, durable=durable))
 
 
 class _ForgetfulSubscription:

@@ -33,8 +33,12 @@ def test_an_unknown_transport_url_is_refused_without_its_password(url: str) -> N
 
 
 def test_a_missing_client_library_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(sys.modules, "redis", None)  # as if redis-py were not installed
-    monkeypatch.delitem(sys.modules, "flowkit.transports._redis", raising=False)
+    # As if redis-py were not installed, and the Redis transport never imported.
+    for name in [n for n in sys.modules if n == "redis" or n.startswith("redis.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "redis", None)
+    for name in [n for n in sys.modules if n.startswith("flowkit.transports._redis")]:
+        monkeypatch.delitem(sys.modules, name)
     with pytest.raises(MissingDependency, match=r"pip install 'flowkit\[redis\]'"):
         transport_from_url("redis://localhost:6379/0")
 

@@ -66,9 +66,9 @@ class Choreography:
             :class:`~flowkit.MessageTooLarge`, and a larger one received is
             dead-lettered.
         claim_lease: seconds an inbox claim holds (at least the handler's
-            timeout plus a minute). A process that dies while handling a
-            message leaves its claim; another process takes the message over
-            once the claim has run out.
+            timeout plus 5 seconds); keep it longer than any handling takes.
+            A process that dies while handling a message leaves its claim;
+            another process takes the message over once the claim has run out.
         observers: who watches the bus (tracing, metrics, the testing kit).
 
     Raises:

@@ -216,7 +216,8 @@ class Consumer:
         self._cache = cache
         self._cached = cache.get
         self._max_size = max_message_size
-        self._lease = max(claim_lease, (spec.timeout or 0.0) + 60.0)
+        # A claim must outlast the handling: at least the handler's timeout.
+        self._lease = max(claim_lease, (spec.timeout or 0.0) + 5.0)
         self._handling: set[str] = set()  # inbox keys being handled in this process
         self._plain = (
             spec.kind == "event"
