@@ -45,7 +45,12 @@ $(BENCH_STAMP): pyproject.toml benchmarks/requirements.txt
 	$(BENCH_VENV)/bin/python -m pip install --quiet -e . -r benchmarks/requirements.txt
 	touch $(BENCH_STAMP)
 
+# The Redis benchmark runs against a server of its own, stopped afterwards.
 bench: $(BENCH_STAMP)
+	@state=$$(mktemp -d) && export FLOWKIT_BROKERS_DIR="$$state" && \
+	trap 'bash scripts/brokers.sh stop; rm -rf "$$state"' EXIT && trap 'exit 130' INT TERM && \
+	bash scripts/brokers.sh start && \
+	eval "$$(bash scripts/brokers.sh env)" && \
 	$(BENCH_VENV)/bin/python -m benchmarks
 
 # The real servers of the broker tests (scripts/brokers.sh; docs/development.md).
