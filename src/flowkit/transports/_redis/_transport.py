@@ -323,6 +323,8 @@ class RedisTransport:
             raise translate(exc, f"subscribe to {topic!r} as {group!r}") from exc
         if connection.closed:
             raise TransportClosed("the transport is closed")
+        # The same group, unless its last local subscription left meanwhile.
+        target = connection.group(topic, group, durable)
         subscription = RedisSubscription(connection, target, consumer)
         target.subscriptions.add(subscription)
         return subscription
