@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["MASK", "redact_url"]
+__all__ = ["MASK", "redact_url", "scheme_of"]
 
 #: What a secret is replaced with.
 MASK = "***"
@@ -76,3 +76,24 @@ def _redact_rest(rest: str) -> str:
         if colon:
             rest = f"{user}:{MASK}{rest[at:]}"
     return _SECRET_PARAMETER.sub(lambda m: f"{m['name']}={MASK}", rest)
+
+
+def scheme_of(url: str, known: tuple[str, ...], kind: str) -> str:
+    """The scheme of ``url`` (lower case), if it is one of ``known``.
+
+    Args:
+        url: the URL.
+        known: the schemes accepted.
+        kind: what the URL names, for the message (``"transport"``, ``"store"``).
+
+    Raises:
+        ValueError: naming the scheme (never the rest of the URL, which may
+            hold a password) and the schemes flowkit knows.
+    """
+    scheme, sep, _ = url.partition("://")
+    scheme = scheme.lower()
+    if not sep or scheme not in known:
+        names = ", ".join(f"{name}://" for name in known)
+        shown = f"{scheme}://" if sep else redact_url(url)
+        raise ValueError(f"no {kind} for {shown!r}; flowkit knows {names}")
+    return scheme

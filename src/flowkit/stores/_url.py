@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .._redact import redact_url
+from .._redact import scheme_of
 
 if TYPE_CHECKING:
     from ._base import StateStore
@@ -30,12 +30,7 @@ def from_url(url: str, **options: Any) -> StateStore:
         ValueError: for a URL of no known scheme (the message names the
             scheme, never a password).
     """
-    scheme, sep, _ = url.partition("://")
-    scheme = scheme.lower()
-    if not sep or scheme not in SCHEMES:
-        known = ", ".join(f"{name}://" for name in SCHEMES)
-        shown = f"{scheme}://" if sep else redact_url(url)
-        raise ValueError(f"no store for {shown!r}; flowkit knows {known}")
+    scheme = scheme_of(url, SCHEMES, "store")
     if scheme == "memory":
         from ._memory import MemoryStore
 

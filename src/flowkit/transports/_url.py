@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from .._errors import MissingDependency
-from .._redact import redact_url
+from .._redact import scheme_of
 
 if TYPE_CHECKING:
     from ._base import Transport
@@ -34,12 +34,7 @@ def from_url(url: str, **options: Any) -> Transport:
         MissingDependency: if the broker's client library is not installed;
             the message names the extra to install.
     """
-    scheme, sep, _ = url.partition("://")
-    scheme = scheme.lower()
-    if not sep or scheme not in SCHEMES:
-        known = ", ".join(f"{name}://" for name in SCHEMES)
-        shown = f"{scheme}://" if sep else redact_url(url)
-        raise ValueError(f"no transport for {shown!r}; flowkit knows {known}")
+    scheme = scheme_of(url, SCHEMES, "transport")
     if scheme == "memory":
         from ._memory import InMemoryTransport
 
