@@ -457,6 +457,7 @@ def test_stores_exports_exactly_the_public_names() -> None:
         "Claim",
         "DeadLetter",
         "MemoryStore",
+        "PostgresStore",
         "SQLiteStore",
         "StateStore",
         "WorkflowRecord",

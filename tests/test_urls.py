@@ -48,5 +48,5 @@ def test_a_store_from_its_url(tmp_path: Path) -> None:
     store = store_from_url(f"sqlite:///{tmp_path}/x.db")
     assert isinstance(store, SQLiteStore) and store.path == f"{tmp_path}/x.db"
     with pytest.raises(ValueError, match="flowkit knows sqlite://, memory://") as caught:
-        store_from_url("postgresql://user:s3cret@db/x")
+        store_from_url("mysql://user:s3cret@db/x")
     assert "s3cret" not in str(caught.value)

@@ -1,0 +1,179 @@
+"""What a PostgreSQL schema holds for flowkit, and bringing it up to date.
+
+Every table lives in the store's own PostgreSQL schema (``flowkit`` by
+default). The schema version is kept in its ``flowkit_schema_version`` table,
+one row per applied migration. Opening a store applies the migrations the
+database lacks, in order, in one transaction that first takes an advisory lock
+named after the schema: stores opened at once, by any number of processes, wait
+for each other instead of racing to create the tables.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from ..._errors import StoreError
+
+if TYPE_CHECKING:
+    from ._pool import Connection
+
+__all__ = ["SCHEMA_VERSION", "Tables", "migrate", "schema_version"]
+
+#: What a schema name may be: a plain SQL identifier, so that it is quoted safely.
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
+
+#: The statements that bring the schema from version ``n`` to ``n + 1`` are
+#: ``_MIGRATIONS[n]``, with ``{s}`` standing for the quoted schema name.
+#: Released migrations are never edited, only appended to.
+_MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (
+        # ``claimed_until`` is when a claim's lease runs out, NULL once the
+        # message is done; ``added_at`` is when the entry got its current state.
+        """CREATE TABLE {s}.flowkit_inbox (
+            consumer text NOT NULL,
+            message_id text NOT NULL,
+            added_at timestamptz NOT NULL,
+            claimed_until timestamptz,
+            PRIMARY KEY (consumer, message_id)
+        )""",
+        "CREATE INDEX flowkit_inbox_added_at ON {s}.flowkit_inbox (added_at)",
+        # ``seq`` orders letters that failed at the same instant as they were added.
+        """CREATE TABLE {s}.flowkit_dead_letters (
+            seq bigint GENERATED ALWAYS AS IDENTITY,
+            id text NOT NULL PRIMARY KEY,
+            consumer text NOT NULL,
+            topic text NOT NULL,
+            body bytea NOT NULL,
+            headers jsonb NOT NULL,
+            error_type text NOT NULL,
+            error text NOT NULL,
+            attempts integer NOT NULL,
+            failed_at timestamptz NOT NULL,
+            message_id text
+        )""",
+        "CREATE INDEX flowkit_dead_letters_failed_at ON {s}.flowkit_dead_letters (failed_at, seq)",
+        "CREATE INDEX flowkit_dead_letters_consumer "
+        "ON {s}.flowkit_dead_letters (consumer, failed_at, seq)",
+        "CREATE INDEX flowkit_dead_letters_topic "
+        "ON {s}.flowkit_dead_letters (topic, failed_at, seq)",
+        """CREATE TABLE {s}.flowkit_workflows (
+            seq bigint GENERATED ALWAYS AS IDENTITY,
+            id text NOT NULL PRIMARY KEY,
+            name text NOT NULL,
+            status text NOT NULL,
+            version integer NOT NULL,
+            state jsonb NOT NULL,
+            created_at timestamptz NOT NULL,
+            updated_at timestamptz NOT NULL
+        )""",
+        "CREATE INDEX flowkit_workflows_created_at ON {s}.flowkit_workflows (created_at, seq)",
+        "CREATE INDEX flowkit_workflows_status ON {s}.flowkit_workflows (status, created_at, seq)",
+        "CREATE INDEX flowkit_workflows_name ON {s}.flowkit_workflows (name, created_at, seq)",
+    ),
+)
+
+#: The schema version this code writes; a database with a newer one is refused.
+SCHEMA_VERSION = len(_MIGRATIONS)
+
+
+@dataclass(frozen=True, slots=True)
+class Tables:
+    """The qualified, quoted names of a schema's tables.
+
+    Attributes:
+        schema: the schema's name, as given.
+        quoted: the schema's name, quoted for SQL.
+    """
+
+    schema: str
+    quoted: str
+
+    @classmethod
+    def of(cls, schema: str) -> Tables:
+        """The tables of ``schema``.
+
+        Raises:
+            ValueError: if ``schema`` is not a plain SQL identifier.
+        """
+        if not isinstance(schema, str) or _IDENTIFIER.fullmatch(schema) is None:
+            raise ValueError(
+                f"a PostgreSQL schema name is letters, digits and underscores "
+                f"(at most 63, not starting with a digit), not {schema!r}"
+            )
+        return cls(schema, f'"{schema}"')
+
+    @property
+    def inbox(self) -> str:
+        """The inbox table."""
+        return f"{self.quoted}.flowkit_inbox"
+
+    @property
+    def dead_letters(self) -> str:
+        """The dead letter table."""
+        return f"{self.quoted}.flowkit_dead_letters"
+
+    @property
+    def workflows(self) -> str:
+        """The workflow table."""
+        return f"{self.quoted}.flowkit_workflows"
+
+    @property
+    def versions(self) -> str:
+        """The schema version table."""
+        return f"{self.quoted}.flowkit_schema_version"
+
+
+async def schema_version(conn: Connection, tables: Tables) -> int:
+    """The flowkit schema version of ``tables`` (0 when there is none)."""
+    exists = await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", tables.versions)
+    if not exists:
+        return 0
+    version = await conn.fetchval(f"SELECT COALESCE(MAX(version), 0) FROM {tables.versions}")
+    return int(version)
+
+
+def _check_not_newer(version: int, tables: Tables) -> None:
+    if version > SCHEMA_VERSION:
+        raise StoreError(
+            f"the PostgreSQL schema {tables.schema!r} has flowkit schema version {version}, "
+            f"newer than version {SCHEMA_VERSION} that this flowkit supports; upgrade flowkit"
+        )
+
+
+async def migrate(conn: Connection, tables: Tables) -> int:
+    """Create the tables, or apply the migrations they lack, idempotently.
+
+    The work is one transaction holding an advisory lock named after the
+    schema, so concurrent openers apply each migration once.
+
+    Returns:
+        The schema version now in place.
+
+    Raises:
+        StoreError: if the schema has a newer version than this code.
+        asyncpg.PostgresError: if PostgreSQL fails.
+    """
+    version = await schema_version(conn, tables)
+    _check_not_newer(version, tables)
+    if version == SCHEMA_VERSION:
+        return version
+    async with conn.transaction():
+        await conn.execute(
+            "SELECT pg_advisory_xact_lock(hashtext($1))", f"flowkit-schema:{tables.schema}"
+        )
+        await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {tables.quoted}")
+        await conn.execute(
+            f"CREATE TABLE IF NOT EXISTS {tables.versions} ("
+            "version integer NOT NULL PRIMARY KEY, applied_at timestamptz NOT NULL)"
+        )
+        version = await schema_version(conn, tables)  # again, now that we hold the lock
+        _check_not_newer(version, tables)
+        for target in range(version + 1, SCHEMA_VERSION + 1):
+            for statement in _MIGRATIONS[target - 1]:
+                await conn.execute(statement.format(s=tables.quoted))
+            await conn.execute(
+                f"INSERT INTO {tables.versions} (version, applied_at) VALUES ($1, now())", target
+            )
+    return SCHEMA_VERSION

@@ -1,0 +1,443 @@
+"""The public :class:`PostgresStore`: arguments, lifecycle, and the store methods."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Any, Self, TypeVar
+
+from ..._errors import StoreError
+from ..._redact import redact_url
+from .._base import WorkflowRecord
+from .._codec import encode_state, lease_seconds, utc
+from . import _ops as ops
+from ._pool import check_asyncio, create_pool, describe, translated
+from ._rows import letter_args, letter_from_row, workflow_from_row
+from ._schema import Tables, migrate
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable, Collection
+    from datetime import datetime
+    from types import TracebackType
+
+    from .._base import Claim, DeadLetter
+    from ._pool import Connection, Pool
+
+__all__ = ["PostgresStore"]
+
+T = TypeVar("T")
+
+logger = logging.getLogger("flowkit.stores")
+
+
+class PostgresStore:
+    """A :class:`~flowkit.stores.StateStore` in a PostgreSQL database.
+
+    It uses asyncpg, the fastest asyncio client of PostgreSQL (its binary
+    protocol and prepared statements); psycopg 3 would bring no trio support
+    either. The store is therefore **asyncio only**: used under trio, it
+    raises :class:`~flowkit.StoreError` saying so (use
+    :class:`~flowkit.stores.SQLiteStore` there).
+
+    Open it with ``async with store:`` (several users may enter one store; it
+    closes when the last one exits). Opening creates a pool of connections,
+    then the store's PostgreSQL schema and tables if needed, or applies the
+    migrations they lack; a schema written by a newer flowkit is refused.
+    Several processes may open one database at once: the migrations run under
+    an advisory lock.
+
+    Every table is in the schema named by ``schema``, so several independent
+    stores can share one database. Workflow state and dead letter headers are
+    kept as ``jsonb``, dead letter bodies as ``bytea``. ``jsonb`` keeps a
+    number's digits, not its spelling: a float written without a fraction or
+    exponent in its digits (``1e20``) comes back as an integer.
+
+    Each operation runs on one pooled connection, in autocommit mode: an inbox
+    claim is one ``INSERT ... ON CONFLICT DO UPDATE`` statement, so exactly one
+    of any number of concurrent claimers, in any process, wins. Times are the
+    database server's clock.
+
+    The DSN's password never shows in an error, a log or the ``repr``.
+    """
+
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        schema: str = "flowkit",
+        min_size: int = 1,
+        max_size: int = 10,
+        **connect_options: Any,
+    ) -> None:
+        """Describe the store; nothing is opened until ``async with store:``.
+
+        Args:
+            dsn: the database, as a ``postgresql://user:password@host:port/db``
+                URL (``postgres://`` also works) or a libpq keyword string.
+            schema: the PostgreSQL schema that holds flowkit's tables
+                (created if missing): letters, digits and underscores.
+            min_size: connections the pool keeps open.
+            max_size: connections the pool opens at most.
+            connect_options: further keyword arguments of
+                ``asyncpg.create_pool`` (``ssl``, ``command_timeout``,
+                ``server_settings``, ...).
+
+        Raises:
+            ValueError: if ``schema`` is not a plain identifier or the pool
+                sizes are not ``1 <= min_size <= max_size`` (``min_size`` may be 0).
+        """
+        if not isinstance(dsn, str) or not dsn:
+            raise ValueError("PostgresStore takes a DSN string (postgresql://...)")
+        self._tables = Tables.of(schema)
+        for label, size in (("min_size", min_size), ("max_size", max_size)):
+            if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+                raise ValueError(f"{label} must be a non-negative integer, not {size!r}")
+        if max_size < 1 or min_size > max_size:
+            raise ValueError(
+                f"the pool sizes must be 0 <= min_size <= max_size and max_size >= 1, "
+                f"not min_size={min_size}, max_size={max_size}"
+            )
+        self._dsn = dsn
+        self._min_size = min_size
+        self._max_size = max_size
+        self._options = connect_options
+        self._pool: Pool | None = None
+        self._users = 0
+        self._lock = asyncio.Lock()
+
+    def __repr__(self) -> str:
+        return f"PostgresStore({redact_url(self._dsn)!r}, schema={self._tables.schema!r})"
+
+    @property
+    def schema(self) -> str:
+        """The PostgreSQL schema that holds the store's tables."""
+        return self._tables.schema
+
+    @property
+    def _shown(self) -> str:
+        return f"{redact_url(self._dsn)!r} (schema {self._tables.schema!r})"
+
+    async def _run(self, op: Callable[..., Awaitable[T]], *args: Any) -> T:
+        """Run an operation on a pooled connection, errors translated."""
+        check_asyncio()
+        pool = self._pool
+        if pool is None:
+            raise StoreError(
+                f"the PostgreSQL store {self._shown} is not open; use `async with store:` first"
+            )
+        with translated(f"PostgreSQL {op.__name__}"):
+            async with pool.acquire() as conn:
+                return await op(conn, self._tables, *args)
+
+    # -- inbox ---------------------------------------------------------------
+
+    async def inbox_claim(self, consumer: str, message_id: str, *, lease: float) -> Claim:
+        """Claim ``message_id`` for ``consumer``, atomically.
+
+        One ``INSERT ... ON CONFLICT DO UPDATE`` statement inserts the entry,
+        or takes over a claim whose lease has run out: exactly one caller gets
+        :attr:`~flowkit.stores.Claim.CLAIMED`, whichever store instance or
+        process it calls from. Leases are measured with the server's clock.
+
+        Args:
+            consumer: the consumer group (``service:handler``).
+            message_id: the message's id.
+            lease: seconds the claim holds before another caller may take it
+                over (a lease longer than about 31 years counts as that).
+
+        Returns:
+            ``CLAIMED``, ``DONE`` or ``BUSY``.
+
+        Raises:
+            StoreError: if the store is not open, ``lease`` is not a positive
+                number, or PostgreSQL fails.
+        """
+        seconds = lease_seconds(lease)
+        return await self._run(ops.inbox_claim, consumer, message_id, seconds)
+
+    async def inbox_complete(self, consumer: str, message_id: str) -> None:
+        """Record that ``consumer`` is done with ``message_id``.
+
+        Completing a pair that was never claimed records it all the same;
+        completing it again changes nothing.
+
+        Args:
+            consumer: the consumer group (``service:handler``).
+            message_id: the message's id.
+
+        Raises:
+            StoreError: if the store is not open or PostgreSQL fails.
+        """
+        await self._run(ops.inbox_complete, consumer, message_id)
+
+    async def inbox_release(self, consumer: str, message_id: str) -> None:
+        """Drop an unfinished claim, so the next delivery may claim the message.
+
+        A completed pair stays completed; releasing an unknown pair does nothing.
+
+        Args:
+            consumer: the consumer group (``service:handler``).
+            message_id: the message's id.
+
+        Raises:
+            StoreError: if the store is not open or PostgreSQL fails.
+        """
+        await self._run(ops.inbox_release, consumer, message_id)
+
+    async def inbox_prune(self, older_than: datetime) -> int:
+        """Forget the entries completed before ``older_than``.
+
+        Claims whose lease ran out before ``older_than`` are forgotten too;
+        claims still held are kept.
+
+        Args:
+            older_than: a timezone-aware time.
+
+        Returns:
+            How many entries were removed.
+
+        Raises:
+            StoreError: if the store is not open, ``older_than`` is naive, or
+                PostgreSQL fails.
+        """
+        cutoff = utc(older_than, "older_than")
+        return await self._run(ops.inbox_prune, cutoff)
+
+    # -- dead letters --------------------------------------------------------
+
+    async def add_dead_letter(self, letter: DeadLetter) -> None:
+        """Keep a dead letter.
+
+        Adding a letter whose id is already kept leaves the kept one unchanged,
+        so a retried add is harmless.
+
+        Args:
+            letter: the letter to keep.
+
+        Raises:
+            StoreError: if the store is not open, ``letter.failed_at`` is
+                naive, the headers are not strings, or PostgreSQL fails.
+        """
+        await self._run(ops.add_dead_letter, letter_args(letter))
+
+    async def list_dead_letters(
+        self, *, consumer: str | None = None, topic: str | None = None, limit: int = 100
+    ) -> list[DeadLetter]:
+        """Dead letters, oldest (by ``failed_at``) first.
+
+        Args:
+            consumer: only the letters of this consumer.
+            topic: only the letters from this topic.
+            limit: at most this many letters.
+
+        Returns:
+            The matching letters.
+
+        Raises:
+            StoreError: if the store is not open, a letter cannot be read, or
+                PostgreSQL fails.
+        """
+        rows = await self._run(ops.list_dead_letters, consumer, topic, max(limit, 0))
+        return [letter_from_row(row) for row in rows]
+
+    async def get_dead_letter(self, letter_id: str) -> DeadLetter:
+        """One dead letter by id.
+
+        Args:
+            letter_id: the letter's id.
+
+        Returns:
+            The letter.
+
+        Raises:
+            NotFound: if there is none with that id.
+            StoreError: if the store is not open, the letter cannot be read,
+                or PostgreSQL fails.
+        """
+        return letter_from_row(await self._run(ops.get_dead_letter, letter_id))
+
+    async def delete_dead_letter(self, letter_id: str) -> None:
+        """Remove a dead letter (after a replay).
+
+        Args:
+            letter_id: the letter's id.
+
+        Raises:
+            NotFound: if there is none with that id.
+            StoreError: if the store is not open or PostgreSQL fails.
+        """
+        await self._run(ops.delete_dead_letter, letter_id)
+
+    # -- workflows -----------------------------------------------------------
+
+    async def create_workflow(self, record: WorkflowRecord) -> tuple[WorkflowRecord, bool]:
+        """Insert a new workflow record with version 1, unless the id exists.
+
+        Insert-or-return-existing is one atomic statement. The store sets
+        ``created_at`` and ``updated_at``; the record's own version and
+        timestamps are ignored.
+
+        Args:
+            record: the new workflow's id, name, status and state.
+
+        Returns:
+            ``(stored, created)``: the new record and True, or the record that
+            already had this id and False (it is left unchanged).
+
+        Raises:
+            StoreError: if the store is not open, the state is not
+                JSON-serializable, or PostgreSQL fails.
+        """
+        state = encode_state(record.state)
+        row, created = await self._run(
+            ops.create_workflow, record.id, record.name, record.status, state
+        )
+        return workflow_from_row(row), created
+
+    async def save_workflow(self, record: WorkflowRecord) -> WorkflowRecord:
+        """Write a changed record; ``record.version`` is the version it was read at.
+
+        One ``UPDATE ... WHERE id = $1 AND version = $2`` writes the status and
+        state; the name and ``created_at`` stay as they were created.
+
+        Args:
+            record: the changed record.
+
+        Returns:
+            The stored record, its version incremented.
+
+        Raises:
+            ConcurrencyConflict: if the stored version is not ``record.version``.
+            WorkflowNotFound: if no record has this id.
+            StoreError: if the store is not open, the state is not
+                JSON-serializable, or PostgreSQL fails.
+        """
+        state = encode_state(record.state)
+        row = await self._run(ops.save_workflow, record.id, record.status, state, record.version)
+        return WorkflowRecord(
+            id=record.id,
+            name=row["name"],
+            status=record.status,
+            state=record.state,
+            version=record.version + 1,
+            created_at=row["created_at"],
+            updated_at=row["updated_at"],
+        )
+
+    async def load_workflow(self, workflow_id: str) -> WorkflowRecord:
+        """One workflow record.
+
+        Args:
+            workflow_id: the workflow's id.
+
+        Returns:
+            The stored record.
+
+        Raises:
+            WorkflowNotFound: if no record has this id.
+            StoreError: if the store is not open, the record cannot be read,
+                or PostgreSQL fails.
+        """
+        return workflow_from_row(await self._run(ops.load_workflow, workflow_id))
+
+    async def list_workflows(
+        self,
+        *,
+        status: Collection[str] | None = None,
+        name: str | None = None,
+        limit: int | None = None,
+    ) -> list[WorkflowRecord]:
+        """Workflow records, oldest (by ``created_at``) first.
+
+        Args:
+            status: only records in one of these statuses (a single string is
+                taken as one status).
+            name: only records of this orchestrator.
+            limit: at most this many records (all when None).
+
+        Returns:
+            The matching records.
+
+        Raises:
+            StoreError: if the store is not open, a record cannot be read, or
+                PostgreSQL fails.
+        """
+        statuses: list[str] | None
+        if status is None:
+            statuses = None
+        elif isinstance(status, str):
+            statuses = [status]
+        else:
+            statuses = list(dict.fromkeys(status))
+        wanted = None if limit is None else max(limit, 0)
+        rows = await self._run(ops.list_workflows, statuses, name, wanted)
+        return [workflow_from_row(row) for row in rows]
+
+    # -- lifecycle -----------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        """Open the store (or add a user to an open one).
+
+        Raises:
+            StoreError: if this is not asyncio, the database cannot be reached,
+                or its schema is newer than this flowkit supports.
+        """
+        check_asyncio()
+        async with self._lock:
+            if self._pool is None:
+                self._pool = await self._open()
+            self._users += 1
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Remove a user; the last one out closes the store."""
+        self._users = max(self._users - 1, 0)
+        if self._users == 0:
+            await self._close()
+
+    async def aclose(self) -> None:
+        """Close the store at once, whoever else entered it.
+
+        The pool waits for the operations under way, then closes its
+        connections. The store can be entered again later.
+
+        Raises:
+            StoreError: if closing the connections fails.
+        """
+        self._users = 0
+        await self._close()
+
+    async def _open(self) -> Pool:
+        try:
+            pool = await create_pool(self._dsn, self._min_size, self._max_size, self._options)
+        except StoreError:
+            raise
+        except Exception as exc:  # asyncpg raises ValueError, OSError, PostgresError...
+            raise StoreError(
+                f"cannot connect to the PostgreSQL store {self._shown}: {describe(exc)}"
+            ) from exc
+        try:
+            with translated(f"migrating the PostgreSQL store {self._shown}"):
+                async with pool.acquire() as conn:
+                    await self._migrate(conn)
+        except BaseException:
+            pool.terminate()
+            raise
+        return pool
+
+    async def _migrate(self, conn: Connection) -> None:
+        version = await migrate(conn, self._tables)
+        logger.debug("opened the PostgreSQL store %s at schema version %d", self._shown, version)
+
+    async def _close(self) -> None:
+        pool = self._pool
+        if pool is None:
+            return
+        self._pool = None
+        with translated(f"closing the PostgreSQL store {self._shown}"):
+            await pool.close()

@@ -1,0 +1,333 @@
+"""PostgresStore against a real PostgreSQL server (``FLOWKIT_POSTGRES_URL``).
+
+asyncpg is asyncio-only, so these tests run on asyncio alone; one test checks
+that trio is refused with a clear error.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import uuid
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import pytest
+import trio
+from anyio.streams.buffered import BufferedByteReceiveStream
+
+from flowkit import MissingDependency
+from flowkit._errors import StoreError
+from flowkit.stores import Claim, StateStore, WorkflowRecord, from_url
+from flowkit.stores._postgres import SCHEMA_VERSION, PostgresStore
+from flowkit.testing._store_suite import STORE_CHECKS, check_store
+
+from .brokers import broker_url
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture(params=["asyncio"])
+def anyio_backend(request: pytest.FixtureRequest) -> str:
+    """asyncpg runs on asyncio only."""
+    return str(request.param)
+
+
+@pytest.fixture
+def postgres_url() -> str:
+    """The URL of the test PostgreSQL server (``FLOWKIT_POSTGRES_URL``)."""
+    return broker_url("PostgreSQL", "FLOWKIT_POSTGRES_URL")
+
+
+async def _drop_schema(url: str, schema: str) -> None:
+    import asyncpg  # type: ignore[import-untyped,import-not-found,unused-ignore]
+
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+async def schema(postgres_url: str) -> AsyncIterator[str]:
+    """A schema of its own for one test, dropped afterwards."""
+    name = f"flowkit_test_{uuid.uuid4().hex[:12]}"
+    yield name
+    await _drop_schema(postgres_url, name)
+
+
+async def _sql(url: str, query: str, *args: Any) -> Any:
+    import asyncpg  # type: ignore[import-untyped,import-not-found,unused-ignore]
+
+    conn = await asyncpg.connect(url)
+    try:
+        return await conn.fetch(query, *args)
+    finally:
+        await conn.close()
+
+
+@pytest.mark.parametrize("name", sorted(STORE_CHECKS))
+async def test_conformance(name: str, postgres_url: str, schema: str) -> None:
+    await STORE_CHECKS[name](lambda: PostgresStore(postgres_url, schema=schema))
+
+
+async def test_check_store_on_one_shared_schema(postgres_url: str, schema: str) -> None:
+    # The checks must not expect an empty store: run them all against one schema.
+    await check_store(lambda: PostgresStore(postgres_url, schema=schema, max_size=4))
+
+
+def test_exported_lazily_and_opened_from_urls() -> None:
+    import flowkit.stores
+
+    assert flowkit.stores.PostgresStore is PostgresStore
+    assert "PostgresStore" in flowkit.stores.__all__
+    for scheme in ("postgresql", "postgres"):
+        store = from_url(f"{scheme}://postgres@db.example:5432/app", schema="other")
+        assert isinstance(store, PostgresStore)
+        assert isinstance(store, StateStore)
+        assert store.schema == "other"
+
+
+def test_import_flowkit_does_not_import_asyncpg() -> None:
+    code = "import sys, flowkit, flowkit.stores; print('asyncpg' in sys.modules)"
+    import subprocess
+
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert result.stdout.strip() == "False"
+
+
+def test_a_missing_asyncpg_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in [n for n in sys.modules if n == "asyncpg" or n.startswith("asyncpg.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "asyncpg", None)
+    for name in [n for n in sys.modules if n.startswith("flowkit.stores._postgres")]:
+        monkeypatch.delitem(sys.modules, name)
+    with pytest.raises(MissingDependency, match=r"pip install 'flowkit\[postgres\]'"):
+        from_url("postgresql://postgres@127.0.0.1/postgres")
+
+
+@pytest.mark.parametrize(
+    ("options", "match"),
+    [
+        ({"schema": "bad-name"}, "schema name"),
+        ({"schema": 'x"; DROP TABLE y; --'}, "schema name"),
+        ({"schema": "1st"}, "schema name"),
+        ({"min_size": -1}, "min_size"),
+        ({"max_size": 0}, "pool sizes"),
+        ({"min_size": 5, "max_size": 2}, "pool sizes"),
+    ],
+)
+def test_arguments_are_checked(options: dict[str, Any], match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        PostgresStore("postgresql://postgres@127.0.0.1/postgres", **options)
+
+
+def test_trio_is_refused_clearly() -> None:
+    store = PostgresStore("postgresql://postgres@127.0.0.1:1/postgres")
+
+    async def main() -> None:
+        with pytest.raises(StoreError, match=r"asyncio only.*trio"):
+            async with store:
+                pass
+        with pytest.raises(StoreError, match=r"asyncio only.*trio"):
+            await store.inbox_claim("c", "m", lease=60)
+
+    trio.run(main)
+
+
+async def test_the_password_never_shows(
+    postgres_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="flowkit")
+    secret = "s3cret-Pa55word"
+    host_port = postgres_url.split("@", 1)[1].split("/", 1)[0]
+    # A server that accepts the connection (the test server trusts every login),
+    # then a database that does not exist, then nothing listening at all.
+    urls = [
+        f"postgresql://postgres:{secret}@{host_port}/postgres",
+        f"postgresql://postgres:{secret}@{host_port}/flowkit_no_such_database",
+        f"postgresql://postgres:{secret}@127.0.0.1:1/postgres",
+    ]
+    shown: list[str] = []
+    schema = f"flowkit_test_{uuid.uuid4().hex[:12]}"
+    try:
+        async with PostgresStore(urls[0], schema=schema, max_size=2) as store:
+            shown.append(repr(store))
+            await store.inbox_complete("c", "m")
+        await store.inbox_complete("c", "m")
+    except StoreError as exc:
+        shown.extend((str(exc), repr(exc)))
+    finally:
+        await _drop_schema(postgres_url, schema)
+    for url in urls[1:]:
+        with pytest.raises(StoreError, match="cannot connect") as caught:
+            async with PostgresStore(url, timeout=5):
+                pass
+        error: BaseException | None = caught.value
+        while error is not None:  # the whole chain
+            shown.extend((str(error), repr(error)))
+            error = error.__cause__ or error.__context__
+    shown.extend(record.getMessage() for record in caplog.records)
+    assert shown[0].startswith("PostgresStore('postgresql://postgres:***@")
+    assert any("not open" in text for text in shown)
+    assert any("flowkit_no_such_database" in text for text in shown)
+    assert not [text for text in shown if secret in text]
+
+
+async def test_closed_store_and_several_users(postgres_url: str, schema: str) -> None:
+    store = PostgresStore(postgres_url, schema=schema)
+    with pytest.raises(StoreError, match="not open"):
+        await store.inbox_claim("c", "m", lease=600)
+    async with store:
+        async with store:
+            assert await store.inbox_claim("c", "m", lease=600) == Claim.CLAIMED
+        assert await store.inbox_claim("c", "m", lease=600) == Claim.BUSY  # still open
+        await store.aclose()
+        await store.aclose()  # idempotent
+        with pytest.raises(StoreError, match="not open"):
+            await store.inbox_complete("c", "m")
+    async with store:  # entered again later
+        assert await store.inbox_claim("c", "m", lease=600) == Claim.BUSY
+
+
+async def test_schema_version_table_and_concurrent_openers(postgres_url: str, schema: str) -> None:
+    stores = [PostgresStore(postgres_url, schema=schema, max_size=2) for _ in range(6)]
+
+    async def open_and_use(store: PostgresStore, index: int) -> None:
+        async with store:
+            await store.inbox_complete("c", f"m{index}")
+
+    async with anyio.create_task_group() as tg:
+        for index, store in enumerate(stores):
+            tg.start_soon(open_and_use, store, index)
+    rows = await _sql(postgres_url, f'SELECT version FROM "{schema}".flowkit_schema_version')
+    assert [row["version"] for row in rows] == list(range(1, SCHEMA_VERSION + 1))
+    tables = await _sql(
+        postgres_url,
+        "SELECT table_name FROM information_schema.tables WHERE table_schema = $1 "
+        "ORDER BY table_name",
+        schema,
+    )
+    assert [row["table_name"] for row in tables] == [
+        "flowkit_dead_letters",
+        "flowkit_inbox",
+        "flowkit_schema_version",
+        "flowkit_workflows",
+    ]
+    async with PostgresStore(postgres_url, schema=schema) as store:  # reopening changes nothing
+        assert await store.inbox_claim("c", "m0", lease=600) == Claim.DONE
+
+
+async def test_a_newer_schema_is_refused(postgres_url: str, schema: str) -> None:
+    async with PostgresStore(postgres_url, schema=schema):
+        pass
+    await _sql(
+        postgres_url,
+        f'INSERT INTO "{schema}".flowkit_schema_version VALUES ($1, now())',
+        SCHEMA_VERSION + 1,
+    )
+    store = PostgresStore(postgres_url, schema=schema)
+    with pytest.raises(StoreError, match=f"version {SCHEMA_VERSION + 1}, newer.*upgrade flowkit"):
+        async with store:
+            pass
+    with pytest.raises(StoreError, match="not open"):
+        await store.load_workflow("w")
+
+
+async def test_database_errors_are_store_errors(postgres_url: str, schema: str) -> None:
+    async with PostgresStore(postgres_url, schema=schema) as store:
+        await _sql(postgres_url, f'DROP TABLE "{schema}".flowkit_workflows')
+        with pytest.raises(StoreError, match="PostgreSQL load_workflow failed") as caught:
+            await store.load_workflow("w")
+        assert type(caught.value.__cause__).__module__.startswith("asyncpg")
+
+
+async def test_state_is_jsonb(postgres_url: str, schema: str) -> None:
+    async with PostgresStore(postgres_url, schema=schema) as store:
+        record = WorkflowRecord("w", "n", "RUNNING", {"items": (1, 2), "b": b"x", "n": 0.5})
+        await store.create_workflow(record)
+        loaded = await store.load_workflow("w")
+        assert loaded.state == {"items": [1, 2], "b": "x", "n": 0.5}
+    rows = await _sql(
+        postgres_url,
+        f"SELECT jsonb_typeof(state) AS kind, state->'items'->>1 AS second "
+        f'FROM "{schema}".flowkit_workflows',
+    )
+    assert (rows[0]["kind"], rows[0]["second"]) == ("object", "2")
+
+
+async def test_prune_uses_the_given_time(postgres_url: str, schema: str) -> None:
+    async with PostgresStore(postgres_url, schema=schema) as store:
+        await store.inbox_complete("c", "done")
+        assert await store.inbox_prune(datetime(2000, 1, 1, tzinfo=UTC)) == 0
+        with pytest.raises(StoreError, match="timezone-aware"):
+            await store.inbox_prune(datetime(2000, 1, 1))
+
+
+_CLAIMER = """
+import json
+import sys
+
+import anyio
+
+from flowkit.stores import Claim, PostgresStore
+
+
+async def main(url: str, schema: str, pairs: int) -> None:
+    async with PostgresStore(url, schema=schema, max_size=4) as store:
+        print("ready", flush=True)
+        await anyio.to_thread.run_sync(sys.stdin.readline)  # wait for the go
+        claimed: list[str] = []
+        todo = iter(range(pairs))
+
+        async def claimer() -> None:
+            for index in todo:
+                message_id = f"m{index}"
+                if await store.inbox_claim("svc:h", message_id, lease=600) == Claim.CLAIMED:
+                    claimed.append(message_id)
+                await anyio.sleep(0.001)
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(4):
+                tg.start_soon(claimer)
+    print(json.dumps(claimed), flush=True)
+
+
+anyio.run(main, sys.argv[1], sys.argv[2], int(sys.argv[3]))
+"""
+
+
+async def test_two_processes_claim_each_pair_once(postgres_url: str, schema: str) -> None:
+    pairs = 200
+    async with PostgresStore(postgres_url, schema=schema):
+        pass  # created before the race
+    command = [sys.executable, "-c", _CLAIMER, postgres_url, schema, str(pairs)]
+    with anyio.fail_after(60):
+        async with (
+            await anyio.open_process(command) as one,
+            await anyio.open_process(command) as two,
+        ):
+            processes = (one, two)
+            outputs = []
+            for proc in processes:
+                assert proc.stdout is not None
+                outputs.append(BufferedByteReceiveStream(proc.stdout))
+            for output in outputs:
+                assert await output.receive_until(b"\n", 100) == b"ready"
+            for proc in processes:
+                assert proc.stdin is not None
+                await proc.stdin.send(b"go\n")
+            results = [await output.receive_until(b"\n", 1 << 20) for output in outputs]
+            for proc in processes:
+                assert await proc.wait() == 0
+    claimed = [json.loads(result) for result in results]
+    everything = sorted(claimed[0] + claimed[1])
+    assert everything == sorted(f"m{index}" for index in range(pairs))  # each exactly once
