@@ -6,12 +6,13 @@ that trio is refused with a clear error.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import sys
 import uuid
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import anyio
 import pytest
@@ -19,8 +20,8 @@ import trio
 from anyio.streams.buffered import BufferedByteReceiveStream
 
 from flowkit import MissingDependency
-from flowkit._errors import StoreError
-from flowkit.stores import Claim, StateStore, WorkflowRecord, from_url
+from flowkit._errors import ConcurrencyConflict, StoreError
+from flowkit.stores import Claim, DeadLetter, StateStore, WorkflowRecord, from_url
 from flowkit.stores._postgres import SCHEMA_VERSION, PostgresStore
 from flowkit.testing._store_suite import STORE_CHECKS, check_store
 
@@ -30,6 +31,8 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
 pytestmark = pytest.mark.anyio
+
+_NOW = datetime(2024, 5, 1, tzinfo=UTC)
 
 
 @pytest.fixture(params=["asyncio"])
@@ -244,6 +247,18 @@ async def test_a_newer_schema_is_refused(postgres_url: str, schema: str) -> None
 
 async def test_database_errors_are_store_errors(postgres_url: str, schema: str) -> None:
     async with PostgresStore(postgres_url, schema=schema) as store:
+        bad = DeadLetter("bad", cast("Any", None), "t", b"card-4111", {}, "E", "e", 1, _NOW)
+        with pytest.raises(StoreError, match="add_dead_letter failed: NotNull") as caught:
+            await store.add_dead_letter(bad)
+        assert "4111" not in str(caught.value)  # no DETAIL quoting the row
+        with pytest.raises(StoreError, match="create_workflow failed"):
+            await store.create_workflow(WorkflowRecord("w", "n", "S", {"text": "a\x00b"}))
+        with pytest.raises(StoreError, match="inbox_claim failed"):
+            await store.inbox_claim("c", "m\x00", lease=60)
+        record, _ = await store.create_workflow(WorkflowRecord("w", "n", "S", {}))
+        saved = await store.save_workflow(dataclasses.replace(record, version=1))
+        with pytest.raises(ConcurrencyConflict):
+            await store.save_workflow(dataclasses.replace(saved, version=2**40))
         await _sql(postgres_url, f'DROP TABLE "{schema}".flowkit_workflows')
         with pytest.raises(StoreError, match="PostgreSQL load_workflow failed") as caught:
             await store.load_workflow("w")

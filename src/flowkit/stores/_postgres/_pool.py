@@ -55,8 +55,12 @@ def check_asyncio() -> None:
 
 
 def describe(exc: BaseException) -> str:
-    """An error as a message fragment, with any URL secret masked."""
-    text = str(exc)
+    """An error as a message fragment, with any URL secret masked.
+
+    Only the first line of the error is kept: PostgreSQL's ``DETAIL`` lines
+    may quote a row's values (``Failing row contains (...)``).
+    """
+    text = str(exc).split("\n", 1)[0].strip()
     return redact_url(f"{type(exc).__name__}: {text}" if text else type(exc).__name__)
 
 

@@ -63,7 +63,7 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
             id text NOT NULL PRIMARY KEY,
             name text NOT NULL,
             status text NOT NULL,
-            version integer NOT NULL,
+            version bigint NOT NULL,
             state jsonb NOT NULL,
             created_at timestamptz NOT NULL,
             updated_at timestamptz NOT NULL

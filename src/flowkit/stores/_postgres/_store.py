@@ -50,7 +50,10 @@ class PostgresStore:
     stores can share one database. Workflow state and dead letter headers are
     kept as ``jsonb``, dead letter bodies as ``bytea``. ``jsonb`` keeps a
     number's digits, not its spelling: a float written without a fraction or
-    exponent in its digits (``1e20``) comes back as an integer.
+    exponent in its digits (``1e20``) comes back as an integer, equal to it.
+    PostgreSQL text holds no NUL character: an id, a name, an error text or a
+    state string containing ``"\\x00"`` is refused with :class:`~flowkit.StoreError`.
+    Errors quote PostgreSQL's first line only, never the values of a row.
 
     Each operation runs on one pooled connection, in autocommit mode: an inbox
     claim is one ``INSERT ... ON CONFLICT DO UPDATE`` statement, so exactly one
