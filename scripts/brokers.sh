@@ -12,9 +12,10 @@
 #
 # Adding a server is adding its functions NAME_install, NAME_start (sets PID, PORT, DIR),
 # NAME_alive, NAME_stop and NAME_url (see the Redis ones) and its name to BROKERS.
+# NAME_url gives the value of FLOWKIT_<NAME>_URL.
 set -euo pipefail
 
-BROKERS=(redis)
+BROKERS=(redis postgres)
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 STATE_DIR="${FLOWKIT_BROKERS_DIR:-$ROOT/.brokers}"
@@ -192,6 +193,124 @@ redis_start() {
 redis_stop() { stop_pid "$PID" redis-server; }
 
 redis_url() { printf 'redis://127.0.0.1:%s/0' "$PORT"; }
+
+# --- PostgreSQL ---------------------------------------------------------------------------
+
+# The newest installed server's bin directory (Debian: /usr/lib/postgresql/VERSION/bin).
+pg_bin() {
+    local dir
+    dir=$(printf '%s\n' /usr/lib/postgresql/*/bin | sort -V | tail -n 1)
+    [ -n "$dir" ] && [ -x "$dir/initdb" ] || return 1
+    printf '%s' "$dir"
+}
+
+# initdb and the server refuse to run as root: as root, run them as the postgres user.
+as_pg() {
+    if [ "$(id -u)" = 0 ]; then
+        runuser -u postgres -- "$@"
+    else
+        "$@"
+    fi
+}
+
+postgres_install() {
+    pg_bin >/dev/null && return 0
+    log "installing postgresql with apt-get"
+    apt_install postgresql
+    # The package creates a cluster of its own and, with no policy honoured, starts it;
+    # stop and disable it: the tests use only the server started below.
+    if [ -d /run/systemd/system ]; then
+        systemctl disable --now postgresql >/dev/null 2>&1 || true
+    else
+        local pidfile
+        for pidfile in /run/postgresql/*.pid; do
+            [ -f "$pidfile" ] || continue
+            stop_pid "$(head -n 1 "$pidfile")" postgres
+        done
+        update-rc.d postgresql disable >/dev/null 2>&1 || true
+    fi
+    pg_bin >/dev/null || die "no /usr/lib/postgresql/*/bin/initdb after apt-get install postgresql"
+}
+
+postgres_ready() { "$(pg_bin)/pg_isready" -q -h 127.0.0.1 -p "$1" -t 2 >/dev/null 2>&1; }
+
+# The postmaster's command line names its data directory: a reused PID does not match it.
+postgres_alive() { pid_is "$PID" "$DIR/data" && postgres_ready "$PORT"; }
+
+postgres_start() {
+    local bin attempt i
+    bin=$(pg_bin) || die "PostgreSQL is not installed (no /usr/lib/postgresql/*/bin/initdb)"
+    DIR=$(new_data_dir postgres)
+    if [ "$(id -u)" = 0 ]; then
+        id postgres >/dev/null 2>&1 || die "no postgres user to run the server as"
+        chown postgres: "$DIR"
+    fi
+    # cd: the server's user may not be allowed into the caller's working directory.
+    if ! (cd "$DIR" && as_pg "$bin/initdb" -D "$DIR/data" -U postgres --auth=trust \
+        -E UTF8 --locale=C.UTF-8 --no-sync >"$DIR/initdb.log" 2>&1 </dev/null 9>&-); then
+        log "initdb failed; its output:"
+        tail -n 20 "$DIR/initdb.log" >&2 || true
+        remove_data_dir "$DIR"
+        die "could not create a PostgreSQL data directory"
+    fi
+    for attempt in 1 2 3; do   # a port found free may be taken before the server binds it
+        PORT=$(free_port)
+        PID=''
+        : >"$DIR/pg.log"
+        [ "$(id -u)" = 0 ] && chown postgres: "$DIR/pg.log"
+        # -c fsync=off: the data are thrown away afterwards; -k: the socket stays in $DIR.
+        if (cd "$DIR" && as_pg "$bin/pg_ctl" -D "$DIR/data" -l "$DIR/pg.log" -w \
+            -t "$READY_TIMEOUT" -o "-c listen_addresses=127.0.0.1 -p $PORT -k $DIR -c fsync=off" \
+            start </dev/null >/dev/null 2>&1 9>&-); then
+            PID=$(head -n 1 "$DIR/data/postmaster.pid" 2>/dev/null || true)
+            for ((i = 0; i < READY_TIMEOUT * 20; i++)); do
+                if postgres_ready "$PORT"; then
+                    pid_is "$PID" "$DIR/data" && return 0
+                    break
+                fi
+                sleep 0.05
+            done
+        fi
+        PID=$(head -n 1 "$DIR/data/postmaster.pid" 2>/dev/null || true)
+        if grep -qs 'could not bind IPv4 address\|Address already in use' "$DIR/pg.log"; then
+            log "port $PORT was taken before PostgreSQL could bind it (attempt $attempt of 3)"
+            postgres_stop
+            continue
+        fi
+        log "PostgreSQL did not answer on 127.0.0.1:$PORT within ${READY_TIMEOUT}s; the end of its log:"
+        tail -n 20 "$DIR/pg.log" >&2 2>/dev/null || true
+        postgres_stop
+        break
+    done
+    remove_data_dir "$DIR"
+    die "could not start PostgreSQL"
+}
+
+postgres_stop() {
+    local bin pid=$PID
+    if ! pid_is "$pid" "$DIR/data"; then   # the record may predate a restart attempt
+        pid=$(head -n 1 "$DIR/data/postmaster.pid" 2>/dev/null || true)
+    fi
+    pid_is "$pid" "$DIR/data" || return 0
+    if bin=$(pg_bin); then
+        (cd "$DIR" && as_pg "$bin/pg_ctl" -D "$DIR/data" -m fast -w -t "$STOP_TIMEOUT" stop \
+            </dev/null >/dev/null 2>&1 9>&-) || true
+    fi
+    if pid_is "$pid" "$DIR/data"; then
+        log "pg_ctl stop left PostgreSQL (PID $pid) running; stopping it by its PID"
+        # Its backends are sessions of their own; they exit when the postmaster is gone,
+        # and any that has not by then is killed.
+        local child children
+        children=$(pgrep -P "$pid" || true)
+        stop_pid "$pid" "$DIR/data"
+        for child in $children; do
+            if pid_is "$child" '^postgres: '; then kill -KILL "$child" 2>/dev/null || true; fi
+        done
+    fi
+    await_reaped "$pid"
+}
+
+postgres_url() { printf 'postgresql://postgres@127.0.0.1:%s/postgres' "$PORT"; }
 
 # --- commands -----------------------------------------------------------------------------
 

@@ -1,7 +1,8 @@
 """Real brokers for the tests that need one.
 
 A test reaches a server through a fixture such as :func:`redis_url`, which reads the
-server's URL from the environment (``FLOWKIT_REDIS_URL``; ``scripts/brokers.sh`` starts
+server's URL from the environment (``FLOWKIT_REDIS_URL``, ``FLOWKIT_POSTGRES_URL``;
+``scripts/brokers.sh`` starts
 the servers and prints these variables). Without the variable the test is skipped,
 unless ``FLOWKIT_REQUIRE_BROKERS=1`` (as in CI and ``make test-brokers``): then it fails,
 so a run that was meant to use the brokers cannot pass by skipping them.
@@ -55,3 +56,9 @@ def broker_url(name: str, env: str) -> str:
 def redis_url() -> str:
     """The URL of the test Redis server (``FLOWKIT_REDIS_URL``)."""
     return broker_url("Redis", "FLOWKIT_REDIS_URL")
+
+
+@pytest.fixture
+def postgres_url() -> str:
+    """The URL of the test PostgreSQL server (``FLOWKIT_POSTGRES_URL``)."""
+    return broker_url("PostgreSQL", "FLOWKIT_POSTGRES_URL")
