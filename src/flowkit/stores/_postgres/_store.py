@@ -49,8 +49,8 @@ class PostgresStore:
     Every table is in the schema named by ``schema``, so several independent
     stores can share one database. Workflow state and dead letter headers are
     kept as ``jsonb``, dead letter bodies as ``bytea``. ``jsonb`` keeps a
-    number's digits, not its spelling: a float written without a fraction or
-    exponent in its digits (``1e20``) comes back as an integer, equal to it.
+    number's value, not its spelling: a whole-number float that JSON writes
+    with an exponent (``1e20``) comes back as the equal integer.
     PostgreSQL text holds no NUL character: an id, a name, an error text or a
     state string containing ``"\\x00"`` is refused with :class:`~flowkit.StoreError`.
     Errors quote PostgreSQL's first line only, never the values of a row.
