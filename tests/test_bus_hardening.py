@@ -657,3 +657,29 @@ def test_a_real_ctrl_c_inside_a_handler_on_trio_stops_the_bus() -> None:
     assert child.returncode == 130, (out, err)
     assert "stopped by Ctrl-C" in out
     assert "gave up" not in err and "the bus carried on" not in out
+
+
+async def test_the_inbox_is_pruned_while_the_bus_runs() -> None:
+    store = MemoryStore()
+    bus = Choreography(InMemoryTransport(), store=store, claim_lease=0.5, inbox_retention=1.0)
+    handled: list[str] = []
+
+    @bus.on(Ping, service="s", name="h")
+    async def handle(event: Ping, ctx: Context) -> None:
+        handled.append(ctx.envelope.message_id)
+
+    with anyio.fail_after(15):
+        async with bus:
+            await bus.publish(Ping(n=1))
+            await bus.wait_idle(5)
+            (message_id,) = handled
+            assert await store.inbox_claim("s:h", message_id, lease=0.1) is Claim.DONE
+            # Past the retention, the bus forgets the entry on its own.
+            while await store.inbox_claim("s:h", message_id, lease=0.1) is Claim.DONE:
+                await anyio.sleep(0.2)
+
+
+def test_inbox_retention_must_outlast_the_claim_lease() -> None:
+    with pytest.raises(ValueError, match="inbox_retention must be longer than claim_lease"):
+        Choreography(InMemoryTransport(), claim_lease=60, inbox_retention=30)
+    assert Choreography(InMemoryTransport(), inbox_retention=None).inbox_retention is None

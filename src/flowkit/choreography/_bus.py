@@ -69,6 +69,11 @@ class Choreography:
             timeout plus 5 seconds); keep it longer than any handling takes.
             A process that dies while handling a message leaves its claim;
             another process takes the message over once the claim has run out.
+        inbox_retention: seconds an inbox entry is kept (7 days by default);
+            while the bus runs with a store, older entries are pruned now and
+            then. Keep it longer than a message can be redelivered (the
+            broker's retention, the longest retry delay): a duplicate older
+            than that would be handled again. None never prunes.
         observers: who watches the bus (tracing, metrics, the testing kit).
 
     Raises:
@@ -83,6 +88,7 @@ class Choreography:
         stop_grace: float = 10.0,
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
         claim_lease: float = 300.0,
+        inbox_retention: float | None = 7 * 24 * 3600.0,
         observers: Sequence[BusObserver] = (),
     ) -> None:
         if stop_grace < 0:
@@ -91,11 +97,17 @@ class Choreography:
             raise ValueError(f"max_message_size must be >= 1 byte, got {max_message_size}")
         if not claim_lease > 0:
             raise ValueError(f"claim_lease must be > 0 seconds, got {claim_lease}")
+        if inbox_retention is not None and not inbox_retention > claim_lease:
+            raise ValueError(
+                f"inbox_retention must be longer than claim_lease ({claim_lease}s), "
+                f"got {inbox_retention}"
+            )
         self._transport = transport
         self._store = store
         self._stop_grace = stop_grace
         self._max_message_size = max_message_size
         self._claim_lease = claim_lease
+        self._inbox_retention = inbox_retention
         self._observers: tuple[BusObserver, ...] = tuple(observers)
         self._handlers: list[HandlerSpec] = []
         self._running: Running | None = None
@@ -253,6 +265,11 @@ class Choreography:
     def max_message_size(self) -> int:
         """The largest encoded message accepted, in bytes."""
         return self._max_message_size
+
+    @property
+    def inbox_retention(self) -> float | None:
+        """Seconds an inbox entry is kept before the bus prunes it (None: never)."""
+        return self._inbox_retention
 
     @property
     def claim_lease(self) -> float:

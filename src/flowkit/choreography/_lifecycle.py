@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from contextlib import AsyncExitStack
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Literal
 
 import anyio
@@ -17,6 +18,7 @@ if TYPE_CHECKING:
 
     from anyio.abc import TaskGroup
 
+    from ..stores._base import StateStore
     from ..transports._base import Subscription
     from ._bus import Choreography
     from ._handlers import HandlerSpec
@@ -101,6 +103,9 @@ class Running:
         bus._running = self
         for consumer, sub in loops:
             self._task_group.start_soon(consumer.run, sub, self.workers)
+        retention = bus.inbox_retention
+        if store is not None and retention is not None and self.specs:
+            self._task_group.start_soon(_prune_inbox, store, retention)
         return bus
 
     async def __aexit__(
@@ -148,3 +153,18 @@ class Running:
                 busy,
                 "at a cancellation" if cancelled else f"after {self.stop_grace:.1f}s",
             )
+
+
+async def _prune_inbox(store: StateStore, retention: float) -> None:
+    """Forget inbox entries older than ``retention`` seconds, now and then, for as
+    long as the bus runs (every process does it; pruning twice is harmless)."""
+    interval = min(max(retention / 10, 1.0), 3600.0)
+    while True:
+        try:
+            removed = await store.inbox_prune(datetime.now(UTC) - timedelta(seconds=retention))
+        except Exception:
+            logger.warning("could not prune the inbox; trying again later", exc_info=True)
+        else:
+            if removed:
+                logger.info("pruned %d inbox entries older than %.0fs", removed, retention)
+        await anyio.sleep(interval)
