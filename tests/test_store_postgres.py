@@ -25,7 +25,7 @@ from flowkit.stores import Claim, DeadLetter, StateStore, WorkflowRecord, from_u
 from flowkit.stores._postgres import SCHEMA_VERSION, PostgresStore
 from flowkit.testing._store_suite import STORE_CHECKS, check_store
 
-from .brokers import broker_url
+from .brokers import postgres_url as postgres_url
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -39,12 +39,6 @@ _NOW = datetime(2024, 5, 1, tzinfo=UTC)
 def anyio_backend(request: pytest.FixtureRequest) -> str:
     """asyncpg runs on asyncio only."""
     return str(request.param)
-
-
-@pytest.fixture
-def postgres_url() -> str:
-    """The URL of the test PostgreSQL server (``FLOWKIT_POSTGRES_URL``)."""
-    return broker_url("PostgreSQL", "FLOWKIT_POSTGRES_URL")
 
 
 async def _drop_schema(url: str, schema: str) -> None:
