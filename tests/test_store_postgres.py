@@ -26,6 +26,7 @@ from flowkit.stores._postgres import SCHEMA_VERSION, PostgresStore
 from flowkit.testing._store_suite import STORE_CHECKS, check_store
 
 from .brokers import postgres_url as postgres_url
+from .test_stores import check_prune_defaults
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -312,6 +313,11 @@ async def main(url: str, schema: str, pairs: int) -> None:
 
 anyio.run(main, sys.argv[1], sys.argv[2], int(sys.argv[3]))
 """
+
+
+async def test_prune_by_default_leaves_unfinished_workflows(postgres_url: str, schema: str) -> None:
+    async with PostgresStore(postgres_url, schema=schema) as store:
+        await check_prune_defaults(store)
 
 
 async def test_two_processes_claim_each_pair_once(postgres_url: str, schema: str) -> None:

@@ -497,6 +497,56 @@ async def test_inbox_prune_forgets_expired_claims_but_keeps_held_ones(
         assert await store.inbox_claim("c", "expired", lease=600) == Claim.CLAIMED
 
 
+async def check_prune_defaults(store: StateStore) -> None:
+    """What prune_workflows removes by default, and how a caller loops over batches."""
+    statuses = ["RUNNING", "COMPENSATING", "COMPLETED", "COMPENSATED", "FAILED"]
+    for status in statuses:
+        await store.create_workflow(WorkflowRecord(f"w-{status}", "Saga", status, {}))
+    await anyio.sleep(0.01)
+    cutoff = datetime.now(UTC) + timedelta(hours=1)
+    assert await store.prune_workflows(cutoff) == 3
+    left = await store.list_workflows()
+    assert sorted(record.status for record in left) == ["COMPENSATING", "RUNNING"]
+    assert await store.prune_workflows(cutoff) == 0
+    letters = [
+        dataclasses.replace(_numbered_letter(index), id=f"prune-{index}") for index in range(7)
+    ]
+    for letter in letters:
+        await store.add_dead_letter(letter)
+    batches = []
+    while (removed := await store.prune_dead_letters(cutoff, limit=3)) > 0:
+        batches.append(removed)
+    assert batches == [3, 3, 1]
+    assert await store.list_dead_letters() == []
+
+
+async def test_prune_by_default_leaves_unfinished_workflows(factory: StoreFactory) -> None:
+    async with factory() as store:
+        await check_prune_defaults(store)
+
+
+async def test_memory_store_prunes_what_its_bound_left(factory: StoreFactory) -> None:
+    async with factory() as store:
+        for index in range(3):
+            await store.add_dead_letter(_numbered_letter(index))
+        cutoff = datetime(2024, 1, 1, tzinfo=UTC) + timedelta(seconds=2)
+        assert await store.prune_dead_letters(cutoff, consumer="svc:other") == 0
+        assert await store.prune_dead_letters(cutoff, topic="orders") == 2
+        assert [letter.id for letter in await store.list_dead_letters()] == ["d002"]
+
+
+async def test_a_read_only_sqlite_store_refuses_to_prune(tmp_path: Path) -> None:
+    path = tmp_path / "store.db"
+    async with SQLiteStore(path):
+        pass
+    async with SQLiteStore(path, read_only=True) as store:
+        now = datetime.now(UTC)
+        with pytest.raises(StoreError, match="read-only"):
+            await store.prune_dead_letters(now)
+        with pytest.raises(StoreError, match="read-only"):
+            await store.prune_workflows(now)
+
+
 # -- MemoryStore: the dead letter bound ---------------------------------------------------
 
 

@@ -193,6 +193,36 @@ class StateStore(Protocol):
         """
         ...
 
+    async def prune_dead_letters(
+        self,
+        older_than: datetime,
+        *,
+        consumer: str | None = None,
+        topic: str | None = None,
+        limit: int = 10_000,
+    ) -> int:
+        """Remove the dead letters that failed before ``older_than``, oldest first.
+
+        At most ``limit`` letters go per call, so that a large prune never
+        holds one long transaction: call again until it returns less than
+        ``limit``.
+
+        Args:
+            older_than: a timezone-aware time; letters whose ``failed_at`` is
+                before it are removed.
+            consumer: only the letters of this consumer.
+            topic: only the letters from this topic.
+            limit: the most letters removed by this call (a positive integer).
+
+        Returns:
+            How many letters were removed.
+
+        Raises:
+            StoreError: if ``older_than`` is naive or ``limit`` is not a
+                positive integer.
+        """
+        ...
+
     # -- workflows -----------------------------------------------------------
 
     async def create_workflow(self, record: WorkflowRecord) -> tuple[WorkflowRecord, bool]:
@@ -233,6 +263,41 @@ class StateStore(Protocol):
         limit: int | None = None,
     ) -> list[WorkflowRecord]:
         """Workflow records, oldest first, filtered by status(es) and name."""
+        ...
+
+    async def prune_workflows(
+        self,
+        older_than: datetime,
+        *,
+        statuses: Collection[str] = ("COMPLETED", "COMPENSATED", "FAILED"),
+        limit: int = 10_000,
+    ) -> int:
+        """Remove the workflow records in ``statuses`` last updated before ``older_than``.
+
+        Only the final statuses are pruned by default. An unfinished status
+        (``RUNNING``, ``COMPENSATING``) is pruned only when the caller names
+        it: that is for workflows abandoned long ago, since a workflow still
+        advancing whose record is removed fails its next save with
+        :class:`~flowkit.WorkflowNotFound`.
+
+        The least recently updated records go first, at most ``limit`` per
+        call, so that a large prune never holds one long transaction: call
+        again until it returns less than ``limit``.
+
+        Args:
+            older_than: a timezone-aware time; records whose ``updated_at`` is
+                before it are removed.
+            statuses: the statuses pruned (a single string is taken as one
+                status; none prunes nothing).
+            limit: the most records removed by this call (a positive integer).
+
+        Returns:
+            How many records were removed.
+
+        Raises:
+            StoreError: if ``older_than`` is naive or ``limit`` is not a
+                positive integer.
+        """
         ...
 
     # -- lifecycle -----------------------------------------------------------

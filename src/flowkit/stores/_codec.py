@@ -11,9 +11,17 @@ from pydantic_core import from_json, to_json
 from .._errors import StoreError
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Collection, Mapping
 
-__all__ = ["MAX_LEASE", "decode_state", "encode_state", "lease_seconds", "utc"]
+__all__ = [
+    "MAX_LEASE",
+    "decode_state",
+    "encode_state",
+    "lease_seconds",
+    "prune_limit",
+    "status_tuple",
+    "utc",
+]
 
 #: The longest lease an inbox claim is given, in seconds (about 31 years).
 MAX_LEASE = 1e9
@@ -66,3 +74,21 @@ def lease_seconds(lease: float) -> float:
     if not (lease > 0 and math.isfinite(lease)):
         raise StoreError(f"an inbox lease must be a positive number of seconds, not {lease!r}")
     return min(float(lease), MAX_LEASE)
+
+
+def prune_limit(limit: int) -> int:
+    """The most records one prune call removes.
+
+    Raises:
+        StoreError: if ``limit`` is not a positive integer.
+    """
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise StoreError(f"a prune limit must be a positive integer, not {limit!r}")
+    return limit
+
+
+def status_tuple(statuses: Collection[str]) -> tuple[str, ...]:
+    """Workflow statuses without repeats, a single string taken as one status."""
+    if isinstance(statuses, str):
+        return (statuses,)
+    return tuple(dict.fromkeys(statuses))

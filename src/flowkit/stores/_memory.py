@@ -19,7 +19,7 @@ from anyio.lowlevel import checkpoint
 
 from .._errors import ConcurrencyConflict, NotFound, StoreError, WorkflowNotFound
 from ._base import Claim, DeadLetter, WorkflowRecord
-from ._codec import decode_state, encode_state, lease_seconds, utc
+from ._codec import decode_state, encode_state, lease_seconds, prune_limit, status_tuple, utc
 
 if TYPE_CHECKING:
     from collections.abc import Collection, Mapping
@@ -93,12 +93,14 @@ class MemoryStore:
 
     What it holds grows only as the caller asks:
 
-    * dead letters, up to ``max_dead_letters`` (unbounded by default): past
-      it, the earliest added are dropped;
+    * dead letters, until :meth:`prune_dead_letters` removes the old ones,
+      and up to ``max_dead_letters`` (unbounded by default): past it, the
+      earliest added are dropped;
     * inbox entries, until :meth:`inbox_prune` forgets the completed ones
       (whoever uses the inbox prunes it, as with any store);
-    * workflow records, never dropped: they are the workflows' state, and
-      only the application knows when one is no longer wanted.
+    * workflow records, until :meth:`prune_workflows` removes the old ones:
+      they are the workflows' state, and only the application knows when one
+      is no longer wanted.
     """
 
     def __init__(self, *, max_dead_letters: int | None = None) -> None:
@@ -352,6 +354,47 @@ class MemoryStore:
             if self._letters.pop(letter_id, None) is None:
                 raise NotFound(f"no dead letter with id {letter_id!r}")
 
+    async def prune_dead_letters(
+        self,
+        older_than: datetime,
+        *,
+        consumer: str | None = None,
+        topic: str | None = None,
+        limit: int = 10_000,
+    ) -> int:
+        """Remove the dead letters that failed before ``older_than``, oldest first.
+
+        Args:
+            older_than: a timezone-aware time; letters whose ``failed_at`` is
+                before it are removed.
+            consumer: only the letters of this consumer.
+            topic: only the letters from this topic.
+            limit: the most letters removed by this call; call again until
+                it returns less.
+
+        Returns:
+            How many letters were removed.
+
+        Raises:
+            StoreError: if the store is not open, ``older_than`` is naive or
+                ``limit`` is not a positive integer.
+        """
+        cutoff = utc(older_than, "older_than")
+        most = prune_limit(limit)
+        await checkpoint()
+        with self._lock:
+            self._check_open()
+            old = sorted(
+                (letter.failed_at, seq, letter.id)
+                for seq, letter in self._letters.values()
+                if letter.failed_at < cutoff
+                and (consumer is None or letter.consumer == consumer)
+                and (topic is None or letter.topic == topic)
+            )[:most]
+            for _, _, letter_id in old:
+                del self._letters[letter_id]
+            return len(old)
+
     # -- workflows -----------------------------------------------------------
 
     async def create_workflow(self, record: WorkflowRecord) -> tuple[WorkflowRecord, bool]:
@@ -482,6 +525,48 @@ class MemoryStore:
             if limit is not None:
                 found = found[: max(limit, 0)]
             return [stored.record(workflow_id) for _, _, workflow_id, stored in found]
+
+    async def prune_workflows(
+        self,
+        older_than: datetime,
+        *,
+        statuses: Collection[str] = ("COMPLETED", "COMPENSATED", "FAILED"),
+        limit: int = 10_000,
+    ) -> int:
+        """Remove the records in ``statuses`` last updated before ``older_than``.
+
+        An unfinished status (``RUNNING``, ``COMPENSATING``) is pruned only
+        when named; the least recently updated records go first.
+
+        Args:
+            older_than: a timezone-aware time; records whose ``updated_at``
+                is before it are removed.
+            statuses: the statuses pruned (a single string is taken as one
+                status; none prunes nothing).
+            limit: the most records removed by this call; call again until
+                it returns less.
+
+        Returns:
+            How many records were removed.
+
+        Raises:
+            StoreError: if the store is not open, ``older_than`` is naive or
+                ``limit`` is not a positive integer.
+        """
+        cutoff = utc(older_than, "older_than")
+        most = prune_limit(limit)
+        wanted = set(status_tuple(statuses))
+        await checkpoint()
+        with self._lock:
+            self._check_open()
+            old = sorted(
+                (stored.updated_at, stored.seq, workflow_id)
+                for workflow_id, stored in self._workflows.items()
+                if stored.status in wanted and stored.updated_at < cutoff
+            )[:most]
+            for _, _, workflow_id in old:
+                del self._workflows[workflow_id]
+            return len(old)
 
     # -- lifecycle -----------------------------------------------------------
 

@@ -550,6 +550,72 @@ async def _check_dead_letter_added_twice_kept_once(factory: _Factory) -> None:
         _expect(listed == [letter.id], f"a letter added twice is listed as {listed}")
 
 
+@_check
+async def _check_dead_letter_prune_only_older(factory: _Factory) -> None:
+    consumer, other, topic, other_topic = (
+        _name("consumer"),
+        _name("consumer"),
+        _name("topic"),
+        _name("topic"),
+    )
+    base = datetime(2020, 6, 1, 12, tzinfo=UTC)
+    old = [_letter(consumer, topic, failed_at=base - timedelta(hours=h)) for h in (3, 2)]
+    young = [_letter(consumer, topic, failed_at=base + timedelta(hours=h)) for h in (0, 1)]
+    elsewhere = _letter(other, topic, failed_at=base - timedelta(hours=5))
+    other_old = _letter(consumer, other_topic, failed_at=base - timedelta(hours=4))
+    async with factory() as store:
+        for letter in [*young, *old, elsewhere, other_old]:
+            await store.add_dead_letter(letter)
+        await _expect_raises(
+            StoreError,
+            lambda: store.prune_dead_letters(base.replace(tzinfo=None), consumer=consumer),
+            "prune_dead_letters of a naive datetime",
+        )
+        removed = await store.prune_dead_letters(base, consumer=consumer, topic=topic)
+        _expect(removed == 2, f"prune_dead_letters of the two older letters returned {removed}")
+        got = _ids(await store.list_dead_letters(consumer=consumer, topic=topic))
+        _expect(got == _ids(young), f"after a prune the letters left are {got}")
+        got = _ids(await store.list_dead_letters(topic=other_topic))
+        _expect(got == [other_old.id], f"a prune of one topic removed another's: {got}")
+        got = _ids(await store.list_dead_letters(consumer=other))
+        _expect(got == [elsewhere.id], f"a prune of one consumer removed another's: {got}")
+        removed = await store.prune_dead_letters(base, consumer=consumer, topic=topic)
+        _expect(removed == 0, f"a second prune of nothing older returned {removed}")
+        removed = await store.prune_dead_letters(base, consumer=consumer)
+        _expect(removed == 1, f"a prune of one consumer's letters returned {removed}")
+        got = _ids(await store.list_dead_letters(consumer=consumer))
+        _expect(got == _ids(young), f"after a prune of one consumer the letters are {got}")
+        removed = await store.prune_dead_letters(base + timedelta(hours=1), topic=topic)
+        _expect(removed == 2, f"a prune of one topic's letters returned {removed}")
+        got = _ids(await store.list_dead_letters(topic=topic))
+        _expect(got == [young[1].id], f"a prune removed a letter failed at its cutoff: {got}")
+
+
+@_check
+async def _check_dead_letter_prune_limit(factory: _Factory) -> None:
+    consumer, topic = _name("consumer"), _name("topic")
+    base = datetime(2020, 6, 1, 12, tzinfo=UTC)
+    letters = [_letter(consumer, topic, failed_at=base + timedelta(minutes=m)) for m in range(5)]
+    async with factory() as store:
+        for letter in reversed(letters):
+            await store.add_dead_letter(letter)
+        cutoff = base + timedelta(days=1)
+        for limit in (0, -1):
+            await _expect_raises(
+                StoreError,
+                functools.partial(store.prune_dead_letters, cutoff, consumer=consumer, limit=limit),
+                f"prune_dead_letters(limit={limit})",
+            )
+        counts = [
+            await store.prune_dead_letters(cutoff, consumer=consumer, limit=2) for _ in range(2)
+        ]
+        _expect(counts == [2, 2], f"two prunes of at most 2 letters returned {counts}")
+        got = _ids(await store.list_dead_letters(consumer=consumer))
+        _expect(got == [letters[4].id], f"prunes with a limit left {got}, not the youngest")
+        removed = await store.prune_dead_letters(cutoff, consumer=consumer, limit=2)
+        _expect(removed == 1, f"the last prune returned {removed}, not 1")
+
+
 # -- workflows ----------------------------------------------------------------------
 
 
@@ -732,6 +798,84 @@ async def _check_workflow_list_by_status(factory: _Factory) -> None:
         _expect(got == [r1.id, d1.id], f"after a status change, status={done!r} gave {got}")
         got = _ids(await store.list_workflows(status=[running], name=name))
         _expect(got == [r2.id], f"after a status change, status={running!r} gave {got}")
+
+
+async def _created_apart(store: StateStore, record: WorkflowRecord) -> WorkflowRecord:
+    """Create a record after a pause, so that its times differ from the last one's."""
+    await anyio.sleep(0.01)
+    stored, _ = await store.create_workflow(record)
+    return stored
+
+
+@_check
+async def _check_workflow_prune_only_older_and_asked(factory: _Factory) -> None:
+    name = _name("name")
+    done, failed, running = _name("COMPLETED"), _name("FAILED"), _name("RUNNING")
+    async with factory() as store:
+        old_done = await _created_apart(store, _workflow(name, done))
+        old_failed = await _created_apart(store, _workflow(name, failed))
+        old_running = await _created_apart(store, _workflow(name, running))
+        young_done = await _created_apart(store, _workflow(name, done))
+        cutoff = young_done.updated_at
+        _expect(cutoff is not None, "a created record has no updated_at")
+        assert cutoff is not None
+        await _expect_raises(
+            StoreError,
+            lambda: store.prune_workflows(cutoff.replace(tzinfo=None), statuses=[done]),
+            "prune_workflows of a naive datetime",
+        )
+        removed = await store.prune_workflows(cutoff, statuses=[done])
+        _expect(removed == 1, f"prune_workflows of one older record returned {removed}")
+        got = _ids(await store.list_workflows(name=name))
+        expected = [old_failed.id, old_running.id, young_done.id]
+        _expect(got == expected, f"after a prune of {done!r} the records are {got}")
+        await _expect_raises(
+            WorkflowNotFound,
+            lambda: store.load_workflow(old_done.id),
+            "load_workflow of a pruned record",
+        )
+        removed = await store.prune_workflows(cutoff, statuses=[])
+        _expect(removed == 0, f"prune_workflows of no status returned {removed}")
+        removed = await store.prune_workflows(cutoff, statuses=(done, failed))
+        _expect(removed == 1, f"prune_workflows of two statuses returned {removed}")
+        got = _ids(await store.list_workflows(name=name))
+        _expect(got == [old_running.id, young_done.id], f"after a prune the records are {got}")
+        removed = await store.prune_workflows(cutoff, statuses=running)
+        _expect(removed == 1, f"prune_workflows of a status named alone returned {removed}")
+        got = _ids(await store.list_workflows(name=name))
+        _expect(got == [young_done.id], f"a prune removed a record updated at its cutoff: {got}")
+
+
+@_check
+async def _check_workflow_prune_limit(factory: _Factory) -> None:
+    name, status = _name("name"), _name("COMPLETED")
+    async with factory() as store:
+        first = await _created_apart(store, _workflow(name, status))
+        for _ in range(2):
+            await _created_apart(store, _workflow(name, status))
+        await anyio.sleep(0.01)
+        saved = await store.save_workflow(
+            WorkflowRecord(first.id, name, status, {"n": 2}, first.version)
+        )
+        _expect(saved.updated_at is not None, "a saved record has no updated_at")
+        assert saved.updated_at is not None
+        cutoff = saved.updated_at + timedelta(seconds=1)
+        await _expect_raises(
+            StoreError,
+            lambda: store.prune_workflows(cutoff, statuses=[status], limit=0),
+            "prune_workflows(limit=0)",
+        )
+        removed = await store.prune_workflows(cutoff, statuses=[status], limit=2)
+        _expect(removed == 2, f"a prune of at most 2 records returned {removed}")
+        got = _ids(await store.list_workflows(name=name))
+        _expect(
+            got == [first.id],
+            f"a prune with a limit left {got}, not the most recently updated record",
+        )
+        removed = await store.prune_workflows(cutoff, statuses=[status], limit=2)
+        _expect(removed == 1, f"the last prune returned {removed}, not 1")
+        removed = await store.prune_workflows(cutoff, statuses=[status], limit=2)
+        _expect(removed == 0, f"a prune of nothing left returned {removed}")
 
 
 @_check

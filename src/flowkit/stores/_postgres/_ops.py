@@ -33,6 +33,8 @@ __all__ = [
     "list_dead_letters",
     "list_workflows",
     "load_workflow",
+    "prune_dead_letters",
+    "prune_workflows",
     "save_workflow",
 ]
 
@@ -181,6 +183,33 @@ async def delete_dead_letter(conn: Connection, tables: Tables, letter_id: str) -
         raise NotFound(f"no dead letter with id {letter_id!r}")
 
 
+async def prune_dead_letters(
+    conn: Connection,
+    tables: Tables,
+    cutoff: datetime,
+    consumer: str | None,
+    topic: str | None,
+    limit: int,
+) -> int:
+    """Delete at most ``limit`` letters that failed before ``cutoff``, oldest first."""
+    params: list[object] = [cutoff]
+    clauses = ["failed_at < $1"]
+    if consumer is not None:
+        params.append(consumer)
+        clauses.append(f"consumer = ${len(params)}")
+    if topic is not None:
+        params.append(topic)
+        clauses.append(f"topic = ${len(params)}")
+    params.append(limit)
+    status = await conn.execute(
+        f"DELETE FROM {tables.dead_letters} WHERE id IN ("
+        f"SELECT id FROM {tables.dead_letters} WHERE {' AND '.join(clauses)} "
+        f"ORDER BY failed_at, seq LIMIT ${len(params)})",
+        *params,
+    )
+    return _count(status)
+
+
 # -- workflows --------------------------------------------------------------------------
 
 
@@ -272,3 +301,22 @@ async def list_workflows(
         params.append(limit)
         sql += f" LIMIT ${len(params)}"
     return list(await conn.fetch(sql, *params))
+
+
+async def prune_workflows(
+    conn: Connection, tables: Tables, cutoff: datetime, statuses: list[str], limit: int
+) -> int:
+    """Delete at most ``limit`` records in ``statuses`` updated before ``cutoff``,
+    the least recently updated first."""
+    if not statuses:
+        return 0
+    status = await conn.execute(
+        f"DELETE FROM {tables.workflows} WHERE id IN ("
+        f"SELECT id FROM {tables.workflows} "
+        "WHERE status = ANY($1::text[]) AND updated_at < $2 "
+        "ORDER BY updated_at, seq LIMIT $3)",
+        statuses,
+        cutoff,
+        limit,
+    )
+    return _count(status)

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, Self, TypeVar
 from ..._errors import StoreError
 from ..._redact import redact_url
 from .._base import WorkflowRecord
-from .._codec import encode_state, lease_seconds, utc
+from .._codec import encode_state, lease_seconds, prune_limit, status_tuple, utc
 from . import _ops as ops
 from ._pool import check_asyncio, create_pool, describe, translated
 from ._rows import letter_args, letter_from_row, workflow_from_row
@@ -271,6 +271,38 @@ class PostgresStore:
         """
         await self._run(ops.delete_dead_letter, letter_id)
 
+    async def prune_dead_letters(
+        self,
+        older_than: datetime,
+        *,
+        consumer: str | None = None,
+        topic: str | None = None,
+        limit: int = 10_000,
+    ) -> int:
+        """Remove the dead letters that failed before ``older_than``, oldest first.
+
+        One ``DELETE`` statement removes at most ``limit`` letters, so a large
+        prune is many short transactions: call again until it returns less
+        than ``limit``.
+
+        Args:
+            older_than: a timezone-aware time; letters whose ``failed_at`` is
+                before it are removed.
+            consumer: only the letters of this consumer.
+            topic: only the letters from this topic.
+            limit: the most letters removed by this call.
+
+        Returns:
+            How many letters were removed.
+
+        Raises:
+            StoreError: if the store is not open, ``older_than`` is naive,
+                ``limit`` is not a positive integer, or PostgreSQL fails.
+        """
+        cutoff = utc(older_than, "older_than")
+        most = prune_limit(limit)
+        return await self._run(ops.prune_dead_letters, cutoff, consumer, topic, most)
+
     # -- workflows -----------------------------------------------------------
 
     async def create_workflow(self, record: WorkflowRecord) -> tuple[WorkflowRecord, bool]:
@@ -375,6 +407,38 @@ class PostgresStore:
         wanted = None if limit is None else max(limit, 0)
         rows = await self._run(ops.list_workflows, statuses, name, wanted)
         return [workflow_from_row(row) for row in rows]
+
+    async def prune_workflows(
+        self,
+        older_than: datetime,
+        *,
+        statuses: Collection[str] = ("COMPLETED", "COMPENSATED", "FAILED"),
+        limit: int = 10_000,
+    ) -> int:
+        """Remove the records in ``statuses`` last updated before ``older_than``.
+
+        An unfinished status (``RUNNING``, ``COMPENSATING``) is pruned only
+        when named. One ``DELETE`` statement removes at most ``limit``
+        records, the least recently updated first: call again until it
+        returns less. ``updated_at`` is the server's clock.
+
+        Args:
+            older_than: a timezone-aware time; records whose ``updated_at``
+                is before it are removed.
+            statuses: the statuses pruned (a single string is taken as one
+                status; none prunes nothing).
+            limit: the most records removed by this call.
+
+        Returns:
+            How many records were removed.
+
+        Raises:
+            StoreError: if the store is not open, ``older_than`` is naive,
+                ``limit`` is not a positive integer, or PostgreSQL fails.
+        """
+        cutoff = utc(older_than, "older_than")
+        most = prune_limit(limit)
+        return await self._run(ops.prune_workflows, cutoff, list(status_tuple(statuses)), most)
 
     # -- lifecycle -----------------------------------------------------------
 

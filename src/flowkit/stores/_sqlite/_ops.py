@@ -36,6 +36,8 @@ __all__ = [
     "list_workflows",
     "load_workflow",
     "pragma",
+    "prune_dead_letters",
+    "prune_workflows",
     "save_workflow",
 ]
 
@@ -157,6 +159,31 @@ def delete_dead_letter(conn: sqlite3.Connection, letter_id: str) -> None:
         raise NotFound(f"no dead letter with id {letter_id!r}")
 
 
+def prune_dead_letters(
+    conn: sqlite3.Connection,
+    cutoff: datetime,
+    consumer: str | None,
+    topic: str | None,
+    limit: int,
+) -> int:
+    """Delete at most ``limit`` letters that failed before ``cutoff``, oldest first."""
+    clauses = ["failed_at < ?"]
+    params: list[object] = [timestamp(cutoff)]
+    if consumer is not None:
+        clauses.append("consumer = ?")
+        params.append(consumer)
+    if topic is not None:
+        clauses.append("topic = ?")
+        params.append(topic)
+    params.append(limit)
+    return conn.execute(
+        "DELETE FROM flowkit_dead_letters WHERE rowid IN ("
+        f"SELECT rowid FROM flowkit_dead_letters WHERE {' AND '.join(clauses)} "
+        "ORDER BY failed_at, rowid LIMIT ?)",
+        params,
+    ).rowcount
+
+
 # -- workflows --------------------------------------------------------------------------
 
 
@@ -242,6 +269,22 @@ def list_workflows(
         sql += " LIMIT ? OFFSET ?"
         params.extend((-1 if limit is None else limit, offset))
     return cast("list[WorkflowRow]", conn.execute(sql, params).fetchall())
+
+
+def prune_workflows(
+    conn: sqlite3.Connection, cutoff: datetime, statuses: tuple[str, ...], limit: int
+) -> int:
+    """Delete at most ``limit`` records in ``statuses`` updated before ``cutoff``,
+    the least recently updated first."""
+    if not statuses:
+        return 0
+    return conn.execute(
+        "DELETE FROM flowkit_workflows WHERE rowid IN ("
+        "SELECT rowid FROM flowkit_workflows "
+        f"WHERE status IN ({', '.join('?' * len(statuses))}) AND updated_at < ? "
+        "ORDER BY updated_at, rowid LIMIT ?)",
+        (*statuses, timestamp(cutoff), limit),
+    ).rowcount
 
 
 # -- diagnostics ----------------------------------------------------------------------

@@ -34,7 +34,7 @@ import anyio
 
 from ..._errors import StoreError
 from .._base import WorkflowRecord
-from .._codec import encode_state, lease_seconds, utc
+from .._codec import encode_state, lease_seconds, prune_limit, status_tuple, utc
 from . import _ops as ops
 from ._rows import (
     UnreadableRow,
@@ -392,6 +392,39 @@ class SQLiteStore:
         """
         await self._call(ops.delete_dead_letter, letter_id, write=True)
 
+    async def prune_dead_letters(
+        self,
+        older_than: datetime,
+        *,
+        consumer: str | None = None,
+        topic: str | None = None,
+        limit: int = 10_000,
+    ) -> int:
+        """Remove the dead letters that failed before ``older_than``, oldest first.
+
+        One ``DELETE`` removes at most ``limit`` letters (readable or not), so
+        a large prune is many short transactions: call again until it returns
+        less than ``limit``.
+
+        Args:
+            older_than: a timezone-aware time; letters whose ``failed_at`` is
+                before it are removed.
+            consumer: only the letters of this consumer.
+            topic: only the letters from this topic.
+            limit: the most letters removed by this call.
+
+        Returns:
+            How many letters were removed.
+
+        Raises:
+            StoreError: if the store is not open or is read-only,
+                ``older_than`` is naive, ``limit`` is not a positive integer,
+                or SQLite fails.
+        """
+        cutoff = utc(older_than, "older_than")
+        most = prune_limit(limit)
+        return await self._call(ops.prune_dead_letters, cutoff, consumer, topic, most, write=True)
+
     # -- workflows -----------------------------------------------------------
 
     async def create_workflow(self, record: WorkflowRecord) -> tuple[WorkflowRecord, bool]:
@@ -519,6 +552,40 @@ class SQLiteStore:
             offset += len(rows)
             if len(rows) < asked or len(records) >= wanted:
                 return records
+
+    async def prune_workflows(
+        self,
+        older_than: datetime,
+        *,
+        statuses: Collection[str] = ("COMPLETED", "COMPENSATED", "FAILED"),
+        limit: int = 10_000,
+    ) -> int:
+        """Remove the records in ``statuses`` last updated before ``older_than``.
+
+        An unfinished status (``RUNNING``, ``COMPENSATING``) is pruned only
+        when named. One ``DELETE`` removes at most ``limit`` records, the
+        least recently updated first: call again until it returns less.
+
+        Args:
+            older_than: a timezone-aware time; records whose ``updated_at``
+                is before it are removed.
+            statuses: the statuses pruned (a single string is taken as one
+                status; none prunes nothing).
+            limit: the most records removed by this call.
+
+        Returns:
+            How many records were removed.
+
+        Raises:
+            StoreError: if the store is not open or is read-only,
+                ``older_than`` is naive, ``limit`` is not a positive integer,
+                or SQLite fails.
+        """
+        cutoff = utc(older_than, "older_than")
+        most = prune_limit(limit)
+        return await self._call(
+            ops.prune_workflows, cutoff, status_tuple(statuses), most, write=True
+        )
 
     # -- lifecycle -----------------------------------------------------------
 
