@@ -45,7 +45,8 @@ $(BENCH_STAMP): pyproject.toml benchmarks/requirements.txt
 	$(BENCH_VENV)/bin/python -m pip install --quiet -e . -r benchmarks/requirements.txt
 	touch $(BENCH_STAMP)
 
-# The Redis benchmark runs against a server of its own, stopped afterwards.
+# The Redis and PostgreSQL benchmarks run against servers of their own (brokers.sh starts
+# both and exports FLOWKIT_REDIS_URL and FLOWKIT_POSTGRES_URL), stopped afterwards.
 bench: $(BENCH_STAMP)
 	@state=$$(mktemp -d) && export FLOWKIT_BROKERS_DIR="$$state" && \
 	trap 'bash scripts/brokers.sh stop; rm -rf "$$state"' EXIT && trap 'exit 130' INT TERM && \
