@@ -270,6 +270,7 @@ class StateStore(Protocol):
         older_than: datetime,
         *,
         statuses: Collection[str] = ("COMPLETED", "COMPENSATED", "FAILED"),
+        name: str | None = None,
         limit: int = 10_000,
     ) -> int:
         """Remove the workflow records in ``statuses`` last updated before ``older_than``.
@@ -289,6 +290,7 @@ class StateStore(Protocol):
                 before it are removed.
             statuses: the statuses pruned (a single string is taken as one
                 status; none prunes nothing).
+            name: only the records of this orchestrator.
             limit: the most records removed by this call (a positive integer).
 
         Returns:

@@ -531,6 +531,7 @@ class MemoryStore:
         older_than: datetime,
         *,
         statuses: Collection[str] = ("COMPLETED", "COMPENSATED", "FAILED"),
+        name: str | None = None,
         limit: int = 10_000,
     ) -> int:
         """Remove the records in ``statuses`` last updated before ``older_than``.
@@ -543,6 +544,7 @@ class MemoryStore:
                 is before it are removed.
             statuses: the statuses pruned (a single string is taken as one
                 status; none prunes nothing).
+            name: only the records of this orchestrator.
             limit: the most records removed by this call; call again until
                 it returns less.
 
@@ -562,7 +564,9 @@ class MemoryStore:
             old = sorted(
                 (stored.updated_at, stored.seq, workflow_id)
                 for workflow_id, stored in self._workflows.items()
-                if stored.status in wanted and stored.updated_at < cutoff
+                if stored.status in wanted
+                and stored.updated_at < cutoff
+                and (name is None or stored.name == name)
             )[:most]
             for _, _, workflow_id in old:
                 del self._workflows[workflow_id]

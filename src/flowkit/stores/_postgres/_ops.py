@@ -304,19 +304,27 @@ async def list_workflows(
 
 
 async def prune_workflows(
-    conn: Connection, tables: Tables, cutoff: datetime, statuses: list[str], limit: int
+    conn: Connection,
+    tables: Tables,
+    cutoff: datetime,
+    statuses: list[str],
+    name: str | None,
+    limit: int,
 ) -> int:
-    """Delete at most ``limit`` records in ``statuses`` updated before ``cutoff``,
-    the least recently updated first."""
+    """Delete at most ``limit`` records in ``statuses`` (of ``name``) updated
+    before ``cutoff``, the least recently updated first."""
     if not statuses:
         return 0
+    params: list[object] = [statuses, cutoff]
+    clauses = ["status = ANY($1::text[])", "updated_at < $2"]
+    if name is not None:
+        params.append(name)
+        clauses.append(f"name = ${len(params)}")
+    params.append(limit)
     status = await conn.execute(
         f"DELETE FROM {tables.workflows} WHERE id IN ("
-        f"SELECT id FROM {tables.workflows} "
-        "WHERE status = ANY($1::text[]) AND updated_at < $2 "
-        "ORDER BY updated_at, seq LIMIT $3)",
-        statuses,
-        cutoff,
-        limit,
+        f"SELECT id FROM {tables.workflows} WHERE {' AND '.join(clauses)} "
+        f"ORDER BY updated_at, seq LIMIT ${len(params)})",
+        *params,
     )
     return _count(status)

@@ -413,6 +413,7 @@ class PostgresStore:
         older_than: datetime,
         *,
         statuses: Collection[str] = ("COMPLETED", "COMPENSATED", "FAILED"),
+        name: str | None = None,
         limit: int = 10_000,
     ) -> int:
         """Remove the records in ``statuses`` last updated before ``older_than``.
@@ -427,6 +428,7 @@ class PostgresStore:
                 is before it are removed.
             statuses: the statuses pruned (a single string is taken as one
                 status; none prunes nothing).
+            name: only the records of this orchestrator.
             limit: the most records removed by this call.
 
         Returns:
@@ -438,7 +440,9 @@ class PostgresStore:
         """
         cutoff = utc(older_than, "older_than")
         most = prune_limit(limit)
-        return await self._run(ops.prune_workflows, cutoff, list(status_tuple(statuses)), most)
+        return await self._run(
+            ops.prune_workflows, cutoff, list(status_tuple(statuses)), name, most
+        )
 
     # -- lifecycle -----------------------------------------------------------
 

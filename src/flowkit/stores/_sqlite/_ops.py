@@ -272,18 +272,27 @@ def list_workflows(
 
 
 def prune_workflows(
-    conn: sqlite3.Connection, cutoff: datetime, statuses: tuple[str, ...], limit: int
+    conn: sqlite3.Connection,
+    cutoff: datetime,
+    statuses: tuple[str, ...],
+    name: str | None,
+    limit: int,
 ) -> int:
-    """Delete at most ``limit`` records in ``statuses`` updated before ``cutoff``,
-    the least recently updated first."""
+    """Delete at most ``limit`` records in ``statuses`` (of ``name``) updated
+    before ``cutoff``, the least recently updated first."""
     if not statuses:
         return 0
+    clauses = [f"status IN ({', '.join('?' * len(statuses))})", "updated_at < ?"]
+    params: list[object] = [*statuses, timestamp(cutoff)]
+    if name is not None:
+        clauses.append("name = ?")
+        params.append(name)
+    params.append(limit)
     return conn.execute(
         "DELETE FROM flowkit_workflows WHERE rowid IN ("
-        "SELECT rowid FROM flowkit_workflows "
-        f"WHERE status IN ({', '.join('?' * len(statuses))}) AND updated_at < ? "
+        f"SELECT rowid FROM flowkit_workflows WHERE {' AND '.join(clauses)} "
         "ORDER BY updated_at, rowid LIMIT ?)",
-        (*statuses, timestamp(cutoff), limit),
+        params,
     ).rowcount
 
 

@@ -558,6 +558,7 @@ class SQLiteStore:
         older_than: datetime,
         *,
         statuses: Collection[str] = ("COMPLETED", "COMPENSATED", "FAILED"),
+        name: str | None = None,
         limit: int = 10_000,
     ) -> int:
         """Remove the records in ``statuses`` last updated before ``older_than``.
@@ -571,6 +572,7 @@ class SQLiteStore:
                 is before it are removed.
             statuses: the statuses pruned (a single string is taken as one
                 status; none prunes nothing).
+            name: only the records of this orchestrator.
             limit: the most records removed by this call.
 
         Returns:
@@ -584,7 +586,7 @@ class SQLiteStore:
         cutoff = utc(older_than, "older_than")
         most = prune_limit(limit)
         return await self._call(
-            ops.prune_workflows, cutoff, status_tuple(statuses), most, write=True
+            ops.prune_workflows, cutoff, status_tuple(statuses), name, most, write=True
         )
 
     # -- lifecycle -----------------------------------------------------------
