@@ -1,10 +1,11 @@
 from __future__ import annotations
 
+import dataclasses
 import json
 import sqlite3
 import sys
 import traceback
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 import anyio
@@ -13,7 +14,7 @@ from pydantic import BaseModel, ValidationError
 
 from flowkit._cli.dlq import reason_of
 from flowkit.cli import main
-from flowkit.stores import DeadLetter, SQLiteStore
+from flowkit.stores import DeadLetter, SQLiteStore, WorkflowRecord
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -197,6 +198,10 @@ def test_dlq_list_without_dead_letters(db: Path, capsys: pytest.CaptureFixture[s
         ["dlq", "replay", f"{APP}:broker_bus", "--all"],
         ["workflows", "list", f"{APP}:orders"],
         ["workflows", "show", f"{APP}:orders", "w-1"],
+        ["dlq", "prune", f"{APP}:bus", "--older-than", "7d"],
+        ["dlq", "prune", f"{APP}:bus", "--older-than", "7d", "--dry-run"],
+        ["workflows", "prune", f"{APP}:orders", "--older-than", "30d"],
+        ["workflows", "prune", f"{APP}:orders", "--older-than", "30d", "--dry-run"],
     ],
 )
 def test_a_mistyped_database_path_creates_nothing(
@@ -214,6 +219,8 @@ def test_a_mistyped_database_path_creates_nothing(
         ["dlq", "list", f"{APP}:bus"],
         ["workflows", "list", f"{APP}:orders"],
         ["workflows", "show", f"{APP}:orders", "w-1"],
+        ["dlq", "prune", f"{APP}:bus", "--older-than", "7d"],
+        ["workflows", "prune", f"{APP}:orders", "--older-than", "30d"],
     ],
 )
 def test_a_database_of_something_else_is_left_alone(
@@ -238,6 +245,15 @@ def test_a_database_of_something_else_is_left_alone(
         (["dlq", "replay", f"{APP}:storeless_bus", "--all"], "has no store"),
         (["dlq", "replay", f"{APP}:memory_bus", "--all"], "keeps its dead letters in memory"),
         (["workflows", "list", f"{APP}:memory_orders"], "keeps its workflows in memory"),
+        (["dlq", "prune", f"{APP}:storeless_bus", "--older-than", "1d"], "has no store"),
+        (
+            ["dlq", "prune", f"{APP}:memory_bus", "--older-than", "1d"],
+            "keeps its dead letters in memory",
+        ),
+        (
+            ["workflows", "prune", f"{APP}:memory_orders", "--older-than", "1d"],
+            "keeps its workflows in memory",
+        ),
     ],
 )
 def test_records_kept_in_another_process_memory_are_refused(
@@ -407,6 +423,22 @@ def test_an_orchestrator_class_is_not_an_instance(
         (["worker"], "the following arguments are required: app"),
         (["dlq", "list", f"{APP}:bus", "--limit", "0"], "expected a number of at least 1"),
         (["nonsense"], "invalid choice: 'nonsense'"),
+        (
+            ["dlq", "prune", f"{APP}:bus", "--older-than", "7x"],
+            "expected a duration such as 90s, 15m, 12h or 7d, got '7x'",
+        ),
+        (["dlq", "prune", f"{APP}:bus", "--older-than", "0d"], "at least 1s"),
+        (["dlq", "prune", f"{APP}:bus", "--older-than", "-1d"], "expected one argument"),
+        (["dlq", "prune", f"{APP}:bus", "--older-than", "99999999999d"], "too long"),
+        (["dlq", "prune", f"{APP}:bus"], "the following arguments are required: --older-than"),
+        (
+            ["workflows", "prune", f"{APP}:orders", "--older-than", "1 week"],
+            "expected a duration such as",
+        ),
+        (
+            ["workflows", "prune", f"{APP}:orders", "--older-than", "1d", "--status", "done"],
+            "unknown status 'done'",
+        ),
     ],
 )
 def test_bad_command_lines_exit_2_on_one_line(
@@ -415,6 +447,91 @@ def test_bad_command_lines_exit_2_on_one_line(
     assert main(argv) == 2
     err = one_line_error(capsys)
     assert err.startswith("flowkit: error: ") and message in err
+
+
+# -- prune -------------------------------------------------------------------------------
+
+
+def aged(letter_id: str, consumer: str, days: int) -> DeadLetter:
+    """A dead letter that failed ``days`` days ago."""
+    return dataclasses.replace(
+        letter(letter_id, consumer), failed_at=datetime.now(UTC) - timedelta(days=days)
+    )
+
+
+def test_dlq_prune_removes_old_letters(db: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    add_letters(db, aged("d-old", "pong:answer", 10), aged("d-other", "other:h", 9))
+    add_letters(db, aged("d-new", "pong:answer", 1))
+    command = ["dlq", "prune", f"{APP}:bus", "--older-than", "7d"]
+    assert main([*command, "--dry-run"]) == 0
+    assert capsys.readouterr().out.startswith("would prune 2 dead letter(s) failed before ")
+    assert main([*command, "--consumer", "pong:answer"]) == 0
+    out, err = capsys.readouterr()
+    assert out.startswith("pruned 1 dead letter(s) failed before ") and err == ""
+    assert letter_ids(db) == ["d-other", "d-new"]
+    assert main([*command, "--topic", "Elsewhere"]) == 0
+    assert capsys.readouterr().out.startswith("pruned 0 dead letter(s)")
+    assert main([*command, "--topic", "Ping"]) == 0
+    assert capsys.readouterr().out.startswith("pruned 1 dead letter(s)")
+    assert letter_ids(db) == ["d-new"]
+
+
+def test_prune_shows_its_progress_in_batches(
+    db: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("flowkit._cli.common.PRUNE_BATCH", 2)
+    add_letters(db, *(aged(f"d-{n}", "pong:answer", 30 + n) for n in range(5)))
+    assert main(["dlq", "prune", f"{APP}:bus", "--older-than", "12h", "--dry-run"]) == 0
+    assert capsys.readouterr().out.startswith("would prune 5 dead letter(s)")
+    assert main(["dlq", "prune", f"{APP}:bus", "--older-than", "12h"]) == 0
+    out, err = capsys.readouterr()
+    assert err.splitlines() == ["pruned 2 dead letters so far", "pruned 4 dead letters so far"]
+    assert out.startswith("pruned 5 dead letter(s)")
+    assert letter_ids(db) == []
+
+
+def age_workflows(path: Path, *, days: int) -> None:
+    at = (datetime.now(UTC) - timedelta(days=days)).isoformat(timespec="microseconds")
+    with sqlite3.connect(path) as conn:
+        conn.execute("UPDATE flowkit_workflows SET updated_at = ?", (at,))
+    conn.close()
+
+
+def workflow_ids(path: Path) -> list[str]:
+    with sqlite3.connect(path) as conn:
+        ids = [row[0] for row in conn.execute("SELECT id FROM flowkit_workflows ORDER BY id")]
+    conn.close()
+    return ids
+
+
+def test_workflows_prune_removes_old_finished_workflows(
+    db: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run_two_workflows()
+
+    async def add_running() -> None:
+        async with SQLiteStore(db) as store:
+            await store.create_workflow(WorkflowRecord("w-stuck", "PingSaga", "RUNNING", {}))
+            await store.create_workflow(WorkflowRecord("w-else", "OtherSaga", "COMPLETED", {}))
+
+    anyio.run(add_running)
+    command = ["workflows", "prune", f"{APP}:orders"]
+    assert main([*command, "--older-than", "30d"]) == 0
+    assert capsys.readouterr().out.startswith(
+        "pruned 0 COMPLETED/COMPENSATED/FAILED workflow(s) of PingSaga updated before "
+    )
+    age_workflows(db, days=40)
+    assert main([*command, "--older-than", "30d", "--status", "completed", "--dry-run"]) == 0
+    assert capsys.readouterr().out.startswith("would prune 1 COMPLETED workflow(s) of PingSaga")
+    assert main([*command, "--older-than", "30d", "--status", "completed"]) == 0
+    assert capsys.readouterr().out.startswith("pruned 1 COMPLETED workflow(s)")
+    assert workflow_ids(db) == ["w-else", "w-stuck", "w-undone"]
+    assert main([*command, "--older-than", "30d"]) == 0
+    assert capsys.readouterr().out.startswith("pruned 1 COMPLETED/COMPENSATED/FAILED")
+    assert workflow_ids(db) == ["w-else", "w-stuck"]
+    assert main([*command, "--older-than", "30d", "--status", "RUNNING"]) == 0
+    assert capsys.readouterr().out.startswith("pruned 1 RUNNING workflow(s) of PingSaga")
+    assert workflow_ids(db) == ["w-else"]
 
 
 # -- reasons -----------------------------------------------------------------------------

@@ -10,8 +10,10 @@ the way ASGI servers take an app: a :class:`~flowkit.Choreography` for
     flowkit worker myshop.services:bus --services logistics,seller --grace 30
     flowkit dlq list myshop.services:bus --consumer logistics:assign_partner
     flowkit dlq replay myshop.services:bus --all --consumer logistics:assign_partner
+    flowkit dlq prune myshop.services:bus --older-than 7d
     flowkit workflows list myshop.orders:orders --status failed
     flowkit workflows show myshop.orders:orders o-1
+    flowkit workflows prune myshop.orders:orders --older-than 30d
 
 Exit status: 0 on success, 1 when flowkit failed, 2 for a command line (or a
 target object) that cannot be carried out; a worker stopped at once by a second
@@ -23,15 +25,17 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import re
 import sys
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import anyio
 
 from ._cli.common import CommandFailed, UsageError, one_line
-from ._cli.dlq import list_letters, replay_letters
+from ._cli.dlq import list_letters, prune_letters, replay_letters
 from ._cli.worker import run_worker
-from ._cli.workflows import STATUSES, list_workflows, show_workflow
+from ._cli.workflows import STATUSES, list_workflows, prune_workflows, show_workflow
 from ._errors import FlowkitError
 
 if TYPE_CHECKING:
@@ -65,6 +69,42 @@ def _seconds(text: str) -> float:
     if not math.isfinite(value) or value < 0:
         raise argparse.ArgumentTypeError(f"expected seconds >= 0, got {text!r}")
     return value
+
+
+_DURATION = re.compile(r"(\d+)([smhd])")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _duration(text: str) -> timedelta:
+    """A duration such as ``90s``, ``15m``, ``12h`` or ``7d``."""
+    match = _DURATION.fullmatch(text.strip())
+    if match is None:
+        raise argparse.ArgumentTypeError(
+            f"expected a duration such as 90s, 15m, 12h or 7d, got {text!r}"
+        )
+    seconds = int(match[1]) * _UNIT_SECONDS[match[2]]
+    if seconds < 1:
+        raise argparse.ArgumentTypeError(f"expected a duration of at least 1s, got {text!r}")
+    try:
+        duration = timedelta(seconds=seconds)
+        datetime.now(UTC) - duration
+    except OverflowError:
+        raise argparse.ArgumentTypeError(f"a duration too long: {text!r}") from None
+    return duration
+
+
+def _prune_options(command: argparse.ArgumentParser, what: str) -> None:
+    """The --older-than and --dry-run options of the prune commands."""
+    command.add_argument(
+        "--older-than",
+        type=_duration,
+        required=True,
+        metavar="DURATION",
+        help=f"prune {what} longer ago than this: 90s, 15m, 12h, 7d",
+    )
+    command.add_argument(
+        "--dry-run", action="store_true", help="count what would be pruned, remove nothing"
+    )
 
 
 def _urls(command: argparse.ArgumentParser, *, transport: bool) -> None:
@@ -108,7 +148,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     worker.set_defaults(run=run_worker)
 
-    dlq = commands.add_parser("dlq", help="list or replay dead letters").add_subparsers(
+    dlq = commands.add_parser("dlq", help="list, replay or prune dead letters").add_subparsers(
         dest="dlq_command", required=True, metavar="COMMAND"
     )
     dlq_list = dlq.add_parser(
@@ -137,10 +177,22 @@ def _parser() -> argparse.ArgumentParser:
     dlq_replay.add_argument("ids", nargs="*", help="dead letter ids")
     dlq_replay.add_argument("--all", action="store_true", help="every matching dead letter")
     dlq_replay.set_defaults(run=replay_letters)
-
-    workflows = commands.add_parser("workflows", help="list or show workflows").add_subparsers(
-        dest="workflows_command", required=True, metavar="COMMAND"
+    dlq_prune = dlq.add_parser(
+        "prune",
+        help="remove old dead letters",
+        description="Remove the dead letters that failed longer ago than --older-than, "
+        "in batches. Opens the bus's store (never creating one), not its transport.",
     )
+    dlq_prune.add_argument("app", help="the Choreography, as module:attribute")
+    dlq_prune.add_argument("--consumer", help="only this handler's (service:name)")
+    dlq_prune.add_argument("--topic", help="only this message type's")
+    _prune_options(dlq_prune, "dead letters that failed")
+    _urls(dlq_prune, transport=False)
+    dlq_prune.set_defaults(run=prune_letters)
+
+    workflows = commands.add_parser(
+        "workflows", help="list, show or prune workflows"
+    ).add_subparsers(dest="workflows_command", required=True, metavar="COMMAND")
     wf_list = workflows.add_parser(
         "list",
         help="list workflows, oldest first",
@@ -166,6 +218,22 @@ def _parser() -> argparse.ArgumentParser:
     _urls(wf_show, transport=False)
     wf_show.add_argument("--json", action="store_true", help="print JSON")
     wf_show.set_defaults(run=show_workflow)
+    wf_prune = workflows.add_parser(
+        "prune",
+        help="remove old finished workflows",
+        description="Remove an orchestrator's workflows last updated longer ago than "
+        "--older-than, in batches. Opens its store (never creating one), not its transport.",
+    )
+    wf_prune.add_argument("app", help="the Orchestrator instance, as module:attribute")
+    wf_prune.add_argument(
+        "--status",
+        action="append",
+        help="only this status, any case (repeatable or comma-separated; default: COMPLETED, "
+        "COMPENSATED, FAILED; RUNNING and COMPENSATING only when named)",
+    )
+    _prune_options(wf_prune, "workflows last updated")
+    _urls(wf_prune, transport=False)
+    wf_prune.set_defaults(run=prune_workflows)
     return parser
 
 

@@ -1,11 +1,12 @@
 """What the command groups share: the target object, refusals, stores opened for
-reading, and messages that fit on one line."""
+reading or pruning, and messages that fit on one line."""
 
 from __future__ import annotations
 
 import importlib
 import os
 import re
+import sys
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -15,13 +16,14 @@ from ..stores import from_url as store_from_url
 from ..transports import from_url as transport_from_url
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Iterable
+    from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
     from contextlib import AbstractAsyncContextManager
 
     from ..choreography import Choreography
     from ..stores import StateStore
 
 __all__ = [
+    "PRUNE_BATCH",
     "STORE_ENV",
     "TRANSPORT_ENV",
     "CommandFailed",
@@ -32,15 +34,20 @@ __all__ = [
     "load_object",
     "one_line",
     "point_bus",
+    "prune_in_batches",
     "readable_store",
     "require_broker",
     "text_lines",
+    "writable_store",
 ]
 
 T = TypeVar("T")
 
 TRANSPORT_ENV = "FLOWKIT_TRANSPORT"
 STORE_ENV = "FLOWKIT_STORE"
+
+#: The most records one prune call removes; a prune calls again until less go.
+PRUNE_BATCH = 10_000
 
 BROKERS = "Redis, RabbitMQ, NATS, Kafka"
 """The broker transports named when a command needs one."""
@@ -265,3 +272,55 @@ async def entered(resource: AbstractAsyncContextManager[T], store: StateStore) -
                 raise UsageError(one_line(str(exc))) from exc
             raise
         yield value
+
+
+@asynccontextmanager
+async def writable_store(
+    store: StateStore | None, target: str, kept: str
+) -> AsyncIterator[StateStore]:
+    """Open the target's store to write to it (to prune it), creating nothing.
+
+    The store is first checked as :func:`readable_store` and :func:`entered`
+    check it: an SQLite file must exist and hold flowkit data, so a mistyped
+    path creates no database and a database of something else is left alone.
+
+    Args:
+        store: the target's own store (or the one the command line names).
+        target: how the command line named the target.
+        kept: what the target keeps there, for messages (``"dead letters"``).
+
+    Yields:
+        The store, open.
+
+    Raises:
+        UsageError: for the reasons :func:`readable_store` and :func:`entered` give.
+    """
+    reader = readable_store(store, target, kept)
+    if reader is not store:
+        async with entered(reader, reader):
+            pass  # the database exists and holds flowkit data: it may be opened to write
+    writer = store or reader
+    async with writer:
+        yield writer
+
+
+async def prune_in_batches(prune: Callable[[int], Awaitable[int]], kept: str) -> int:
+    """Call ``prune(limit)`` until it removes less than ``limit`` records.
+
+    When it takes more than one batch, a line per batch on standard error says
+    how many records went so far.
+
+    Args:
+        prune: removes at most its argument's number of records; returns how many.
+        kept: what is pruned, for the progress lines (``"dead letters"``).
+
+    Returns:
+        How many records were removed in all.
+    """
+    total = 0
+    while True:
+        removed = await prune(PRUNE_BATCH)
+        total += removed
+        if removed < PRUNE_BATCH:
+            return total
+        print(f"pruned {total:,} {kept} so far", file=sys.stderr, flush=True)

@@ -1,11 +1,11 @@
-"""``flowkit dlq list`` and ``flowkit dlq replay``: the dead letters of a bus."""
+"""``flowkit dlq list``, ``replay`` and ``prune``: the dead letters of a bus."""
 
 from __future__ import annotations
 
 import base64
 import json
 import re
-from datetime import UTC
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from .._errors import FlowkitError
@@ -19,17 +19,19 @@ from .common import (
     load_object,
     one_line,
     point_bus,
+    prune_in_batches,
     readable_store,
     require_broker,
     text_lines,
+    writable_store,
 )
 
 if TYPE_CHECKING:
     import argparse
 
-    from ..stores import DeadLetter
+    from ..stores import DeadLetter, StateStore
 
-__all__ = ["letter_json", "list_letters", "reason_of", "replay_letters"]
+__all__ = ["letter_json", "list_letters", "prune_letters", "reason_of", "replay_letters"]
 
 _TYPE_PREFIX = re.compile(r"([A-Za-z_][\w.]*): ")
 _TRACEBACK = re.compile(r"^\s*(\+ )?(Exception Group )?Traceback \(most recent call last\):$")
@@ -105,6 +107,46 @@ async def replay_letters(args: argparse.Namespace) -> int:
             replayed += 1
     print(f"replayed {replayed} dead letter(s)")
     return 0
+
+
+async def prune_letters(args: argparse.Namespace) -> int:
+    """``flowkit dlq prune``: remove the dead letters that failed before a cutoff.
+
+    They go in batches (see :func:`.common.prune_in_batches`); with
+    ``--dry-run`` they are only counted, through a read-only view of the store.
+    """
+    bus = load_object(args.app, Choreography)
+    store = chosen_store(bus.store, args)
+    cutoff = datetime.now(UTC) - args.older_than
+    when = f"failed before {cutoff:%Y-%m-%d %H:%M:%S}Z"
+    if args.dry_run:
+        reader = readable_store(store, args.app, "dead letters")
+        async with entered(reader, reader):
+            count = await _count_letters_before(reader, cutoff, args.consumer, args.topic)
+        print(f"would prune {count:,} dead letter(s) {when}")
+        return 0
+    async with writable_store(store, args.app, "dead letters") as opened:
+        total = await prune_in_batches(
+            lambda limit: opened.prune_dead_letters(
+                cutoff, consumer=args.consumer, topic=args.topic, limit=limit
+            ),
+            "dead letters",
+        )
+    print(f"pruned {total:,} dead letter(s) {when}")
+    return 0
+
+
+async def _count_letters_before(
+    store: StateStore, cutoff: datetime, consumer: str | None, topic: str | None
+) -> int:
+    """How many matching letters failed before ``cutoff`` (they are listed first)."""
+    limit = 1_000
+    while True:
+        letters = await store.list_dead_letters(consumer=consumer, topic=topic, limit=limit)
+        old = sum(1 for letter in letters if letter.failed_at < cutoff)
+        if len(letters) < limit or old < len(letters):
+            return old
+        limit *= 4
 
 
 def reason_of(letter: DeadLetter) -> str:

@@ -1,8 +1,9 @@
-"""``flowkit workflows list`` and ``flowkit workflows show``: an orchestrator's workflows.
+"""``flowkit workflows list``, ``show`` and ``prune``: an orchestrator's workflows.
 
-Both only read. They work on a copy of the target orchestrator built on a
-read-only view of its store (see :func:`.common.readable_store`), with a
-requester that sends nothing, so no transport is opened either.
+``list`` and ``show`` only read. They work on a copy of the target orchestrator
+built on a read-only view of its store (see :func:`.common.readable_store`),
+with a requester that sends nothing, so no transport is opened either.
+``prune`` removes old records from the store itself, opening no transport.
 """
 
 from __future__ import annotations
@@ -22,8 +23,10 @@ from .common import (
     entered,
     load_object,
     one_line,
+    prune_in_batches,
     readable_store,
     text_lines,
+    writable_store,
 )
 
 if TYPE_CHECKING:
@@ -34,11 +37,21 @@ if TYPE_CHECKING:
     from ..orchestration import StepError, StepInfo, Transition
     from ..stores import StateStore
 
-__all__ = ["info_json", "list_workflows", "parse_statuses", "show_workflow"]
+__all__ = [
+    "FINAL_STATUSES",
+    "info_json",
+    "list_workflows",
+    "parse_statuses",
+    "prune_workflows",
+    "show_workflow",
+]
 
 M = TypeVar("M", bound="Message")
 
 STATUSES = ", ".join(status.value for status in WorkflowStatus)
+
+#: The statuses ``workflows prune`` removes unless ``--status`` names others.
+FINAL_STATUSES = (WorkflowStatus.COMPLETED, WorkflowStatus.COMPENSATED, WorkflowStatus.FAILED)
 
 
 async def list_workflows(args: argparse.Namespace) -> int:
@@ -93,6 +106,36 @@ async def show_workflow(args: argparse.Namespace) -> int:
         parts += [p for p in (t.step, f"attempt {t.attempt}" if t.attempt else None) if p]
         parts += [one_line(p) for p in (t.error, t.detail) if p]
         print("    " + "  ".join(parts))
+    return 0
+
+
+async def prune_workflows(args: argparse.Namespace) -> int:
+    """``flowkit workflows prune``: remove the orchestrator's records last updated
+    before a cutoff, in the final statuses or those ``--status`` names.
+
+    They go in batches (see :func:`.common.prune_in_batches`); with
+    ``--dry-run`` they are only counted, through a read-only view of the store.
+    """
+    orchestrator = load_object(args.app, Orchestrator)
+    statuses = [status.value for status in parse_statuses(args.status) or FINAL_STATUSES]
+    store = chosen_store(orchestrator.store, args)
+    name = orchestrator.name
+    cutoff = datetime.now(UTC) - args.older_than
+    what = f"{'/'.join(dict.fromkeys(statuses))} workflow(s) of {name}"
+    when = f"updated before {cutoff:%Y-%m-%d %H:%M:%S}Z"
+    if args.dry_run:
+        reader = readable_store(store, args.app, "workflows")
+        async with entered(reader, reader):
+            records = await reader.list_workflows(status=statuses, name=name)
+        count = sum(1 for r in records if r.updated_at is not None and r.updated_at < cutoff)
+        print(f"would prune {count:,} {what} {when}")
+        return 0
+    async with writable_store(store, args.app, "workflows") as opened:
+        total = await prune_in_batches(
+            lambda limit: opened.prune_workflows(cutoff, statuses=statuses, name=name, limit=limit),
+            "workflows",
+        )
+    print(f"pruned {total:,} {what} {when}")
     return 0
 
 
