@@ -9,11 +9,11 @@ chained to the original (``raise ... from exc``), its message passed through
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 import asyncpg  # type: ignore[import-untyped,import-not-found,unused-ignore]
-import sniffio
 
 from ..._errors import StoreError
 from ..._redact import redact_url
@@ -43,15 +43,13 @@ def check_asyncio() -> None:
         StoreError: under trio (or outside any event loop).
     """
     try:
-        library = sniffio.current_async_library()
-    except sniffio.AsyncLibraryNotFoundError:
-        library = None
-    if library != "asyncio":
-        running = f"on {library}" if library else "outside an event loop"
+        asyncio.get_running_loop()
+    except RuntimeError:
         raise StoreError(
-            f"PostgresStore runs on asyncio only (asyncpg supports no other event loop), "
-            f"but it was used {running}; use SQLiteStore or MemoryStore with trio"
-        )
+            "PostgresStore runs on asyncio only (asyncpg supports no other event loop), "
+            "but it was used outside asyncio (on trio, or outside an event loop); use "
+            "SQLiteStore or MemoryStore with trio"
+        ) from None
 
 
 def describe(exc: BaseException) -> str:
