@@ -535,6 +535,22 @@ async def test_memory_store_prunes_what_its_bound_left(factory: StoreFactory) ->
         assert [letter.id for letter in await store.list_dead_letters()] == ["d002"]
 
 
+def test_sqlite_prunes_workflows_through_an_index(tmp_path: Path) -> None:
+    async def create() -> None:
+        async with SQLiteStore(tmp_path / "store.db"):
+            pass
+
+    anyio.run(create)
+    with sqlite3.connect(tmp_path / "store.db") as conn:
+        plan = conn.execute(
+            "EXPLAIN QUERY PLAN SELECT rowid FROM flowkit_workflows "
+            "WHERE status IN (?) AND updated_at < ? ORDER BY updated_at, rowid LIMIT ?",
+            ("COMPLETED", "2024", 10),
+        ).fetchall()
+    conn.close()
+    assert any("flowkit_workflows_status_updated_at" in str(row) for row in plan), plan
+
+
 async def test_a_read_only_sqlite_store_refuses_to_prune(tmp_path: Path) -> None:
     path = tmp_path / "store.db"
     async with SQLiteStore(path):

@@ -85,12 +85,10 @@ def _duration(text: str) -> timedelta:
     seconds = int(match[1]) * _UNIT_SECONDS[match[2]]
     if seconds < 1:
         raise argparse.ArgumentTypeError(f"expected a duration of at least 1s, got {text!r}")
-    try:
-        duration = timedelta(seconds=seconds)
-        datetime.now(UTC) - duration
-    except OverflowError:
-        raise argparse.ArgumentTypeError(f"a duration too long: {text!r}") from None
-    return duration
+    longest = datetime.now(UTC) - datetime.min.replace(tzinfo=UTC)
+    if seconds >= longest.total_seconds():
+        raise argparse.ArgumentTypeError(f"a duration too long: {text!r}")
+    return timedelta(seconds=seconds)
 
 
 def _prune_options(command: argparse.ArgumentParser, what: str) -> None:

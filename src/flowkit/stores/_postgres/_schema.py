@@ -72,6 +72,11 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE INDEX flowkit_workflows_status ON {s}.flowkit_workflows (status, created_at, seq)",
         "CREATE INDEX flowkit_workflows_name ON {s}.flowkit_workflows (name, created_at, seq)",
     ),
+    (
+        # prune_workflows takes the least recently updated records of some statuses.
+        "CREATE INDEX flowkit_workflows_status_updated_at "
+        "ON {s}.flowkit_workflows (status, updated_at, seq)",
+    ),
 )
 
 #: The schema version this code writes; a database with a newer one is refused.

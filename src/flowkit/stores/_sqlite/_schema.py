@@ -83,6 +83,11 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         # ``added_at`` is when the entry got its current state (claimed or done).
         "ALTER TABLE flowkit_inbox ADD COLUMN claimed_until TEXT",
     ),
+    (
+        # prune_workflows takes the least recently updated records of some statuses.
+        "CREATE INDEX flowkit_workflows_status_updated_at "
+        "ON flowkit_workflows (status, updated_at)",
+    ),
 )
 
 #: The schema version this code writes; a database with a newer one is refused.
