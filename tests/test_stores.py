@@ -525,7 +525,7 @@ async def test_prune_by_default_leaves_unfinished_workflows(factory: StoreFactor
         await check_prune_defaults(store)
 
 
-async def test_memory_store_prunes_what_its_bound_left(factory: StoreFactory) -> None:
+async def test_prune_dead_letters_of_one_consumer_or_topic(factory: StoreFactory) -> None:
     async with factory() as store:
         for index in range(3):
             await store.add_dead_letter(_numbered_letter(index))
