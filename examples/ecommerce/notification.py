@@ -17,7 +17,8 @@ SERVICE = "notification"
 async def send_email(world: World, order_id: str, email: str, key: str) -> str:
     """Send the confirmation email; the key makes a re-send a no-op."""
     if "@" not in email:
-        raise NonRetryableError(f"cannot email {email!r}: not an address")
+        # The error names the problem, not the address: errors end up in logs.
+        raise NonRetryableError(f"cannot email the customer of order {order_id}: not an address")
     return world.once(key, lambda: world.log(SERVICE, f"emailed {email} about order {order_id}"))
 
 
