@@ -46,6 +46,7 @@ from pydantic import BaseModel
 from flowkit.orchestration import Orchestrator, Step, StepContext
 from flowkit.stores import MemoryStore, SQLiteStore, WorkflowRecord
 
+from ._dbos import dbos_workflow
 from ._report import report
 from .bench_store import raw_commits_per_second
 
@@ -256,30 +257,11 @@ def durable(
 
 def dbos_rows(sequential: int, concurrent: int) -> list[dict[str, Any]]:
     """DBOS Transact running the same 3-step workflow on its SQLite system database."""
-    dbos_module: Any = importlib.import_module("dbos")
     sa_event: Any = importlib.import_module("sqlalchemy.event")
     sa_engine: Any = importlib.import_module("sqlalchemy.engine")
-    DBOS = dbos_module.DBOS
-
-    async def plain_reserve(amount: int) -> dict[str, Any]:
-        return {"step": "reserve", "value": amount}
-
-    async def plain_charge(amount: int) -> dict[str, Any]:
-        return {"step": "charge", "value": amount + 1}
-
-    async def plain_ship(amount: int) -> dict[str, Any]:
-        return {"step": "ship", "value": amount + 2}
-
-    d_reserve: Any = DBOS.step()(plain_reserve)
-    d_charge: Any = DBOS.step()(plain_charge)
-    d_ship: Any = DBOS.step()(plain_ship)
-
-    async def plain_three_steps(order: dict[str, Any]) -> dict[str, Any]:
-        await d_reserve(order["amount"])
-        await d_charge(order["amount"])
-        return dict(await d_ship(order["amount"]))
-
-    d_three_steps: Any = DBOS.workflow()(plain_three_steps)
+    wf = dbos_workflow()
+    DBOS = wf.DBOS
+    d_three_steps: Any = wf.workflow
 
     def wal_normal(dbapi_conn: Any, record: Any) -> None:
         dbapi_conn.execute("PRAGMA journal_mode=WAL")

@@ -33,6 +33,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from flowkit.stores import PostgresStore
 
+from ._dbos import DbosWorkflow, dbos_workflow
 from ._report import report
 from .bench_orchestrator import CHECKPOINTS_PER_WORKFLOW, CONCURRENCY, ThreeSteps, orders, pool
 
@@ -97,35 +98,6 @@ async def flowkit_run(
 
 
 # -- DBOS ----------------------------------------------------------------------------------------
-
-
-class DbosWorkflow:
-    """The 3-step workflow, registered with DBOS once per process."""
-
-    def __init__(self) -> None:
-        dbos_module: Any = importlib.import_module("dbos")
-        self.DBOS: Any = dbos_module.DBOS
-        DBOS = self.DBOS
-
-        async def pg_reserve(amount: int) -> dict[str, Any]:
-            return {"step": "reserve", "value": amount}
-
-        async def pg_charge(amount: int) -> dict[str, Any]:
-            return {"step": "charge", "value": amount + 1}
-
-        async def pg_ship(amount: int) -> dict[str, Any]:
-            return {"step": "ship", "value": amount + 2}
-
-        d_reserve: Any = DBOS.step()(pg_reserve)
-        d_charge: Any = DBOS.step()(pg_charge)
-        d_ship: Any = DBOS.step()(pg_ship)
-
-        async def pg_three_steps(order: dict[str, Any]) -> dict[str, Any]:
-            await d_reserve(order["amount"])
-            await d_charge(order["amount"])
-            return dict(await d_ship(order["amount"]))
-
-        self.workflow: Any = DBOS.workflow()(pg_three_steps)
 
 
 async def dbos_measure(
@@ -204,7 +176,7 @@ def cli(argv: list[str] | None = None) -> None:
     }
     if not args.no_dbos:
         try:
-            wf = DbosWorkflow()
+            wf = dbos_workflow()
         except ImportError:
             notes["dbos"] = "not installed: run in the benchmarks' environment (make bench)"
     server = asyncio.run(server_facts(url))
