@@ -7,7 +7,6 @@ that trio is refused with a clear error.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import sys
 import uuid
@@ -17,7 +16,6 @@ from typing import TYPE_CHECKING, Any, cast
 import anyio
 import pytest
 import trio
-from anyio.streams.buffered import BufferedByteReceiveStream
 
 from flowkit import MissingDependency
 from flowkit._errors import ConcurrencyConflict, StoreError
@@ -25,6 +23,7 @@ from flowkit.stores import Claim, DeadLetter, StateStore, WorkflowRecord, from_u
 from flowkit.stores._postgres import SCHEMA_VERSION, PostgresStore
 from flowkit.testing._store_suite import STORE_CHECKS, check_store
 
+from ._util import race_two_claimers
 from .brokers import postgres_url as postgres_url
 from .test_stores import check_prune_defaults
 
@@ -324,25 +323,7 @@ async def test_two_processes_claim_each_pair_once(postgres_url: str, schema: str
     pairs = 200
     async with PostgresStore(postgres_url, schema=schema):
         pass  # created before the race
-    command = [sys.executable, "-c", _CLAIMER, postgres_url, schema, str(pairs)]
-    with anyio.fail_after(60):
-        async with (
-            await anyio.open_process(command) as one,
-            await anyio.open_process(command) as two,
-        ):
-            processes = (one, two)
-            outputs = []
-            for proc in processes:
-                assert proc.stdout is not None
-                outputs.append(BufferedByteReceiveStream(proc.stdout))
-            for output in outputs:
-                assert await output.receive_until(b"\n", 100) == b"ready"
-            for proc in processes:
-                assert proc.stdin is not None
-                await proc.stdin.send(b"go\n")
-            results = [await output.receive_until(b"\n", 1 << 20) for output in outputs]
-            for proc in processes:
-                assert await proc.wait() == 0
-    claimed = [json.loads(result) for result in results]
-    everything = sorted(claimed[0] + claimed[1])
+    everything = sorted(
+        await race_two_claimers([sys.executable, "-c", _CLAIMER, postgres_url, schema, str(pairs)])
+    )
     assert everything == sorted(f"m{index}" for index in range(pairs))  # each exactly once

@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import json
 import logging
 import signal
 import sqlite3
@@ -14,7 +13,6 @@ from typing import TYPE_CHECKING, Any, cast
 import anyio
 import anyio.lowlevel
 import pytest
-from anyio.streams.buffered import BufferedByteReceiveStream
 
 from flowkit._errors import ConcurrencyConflict, StoreError, WorkflowNotFound
 from flowkit.stores import (
@@ -29,6 +27,8 @@ from flowkit.stores._codec import encode_state
 from flowkit.stores._sqlite import SCHEMA_VERSION
 from flowkit.stores._sqlite._schema import _MIGRATIONS
 from flowkit.testing._store_suite import STORE_CHECKS, check_store
+
+from ._util import race_two_claimers
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -725,25 +725,7 @@ async def test_sqlite_two_processes_claim_each_pair_once(tmp_path: Path) -> None
     pairs = 200
     async with SQLiteStore(path):
         pass  # created and migrated before the race
-    command = [sys.executable, "-c", _CLAIMER, str(path), str(pairs)]
-    with anyio.fail_after(60):
-        async with (
-            await anyio.open_process(command) as one,
-            await anyio.open_process(command) as two,
-        ):
-            processes = (one, two)
-            outputs = []
-            for proc in processes:
-                assert proc.stdout is not None
-                outputs.append(BufferedByteReceiveStream(proc.stdout))
-            for output in outputs:
-                assert await output.receive_until(b"\n", 100) == b"ready"
-            for proc in processes:
-                assert proc.stdin is not None
-                await proc.stdin.send(b"go\n")
-            results = [await output.receive_until(b"\n", 1 << 20) for output in outputs]
-            for proc in processes:
-                assert await proc.wait() == 0
-    claimed = [json.loads(result) for result in results]
-    everything = sorted(claimed[0] + claimed[1])
+    everything = sorted(
+        await race_two_claimers([sys.executable, "-c", _CLAIMER, str(path), str(pairs)])
+    )
     assert everything == sorted(f"m{index}" for index in range(pairs))  # each exactly once

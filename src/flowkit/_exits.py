@@ -11,7 +11,7 @@ if TYPE_CHECKING:
     from contextlib import AsyncExitStack
     from types import TracebackType
 
-__all__ = ["exit_stack"]
+__all__ = ["exit_stack", "leaves"]
 
 
 async def exit_stack(
@@ -46,7 +46,7 @@ def _interrupt_in(group: BaseExceptionGroup[BaseException]) -> KeyboardInterrupt
     """The KeyboardInterrupt of a group whose other leaves are only cancellations."""
     found: KeyboardInterrupt | None = None
     cancelled = anyio.get_cancelled_exc_class()
-    for leaf in _leaves(group):
+    for leaf in leaves(group):
         if isinstance(leaf, KeyboardInterrupt):
             found = found or leaf
         elif not isinstance(leaf, cancelled):
@@ -54,11 +54,12 @@ def _interrupt_in(group: BaseExceptionGroup[BaseException]) -> KeyboardInterrupt
     return found
 
 
-def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
-    leaves: list[BaseException] = []
+def leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    """The exceptions of a group and of the groups nested in it, in order."""
+    found: list[BaseException] = []
     for leaf in group.exceptions:
         if isinstance(leaf, BaseExceptionGroup):
-            leaves.extend(_leaves(leaf))
+            found.extend(leaves(leaf))
         else:
-            leaves.append(leaf)
-    return leaves
+            found.append(leaf)
+    return found

@@ -30,6 +30,7 @@ from .._errors import (
     WorkflowCancelled,
 )
 from .._events import Command, Message
+from .._exits import leaves
 from ._context import StepContext
 from ._model import Outcome, WorkflowStatus
 from ._observe import SagaObserver, StepEvent, WorkflowEvent
@@ -88,24 +89,15 @@ class Halted(Exception):
 
 def unwrap(group: BaseExceptionGroup[BaseException]) -> BaseException:
     """The exception to re-raise for a task group's exception group."""
-    leaves: list[BaseException] = []
-
-    def walk(exc: BaseException) -> None:
-        if isinstance(exc, BaseExceptionGroup):
-            for inner in exc.exceptions:
-                walk(inner)
-        else:
-            leaves.append(exc)
-
-    walk(group)
+    found = leaves(group)
     cancelled = anyio.get_cancelled_exc_class()
-    for exc in leaves:
+    for exc in found:
         if not isinstance(exc, cancelled | Exception):
             return exc  # a simulated crash, KeyboardInterrupt, ...
-    for exc in leaves:
+    for exc in found:
         if isinstance(exc, Superseded | Halted):
             return exc
-    for exc in leaves:
+    for exc in found:
         if not isinstance(exc, cancelled):
             return exc
     return group
