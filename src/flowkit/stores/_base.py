@@ -9,7 +9,19 @@ A store keeps three kinds of records:
 * **dead letters**: messages a consumer gave up on, with the reason, to be
   listed and replayed;
 * **workflow records**: the checkpointed state of each saga, with a version
-  for optimistic concurrency.
+  for optimistic concurrency, an append-only history, and the lease of the
+  process that runs it (its **owner**), so that several processes can share
+  the workflows without two of them ever running one at once.
+
+Leases work like this. A process creates a workflow holding its lease, or
+claims unfinished workflows whose lease is free (:meth:`StateStore.claim_workflows`);
+claiming increments the version, so the checkpoint of a process that lost its
+lease (it paused too long and another claimed the workflow) fails with
+:class:`~flowkit.ConcurrencyConflict`: the version is the fencing token. The
+holder keeps its leases with :meth:`StateStore.renew_leases` (a heartbeat) and
+gives them back with :meth:`StateStore.release_workflows` when it stops.
+Lease times are counted by the store's clock (the database server's for a
+server database), so the clocks of the processes need not agree.
 """
 
 from __future__ import annotations
@@ -19,11 +31,14 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Protocol, Self, runtime_checkable
 
 if TYPE_CHECKING:
-    from collections.abc import Collection, Mapping
+    from collections.abc import Collection, Mapping, Sequence
     from datetime import datetime
     from types import TracebackType
 
-__all__ = ["Claim", "DeadLetter", "StateStore", "WorkflowRecord"]
+__all__ = ["UNFINISHED", "Claim", "DeadLetter", "StateStore", "WorkflowRecord"]
+
+#: The statuses of a workflow that is not finished: the ones with an owner.
+UNFINISHED: tuple[str, ...] = ("RUNNING", "COMPENSATING")
 
 
 class Claim(StrEnum):
@@ -86,6 +101,13 @@ class WorkflowRecord:
         version: incremented by every save; saves name the version they read.
         created_at: when the record was first written (UTC).
         updated_at: when it was last written (UTC).
+        owner: the id of the process holding the workflow's lease, or None.
+        lease_until: when that lease runs out (UTC), or None without an owner.
+        cancel_requested: whether :meth:`StateStore.request_cancel` asked the
+            owner to cancel the workflow (cleared once it is not ``RUNNING``).
+        history: the workflow's history entries (JSON arrays), oldest first.
+            :meth:`StateStore.load_workflow` returns them all; every other
+            method returns records without them. Written, they are appended.
     """
 
     id: str
@@ -95,6 +117,21 @@ class WorkflowRecord:
     version: int = 0
     created_at: datetime | None = None
     updated_at: datetime | None = None
+    owner: str | None = None
+    lease_until: datetime | None = None
+    cancel_requested: bool = False
+    history: Sequence[Sequence[Any]] = ()
+
+    @property
+    def cursor(self) -> str:
+        """Where a listing continues after this record (pass it as ``after=``).
+
+        Raises:
+            ValueError: if the record was never stored (it has no ``created_at``).
+        """
+        if self.created_at is None:
+            raise ValueError(f"workflow {self.id!r} was not stored: it has no cursor")
+        return f"{self.created_at.isoformat()}/{self.id}"
 
 
 @runtime_checkable
@@ -225,30 +262,56 @@ class StateStore(Protocol):
 
     # -- workflows -----------------------------------------------------------
 
-    async def create_workflow(self, record: WorkflowRecord) -> tuple[WorkflowRecord, bool]:
+    async def create_workflow(
+        self, record: WorkflowRecord, *, lease: float | None = None
+    ) -> tuple[WorkflowRecord, bool]:
         """Insert a new workflow record with version 1, unless the id exists.
+
+        Its ``history`` entries are stored as its first. When ``record.owner``
+        is set, that owner holds the workflow's lease for ``lease`` seconds.
 
         Returns:
             ``(stored, created)``: the new record and True, or the record that
-            already had this id and False (it is left unchanged).
+            already had this id and False (it is left unchanged). Neither
+            carries history.
+
+        Raises:
+            StoreError: if ``record.owner`` is set without a positive ``lease``.
         """
         ...
 
-    async def save_workflow(self, record: WorkflowRecord) -> WorkflowRecord:
+    async def save_workflow(
+        self,
+        record: WorkflowRecord,
+        *,
+        history: Sequence[Sequence[Any]] = (),
+        lease: float | None = None,
+    ) -> WorkflowRecord:
         """Write a changed record; ``record.version`` is the version it was read at.
 
+        The status and state are replaced and ``history`` is appended to the
+        stored history (``record.history`` is ignored): a checkpoint costs the
+        same however long the history is. ``record.owner`` becomes the owner,
+        holding the lease for ``lease`` seconds from now; a record without an
+        owner leaves the workflow without one. Saving a status other than
+        ``RUNNING`` drops a pending cancel request.
+
         Returns:
-            The stored record, its version incremented. Its state is the
-            mapping given (a load returns it decoded from JSON).
+            The stored record, its version incremented, without history. Its
+            state is the mapping given (a load returns it decoded from JSON);
+            its ``cancel_requested`` is the stored flag.
 
         Raises:
-            ConcurrencyConflict: if the stored version is not ``record.version``.
+            ConcurrencyConflict: if the stored version is not ``record.version``
+                (another process saved or claimed the workflow: the caller's
+                lease, if it had one, is lost).
             WorkflowNotFound: if no record has this id.
+            StoreError: if ``record.owner`` is set without a positive ``lease``.
         """
         ...
 
     async def load_workflow(self, workflow_id: str) -> WorkflowRecord:
-        """One workflow record.
+        """One workflow record, with its whole history.
 
         Raises:
             WorkflowNotFound: if no record has this id.
@@ -261,8 +324,105 @@ class StateStore(Protocol):
         status: Collection[str] | None = None,
         name: str | None = None,
         limit: int | None = None,
+        after: str | None = None,
     ) -> list[WorkflowRecord]:
-        """Workflow records, oldest first, filtered by status(es) and name."""
+        """Workflow records without history, oldest first (by creation, then id),
+        filtered by status(es) and name.
+
+        Args:
+            status: only these statuses (a single string is one status).
+            name: only the records of this orchestrator.
+            limit: at most this many records.
+            after: a :attr:`WorkflowRecord.cursor`: only the records listed
+                after that one, for the next page.
+
+        Raises:
+            StoreError: if ``after`` is not a cursor.
+        """
+        ...
+
+    # -- ownership -----------------------------------------------------------
+
+    async def claim_workflows(
+        self,
+        name: str,
+        owner: str,
+        *,
+        lease: float,
+        limit: int = 100,
+        exclude: Collection[str] = (),
+    ) -> list[WorkflowRecord]:
+        """Take the lease of unfinished workflows of orchestrator ``name`` that
+        nobody holds, oldest first.
+
+        A workflow is free when it has no owner, when its lease ran out, or
+        when it is held by ``owner`` itself but not in ``exclude`` (the ids the
+        caller is running: the others of its own were left by an instance
+        that stopped). Each claimed record's version is incremented, fencing
+        out a previous holder. Several callers at once never claim one
+        workflow twice.
+
+        Args:
+            name: the orchestrator's name.
+            owner: the claiming process's id.
+            lease: how long the lease holds, in seconds (positive).
+            limit: the most workflows claimed by this call (positive).
+            exclude: workflow ids of ``owner`` that are not free.
+
+        Returns:
+            The claimed records, without history, owned by ``owner``.
+        """
+        ...
+
+    async def claim_workflow(
+        self, workflow_id: str, owner: str, *, lease: float
+    ) -> WorkflowRecord | None:
+        """Take the lease of one unfinished workflow if it is free (no owner,
+        or an expired lease); its version is incremented.
+
+        Returns:
+            The claimed record (without history), or None if the workflow is
+            finished or another owner's lease on it still holds.
+
+        Raises:
+            WorkflowNotFound: if no record has this id.
+        """
+        ...
+
+    async def renew_leases(
+        self, owner: str, workflow_ids: Collection[str], *, lease: float
+    ) -> dict[str, bool]:
+        """Extend ``owner``'s leases on these workflows to ``lease`` seconds from now.
+
+        A lease that ran out but that nobody claimed is renewed too. The
+        version does not change.
+
+        Returns:
+            For each workflow ``owner`` still holds, whether a cancel was
+            requested. A workflow missing from the answer is lost: another
+            process claimed it, or it was finished or removed.
+        """
+        ...
+
+    async def release_workflows(self, owner: str, workflow_ids: Collection[str]) -> None:
+        """Give up ``owner``'s leases on these workflows, so that another process
+        may claim them at once (a process stopping cleanly calls it). Workflows
+        ``owner`` does not hold are left as they are. The version does not change.
+        """
+        ...
+
+    async def request_cancel(self, workflow_id: str) -> WorkflowRecord:
+        """Ask the owner of a ``RUNNING`` workflow to cancel it: sets its
+        ``cancel_requested`` flag, which the owner sees in its next
+        :meth:`renew_leases` or :meth:`save_workflow`. The version does not
+        change. A workflow that is not ``RUNNING`` is left as it is.
+
+        Returns:
+            The record after the request (without history).
+
+        Raises:
+            WorkflowNotFound: if no record has this id.
+        """
         ...
 
     async def prune_workflows(
@@ -275,7 +435,7 @@ class StateStore(Protocol):
     ) -> int:
         """Remove the workflow records in ``statuses`` last updated before ``older_than``.
 
-        Only the final statuses are pruned by default. An unfinished status
+        Their history goes with them. Only the final statuses are pruned by default. An unfinished status
         (``RUNNING``, ``COMPENSATING``) is pruned only when the caller names
         it: that is for workflows abandoned long ago, since a workflow still
         advancing whose record is removed fails its next save with

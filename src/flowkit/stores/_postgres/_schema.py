@@ -77,6 +77,46 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE INDEX flowkit_workflows_status_updated_at "
         "ON {s}.flowkit_workflows (status, updated_at, seq)",
     ),
+    (
+        # Ownership: the process holding a workflow's lease, until when, and a
+        # cancel request for it from another process.
+        "ALTER TABLE {s}.flowkit_workflows ADD COLUMN owner text",
+        "ALTER TABLE {s}.flowkit_workflows ADD COLUMN lease_until timestamptz",
+        "ALTER TABLE {s}.flowkit_workflows "
+        "ADD COLUMN cancel_requested boolean NOT NULL DEFAULT false",
+        "CREATE INDEX flowkit_workflows_claim "
+        "ON {s}.flowkit_workflows (name, status, lease_until)",
+        # Listing pages by (created_at, id).
+        "CREATE INDEX flowkit_workflows_created_id ON {s}.flowkit_workflows (created_at, id)",
+        # History is appended, not rewritten: one row per entry, moved out of the state.
+        """CREATE TABLE {s}.flowkit_history (
+            workflow_id text NOT NULL,
+            seq integer NOT NULL,
+            entry jsonb NOT NULL,
+            PRIMARY KEY (workflow_id, seq)
+        )""",
+        "INSERT INTO {s}.flowkit_history (workflow_id, seq, entry) "
+        "SELECT w.id, h.ordinality - 1, h.value FROM {s}.flowkit_workflows AS w, "
+        "jsonb_array_elements(w.state -> 'history') WITH ORDINALITY AS h "
+        "WHERE jsonb_typeof(w.state -> 'history') = 'array'",
+        "UPDATE {s}.flowkit_workflows SET state = state - 'history' WHERE state ? 'history'",
+        # The transactional outbox: envelopes written in the user's transaction,
+        # published by a relay, deleted once published.
+        """CREATE TABLE {s}.flowkit_outbox (
+            seq bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            topic text NOT NULL,
+            key text,
+            body bytea NOT NULL,
+            headers jsonb NOT NULL,
+            created_at timestamptz NOT NULL DEFAULT now()
+        )""",
+        # Named leases (the outbox relay's): one holder at a time.
+        """CREATE TABLE {s}.flowkit_leases (
+            name text NOT NULL PRIMARY KEY,
+            owner text NOT NULL,
+            lease_until timestamptz NOT NULL
+        )""",
+    ),
 )
 
 #: The schema version this code writes; a database with a newer one is refused.
@@ -123,6 +163,21 @@ class Tables:
     def workflows(self) -> str:
         """The workflow table."""
         return f"{self.quoted}.flowkit_workflows"
+
+    @property
+    def history(self) -> str:
+        """The workflow history table."""
+        return f"{self.quoted}.flowkit_history"
+
+    @property
+    def outbox(self) -> str:
+        """The outbox table."""
+        return f"{self.quoted}.flowkit_outbox"
+
+    @property
+    def leases(self) -> str:
+        """The named lease table."""
+        return f"{self.quoted}.flowkit_leases"
 
     @property
     def versions(self) -> str:

@@ -88,6 +88,45 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE INDEX flowkit_workflows_status_updated_at "
         "ON flowkit_workflows (status, updated_at)",
     ),
+    (
+        # Ownership: the process holding a workflow's lease, until when, and a
+        # cancel request for it from another process.
+        "ALTER TABLE flowkit_workflows ADD COLUMN owner TEXT",
+        "ALTER TABLE flowkit_workflows ADD COLUMN lease_until TEXT",
+        "ALTER TABLE flowkit_workflows ADD COLUMN cancel_requested INTEGER NOT NULL DEFAULT 0",
+        "CREATE INDEX flowkit_workflows_claim ON flowkit_workflows (name, status, lease_until)",
+        # Listing pages by (created_at, id).
+        "CREATE INDEX flowkit_workflows_created_id ON flowkit_workflows (created_at, id)",
+        # History is appended, not rewritten: one row per entry, moved out of the state.
+        """CREATE TABLE flowkit_history (
+            workflow_id TEXT NOT NULL,
+            seq INTEGER NOT NULL,
+            entry TEXT NOT NULL,
+            PRIMARY KEY (workflow_id, seq)
+        ) WITHOUT ROWID""",
+        "INSERT INTO flowkit_history (workflow_id, seq, entry) "
+        "SELECT w.id, h.key, h.value FROM flowkit_workflows AS w, "
+        "json_each(w.state, '$.history') AS h "
+        "WHERE json_valid(w.state) AND json_type(w.state, '$.history') = 'array'",
+        "UPDATE flowkit_workflows SET state = json_remove(state, '$.history') "
+        "WHERE json_valid(state) AND json_type(state, '$.history') IS NOT NULL",
+        # The transactional outbox: envelopes written in the user's transaction,
+        # published by a relay, deleted once published.
+        """CREATE TABLE flowkit_outbox (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            topic TEXT NOT NULL,
+            key TEXT,
+            body BLOB NOT NULL,
+            headers TEXT NOT NULL,
+            created_at TEXT NOT NULL
+        )""",
+        # Named leases (the outbox relay's): one holder at a time.
+        """CREATE TABLE flowkit_leases (
+            name TEXT NOT NULL PRIMARY KEY,
+            owner TEXT NOT NULL,
+            lease_until TEXT NOT NULL
+        )""",
+    ),
 )
 
 #: The schema version this code writes; a database with a newer one is refused.
@@ -96,7 +135,7 @@ SCHEMA_VERSION = len(_MIGRATIONS)
 #: The oldest schema version the read operations can read as it is, for a
 #: read-only store (which never migrates). A migration that changes what the
 #: dead letter or workflow reads select raises this to its own version.
-_OLDEST_READABLE = 1
+_OLDEST_READABLE = 4
 
 
 @dataclass(frozen=True, slots=True)
