@@ -17,13 +17,16 @@ __all__ = [
     "MAX_LEASE",
     "decode_state",
     "encode_state",
+    "claim_limit",
     "lease_seconds",
+    "owner_lease",
+    "parse_cursor",
     "prune_limit",
     "status_tuple",
     "utc",
 ]
 
-#: The longest lease an inbox claim is given, in seconds (about 31 years).
+#: The longest lease given, in seconds (about 31 years).
 MAX_LEASE = 1e9
 
 
@@ -64,16 +67,64 @@ def utc(value: datetime, what: str) -> datetime:
 
 
 def lease_seconds(lease: float) -> float:
-    """An inbox claim's lease in seconds, at most :data:`MAX_LEASE`.
+    """A lease (an inbox claim's, a workflow's) in seconds, at most :data:`MAX_LEASE`.
 
     Raises:
         StoreError: if ``lease`` is not a positive, finite number.
     """
     if isinstance(lease, bool) or not isinstance(lease, int | float):
-        raise StoreError(f"an inbox lease must be a number of seconds, not {lease!r}")
+        raise StoreError(f"a lease must be a number of seconds, not {lease!r}")
     if not (lease > 0 and math.isfinite(lease)):
-        raise StoreError(f"an inbox lease must be a positive number of seconds, not {lease!r}")
+        raise StoreError(f"a lease must be a positive number of seconds, not {lease!r}")
     return min(float(lease), MAX_LEASE)
+
+
+def owner_lease(owner: str | None, lease: float | None) -> float | None:
+    """The lease a written record's owner holds, or None for a record without one.
+
+    Raises:
+        StoreError: if the owner is not a non-empty string, or has no positive lease.
+    """
+    if owner is None:
+        return None
+    if not isinstance(owner, str) or not owner:
+        raise StoreError(f"a workflow's owner must be a non-empty string, not {owner!r}")
+    if lease is None:
+        raise StoreError("a workflow written with an owner needs lease=<seconds>")
+    return lease_seconds(lease)
+
+
+def claim_limit(limit: int) -> int:
+    """The most workflows one claim takes.
+
+    Raises:
+        StoreError: if ``limit`` is not a positive integer.
+    """
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise StoreError(f"a claim limit must be a positive integer, not {limit!r}")
+    return limit
+
+
+def parse_cursor(cursor: str) -> tuple[datetime, str]:
+    """The creation time and id a :attr:`~flowkit.stores.WorkflowRecord.cursor` names.
+
+    Raises:
+        StoreError: if ``cursor`` is not one.
+    """
+    if isinstance(cursor, str):
+        stamp, sep, workflow_id = cursor.partition("/")
+        if sep and workflow_id:
+            try:
+                created = datetime.fromisoformat(stamp)
+            except ValueError:
+                pass
+            else:
+                if created.tzinfo is not None:
+                    return created.astimezone(UTC), workflow_id
+    raise StoreError(
+        "after= takes the cursor of a listed workflow record (record.cursor), "
+        "'<creation time>/<id>'; this is not one"
+    )
 
 
 def prune_limit(limit: int) -> int:

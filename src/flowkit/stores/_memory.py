@@ -18,11 +18,21 @@ from typing import TYPE_CHECKING, Any, Self
 from anyio.lowlevel import checkpoint
 
 from .._errors import ConcurrencyConflict, NotFound, StoreError, WorkflowNotFound
-from ._base import Claim, DeadLetter, WorkflowRecord
-from ._codec import decode_state, encode_state, lease_seconds, prune_limit, status_tuple, utc
+from ._base import UNFINISHED, Claim, DeadLetter, WorkflowRecord
+from ._codec import (
+    claim_limit,
+    decode_state,
+    encode_state,
+    lease_seconds,
+    owner_lease,
+    parse_cursor,
+    prune_limit,
+    status_tuple,
+    utc,
+)
 
 if TYPE_CHECKING:
-    from collections.abc import Collection, Mapping
+    from collections.abc import Collection, Mapping, Sequence
     from types import TracebackType
 
 __all__ = ["MemoryStore"]
@@ -48,8 +58,18 @@ class _StoredWorkflow:
     created_at: datetime
     updated_at: datetime
     seq: int
+    history: list[str]  # the entries as JSON text
+    owner: str | None = None
+    lease_until: datetime | None = None
+    cancel_requested: bool = False
 
-    def record(self, workflow_id: str, state: Mapping[str, Any] | None = None) -> WorkflowRecord:
+    def record(
+        self,
+        workflow_id: str,
+        state: Mapping[str, Any] | None = None,
+        *,
+        history: bool = False,
+    ) -> WorkflowRecord:
         """The record, with ``state`` when the caller just wrote it (saves a decode)."""
         return WorkflowRecord(
             id=workflow_id,
@@ -59,7 +79,33 @@ class _StoredWorkflow:
             version=self.version,
             created_at=self.created_at,
             updated_at=self.updated_at,
+            owner=self.owner,
+            lease_until=self.lease_until,
+            cancel_requested=self.cancel_requested,
+            history=tuple(decode_state(e, "history entry") for e in self.history)
+            if history
+            else (),
         )
+
+    def hold(self, owner: str | None, lease: float | None, now: datetime) -> None:
+        """Give the lease to ``owner`` for ``lease`` seconds (None: nobody holds it)."""
+        self.owner = owner
+        self.lease_until = None if owner is None or lease is None else now + timedelta(
+            seconds=lease
+        )
+
+    def free_for(self, owner: str, now: datetime, exclude: Collection[str], wid: str) -> bool:
+        """Whether ``owner`` may claim this workflow now."""
+        if self.status not in UNFINISHED:
+            return False
+        if self.owner is None or (self.lease_until is not None and self.lease_until <= now):
+            return True
+        return self.owner == owner and wid not in exclude
+
+
+def _history_json(entries: Sequence[Sequence[Any]]) -> list[str]:
+    """History entries as JSON text (refused as the state is, when not JSON)."""
+    return [encode_state(entry) for entry in entries]  # type: ignore[arg-type]
 
 
 def _copy_letter(letter: DeadLetter, failed_at: datetime) -> DeadLetter:
@@ -397,24 +443,28 @@ class MemoryStore:
 
     # -- workflows -----------------------------------------------------------
 
-    async def create_workflow(self, record: WorkflowRecord) -> tuple[WorkflowRecord, bool]:
+    async def create_workflow(
+        self, record: WorkflowRecord, *, lease: float | None = None
+    ) -> tuple[WorkflowRecord, bool]:
         """Insert a new workflow record with version 1, unless the id exists.
 
         The store sets ``created_at`` and ``updated_at``; the record's own
-        version and timestamps are ignored.
-
-        Args:
-            record: the new workflow's id, name, status and state.
+        version and timestamps are ignored. Its history is stored as the
+        workflow's first entries; its owner, if any, holds the lease for
+        ``lease`` seconds.
 
         Returns:
             ``(stored, created)``: the new record and True, or the record that
             already had this id and False (it is left unchanged).
 
         Raises:
-            StoreError: if the store is not open or the state is not JSON-serializable.
+            StoreError: if the store is not open, the state is not
+                JSON-serializable, or an owner comes without a lease.
         """
         await checkpoint()
+        held = owner_lease(record.owner, lease)
         state_json = encode_state(record.state)
+        history = _history_json(record.history)
         now = datetime.now(UTC)
         with self._lock:
             self._check_open()
@@ -429,18 +479,23 @@ class MemoryStore:
                 created_at=now,
                 updated_at=now,
                 seq=self._next_seq(),
+                history=history,
             )
+            stored.hold(record.owner, held, now)
             self._workflows[record.id] = stored
         return stored.record(record.id, state=record.state), True
 
-    async def save_workflow(self, record: WorkflowRecord) -> WorkflowRecord:
+    async def save_workflow(
+        self,
+        record: WorkflowRecord,
+        *,
+        history: Sequence[Sequence[Any]] = (),
+        lease: float | None = None,
+    ) -> WorkflowRecord:
         """Write a changed record; ``record.version`` is the version it was read at.
 
-        The status and state are written; the name and ``created_at`` stay as
-        they were created.
-
-        Args:
-            record: the changed record.
+        The status, state and owner are written and ``history`` appended; the
+        name and ``created_at`` stay as they were created.
 
         Returns:
             The stored record, its version incremented.
@@ -448,10 +503,13 @@ class MemoryStore:
         Raises:
             ConcurrencyConflict: if the stored version is not ``record.version``.
             WorkflowNotFound: if no record has this id.
-            StoreError: if the store is not open or the state is not JSON-serializable.
+            StoreError: if the store is not open, the state is not
+                JSON-serializable, or an owner comes without a lease.
         """
         await checkpoint()
+        held = owner_lease(record.owner, lease)
         state_json = encode_state(record.state)
+        entries = _history_json(history)
         now = datetime.now(UTC)
         with self._lock:
             self._check_open()
@@ -461,22 +519,20 @@ class MemoryStore:
             if stored.version != record.version:
                 raise ConcurrencyConflict(
                     f"workflow {record.id!r} is at version {stored.version}, "
-                    f"not {record.version}: it was saved by someone else"
+                    f"not {record.version}: it was saved or claimed by someone else"
                 )
             stored.status = record.status
             stored.state_json = state_json
             stored.version += 1
             stored.updated_at = now
+            stored.history.extend(entries)
+            stored.hold(record.owner, held, now)
+            if record.status != "RUNNING":
+                stored.cancel_requested = False
             return stored.record(record.id, state=record.state)
 
     async def load_workflow(self, workflow_id: str) -> WorkflowRecord:
-        """One workflow record.
-
-        Args:
-            workflow_id: the workflow's id.
-
-        Returns:
-            The stored record.
+        """One workflow record, with its history.
 
         Raises:
             WorkflowNotFound: if no record has this id.
@@ -485,10 +541,13 @@ class MemoryStore:
         await checkpoint()
         with self._lock:
             self._check_open()
-            stored = self._workflows.get(workflow_id)
-            if stored is None:
-                raise WorkflowNotFound(f"no workflow with id {workflow_id!r}")
-            return stored.record(workflow_id)
+            return self._stored(workflow_id).record(workflow_id, history=True)
+
+    def _stored(self, workflow_id: str) -> _StoredWorkflow:
+        stored = self._workflows.get(workflow_id)
+        if stored is None:
+            raise WorkflowNotFound(f"no workflow with id {workflow_id!r}")
+        return stored
 
     async def list_workflows(
         self,
@@ -496,35 +555,122 @@ class MemoryStore:
         status: Collection[str] | None = None,
         name: str | None = None,
         limit: int | None = None,
+        after: str | None = None,
     ) -> list[WorkflowRecord]:
-        """Workflow records, oldest (by ``created_at``) first.
+        """Workflow records without history, oldest first (by creation, then id).
 
         Args:
             status: only records in one of these statuses (a single string is
                 taken as one status).
             name: only records of this orchestrator.
             limit: at most this many records (all when None).
-
-        Returns:
-            The matching records.
+            after: a record's cursor: only the records listed after it.
 
         Raises:
-            StoreError: if the store is not open.
+            StoreError: if the store is not open or ``after`` is not a cursor.
         """
+        start = None if after is None else parse_cursor(after)
         await checkpoint()
         wanted = None if status is None else {status} if isinstance(status, str) else set(status)
         with self._lock:
             self._check_open()
             found = [
-                (stored.created_at, stored.seq, workflow_id, stored)
+                (stored.created_at, workflow_id, stored)
                 for workflow_id, stored in self._workflows.items()
                 if (wanted is None or stored.status in wanted)
                 and (name is None or stored.name == name)
+                and (start is None or (stored.created_at, workflow_id) > start)
             ]
             found.sort(key=lambda item: (item[0], item[1]))
             if limit is not None:
                 found = found[: max(limit, 0)]
-            return [stored.record(workflow_id) for _, _, workflow_id, stored in found]
+            return [stored.record(workflow_id) for _, workflow_id, stored in found]
+
+    # -- ownership -----------------------------------------------------------
+
+    async def claim_workflows(
+        self,
+        name: str,
+        owner: str,
+        *,
+        lease: float,
+        limit: int = 100,
+        exclude: Collection[str] = (),
+    ) -> list[WorkflowRecord]:
+        """Take the lease of unfinished workflows of ``name`` that nobody holds,
+        oldest first (see :meth:`StateStore.claim_workflows`)."""
+        held = owner_lease(owner, lease)
+        most = claim_limit(limit)
+        skip = frozenset(exclude)
+        await checkpoint()
+        now = datetime.now(UTC)
+        with self._lock:
+            self._check_open()
+            free = sorted(
+                (stored.created_at, workflow_id, stored)
+                for workflow_id, stored in self._workflows.items()
+                if stored.name == name and stored.free_for(owner, now, skip, workflow_id)
+            )[:most]
+            claimed = []
+            for _, workflow_id, stored in free:
+                stored.hold(owner, held, now)
+                stored.version += 1
+                claimed.append(stored.record(workflow_id))
+            return claimed
+
+    async def claim_workflow(
+        self, workflow_id: str, owner: str, *, lease: float
+    ) -> WorkflowRecord | None:
+        """Take the lease of one unfinished workflow if it is free (see
+        :meth:`StateStore.claim_workflow`)."""
+        held = owner_lease(owner, lease)
+        await checkpoint()
+        now = datetime.now(UTC)
+        with self._lock:
+            self._check_open()
+            stored = self._stored(workflow_id)
+            if not stored.free_for(owner, now, (), workflow_id):
+                return None
+            stored.hold(owner, held, now)
+            stored.version += 1
+            return stored.record(workflow_id)
+
+    async def renew_leases(
+        self, owner: str, workflow_ids: Collection[str], *, lease: float
+    ) -> dict[str, bool]:
+        """Extend ``owner``'s leases; answer the cancel requests of those it still holds."""
+        held = owner_lease(owner, lease)
+        await checkpoint()
+        now = datetime.now(UTC)
+        kept: dict[str, bool] = {}
+        with self._lock:
+            self._check_open()
+            for workflow_id in workflow_ids:
+                stored = self._workflows.get(workflow_id)
+                if stored is not None and stored.owner == owner and stored.status in UNFINISHED:
+                    stored.hold(owner, held, now)
+                    kept[workflow_id] = stored.cancel_requested
+        return kept
+
+    async def release_workflows(self, owner: str, workflow_ids: Collection[str]) -> None:
+        """Give up ``owner``'s leases on these workflows."""
+        await checkpoint()
+        with self._lock:
+            self._check_open()
+            for workflow_id in workflow_ids:
+                stored = self._workflows.get(workflow_id)
+                if stored is not None and stored.owner == owner:
+                    stored.hold(None, None, datetime.now(UTC))
+
+    async def request_cancel(self, workflow_id: str) -> WorkflowRecord:
+        """Flag a ``RUNNING`` workflow for cancellation by its owner."""
+        await checkpoint()
+        with self._lock:
+            self._check_open()
+            stored = self._stored(workflow_id)
+            if stored.status == "RUNNING":
+                stored.cancel_requested = True
+            return stored.record(workflow_id)
 
     async def prune_workflows(
         self,
@@ -534,7 +680,8 @@ class MemoryStore:
         name: str | None = None,
         limit: int = 10_000,
     ) -> int:
-        """Remove the records in ``statuses`` last updated before ``older_than``.
+        """Remove the records in ``statuses`` last updated before ``older_than``,
+        with their history.
 
         An unfinished status (``RUNNING``, ``COMPENSATING``) is pruned only
         when named; the least recently updated records go first.

@@ -1099,6 +1099,337 @@ async def _check_datetimes_are_utc(factory: _Factory) -> None:
             )
 
 
+# -- workflow history, ownership and listing pages --------------------------------------
+
+_OWNER_LEASE = 30.0
+
+
+def _owned(name: str, owner: str, status: str = "RUNNING") -> WorkflowRecord:
+    return WorkflowRecord(
+        id=_name("workflow"), name=name, status=status, state={"n": 1}, owner=owner
+    )
+
+
+def _saved(record: WorkflowRecord, status: str, *, owner: str | None = None) -> WorkflowRecord:
+    """``record`` changed to ``status``, held by ``owner``, at the version it was read."""
+    return WorkflowRecord(
+        id=record.id,
+        name=record.name,
+        status=status,
+        state=dict(record.state),
+        version=record.version,
+        owner=owner,
+    )
+
+
+@_check
+async def _check_workflow_history_is_appended(factory: _Factory) -> None:
+    first = [[1767225600000, "workflow_started"], [1767225600001, "step_started", "a", 1]]
+    record = WorkflowRecord(
+        id=_name("workflow"), name=_name("name"), status="RUNNING", state={}, history=first
+    )
+    async with factory() as store:
+        stored, _ = await store.create_workflow(record)
+        _expect(stored.history == (), "create_workflow returned a record with history")
+        saved = await store.save_workflow(
+            WorkflowRecord(record.id, record.name, "RUNNING", {"n": 2}, stored.version),
+            history=[[1767225600002, "step_succeeded", "a", 1, None, "détail ✓"]],
+        )
+        _expect(saved.history == (), "save_workflow returned a record with history")
+        saved = await store.save_workflow(
+            WorkflowRecord(record.id, record.name, "RUNNING", {"n": 3}, saved.version)
+        )
+        loaded = await store.load_workflow(record.id)
+        want = [*first, [1767225600002, "step_succeeded", "a", 1, None, "détail ✓"]]
+        _expect(
+            [list(e) for e in loaded.history] == want,
+            f"the history after create and two saves is {_short(loaded.history)}, not {want}",
+        )
+        listed = await store.list_workflows(name=record.name)
+        _expect([r.history for r in listed] == [()], "list_workflows returned records with history")
+        await _expect_raises(
+            ConcurrencyConflict,
+            lambda: store.save_workflow(
+                WorkflowRecord(record.id, record.name, "X", {}, version=1),
+                history=[[1767225600003, "stale"]],
+            ),
+            "a stale save with history",
+        )
+        again = await store.load_workflow(record.id)
+        _expect(len(again.history) == 3, "a refused save appended its history all the same")
+
+
+@_check
+async def _check_workflow_owner_holds_a_lease(factory: _Factory) -> None:
+    name, owner, other = _name("name"), _name("owner"), _name("owner")
+    async with factory() as store:
+        before = datetime.now(UTC)
+        stored, _ = await store.create_workflow(_owned(name, owner), lease=_OWNER_LEASE)
+        _expect(stored.owner == owner, f"create_workflow recorded owner {stored.owner!r}")
+        _expect(
+            stored.lease_until is not None
+            and _is_utc(stored.lease_until)
+            and before + timedelta(seconds=20) < stored.lease_until
+            and stored.lease_until < before + timedelta(seconds=90),
+            f"a {_OWNER_LEASE}s lease runs out at {stored.lease_until}, created at {before}",
+        )
+        got = await store.claim_workflows(name, other, lease=_OWNER_LEASE)
+        _expect(got == [], f"another owner claimed a workflow whose lease holds: {_ids(got)}")
+        got_one = await store.claim_workflow(stored.id, other, lease=_OWNER_LEASE)
+        _expect(got_one is None, "claim_workflow took a workflow whose lease holds")
+        await _expect_raises(
+            StoreError,
+            lambda: store.create_workflow(_owned(name, owner)),
+            "create_workflow of an owned record without lease=",
+        )
+        await _expect_raises(
+            StoreError,
+            lambda: store.save_workflow(_saved(stored, "RUNNING", owner=owner), lease=0),
+            "save_workflow of an owned record with lease=0",
+        )
+        done = await store.save_workflow(_saved(stored, "COMPLETED"))
+        _expect(
+            (done.owner, done.lease_until) == (None, None),
+            f"a save without an owner left owner={done.owner!r}, lease_until={done.lease_until}",
+        )
+
+
+@_check
+async def _check_workflow_expired_lease_is_taken_over_and_fenced(factory: _Factory) -> None:
+    name, owner, other = _name("name"), _name("owner"), _name("owner")
+    async with factory() as store:
+        stored, _ = await store.create_workflow(_owned(name, owner), lease=0.05)
+        await anyio.sleep(0.3)
+        got = await store.claim_workflows(name, other, lease=_OWNER_LEASE)
+        _expect(_ids(got) == [stored.id], f"an expired lease was not claimed: {_ids(got)}")
+        claimed = got[0]
+        _expect(claimed.owner == other, f"the claimed record has owner {claimed.owner!r}")
+        _expect(
+            claimed.version == stored.version + 1,
+            f"claiming left version {claimed.version} (was {stored.version}): a stale "
+            "owner would not be fenced",
+        )
+        await _expect_raises(
+            ConcurrencyConflict,
+            lambda: store.save_workflow(_saved(stored, "RUNNING", owner=owner), lease=_OWNER_LEASE),
+            "the checkpoint of the owner whose lease was taken over",
+        )
+        renewed = await store.renew_leases(owner, [stored.id], lease=_OWNER_LEASE)
+        _expect(renewed == {}, f"the fenced owner renewed a lease it lost: {renewed}")
+        saved = await store.save_workflow(
+            _saved(claimed, "RUNNING", owner=other), lease=_OWNER_LEASE
+        )
+        _expect(saved.owner == other, "the new owner's checkpoint failed")
+
+
+@_check
+async def _check_workflow_claim_picks_free_unfinished_oldest_first(factory: _Factory) -> None:
+    name, owner, me = _name("name"), _name("owner"), _name("owner")
+    async with factory() as store:
+        free = [await _created_apart(store, _workflow(name)) for _ in range(3)]
+        compensating = await _created_apart(store, _workflow(name, "COMPENSATING"))
+        for status in ("COMPLETED", "COMPENSATED", "FAILED"):
+            await store.create_workflow(_workflow(name, status))
+        await store.create_workflow(_owned(name, owner), lease=_OWNER_LEASE)
+        await store.create_workflow(_workflow(_name("name")))  # another orchestrator's
+        mine_running, _ = await store.create_workflow(_owned(name, me), lease=_OWNER_LEASE)
+        mine_left, _ = await store.create_workflow(_owned(name, me), lease=_OWNER_LEASE)
+        first = await store.claim_workflows(name, me, lease=_OWNER_LEASE, limit=2)
+        _expect(
+            _ids(first) == _ids(free[:2]),
+            f"claim_workflows(limit=2) took {_ids(first)}, not the two oldest free",
+        )
+        running = [mine_running.id, *_ids(first)]  # what the caller runs
+        rest = await store.claim_workflows(name, me, lease=_OWNER_LEASE, exclude=running)
+        want = [free[2].id, compensating.id, mine_left.id]
+        _expect(
+            sorted(_ids(rest)) == sorted(want),
+            f"claim_workflows took {_ids(rest)}; the free unfinished ones were {want} "
+            "(its own, not excluded, included)",
+        )
+        _expect(all(r.owner == me for r in rest), "claimed records name another owner")
+        running += _ids(rest)
+        none = await store.claim_workflows(name, me, lease=_OWNER_LEASE, exclude=running)
+        _expect(none == [], f"a second claim took workflows held or run: {_ids(none)}")
+        await _expect_raises(
+            StoreError,
+            lambda: store.claim_workflows(name, me, lease=_OWNER_LEASE, limit=0),
+            "claim_workflows(limit=0)",
+        )
+
+
+@_check
+async def _check_workflow_concurrent_claims_never_share(factory: _Factory) -> None:
+    name = _name("name")
+    claimed: dict[str, list[str]] = {}
+    async with factory() as store:
+        ids = {(await store.create_workflow(_workflow(name)))[0].id for _ in range(24)}
+
+        async def claimer(owner: str) -> None:
+            mine: list[str] = []  # what this owner runs
+            while True:
+                got = await store.claim_workflows(
+                    name, owner, lease=_OWNER_LEASE, limit=3, exclude=mine
+                )
+                if not got:
+                    return
+                mine.extend(_ids(got))
+                for record in got:
+                    claimed.setdefault(record.id, []).append(owner)
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(5):
+                tg.start_soon(claimer, _name("owner"))
+    twice = {wid: owners for wid, owners in claimed.items() if len(owners) > 1}
+    _expect(not twice, f"workflows claimed by several owners at once: {twice}")
+    _expect(set(claimed) == ids, f"{len(ids - set(claimed))} free workflow(s) were not claimed")
+
+
+@_check
+async def _check_workflow_renew_and_release(factory: _Factory) -> None:
+    name, owner, other = _name("name"), _name("owner"), _name("owner")
+    async with factory() as store:
+        a, _ = await store.create_workflow(_owned(name, owner), lease=0.2)
+        b, _ = await store.create_workflow(_owned(name, owner), lease=_OWNER_LEASE)
+        unknown = _name("workflow")
+        renewed = await store.renew_leases(owner, [a.id, b.id, unknown], lease=_OWNER_LEASE)
+        _expect(
+            renewed == {a.id: False, b.id: False},
+            f"renew_leases answered {renewed}, not both held and no cancel requested",
+        )
+        await anyio.sleep(0.4)
+        got = await store.claim_workflows(name, other, lease=_OWNER_LEASE)
+        _expect(got == [], f"a renewed lease was claimed: {_ids(got)}")
+        renewed = await store.renew_leases(other, [a.id], lease=_OWNER_LEASE)
+        _expect(renewed == {}, f"renew_leases renewed another owner's lease: {renewed}")
+        loaded = await store.load_workflow(a.id)
+        _expect(loaded.version == a.version, f"renewing changed the version to {loaded.version}")
+        await store.release_workflows(other, [a.id])  # not its own: no effect
+        await store.release_workflows(owner, [a.id])
+        released = await store.load_workflow(a.id)
+        _expect(
+            (released.owner, released.lease_until) == (None, None),
+            f"release_workflows left owner={released.owner!r}",
+        )
+        _expect(released.version == a.version, "releasing changed the version")
+        got = await store.claim_workflows(name, other, lease=_OWNER_LEASE)
+        _expect(_ids(got) == [a.id], f"after release, claim_workflows took {_ids(got)}")
+        renewed = await store.renew_leases(owner, [a.id, b.id], lease=_OWNER_LEASE)
+        _expect(renewed == {b.id: False}, f"after losing one lease, renew answered {renewed}")
+
+
+@_check
+async def _check_workflow_lapsed_lease_is_renewed_if_unclaimed(factory: _Factory) -> None:
+    name, owner = _name("name"), _name("owner")
+    async with factory() as store:
+        a, _ = await store.create_workflow(_owned(name, owner), lease=0.05)
+        await anyio.sleep(0.2)
+        renewed = await store.renew_leases(owner, [a.id], lease=_OWNER_LEASE)
+        _expect(renewed == {a.id: False}, f"a lapsed, unclaimed lease was not renewed: {renewed}")
+        got = await store.claim_workflows(name, _name("owner"), lease=_OWNER_LEASE)
+        _expect(got == [], f"a renewed lease was claimed: {_ids(got)}")
+
+
+@_check
+async def _check_workflow_claim_one(factory: _Factory) -> None:
+    name, owner, other = _name("name"), _name("owner"), _name("owner")
+    async with factory() as store:
+        held, _ = await store.create_workflow(_owned(name, owner), lease=0.1)
+        done, _ = await store.create_workflow(_workflow(name, "COMPLETED"))
+        got = await store.claim_workflow(done.id, other, lease=_OWNER_LEASE)
+        _expect(got is None, "claim_workflow took a finished workflow")
+        got = await store.claim_workflow(held.id, other, lease=_OWNER_LEASE)
+        _expect(got is None, "claim_workflow took a workflow whose lease holds")
+        await anyio.sleep(0.3)
+        got = await store.claim_workflow(held.id, other, lease=_OWNER_LEASE)
+        _expect(
+            got is not None and got.owner == other and got.version == held.version + 1,
+            f"claim_workflow of an expired lease returned {_short(got)}",
+        )
+        await _expect_raises(
+            WorkflowNotFound,
+            lambda: store.claim_workflow(_name("workflow"), other, lease=_OWNER_LEASE),
+            "claim_workflow of an unknown id",
+        )
+
+
+@_check
+async def _check_workflow_cancel_request(factory: _Factory) -> None:
+    name, owner = _name("name"), _name("owner")
+    async with factory() as store:
+        running, _ = await store.create_workflow(_owned(name, owner), lease=_OWNER_LEASE)
+        _expect(not running.cancel_requested, "a new workflow has a cancel request")
+        asked = await store.request_cancel(running.id)
+        _expect(asked.cancel_requested, "request_cancel did not set cancel_requested")
+        _expect(asked.version == running.version, "request_cancel changed the version")
+        renewed = await store.renew_leases(owner, [running.id], lease=_OWNER_LEASE)
+        _expect(renewed == {running.id: True}, f"renew_leases answered {renewed}")
+        saved = await store.save_workflow(
+            _saved(running, "RUNNING", owner=owner), lease=_OWNER_LEASE
+        )
+        _expect(saved.cancel_requested, "a RUNNING checkpoint dropped the cancel request")
+        turned = await store.save_workflow(
+            _saved(saved, "COMPENSATING", owner=owner), lease=_OWNER_LEASE
+        )
+        _expect(not turned.cancel_requested, "a COMPENSATING checkpoint kept the cancel request")
+        finished, _ = await store.create_workflow(_workflow(name, "COMPLETED"))
+        left = await store.request_cancel(finished.id)
+        _expect(not left.cancel_requested, "request_cancel flagged a COMPLETED workflow")
+        await _expect_raises(
+            WorkflowNotFound,
+            lambda: store.request_cancel(_name("workflow")),
+            "request_cancel of an unknown id",
+        )
+
+
+@_check
+async def _check_workflow_list_pages_by_cursor(factory: _Factory) -> None:
+    name = _name("name")
+    async with factory() as store:
+        made = [await _created_apart(store, _workflow(name)) for _ in range(5)]
+        seen: list[str] = []
+        after: str | None = None
+        for _ in range(5):
+            page = await store.list_workflows(name=name, limit=2, after=after)
+            if not page:
+                break
+            seen.extend(_ids(page))
+            after = page[-1].cursor
+        _expect(seen == _ids(made), f"paging by cursor listed {seen}, not {_ids(made)}")
+        for bad in ("", "nonsense", "2026-01-01T00:00:00/", "2026-01-01T00:00:00/naive"):
+            await _expect_raises(
+                StoreError,
+                lambda bad=bad: store.list_workflows(name=name, after=bad),  # type: ignore[misc]
+                f"list_workflows(after={bad!r})",
+            )
+
+
+@_check
+async def _check_workflow_prune_removes_history(factory: _Factory) -> None:
+    name = _name("name")
+    record = WorkflowRecord(
+        id=_name("workflow"),
+        name=name,
+        status="COMPLETED",
+        state={},
+        history=[[1767225600000, "old"]],
+    )
+    async with factory() as store:
+        await store.create_workflow(record)
+        await anyio.sleep(0.01)
+        removed = await store.prune_workflows(datetime.now(UTC), name=name)
+        _expect(removed == 1, f"prune_workflows removed {removed} record(s), not 1")
+        again = WorkflowRecord(
+            id=record.id, name=name, status="RUNNING", state={}, history=[[1767225600001, "new"]]
+        )
+        await store.create_workflow(again)
+        loaded = await store.load_workflow(record.id)
+        _expect(
+            [list(e) for e in loaded.history] == [[1767225600001, "new"]],
+            f"a pruned workflow's history outlived it: {_short(loaded.history)}",
+        )
+
+
 # -- lifecycle ------------------------------------------------------------------------
 
 
