@@ -133,6 +133,7 @@ class Engine:
         store: where runs are checkpointed.
         running: the runs of the process, by workflow id (kept by the
             orchestrator); a crash stops them all.
+        lease: how long a checkpoint holds the run's lease, in seconds.
     """
 
     def __init__(
@@ -142,12 +143,14 @@ class Engine:
         deadline: float | None,
         store: StateStore,
         running: Mapping[str, Run],
+        lease: float,
     ) -> None:
         self.plan = plan
         self.name = name
         self.deadline = deadline
         self.store = store
         self.running = running
+        self.lease = lease
         self.requester: Requester | None = None
         self.observers: tuple[SagaObserver, ...] = ()
         self.interceptors: tuple[SagaObserver, ...] = ()
@@ -184,11 +187,20 @@ class Engine:
                 run.scope.cancel()
 
     def halt(self, run: Run) -> None:
-        """Stop a run where it stands (the orchestrator is shutting down): it
-        writes nothing more and stays unfinished, to be resumed."""
+        """Stop a run where it stands (the orchestrator is shutting down, or
+        another process took its lease): it writes nothing more and stays
+        unfinished, to be resumed."""
         run.halted = True
         if run.scope is not None:
             run.scope.cancel()
+
+    def cancel(self, run: Run) -> None:
+        """Cancel a run: a running step is interrupted and the run compensates.
+        Too late once past the pivot (then nothing happens)."""
+        if run.status is _RUNNING and not run.pivot_done and not run.cancel_requested:
+            run.cancel_requested = True
+            if run.scope is not None:
+                run.scope.cancel()
 
     def _tell(self, method: str, event: object) -> None:
         if self.crashed is not None:
@@ -268,11 +280,18 @@ class Engine:
         """
         if self.crashed is not None:
             self.check_crash()
+        record = run.record(self.name)
         try:
-            stored = await self.store.save_workflow(run.record(self.name))
+            stored = await self.store.save_workflow(
+                record,
+                history=record.history,
+                lease=None if record.owner is None else self.lease,
+            )
         except ConcurrencyConflict as exc:
             raise Superseded(run.id) from exc
-        run.version = stored.version
+        run.stored(stored, len(record.history))
+        if stored.cancel_requested:
+            self.cancel(run)
 
     async def _save_shared(self, run: Run) -> None:
         """Save from one of several concurrent members of a parallel group."""

@@ -8,8 +8,11 @@ checkpoints, retries) is the engine's job, in ``_engine.py``.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from contextlib import AsyncExitStack
+from datetime import UTC, datetime
+from functools import partial
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, Self, TypeVar
 
 import anyio
@@ -19,6 +22,7 @@ from .._errors import (
     DefinitionError,
     InvalidWorkflowState,
     OrchestratorNotStarted,
+    StoreError,
     WorkflowCancelled,
     WorkflowNotFound,
 )
@@ -27,6 +31,7 @@ from .._exits import exit_stack
 from .._retry import Retry
 from ._declare import Parallel, Plan, Remote, Step, compile_plan
 from ._engine import Engine, Halted, Requester, Superseded, unwrap
+from ._leases import LeaseKeeper, driving, process_owner
 from ._model import Outcome, WorkflowInfo, WorkflowStatus
 from ._observe import SagaObserver
 from ._state import Run, error_of
@@ -46,7 +51,7 @@ logger = logging.getLogger("flowkit.orchestration")
 
 InputT = TypeVar("InputT")
 
-_UNFINISHED = (WorkflowStatus.RUNNING.value, WorkflowStatus.COMPENSATING.value)
+_EPOCH = datetime.fromtimestamp(0, UTC)
 _FINISHED = frozenset(
     {WorkflowStatus.COMPLETED.value, WorkflowStatus.COMPENSATED.value, WorkflowStatus.FAILED.value}
 )
@@ -88,7 +93,16 @@ class Orchestrator(Generic[InputT]):
     Every transition is checkpointed to the store before the next one begins;
     :meth:`resume` continues the unfinished workflows after a restart.
     Leaving ``async with`` gives running workflows ``stop_grace`` seconds,
-    then stops the others where they stand (:meth:`resume` continues them).
+    then stops the others where they stand and gives up their leases, so that
+    another process continues them at once.
+
+    Several processes may share a store: each unfinished workflow is held by
+    one of them through a lease of ``lease`` seconds, renewed while it runs.
+    A started orchestrator takes over, every half lease, the workflows of its
+    name whose process died (their lease ran out) or stopped; :meth:`resume`
+    does it at once. A process that lost a lease (it paused for longer than
+    the lease and another took the workflow over) stops that workflow: its
+    next checkpoint would fail.
 
     Class attributes:
         steps: the steps, in order: :class:`Step`, :class:`Remote` and
@@ -116,11 +130,20 @@ class Orchestrator(Generic[InputT]):
             :meth:`resume` (as after a crash).
         observers: :class:`SagaObserver` instances to report to (see also
             :meth:`add_observer`).
+        lease: seconds a process holds a workflow without renewing its lease
+            (renewed every third of it): after a crash, its workflows are
+            taken over within about one and a half leases. Longer than any
+            pause of the process (a garbage collection, a blocked event loop).
+        recover: take over free workflows every half lease while started
+            (on by default; off, only :meth:`resume` takes them over).
+        owner: the id this instance holds leases as (by default one per
+            process: ``host:pid:random``).
 
     Raises:
         DefinitionError: if the orchestrator has remote steps but neither
             ``transport`` nor ``bus``, ``concurrency`` is below 1,
-            ``stop_grace`` is negative, or an observer is not a
+            ``stop_grace`` is negative, ``lease`` is not a positive number of
+            seconds, ``owner`` is an empty string, or an observer is not a
             :class:`SagaObserver`.
     """
 
@@ -172,6 +195,9 @@ class Orchestrator(Generic[InputT]):
         concurrency: int = 100,
         stop_grace: float = 10.0,
         observers: Iterable[SagaObserver] = (),
+        lease: float = 30.0,
+        recover: bool = True,
+        owner: str | None = None,
     ) -> None:
         plan = getattr(type(self), "_plan", None)
         if plan is None:
@@ -192,13 +218,34 @@ class Orchestrator(Generic[InputT]):
             raise DefinitionError(
                 f"stop_grace must be a number of seconds >= 0, got {stop_grace!r}"
             )
+        if (
+            isinstance(lease, bool)
+            or not isinstance(lease, int | float)
+            or not 0 < lease < math.inf
+        ):
+            raise DefinitionError(f"lease must be a positive number of seconds, got {lease!r}")
+        if owner is not None and (not isinstance(owner, str) or not owner):
+            raise DefinitionError(f"owner must be a non-empty string, got {owner!r}")
         self._store = store
         self._transport = transport
         self._bus = bus
         self._concurrency = concurrency
         self._stop_grace = float(stop_grace)
+        self._lease = float(lease)
+        self._owner = process_owner() if owner is None else owner
         self._running: dict[str, Run] = {}
-        self._engine = Engine(plan, self.name, self.deadline, store, self._running)
+        self._unreadable: set[str] = set()  # claimed workflows whose record cannot be read
+        self._engine = Engine(plan, self.name, self.deadline, store, self._running, self._lease)
+        self._keeper = LeaseKeeper(
+            store,
+            self._owner,
+            self._lease,
+            self._running,
+            lost=self._lose,
+            cancel=self._engine.cancel,
+            recover=self._recover if recover else None,
+        )
+        self._keeping: anyio.CancelScope | None = None
         self._engine.requester = bus
         self._observers: list[SagaObserver] = []
         for observer in observers:
@@ -228,6 +275,8 @@ class Orchestrator(Generic[InputT]):
                 self._engine.requester = bus
             self._slots = anyio.Semaphore(self._concurrency)
             self._tg = await stack.enter_async_context(anyio.create_task_group())
+            self._keeping = anyio.CancelScope()
+            self._tg.start_soon(self._keep, self._keeping)
         except BaseException:
             await stack.__aexit__(None, None, None)
             raise
@@ -276,9 +325,34 @@ class Orchestrator(Generic[InputT]):
                     )
         finally:
             self._halting = True
+            halted = [run.id for run in self._running.values() if run.owner == self._owner]
             for run in list(self._running.values()):
                 self._engine.halt(run)
-        await self._drained()  # they write nothing more: this is quick
+        try:
+            await self._drained()  # they write nothing more: this is quick
+        finally:
+            if self._keeping is not None:
+                self._keeping.cancel()
+        if halted and self._engine.crashed is None:
+            await self._give_up_leases(halted)
+
+    async def _keep(self, scope: anyio.CancelScope) -> None:
+        with scope:
+            await self._keeper.keep()
+
+    async def _give_up_leases(self, workflow_ids: list[str]) -> None:
+        """Let another process take the stopped workflows at once (a rolling deploy)."""
+        with anyio.CancelScope(shield=True), anyio.move_on_after(5.0):
+            try:
+                await self._store.release_workflows(self._owner, workflow_ids)
+            except StoreError as exc:
+                logger.warning(
+                    "%s: could not give up the leases of %d stopped workflow(s); another "
+                    "process takes them over when they run out: %s",
+                    self.name,
+                    len(workflow_ids),
+                    exc,
+                )
 
     async def _drained(self) -> None:
         """Wait until no workflow runs in this instance."""
@@ -360,12 +434,15 @@ class Orchestrator(Generic[InputT]):
         if active is not None:
             return await self._wait_active(active)
         run = self._new_run(wid, input)
-        self._running[wid] = run
+        self._register(run)
         try:
-            await self._create(run)
+            here = await self._create(run)
         except BaseException:
             self._release(run)
             raise
+        if not here:
+            self._release(run)
+            return await self._poll(wid)
         return await self._drive(run, poll_if_superseded=True)
 
     async def start(self, input: InputT, *, workflow_id: str | None = None) -> str:
@@ -393,13 +470,13 @@ class Orchestrator(Generic[InputT]):
         if wid in self._running:
             return wid
         run = self._new_run(wid, input)
-        self._running[wid] = run
+        self._register(run)
         try:
-            await self._create(run)
+            here = await self._create(run)
         except BaseException:
             self._release(run)
             raise
-        if run.outcome is not None:
+        if run.outcome is not None or not here:
             self._release(run)
         else:
             assert self._tg is not None
@@ -431,67 +508,110 @@ class Orchestrator(Generic[InputT]):
         return await self._poll(workflow_id)
 
     async def resume(self) -> list[Outcome]:
-        """Continue every unfinished workflow of this orchestrator, from its last
-        checkpoint, and wait for them.
+        """Take over every free unfinished workflow of this orchestrator now,
+        continue each from its last checkpoint, and wait for them.
 
-        A ``RUNNING`` workflow goes forward (a step that was running when the
+        A workflow is free when no live process holds it: its process died
+        (its lease ran out) or stopped, or it was left by an instance of this
+        process. Workflows other live processes run are left to them. A
+        ``RUNNING`` workflow goes forward (a step that was running when the
         process stopped runs again, with the same idempotency key); a
-        ``COMPENSATING`` one goes on compensating (a compensation that was running
-        runs again). Call it when a service starts. ``FAILED`` workflows are left
-        alone: see :meth:`retry_compensation`.
+        ``COMPENSATING`` one goes on compensating. ``FAILED`` workflows are
+        left alone: see :meth:`retry_compensation`. A started orchestrator
+        also does this on its own every half lease (see ``recover``).
 
-        A workflow that another process saves meanwhile is left to that process
-        and has no outcome in the list. A workflow whose record cannot be read
-        is logged (ERROR, naming the workflow and the problem) and skipped; one
-        whose store write fails is logged and left where it is. Neither stops
-        the others.
+        A workflow whose record cannot be read is logged (ERROR, naming the
+        workflow and the problem) and skipped; one whose store write fails is
+        logged and left where it is. Neither stops the others.
 
         Returns:
-            The outcomes of the workflows continued here, oldest first.
+            The outcomes of the workflows continued by this instance (those it
+            had taken over already included), oldest first.
 
         Raises:
             OrchestratorNotStarted: outside ``async with`` (or while leaving it).
-            StoreError: if the store cannot list the workflows.
+            StoreError: if the store cannot claim the workflows.
         """
         self._check_open(new_work=True)
-        records = await self._store.list_workflows(status=_UNFINISHED, name=self.name)
-        outcomes: list[Outcome | None] = [None] * len(records)
+        outcomes: list[tuple[datetime | None, str, Outcome]] = []
 
-        async def one(index: int, record: WorkflowRecord) -> None:
+        async def one(run: Run, *, active: bool) -> None:
             try:
-                active = self._running.get(record.id)
-                if active is not None:
-                    outcomes[index] = await self._wait_active(active)
-                    return
-                run = Run(self._plan, record.id, None, None, None)
-                try:
-                    run.load(record)
-                except InvalidWorkflowState as exc:
-                    logger.error(
-                        "%s: resume() skipped a workflow: %s",
-                        self.name,
-                        exc,
-                        extra={"workflow": self.name, "workflow_id": record.id},
-                    )
-                    return
-                run.event("workflow_resumed")
-                self._running[record.id] = run
-                outcomes[index] = await self._drive(run, poll_if_superseded=False)
+                if active:
+                    outcome = await self._wait_active(run)
+                else:
+                    outcome = await self._drive(run, poll_if_superseded=False)
+                outcomes.append((run.created_at, run.id, outcome))
             except Superseded:
-                pass  # another process runs it
+                pass  # another process took it over
             except OrchestratorNotStarted:
                 if not self._stopping:
                     raise
             except Exception:
-                logger.exception("could not resume workflow %s of %s", record.id, self.name)
+                logger.exception("could not resume workflow %s of %s", run.id, self.name)
 
         try:
             async with anyio.create_task_group() as tg:
-                for index, record in enumerate(records):
-                    tg.start_soon(one, index, record)
+                for run in list(self._running.values()):
+                    if not run.fresh and run.outcome is None:
+                        tg.start_soon(partial(one, run, active=True))
+                while runs := await self._claim_free(self._concurrency):
+                    for run in runs:
+                        tg.start_soon(partial(one, run, active=False))
         except BaseExceptionGroup as group:
             raise unwrap(group) from None
-        return [o for o in outcomes if o is not None]
+        outcomes.sort(key=lambda item: (item[0] or _EPOCH, item[1]))
+        return [outcome for _, _, outcome in outcomes]
+
+    async def _claim_free(self, limit: int) -> list[Run]:
+        """Claim up to ``limit`` free workflows and register them as runs of this
+        instance; a record that cannot be read is logged and kept aside."""
+        records = await self._store.claim_workflows(
+            self.name,
+            self._owner,
+            lease=self._lease,
+            limit=limit,
+            exclude=driving(self._owner) | self._unreadable,
+        )
+        runs = []
+        for record in records:
+            try:
+                run = await self._adopt(record)
+            except InvalidWorkflowState as exc:
+                self._unreadable.add(record.id)
+                logger.error(
+                    "%s: a workflow cannot be taken over: %s",
+                    self.name,
+                    exc,
+                    extra={"workflow": self.name, "workflow_id": record.id},
+                )
+                continue
+            if run.id in self._running:
+                continue  # registered meanwhile
+            run.event("workflow_resumed")
+            self._register(run)
+            runs.append(run)
+        return runs
+
+    async def _recover(self) -> None:
+        """Take over free workflows, as many as there are free slots, and run them
+        in the background (every half lease, while started)."""
+        if self._stopping or self._stack is None:
+            return
+        free = self._concurrency - len(self._running)
+        if free <= 0:
+            return
+        runs = await self._claim_free(free)
+        if runs:
+            logger.info("%s: took over %d free workflow(s)", self.name, len(runs))
+        tg = self._tg
+        if tg is None or self._stopping:
+            for run in runs:
+                self._release(run)
+            await self._give_up_leases([run.id for run in runs])
+            return
+        for run in runs:
+            tg.start_soon(self._background, run, name=f"{self.name}:{run.id}")
 
     async def get(self, workflow_id: str) -> WorkflowInfo:
         """Everything recorded about a workflow: status, steps, results, history.
@@ -559,7 +679,10 @@ class Orchestrator(Generic[InputT]):
 
         A running step is interrupted (it may have acted, so it is compensated).
         If the workflow finishes before the cancellation takes effect, its
-        outcome is returned as it is.
+        outcome is returned as it is. A workflow that another live process
+        runs is cancelled there: the request is left in the store, that
+        process sees it at its next checkpoint or lease renewal (within a
+        third of its lease), and this call waits for the outcome.
 
         Args:
             workflow_id: the workflow's id.
@@ -572,8 +695,7 @@ class Orchestrator(Generic[InputT]):
             WorkflowNotFound: if this orchestrator has no such workflow.
             InvalidWorkflowState: if the workflow is past its pivot, completed,
                 or failed (see :meth:`retry_compensation`).
-            ConcurrencyConflict: if another process is running it and saved it
-                meanwhile.
+            ConcurrencyConflict: if another process changed it meanwhile.
         """
         self._check_open(new_work=True)
         active = self._running.get(workflow_id)
@@ -597,8 +719,23 @@ class Orchestrator(Generic[InputT]):
             raise InvalidWorkflowState(f"workflow {workflow_id!r} is {status}{hint}")
         run = Run(self._plan, workflow_id, None, None, None)
         run.load(record)
+        if run.status is WorkflowStatus.RUNNING and run.pivot_done:
+            raise InvalidWorkflowState(
+                f"workflow {workflow_id!r} is past its pivot {self._plan.pivot!r} "
+                "and cannot be cancelled"
+            )
+        claimed = None
+        if workflow_id not in driving(self._owner):  # else another instance here runs it
+            claimed = await self._store.claim_workflow(workflow_id, self._owner, lease=self._lease)
+        if claimed is None:
+            # another live process runs it (or it just finished): ask it, and wait
+            if run.status is WorkflowStatus.RUNNING:
+                await self._store.request_cancel(workflow_id)
+            return await self._poll(workflow_id)
+        run = await self._adopt(claimed)
         if run.status is WorkflowStatus.RUNNING:
             if run.pivot_done:
+                await self._give_up_leases([workflow_id])
                 raise InvalidWorkflowState(
                     f"workflow {workflow_id!r} is past its pivot {self._plan.pivot!r} "
                     "and cannot be cancelled"
@@ -696,14 +833,21 @@ class Orchestrator(Generic[InputT]):
         run.begin_stage(0)
         return run
 
-    async def _create(self, run: Run) -> None:
-        """Record a new workflow; if the id exists, adopt the stored one instead."""
-        stored, created = await self._store.create_workflow(run.record(self.name))
+    async def _create(self, run: Run) -> bool:
+        """Record a new workflow held by this instance; if the id exists, adopt the
+        stored one instead.
+
+        Returns:
+            Whether to drive the run here: False when another live process
+            holds the existing workflow (its outcome is to be polled).
+        """
+        record = run.record(self.name)
+        stored, created = await self._store.create_workflow(record, lease=self._lease)
         if created:
-            run.version = stored.version
+            run.stored(stored, len(record.history))
             run.created_at = stored.created_at
             run.fresh = True
-            return
+            return True
         if stored.name != self.name:
             raise InvalidWorkflowState(
                 f"workflow id {run.id!r} is used by orchestrator {stored.name!r}"
@@ -711,9 +855,42 @@ class Orchestrator(Generic[InputT]):
         if stored.status in _FINISHED:
             run.load(stored)
             run.outcome = run.to_outcome(self._plan.name_of)
-            return
-        run.load(stored)
+            return True
+        claimed = await self._store.claim_workflow(run.id, self._owner, lease=self._lease)
+        if claimed is None:
+            return False
+        if claimed.status in _FINISHED:  # it finished meanwhile
+            run.load(claimed)
+            run.outcome = run.to_outcome(self._plan.name_of)
+            return True
+        await self._load_claimed(run, claimed)
         run.event("workflow_resumed")
+        return True
+
+    async def _adopt(self, claimed: WorkflowRecord) -> Run:
+        """A run of a workflow this instance claimed."""
+        run = Run(self._plan, claimed.id, None, None, None)
+        await self._load_claimed(run, claimed)
+        return run
+
+    async def _load_claimed(self, run: Run, claimed: WorkflowRecord) -> None:
+        """Load a claimed record (claims carry no history: a record written before
+        the state listed its compensations is loaded whole)."""
+        if "compensated" not in claimed.state:
+            claimed = await self._store.load_workflow(claimed.id)
+        run.load(claimed)
+
+    def _register(self, run: Run) -> None:
+        """Count a run as driven by this instance (its owner's claims skip it)."""
+        if run.owner is None:
+            run.owner = self._owner
+        self._running[run.id] = run
+        driving(self._owner).add(run.id)
+
+    def _lose(self, run: Run) -> None:
+        """Another process took the run's lease: stop it here; its outcome is polled."""
+        run.superseded = True
+        self._engine.halt(run)
 
     async def _load(self, workflow_id: str) -> WorkflowRecord:
         record = await self._store.load_workflow(workflow_id)
@@ -748,7 +925,8 @@ class Orchestrator(Generic[InputT]):
         """Save a changed run loaded from the store, then drive it here."""
         if run.id in self._running:
             return await self._wait_active(self._running[run.id])
-        self._running[run.id] = run
+        run.owner = self._owner
+        self._register(run)
         try:
             await self._engine.save(run)
         except Superseded as exc:
@@ -791,7 +969,13 @@ class Orchestrator(Generic[InputT]):
                 raise
             run.outcome = await self._poll_run(run)
         except Halted:
-            raise self._stopped(run.id) from None
+            if not run.superseded or self._halting:
+                raise self._stopped(run.id) from None
+            # another process took its lease over: it continues the workflow
+            run.halted = False
+            if not poll_if_superseded:
+                raise Superseded(run.id) from None
+            run.outcome = await self._poll_run(run)
         finally:
             self._release(run)
         return run.outcome
@@ -829,6 +1013,7 @@ class Orchestrator(Generic[InputT]):
         run.released = True
         if self._running.get(run.id) is run:
             del self._running[run.id]
+            driving(self._owner).discard(run.id)
         if run.done is not None:
             run.done.set()
         if not self._running and self._idle is not None:
@@ -852,10 +1037,14 @@ class Orchestrator(Generic[InputT]):
         active = self._running.get(run.id)
         if active is not None:
             return await self._wait_active(active)
-        fresh = Run(self._plan, run.id, None, None, None)
-        fresh.load(record)
+        claimed = None
+        if run.id not in driving(self._owner):
+            claimed = await self._store.claim_workflow(run.id, self._owner, lease=self._lease)
+        if claimed is None or claimed.status in _FINISHED:
+            return await self._poll(run.id)  # another process runs it
+        fresh = await self._adopt(claimed)
         fresh.event("workflow_resumed")
-        self._running[run.id] = fresh
+        self._register(fresh)
         return await self._drive(fresh, poll_if_superseded=True)
 
     async def _poll(self, workflow_id: str) -> Outcome:

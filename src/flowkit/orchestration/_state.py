@@ -8,16 +8,20 @@ The record's ``state`` is plain JSON data::
       "deadline_at": 1767225600.0,         # optional: the deadline (Unix time)
       "steps": {"reserve_stock": {"status": "succeeded", "attempts": 1,
                                   "result": {...}}, ...},
-      "history": [[1767225599100, "step_started", "reserve_stock", 1], ...],
       "error": {"step": "charge", "type": "ValueError", "message": "..."},
-      "reason": "...", "remaining": [...], "direction": "backward"
+      "reason": "...", "remaining": [...], "direction": "backward",
+      "compensated": ["reserve_stock", ...]
     }
 
-A history entry is a list ``[at, event, step, attempt, error, detail]``: ``at``
-in milliseconds since the Unix epoch, then the fields of
-:class:`~flowkit.orchestration.Transition`, trailing nulls left out (a list
-encodes and decodes about twice as fast as an object, and every checkpoint
-writes the whole history).
+The history is kept beside the state, appended to by each checkpoint (a
+checkpoint costs the same however long the history is). An entry is a list
+``[at, event, step, attempt, error, detail]``: ``at`` in milliseconds since the
+Unix epoch, then the fields of :class:`~flowkit.orchestration.Transition`,
+trailing nulls left out. A step retried many times keeps a bounded record: past
+its :data:`RECORDED_ATTEMPTS`-th attempt, its attempts are not recorded one by
+one; the attempt that ends it is, after an ``attempts_unrecorded`` entry
+saying how many were left out (the step's state keeps the count and the last
+error).
 
 Nothing but JSON values is read back: results and input are validated against
 the declared types, and a state that does not have this shape is refused with
@@ -49,9 +53,15 @@ if TYPE_CHECKING:
 
     from ._declare import Plan, StepSpec
 
-__all__ = ["Run", "StepState", "error_of", "step_error"]
+__all__ = ["RECORDED_ATTEMPTS", "Run", "StepState", "error_of", "step_error"]
 
 FORMAT = 1
+
+#: The attempts of a step (or of its compensation) recorded one by one in the
+#: history; later ones are summarised.
+RECORDED_ATTEMPTS = 10
+_ATTEMPT_STARTS = frozenset({"step_started", "compensation_started"})
+_RETRYING = "retrying in "
 _MAY_HAVE_ACTED = frozenset({"succeeded", "running", "timed_out", "interrupted"})
 _STEP_STATUSES = frozenset(
     {"pending", "running", "retrying", "succeeded", "failed", "timed_out", "interrupted"}
@@ -336,6 +346,7 @@ class Run:
         "input_json",
         "lock",
         "outcome",
+        "owner",
         "pivot_done",
         "plan",
         "reason",
@@ -343,9 +354,11 @@ class Run:
         "remaining",
         "results",
         "results_view",
+        "saved",
         "scope",
         "status",
         "steps",
+        "superseded",
         "updated_at",
         "version",
     )
@@ -364,6 +377,8 @@ class Run:
         self.updated_at: datetime | None = None
         self.steps: dict[str, StepState] = {spec.name: StepState(spec) for spec in plan.specs}
         self.history: list[list[Any]] = []
+        self.saved = 0  # how many history entries the store has
+        self.owner: str | None = None  # the process holding the lease
         self.results: dict[str, Any] = {}
         self.results_view: Mapping[str, Any] = MappingProxyType(self.results)
         self.error: dict[str, str] | None = None
@@ -379,6 +394,7 @@ class Run:
         self.scope: anyio.CancelScope | None = None
         self.cancel_requested = False
         self.halted = False  # the orchestrator stops it where it stands
+        self.superseded = False  # another process took its lease
         self.lock: anyio.Lock | None = None
         self.done: anyio.Event | None = None
         self.outcome: Outcome | None = None
@@ -395,6 +411,14 @@ class Run:
         detail: str | None = None,
     ) -> None:
         at = int(time.time() * 1000)
+        if attempt is not None and attempt > RECORDED_ATTEMPTS and step is not None:
+            if event in _ATTEMPT_STARTS or (detail is not None and detail.startswith(_RETRYING)):
+                return  # one more attempt of a long run of retries: summarised at its end
+            if event not in ("step_interrupted",) and attempt > RECORDED_ATTEMPTS + 1:
+                first, last = RECORDED_ATTEMPTS + 1, attempt - 1
+                self.history.append(
+                    [at, "attempts_unrecorded", step, attempt, None, f"attempts {first} to {last}"]
+                )
         if detail is not None or error is not None:
             text = None if error is None else f"{error['type']}: {error['message']}"
             entry: list[Any] = [at, event, step, attempt, text]
@@ -471,7 +495,6 @@ class Run:
             "format": FORMAT,
             "input": self.input_json,
             "steps": {name: s.to_json() for name, s in self.steps.items()},
-            "history": list(self.history),
         }
         if self.deadline_at is not None:
             state["deadline_at"] = self.deadline_at
@@ -483,9 +506,11 @@ class Run:
             state["remaining"] = list(self.remaining)
         if self.direction is not None:
             state["direction"] = self.direction
+        state["compensated"] = list(self.compensated)
         return state
 
     def record(self, name: str) -> WorkflowRecord:
+        """The record to write; its history is the entries the store lacks."""
         return WorkflowRecord(
             id=self.id,
             name=name,
@@ -493,7 +518,14 @@ class Run:
             state=self.snapshot(),
             version=self.version,
             created_at=self.created_at,
+            owner=None if self.status.finished else self.owner,
+            history=self.history[self.saved :],
         )
+
+    def stored(self, record: WorkflowRecord, written: int) -> None:
+        """A write of ``written`` history entries returned ``record``."""
+        self.version = record.version
+        self.saved += written
 
     def load(self, record: WorkflowRecord) -> None:
         """Replace this run's state with a record's.
@@ -550,7 +582,7 @@ class Run:
                     raise _Unreadable(
                         f"the result of step {name!r} does not match its annotation"
                     ) from None
-        history = _checked_history(state.get("history"))
+        history = _checked_history(list(record.history))
         error = _checked_error(state.get("error"), "'error'")
         deadline_at = state.get("deadline_at")
         if deadline_at is not None and (
@@ -570,7 +602,13 @@ class Run:
             not isinstance(direction, str) or direction not in _DIRECTIONS
         ):
             raise _Unreadable("'direction' is neither 'forward' nor 'backward'")
-        compensated = [e[2] for e in history if e[1] == "step_compensated" and len(e) > 2]
+        compensated = state.get("compensated")
+        if compensated is None:  # recorded before the state kept it
+            compensated = [e[2] for e in history if e[1] == "step_compensated" and len(e) > 2]
+        elif not isinstance(compensated, list) or not all(
+            isinstance(n, str) and n in self.steps for n in compensated
+        ):
+            raise _Unreadable("'compensated' is not a list of its steps")
         self.status = status
         self.version = record.version
         self.created_at = record.created_at
@@ -579,14 +617,20 @@ class Run:
         self.input_json = input_json
         self.deadline_at = None if deadline_at is None else float(deadline_at)
         self.history = list(history)
+        self.saved = len(self.history)
+        self.owner = record.owner
         self.results.clear()
         self.results.update(results)
         self.error = error
         self.reason = reason
         self.remaining = list(remaining)
         self.direction = direction
-        self.compensated = compensated
+        self.compensated = list(compensated)
         self.pivot_done = plan.pivot is not None and self.steps[plan.pivot].status == "succeeded"
+        # a cancel asked of the process that held it, which it did not act on
+        self.cancel_requested = (
+            record.cancel_requested and status is WorkflowStatus.RUNNING and not self.pivot_done
+        )
         self.begun = -1
 
     # -- reports -------------------------------------------------------------------
