@@ -23,7 +23,6 @@ from flowkit.stores import (
     StateStore,
     WorkflowRecord,
 )
-from flowkit.stores._codec import encode_state
 from flowkit.stores._sqlite import SCHEMA_VERSION
 from flowkit.stores._sqlite._schema import _MIGRATIONS
 from flowkit.testing._store_suite import STORE_CHECKS, check_store
@@ -65,35 +64,40 @@ async def test_check_store_on_one_shared_sqlite_file(tmp_path: Path) -> None:
 class _NoVersionCheck(MemoryStore):
     """A broken store: saves never conflict."""
 
-    async def save_workflow(self, record: WorkflowRecord) -> WorkflowRecord:
+    async def save_workflow(
+        self, record: WorkflowRecord, *, history: Any = (), lease: float | None = None
+    ) -> WorkflowRecord:
         current = self._workflows[record.id].version if record.id in self._workflows else 0
-        return await super().save_workflow(dataclasses.replace(record, version=current))
+        return await super().save_workflow(
+            dataclasses.replace(record, version=current), history=history, lease=lease
+        )
 
 
 class _Racy(MemoryStore):
     """A broken store: checks the version, yields, then writes (a lost update)."""
 
-    async def save_workflow(self, record: WorkflowRecord) -> WorkflowRecord:
+    async def save_workflow(
+        self, record: WorkflowRecord, *, history: Any = (), lease: float | None = None
+    ) -> WorkflowRecord:
         current = await self.load_workflow(record.id)
         if current.version != record.version:
             raise ConcurrencyConflict("stale")
-        state_json = encode_state(record.state)
         await anyio.lowlevel.checkpoint()
-        stored = self._workflows[record.id]
-        stored.status, stored.state_json = record.status, state_json
-        stored.version += 1
-        stored.updated_at = datetime.now(UTC)
-        return stored.record(record.id)
+        now = self._workflows[record.id].version  # whatever was written meanwhile is lost
+        return await super().save_workflow(
+            dataclasses.replace(record, version=now), history=history, lease=lease
+        )
 
 
 async def test_check_store_names_the_failed_checks() -> None:
     with pytest.raises(AssertionError) as caught:
         await check_store(_NoVersionCheck)
     message = str(caught.value)
-    assert message.startswith("1 of ")
+    assert message.startswith("3 of ")  # the version check is also what fences a stale owner
     assert (
         "store check 'workflow_stale_save_conflicts' failed: a save at a stale version" in message
     )
+    assert "'workflow_expired_lease_is_taken_over_and_fenced' failed: the checkpoint" in message
     with pytest.raises(AssertionError) as caught:
         await check_store(_Racy)
     message = str(caught.value)

@@ -13,6 +13,7 @@ the way ASGI servers take an app: a :class:`~flowkit.Choreography` for
     flowkit dlq prune myshop.services:bus --older-than 7d
     flowkit workflows list myshop.orders:orders --status failed
     flowkit workflows show myshop.orders:orders o-1
+    flowkit workflows cancel myshop.orders:orders o-1 --wait 60
     flowkit workflows prune myshop.orders:orders --older-than 30d
 
 Exit status: 0 on success, 1 when flowkit failed, 2 for a command line (or a
@@ -35,7 +36,13 @@ import anyio
 from ._cli.common import CommandFailed, UsageError, one_line
 from ._cli.dlq import list_letters, prune_letters, replay_letters
 from ._cli.worker import run_worker
-from ._cli.workflows import STATUSES, list_workflows, prune_workflows, show_workflow
+from ._cli.workflows import (
+    STATUSES,
+    cancel_workflow,
+    list_workflows,
+    prune_workflows,
+    show_workflow,
+)
 from ._errors import FlowkitError
 
 if TYPE_CHECKING:
@@ -189,7 +196,7 @@ def _parser() -> argparse.ArgumentParser:
     dlq_prune.set_defaults(run=prune_letters)
 
     workflows = commands.add_parser(
-        "workflows", help="list, show or prune workflows"
+        "workflows", help="list, show, cancel or prune workflows"
     ).add_subparsers(dest="workflows_command", required=True, metavar="COMMAND")
     wf_list = workflows.add_parser(
         "list",
@@ -203,6 +210,11 @@ def _parser() -> argparse.ArgumentParser:
         help=f"only this status, any case (repeatable or comma-separated): {STATUSES}",
     )
     wf_list.add_argument("--limit", type=_positive_int, default=None, help="at most this many")
+    wf_list.add_argument(
+        "--after",
+        metavar="CURSOR",
+        help="the next page: the cursor that the previous page printed",
+    )
     _urls(wf_list, transport=False)
     wf_list.add_argument("--json", action="store_true", help="print JSON")
     wf_list.set_defaults(run=list_workflows)
@@ -216,6 +228,23 @@ def _parser() -> argparse.ArgumentParser:
     _urls(wf_show, transport=False)
     wf_show.add_argument("--json", action="store_true", help="print JSON")
     wf_show.set_defaults(run=show_workflow)
+    wf_cancel = workflows.add_parser(
+        "cancel",
+        help="cancel a running workflow, wherever it runs",
+        description="Ask the process that runs a workflow to cancel it and compensate what "
+        "it did (or the next process to take it over, if none does). Opens its store, "
+        "not its transport.",
+    )
+    wf_cancel.add_argument("app", help="the Orchestrator instance, as module:attribute")
+    wf_cancel.add_argument("id", help="the workflow id")
+    wf_cancel.add_argument(
+        "--wait",
+        type=_seconds,
+        metavar="SECONDS",
+        help="wait this long for the workflow to end; exit 0 if it ends COMPENSATED",
+    )
+    _urls(wf_cancel, transport=False)
+    wf_cancel.set_defaults(run=cancel_workflow)
     wf_prune = workflows.add_parser(
         "prune",
         help="remove old finished workflows",

@@ -1,19 +1,25 @@
-"""``flowkit workflows list``, ``show`` and ``prune``: an orchestrator's workflows.
+"""``flowkit workflows list``, ``show``, ``cancel`` and ``prune``: an
+orchestrator's workflows.
 
 ``list`` and ``show`` only read. They work on a copy of the target orchestrator
 built on a read-only view of its store (see :func:`.common.readable_store`),
-with a requester that sends nothing, so no transport is opened either.
-``prune`` removes old records from the store itself, opening no transport.
+with a requester that sends nothing and no takeover of workflows, so no
+transport is opened either. ``cancel`` leaves a cancel request in the store for
+the process that runs the workflow; ``prune`` removes old records from the
+store itself. Neither opens a transport.
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import sys
 from dataclasses import fields, is_dataclass
 from datetime import UTC, datetime
 from enum import Enum
 from typing import TYPE_CHECKING, Any, TypeVar
+
+import anyio
 
 from ..orchestration import Orchestrator, WorkflowInfo, WorkflowStatus
 from .common import (
@@ -39,6 +45,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "FINAL_STATUSES",
+    "cancel_workflow",
     "info_json",
     "list_workflows",
     "parse_statuses",
@@ -60,19 +67,55 @@ async def list_workflows(args: argparse.Namespace) -> int:
     statuses = parse_statuses(args.status)
     store, reader = _reader(orchestrator, args.app, args)
     async with entered(reader, store):
-        infos = await reader.list(status=statuses, limit=args.limit)
+        infos = await reader.list(status=statuses, limit=args.limit, after=args.after)
+    more = args.limit is not None and len(infos) == args.limit
     if args.json:
         print(_dumps([info_json(info, history=False) for info in infos]))
-        return 0
-    if not infos:
+    elif not infos:
         print("no workflows")
-        return 0
-    for info in infos:
-        line = f"{info.id}  {info.status.value}  {_when(info.updated_at)}"
-        if info.reason:
-            line += f"  {one_line(info.reason)}"
-        print(line)
+    else:
+        for info in infos:
+            line = f"{info.id}  {info.status.value}  {_when(info.updated_at)}"
+            if info.owner is not None and not info.status.finished:
+                line += f"  held by {info.owner}"
+            if info.cancel_requested:
+                line += "  (cancel requested)"
+            if info.reason:
+                line += f"  {one_line(info.reason)}"
+            print(line)
+    if more:
+        print(f"next page: --after {infos[-1].cursor}", file=sys.stderr)
     return 0
+
+
+async def cancel_workflow(args: argparse.Namespace) -> int:
+    """``flowkit workflows cancel``: ask the process that runs a workflow to cancel
+    it (or whichever process takes it over next), and wait for it when asked."""
+    orchestrator = load_object(args.app, Orchestrator)
+    store = chosen_store(orchestrator.store, args)
+    async with writable_store(store, args.app, "workflows") as opened:
+        record = await opened.load_workflow(args.id)
+        if record.name != orchestrator.name:
+            raise UsageError(
+                f"workflow {args.id!r} belongs to {record.name!r}, not {orchestrator.name!r}"
+            )
+        if record.status != WorkflowStatus.RUNNING.value:
+            print(f"{args.id} is {record.status}: nothing to cancel")
+            return 0 if record.status == WorkflowStatus.COMPENSATED.value else 1
+        await opened.request_cancel(args.id)
+        holder = f"process {record.owner}" if record.owner else "the next process to take it over"
+        print(f"cancel requested: {holder} compensates {args.id}")
+        if args.wait is None:
+            return 0
+        with anyio.move_on_after(args.wait):
+            while True:
+                record = await opened.load_workflow(args.id)
+                if record.status not in (WorkflowStatus.RUNNING.value, "COMPENSATING"):
+                    print(f"{args.id} is {record.status}")
+                    return 0 if record.status == WorkflowStatus.COMPENSATED.value else 1
+                await anyio.sleep(0.2)
+    print(f"{args.id} is still {record.status} after {args.wait:g}s", file=sys.stderr)
+    return 1
 
 
 async def show_workflow(args: argparse.Namespace) -> int:
@@ -125,9 +168,14 @@ async def prune_workflows(args: argparse.Namespace) -> int:
     when = f"updated before {cutoff:%Y-%m-%d %H:%M:%S}Z"
     if args.dry_run:
         reader = readable_store(store, args.app, "workflows")
+        count = 0
         async with entered(reader, reader):
-            records = await reader.list_workflows(status=statuses, name=name)
-        count = sum(1 for r in records if r.updated_at is not None and r.updated_at < cutoff)
+            after = None
+            while page := await reader.list_workflows(
+                status=statuses, name=name, limit=1000, after=after
+            ):
+                count += sum(1 for r in page if r.updated_at is not None and r.updated_at < cutoff)
+                after = page[-1].cursor
         print(f"would prune {count:,} {what} {when}")
         return 0
     async with writable_store(store, args.app, "workflows") as opened:
@@ -180,7 +228,7 @@ def _reader(
     store = readable_store(chosen_store(orchestrator.store, args), target, "workflows")
     cls = type(orchestrator)
     try:
-        reader = cls(store, bus=_NoCommands())
+        reader = cls(store, bus=_NoCommands(), recover=False)
     except Exception as exc:
         raise UsageError(
             f"cannot open {target} for reading: {cls.__name__}(store, bus=...) "

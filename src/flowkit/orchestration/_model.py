@@ -223,14 +223,19 @@ class WorkflowInfo:
         status: its status.
         input: the workflow's input, typed.
         steps: each step's state, in declaration order.
-        history: every transition, oldest first.
+        history: every transition, oldest first (empty in :meth:`Orchestrator.list`,
+            which reads no history).
         error: the failure that made the workflow turn back (or fail), if any.
         reason: why it was compensated or failed.
         compensated: the steps whose compensations ran, in the order they finished.
         remaining: for a ``FAILED`` workflow, what is left to do (see :class:`Outcome`).
         created_at: when the workflow was first recorded (UTC).
         updated_at: when it was last checkpointed (UTC).
-        version: the record's version (one per checkpoint).
+        version: the record's version (one per checkpoint and takeover).
+        owner: the process holding the workflow's lease (``host:pid:random``),
+            or None when nobody does.
+        lease_until: when that lease runs out, unless renewed (UTC).
+        cancel_requested: whether a cancellation was asked of its owner.
     """
 
     id: str
@@ -246,6 +251,17 @@ class WorkflowInfo:
     created_at: datetime | None = None
     updated_at: datetime | None = None
     version: int = 0
+    owner: str | None = None
+    lease_until: datetime | None = None
+    cancel_requested: bool = False
+
+    @property
+    def cursor(self) -> str:
+        """Where a listing continues after this workflow: pass it as
+        ``list(after=...)`` for the next page."""
+        if self.created_at is None:
+            raise ValueError(f"workflow {self.id!r} was never recorded: it has no cursor")
+        return f"{self.created_at.isoformat()}/{self.id}"
 
     @property
     def results(self) -> Mapping[str, Any]:

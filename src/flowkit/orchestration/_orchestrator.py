@@ -638,12 +638,22 @@ class Orchestrator(Generic[InputT]):
         *,
         status: WorkflowStatus | str | Iterable[WorkflowStatus | str] | None = None,
         limit: int | None = None,
+        after: str | None = None,
     ) -> list[WorkflowInfo]:
-        """This orchestrator's workflows, oldest first.
+        """This orchestrator's workflows, oldest first, without their history
+        (:meth:`get` has it).
+
+        Page through many with ``limit`` and ``after``::
+
+            page = await orchestrator.list(limit=100)
+            while page:
+                ...
+                page = await orchestrator.list(limit=100, after=page[-1].cursor)
 
         Args:
             status: only workflows with this status (or one of these).
             limit: at most this many.
+            after: a :attr:`WorkflowInfo.cursor`: only the workflows listed after it.
 
         Returns:
             Their details. A workflow whose record cannot be read is left out,
@@ -657,7 +667,9 @@ class Orchestrator(Generic[InputT]):
             statuses = [WorkflowStatus(status).value]
         else:
             statuses = [WorkflowStatus(s).value for s in status]
-        records = await self._store.list_workflows(status=statuses, name=self.name, limit=limit)
+        records = await self._store.list_workflows(
+            status=statuses, name=self.name, limit=limit, after=after
+        )
         infos: list[WorkflowInfo] = []
         for record in records:
             run = Run(self._plan, record.id, None, None, None)

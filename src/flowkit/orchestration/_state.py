@@ -330,6 +330,7 @@ class Run:
 
     __slots__ = (
         "begun",
+        "cancel_asked",
         "cancel_requested",
         "clock",
         "compensated",
@@ -344,6 +345,7 @@ class Run:
         "id",
         "input",
         "input_json",
+        "lease_until",
         "lock",
         "outcome",
         "owner",
@@ -379,6 +381,8 @@ class Run:
         self.history: list[list[Any]] = []
         self.saved = 0  # how many history entries the store has
         self.owner: str | None = None  # the process holding the lease
+        self.lease_until: datetime | None = None  # as last read from the store
+        self.cancel_asked = False  # as last read from the store
         self.results: dict[str, Any] = {}
         self.results_view: Mapping[str, Any] = MappingProxyType(self.results)
         self.error: dict[str, str] | None = None
@@ -619,6 +623,8 @@ class Run:
         self.history = list(history)
         self.saved = len(self.history)
         self.owner = record.owner
+        self.lease_until = record.lease_until
+        self.cancel_asked = record.cancel_requested
         self.results.clear()
         self.results.update(results)
         self.error = error
@@ -663,6 +669,9 @@ class Run:
             created_at=self.created_at,
             updated_at=self.updated_at,
             version=self.version,
+            owner=self.owner,
+            lease_until=self.lease_until,
+            cancel_requested=self.cancel_asked,
         )
 
 
