@@ -20,7 +20,9 @@ class Retry:
     the delay is drawn uniformly from 80 % to 120 % of its nominal value).
 
     Args:
-        attempts: total number of attempts, the first included (1 means no retry).
+        attempts: total number of attempts, the first included (1 means no
+            retry; None: no limit, until an attempt succeeds or raises a
+            non-retryable error).
         backoff: delay before the second attempt, in seconds.
         multiplier: growth factor of the delay between attempts.
         max_backoff: upper bound of any delay, in seconds.
@@ -32,7 +34,7 @@ class Retry:
         DefinitionError: if a value is out of range.
     """
 
-    attempts: int = 3
+    attempts: int | None = 3
     backoff: float = 0.1
     multiplier: float = 2.0
     max_backoff: float = 30.0
@@ -40,8 +42,15 @@ class Retry:
     non_retryable: tuple[type[BaseException], ...] = field(default=())
 
     def __post_init__(self) -> None:
-        if self.attempts < 1:
-            raise DefinitionError(f"Retry.attempts must be >= 1, got {self.attempts}")
+        if self.attempts is not None and (
+            isinstance(self.attempts, bool)
+            or not isinstance(self.attempts, int)
+            or self.attempts < 1
+        ):
+            raise DefinitionError(
+                f"Retry.attempts must be an integer >= 1, or None for no limit; "
+                f"got {self.attempts!r}"
+            )
         if self.backoff < 0 or self.max_backoff < 0:
             raise DefinitionError("Retry.backoff and Retry.max_backoff must be >= 0")
         if self.multiplier < 1:
@@ -81,4 +90,4 @@ class Retry:
 
     def should_retry(self, exc: BaseException, attempt: int) -> bool:
         """Whether attempt number ``attempt`` (1-based), which raised ``exc``, gets another."""
-        return attempt < self.attempts and self.is_retryable(exc)
+        return (self.attempts is None or attempt < self.attempts) and self.is_retryable(exc)
