@@ -467,9 +467,9 @@ class Consumer:
         retry = spec.retry
         # A BaseException that is not a cancellation (KeyboardInterrupt or
         # SystemExit raised by the handler, a custom one) is never retried.
-        retryable = isinstance(exc, Exception) and retry.should_retry(exc, attempt)
+        retryable = isinstance(exc, Exception) and retry.is_retryable(exc)
         duration = time.monotonic() - started if self._observers else 0.0
-        if retryable:
+        if retryable and retry.should_retry(exc, attempt):
             delay = retry.delay(attempt)
             deadline = deadline_of(delivery.headers) if spec.kind == "command" else None
             if deadline is not None and time.time() + delay >= deadline:
