@@ -215,7 +215,10 @@ async def test_schema_version_table_and_concurrent_openers(postgres_url: str, sc
     )
     assert [row["table_name"] for row in tables] == [
         "flowkit_dead_letters",
+        "flowkit_history",
         "flowkit_inbox",
+        "flowkit_leases",
+        "flowkit_outbox",
         "flowkit_schema_version",
         "flowkit_workflows",
     ]

@@ -2,9 +2,12 @@
 
 An operation is a coroutine function ``op(conn, tables, *args)``; its name
 names it in errors (``PostgreSQL save_workflow failed: ...``). Each runs in
-autocommit mode: its one modifying statement is atomic on its own, and the
-reads that may follow it only explain its outcome. Times are the server's
-(``now()``), so the clocks of the processes sharing a database never disagree.
+autocommit mode: its one modifying statement is atomic on its own (a save
+appends its history in that statement, through a ``WITH`` clause), and the
+reads that may follow it only explain its outcome; creating a workflow with
+its first history entries is the one short transaction. Times are the
+server's (``now()``), so the clocks of the processes sharing a database never
+disagree.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ..._errors import ConcurrencyConflict, NotFound, WorkflowNotFound
-from .._base import Claim
+from .._base import UNFINISHED, Claim
 from ._rows import LETTER_COLUMNS, WORKFLOW_COLUMNS
 
 if TYPE_CHECKING:
@@ -23,6 +26,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "add_dead_letter",
+    "claim_workflow",
+    "claim_workflows",
     "create_workflow",
     "delete_dead_letter",
     "get_dead_letter",
@@ -35,6 +40,9 @@ __all__ = [
     "load_workflow",
     "prune_dead_letters",
     "prune_workflows",
+    "release_workflows",
+    "renew_leases",
+    "request_cancel",
     "save_workflow",
 ]
 
@@ -212,44 +220,110 @@ async def prune_dead_letters(
 
 # -- workflows --------------------------------------------------------------------------
 
+# A workflow's lease runs out at ``lease_until``, by the server's clock. now()
+# is the start of the transaction; every write below is one statement in
+# autocommit mode, or reads now() in the first statement of its transaction,
+# so now() is the time of the write. ``now() + make_interval(secs => NULL)``
+# is NULL: a record written without an owner gets no lease time.
+#
+# History entries are the rows of the history table, numbered 0, 1, ... per
+# workflow. Only a write that holds the workflow's version (its create, or a
+# save whose version matched) appends to it, so the next number is one past
+# the highest, read from the primary key's index: a save's cost does not grow
+# with the history.
+
+#: The statuses whose workflows have an owner, as a SQL array literal.
+_UNFINISHED = "ARRAY[" + ", ".join(f"'{status}'" for status in UNFINISHED) + "]::text[]"
+
 
 async def create_workflow(
-    conn: Connection, tables: Tables, workflow_id: str, name: str, status: str, state: str
+    conn: Connection,
+    tables: Tables,
+    workflow_id: str,
+    name: str,
+    status: str,
+    state: str,
+    owner: str | None,
+    lease: float | None,
+    history: list[str],
 ) -> tuple[Row, bool]:
-    """Insert a record at version 1, or return the row that has its id."""
-    row = await conn.fetchrow(
-        f"INSERT INTO {tables.workflows} "
-        "(id, name, status, version, state, created_at, updated_at) "
-        "VALUES ($1, $2, $3, 1, $4::jsonb, now(), now()) "
-        f"ON CONFLICT (id) DO NOTHING RETURNING {WORKFLOW_COLUMNS}",
-        workflow_id,
-        name,
-        status,
-        state,
-    )
-    if row is not None:
-        return row, True
-    return await load_workflow(conn, tables, workflow_id), False
+    """Insert a record at version 1 with its first history entries (one
+    transaction), or return the row that has its id."""
+    async with conn.transaction():
+        row = await conn.fetchrow(
+            f"INSERT INTO {tables.workflows} (id, name, status, version, state, created_at, "
+            "updated_at, owner, lease_until, cancel_requested) "
+            "VALUES ($1, $2, $3, 1, $4::jsonb, now(), now(), $5, "
+            "now() + make_interval(secs => $6), false) "
+            f"ON CONFLICT (id) DO NOTHING RETURNING {WORKFLOW_COLUMNS}",
+            workflow_id,
+            name,
+            status,
+            state,
+            owner,
+            lease,
+        )
+        if row is not None:
+            # Entries left by a record removed by hand are not this one's.
+            await conn.execute(f"DELETE FROM {tables.history} WHERE workflow_id = $1", workflow_id)
+            if history:
+                await conn.execute(
+                    f"INSERT INTO {tables.history} (workflow_id, seq, entry) "
+                    "SELECT $1, h.n - 1, h.entry::jsonb "
+                    "FROM unnest($2::text[]) WITH ORDINALITY AS h(entry, n)",
+                    workflow_id,
+                    history,
+                )
+            return row, True
+    return await _workflow_row(conn, tables, workflow_id), False
+
+
+#: The part of a save's ``UPDATE`` that writes the record, ``$1`` to ``$6``.
+_SAVE_UPDATE = (
+    "UPDATE {w} SET status = $2, state = $3::jsonb, version = version + 1, "
+    "updated_at = now(), owner = $5, lease_until = now() + make_interval(secs => $6), "
+    "cancel_requested = ($2 = 'RUNNING' AND cancel_requested) "
+    "WHERE id = $1 AND version = $4 "
+    "RETURNING name, created_at, updated_at, owner, lease_until, cancel_requested"
+)
 
 
 async def save_workflow(
-    conn: Connection, tables: Tables, workflow_id: str, status: str, state: str, version: int
+    conn: Connection,
+    tables: Tables,
+    workflow_id: str,
+    status: str,
+    state: str,
+    version: int,
+    owner: str | None,
+    lease: float | None,
+    history: list[str],
 ) -> Row:
-    """Write a record read at ``version``; return its name and times.
+    """Write a record read at ``version`` and append ``history`` to its own, in
+    one statement; return its name, times, owner and cancel request.
 
     Raises:
         ConcurrencyConflict: if the stored version is another.
         WorkflowNotFound: if no record has this id.
     """
-    row = await conn.fetchrow(
-        f"UPDATE {tables.workflows} SET status = $2, state = $3::jsonb, "
-        "version = version + 1, updated_at = now() WHERE id = $1 AND version = $4 "
-        "RETURNING name, created_at, updated_at",
-        workflow_id,
-        status,
-        state,
-        version,
-    )
+    update = _SAVE_UPDATE.format(w=tables.workflows)
+    args: list[object] = [workflow_id, status, state, version, owner, lease]
+    if history:
+        # The entries are inserted only when the update matched (joined with
+        # its one returned row), numbered on from the highest stored.
+        sql = (
+            f"WITH saved AS ({update}), appended AS ("
+            f"INSERT INTO {tables.history} (workflow_id, seq, entry) "
+            "SELECT $1, last.seq + h.n, h.entry::jsonb FROM saved, "
+            f"(SELECT COALESCE(max(seq), -1) AS seq FROM {tables.history} "
+            "WHERE workflow_id = $1) AS last, "
+            "unnest($7::text[]) WITH ORDINALITY AS h(entry, n)) "
+            "SELECT * FROM saved"
+        )
+        args.append(history)
+    else:
+        sql = update
+    row = await conn.fetchrow(sql, *args)
     if row is not None:
         return row
     stored = await conn.fetchval(
@@ -259,12 +333,30 @@ async def save_workflow(
         raise WorkflowNotFound(f"no workflow with id {workflow_id!r}")
     raise ConcurrencyConflict(
         f"workflow {workflow_id!r} is at version {stored}, not {version}: "
-        "it was saved by someone else"
+        "it was saved or claimed by someone else"
     )
 
 
 async def load_workflow(conn: Connection, tables: Tables, workflow_id: str) -> Row:
-    """One record's row.
+    """One record's row and its history, as the JSON text of an array of the
+    entries in order (column ``history``), read in one statement.
+
+    Raises:
+        WorkflowNotFound: if no record has this id.
+    """
+    row = await conn.fetchrow(
+        f"SELECT {WORKFLOW_COLUMNS}, COALESCE((SELECT json_agg(h.entry ORDER BY h.seq) "
+        f"FROM {tables.history} AS h WHERE h.workflow_id = w.id), '[]')::text AS history "
+        f"FROM {tables.workflows} AS w WHERE id = $1",
+        workflow_id,
+    )
+    if row is None:
+        raise WorkflowNotFound(f"no workflow with id {workflow_id!r}")
+    return row
+
+
+async def _workflow_row(conn: Connection, tables: Tables, workflow_id: str) -> Row:
+    """One record's row, without history.
 
     Raises:
         WorkflowNotFound: if no record has this id.
@@ -283,8 +375,10 @@ async def list_workflows(
     statuses: list[str] | None,
     name: str | None,
     limit: int | None,
+    after: tuple[datetime, str] | None,
 ) -> list[Row]:
-    """The rows of the matching records, oldest first (all when ``limit`` is None)."""
+    """The rows of the matching records, oldest first by ``(created_at, id)``,
+    after that pair when ``after`` is one (all when ``limit`` is None)."""
     clauses: list[str] = []
     params: list[object] = []
     if statuses is not None:
@@ -295,12 +389,125 @@ async def list_workflows(
     if name is not None:
         params.append(name)
         clauses.append(f"name = ${len(params)}")
+    if after is not None:
+        params.extend(after)
+        clauses.append(f"(created_at, id) > (${len(params) - 1}::timestamptz, ${len(params)})")
     where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
-    sql = f"SELECT {WORKFLOW_COLUMNS} FROM {tables.workflows}{where} ORDER BY created_at, seq"
+    sql = f"SELECT {WORKFLOW_COLUMNS} FROM {tables.workflows}{where} ORDER BY created_at, id"
     if limit is not None:
         params.append(limit)
         sql += f" LIMIT ${len(params)}"
     return list(await conn.fetch(sql, *params))
+
+
+# -- ownership --------------------------------------------------------------------------
+
+
+async def claim_workflows(
+    conn: Connection,
+    tables: Tables,
+    name: str,
+    owner: str,
+    lease: float,
+    limit: int,
+    exclude: list[str],
+) -> list[Row]:
+    """Take the lease of at most ``limit`` free unfinished records of ``name``,
+    oldest first, in one statement; return their rows in that order.
+
+    The free rows are locked ``FOR UPDATE SKIP LOCKED``: concurrent claimers
+    pass over each other's rows instead of waiting, and a row another claimer
+    took meanwhile is checked again, found held, and left.
+    """
+    rows = await conn.fetch(
+        f"WITH claimed AS (UPDATE {tables.workflows} AS w "
+        "SET owner = $2, lease_until = now() + make_interval(secs => $3), "
+        "version = w.version + 1 "
+        f"FROM (SELECT id FROM {tables.workflows} "
+        f"WHERE name = $1 AND status = ANY({_UNFINISHED}) "
+        "AND (owner IS NULL OR lease_until <= now() "
+        "OR (owner = $2 AND NOT (id = ANY($5::text[])))) "
+        "ORDER BY created_at, id LIMIT $4 FOR UPDATE SKIP LOCKED) AS free "
+        f"WHERE w.id = free.id RETURNING {_qualified('w')}) "
+        "SELECT * FROM claimed ORDER BY created_at, id",
+        name,
+        owner,
+        lease,
+        limit,
+        exclude,
+    )
+    return list(rows)
+
+
+async def claim_workflow(
+    conn: Connection, tables: Tables, workflow_id: str, owner: str, lease: float
+) -> Row | None:
+    """Take the lease of one unfinished record that is free (or ``owner``'s own).
+
+    Returns:
+        Its row, or None if it is finished or held by another live owner.
+
+    Raises:
+        WorkflowNotFound: if no record has this id.
+    """
+    row = await conn.fetchrow(
+        f"UPDATE {tables.workflows} SET owner = $2, "
+        "lease_until = now() + make_interval(secs => $3), version = version + 1 "
+        f"WHERE id = $1 AND status = ANY({_UNFINISHED}) "
+        "AND (owner IS NULL OR lease_until <= now() OR owner = $2) "
+        f"RETURNING {WORKFLOW_COLUMNS}",
+        workflow_id,
+        owner,
+        lease,
+    )
+    if row is not None:
+        return row
+    await _workflow_row(conn, tables, workflow_id)  # WorkflowNotFound if missing
+    return None
+
+
+async def renew_leases(
+    conn: Connection, tables: Tables, owner: str, workflow_ids: list[str], lease: float
+) -> dict[str, bool]:
+    """Extend ``owner``'s leases on these unfinished records; map each one
+    renewed to its cancel request."""
+    rows = await conn.fetch(
+        f"UPDATE {tables.workflows} SET lease_until = now() + make_interval(secs => $3) "
+        f"WHERE owner = $1 AND id = ANY($2::text[]) AND status = ANY({_UNFINISHED}) "
+        "RETURNING id, cancel_requested",
+        owner,
+        workflow_ids,
+        lease,
+    )
+    return {row["id"]: row["cancel_requested"] for row in rows}
+
+
+async def release_workflows(
+    conn: Connection, tables: Tables, owner: str, workflow_ids: list[str]
+) -> None:
+    """Drop ``owner``'s leases on these records; the versions stay."""
+    await conn.execute(
+        f"UPDATE {tables.workflows} SET owner = NULL, lease_until = NULL "
+        "WHERE owner = $1 AND id = ANY($2::text[])",
+        owner,
+        workflow_ids,
+    )
+
+
+async def request_cancel(conn: Connection, tables: Tables, workflow_id: str) -> Row:
+    """Flag a ``RUNNING`` record for cancellation; return its row, flagged or not.
+
+    Raises:
+        WorkflowNotFound: if no record has this id.
+    """
+    row = await conn.fetchrow(
+        f"UPDATE {tables.workflows} SET cancel_requested = true "
+        f"WHERE id = $1 AND status = 'RUNNING' RETURNING {WORKFLOW_COLUMNS}",
+        workflow_id,
+    )
+    if row is not None:
+        return row
+    return await _workflow_row(conn, tables, workflow_id)
 
 
 async def prune_workflows(
@@ -312,7 +519,8 @@ async def prune_workflows(
     limit: int,
 ) -> int:
     """Delete at most ``limit`` records in ``statuses`` (of ``name``) updated
-    before ``cutoff``, the least recently updated first."""
+    before ``cutoff``, the least recently updated first, with their history,
+    in one statement."""
     if not statuses:
         return 0
     params: list[object] = [statuses, cutoff]
@@ -321,10 +529,18 @@ async def prune_workflows(
         params.append(name)
         clauses.append(f"name = ${len(params)}")
     params.append(limit)
-    status = await conn.execute(
-        f"DELETE FROM {tables.workflows} WHERE id IN ("
+    removed = await conn.fetchval(
+        f"WITH gone AS (DELETE FROM {tables.workflows} WHERE id IN ("
         f"SELECT id FROM {tables.workflows} WHERE {' AND '.join(clauses)} "
-        f"ORDER BY updated_at, seq LIMIT ${len(params)})",
+        f"ORDER BY updated_at, seq LIMIT ${len(params)}) RETURNING id), "
+        f"erased AS (DELETE FROM {tables.history} "
+        "WHERE workflow_id IN (SELECT id FROM gone)) "
+        "SELECT count(*) FROM gone",
         *params,
     )
-    return _count(status)
+    return int(removed)
+
+
+def _qualified(alias: str) -> str:
+    """:data:`WORKFLOW_COLUMNS` of the table named ``alias`` in the query."""
+    return ", ".join(f"{alias}.{column.strip()}" for column in WORKFLOW_COLUMNS.split(","))

@@ -12,16 +12,20 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
+from pydantic_core import to_json
+
 from ..._errors import StoreError
 from .._base import DeadLetter, WorkflowRecord
 from .._codec import decode_state, utc
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Mapping, Sequence
 
 __all__ = [
     "LETTER_COLUMNS",
     "WORKFLOW_COLUMNS",
+    "history_args",
+    "history_from_text",
     "letter_args",
     "letter_from_row",
     "workflow_from_row",
@@ -33,7 +37,10 @@ LETTER_COLUMNS = (
     "failed_at, message_id"
 )
 #: The columns of a workflow row, ``state`` as JSON text.
-WORKFLOW_COLUMNS = "id, name, status, version, state::text AS state, created_at, updated_at"
+WORKFLOW_COLUMNS = (
+    "id, name, status, version, state::text AS state, created_at, updated_at, "
+    "owner, lease_until, cancel_requested"
+)
 
 
 def letter_args(letter: DeadLetter) -> tuple[Any, ...]:
@@ -85,8 +92,10 @@ def letter_from_row(row: Mapping[str, Any]) -> DeadLetter:
     )
 
 
-def workflow_from_row(row: Mapping[str, Any]) -> WorkflowRecord:
-    """The workflow record a row keeps.
+def workflow_from_row(
+    row: Mapping[str, Any], history: Sequence[Sequence[Any]] = ()
+) -> WorkflowRecord:
+    """The workflow record a row keeps, with ``history`` when it was read too.
 
     Raises:
         StoreError: if its state is not a JSON object.
@@ -99,7 +108,48 @@ def workflow_from_row(row: Mapping[str, Any]) -> WorkflowRecord:
         version=row["version"],
         created_at=row["created_at"],
         updated_at=row["updated_at"],
+        owner=row["owner"],
+        lease_until=row["lease_until"],
+        cancel_requested=row["cancel_requested"],
+        history=history,
     )
+
+
+def history_args(entries: Sequence[Sequence[Any]]) -> list[str]:
+    """History entries as the JSON texts stored, each an array, converted as the state is.
+
+    Raises:
+        StoreError: if an entry is not a list or tuple, or has no JSON form.
+    """
+    encoded: list[str] = []
+    for index, entry in enumerate(entries):
+        if not isinstance(entry, list | tuple):
+            raise StoreError(
+                f"history entry {index} must be a list or tuple, not {type(entry).__name__}"
+            )
+        try:
+            encoded.append(to_json(entry).decode())
+        except ValueError as exc:
+            raise StoreError(f"history entry {index} is not JSON-serializable: {exc}") from exc
+    return encoded
+
+
+def history_from_text(workflow_id: str, text: str) -> tuple[list[Any], ...]:
+    """The history entries of a workflow, read as one JSON array of its entries.
+
+    Raises:
+        StoreError: if an entry is not a JSON array (naming the entry's
+            position in the history, never its value).
+    """
+    entries: object = decode_state(text, "workflow history")
+    if not isinstance(entries, list):
+        raise _unreadable("workflow", workflow_id, "its history is not a JSON array")
+    for index, entry in enumerate(entries):
+        if not isinstance(entry, list):
+            raise _unreadable(
+                "workflow", workflow_id, f"its history entry {index} is not a JSON array"
+            )
+    return tuple(entries)
 
 
 def _unreadable(kind: str, record_id: object, problem: str) -> StoreError:

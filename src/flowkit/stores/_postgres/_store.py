@@ -9,14 +9,29 @@ from typing import TYPE_CHECKING, Any, Self, TypeVar
 from ..._errors import StoreError
 from ..._redact import redact_url
 from .._base import WorkflowRecord
-from .._codec import encode_state, lease_seconds, prune_limit, status_tuple, utc
+from .._codec import (
+    claim_limit,
+    encode_state,
+    lease_seconds,
+    owner_lease,
+    parse_cursor,
+    prune_limit,
+    status_tuple,
+    utc,
+)
 from . import _ops as ops
 from ._pool import check_asyncio, create_pool, describe, translated
-from ._rows import letter_args, letter_from_row, workflow_from_row
+from ._rows import (
+    history_args,
+    history_from_text,
+    letter_args,
+    letter_from_row,
+    workflow_from_row,
+)
 from ._schema import Tables, migrate
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Collection
+    from collections.abc import Awaitable, Callable, Collection, Sequence
     from datetime import datetime
     from types import TracebackType
 
@@ -28,6 +43,19 @@ __all__ = ["PostgresStore"]
 T = TypeVar("T")
 
 logger = logging.getLogger("flowkit.stores")
+
+
+def _held(owner: str, lease: float) -> float:
+    """The seconds of the lease ``owner`` takes.
+
+    Raises:
+        StoreError: if ``owner`` is not a non-empty string or ``lease`` not a
+            positive number.
+    """
+    held = owner_lease(owner, lease)
+    if held is None:
+        raise StoreError(f"a workflow's owner must be a non-empty string, not {owner!r}")
+    return held
 
 
 class PostgresStore:
@@ -305,50 +333,93 @@ class PostgresStore:
 
     # -- workflows -----------------------------------------------------------
 
-    async def create_workflow(self, record: WorkflowRecord) -> tuple[WorkflowRecord, bool]:
+    async def create_workflow(
+        self, record: WorkflowRecord, *, lease: float | None = None
+    ) -> tuple[WorkflowRecord, bool]:
         """Insert a new workflow record with version 1, unless the id exists.
 
-        Insert-or-return-existing is one atomic statement. The store sets
-        ``created_at`` and ``updated_at``; the record's own version and
-        timestamps are ignored.
+        Insert-or-return-existing is one ``INSERT ... ON CONFLICT DO NOTHING``;
+        the record's history entries are inserted in the same transaction.
+        The store sets ``created_at`` and ``updated_at``; the record's own
+        version, timestamps and lease time are ignored.
 
         Args:
-            record: the new workflow's id, name, status and state.
+            record: the new workflow's id, name, status, state, first history
+                entries and owner.
+            lease: the seconds the owner's lease holds, by the server's clock
+                (needed when ``record.owner`` is set).
 
         Returns:
             ``(stored, created)``: the new record and True, or the record that
-            already had this id and False (it is left unchanged).
+            already had this id and False (it is left unchanged). Neither
+            carries history.
 
         Raises:
-            StoreError: if the store is not open, the state is not
-                JSON-serializable, or PostgreSQL fails.
+            StoreError: if the store is not open, the state or a history entry
+                is not JSON-serializable, an owner comes without a positive
+                lease, or PostgreSQL fails.
         """
+        held = owner_lease(record.owner, lease)
         state = encode_state(record.state)
+        history = history_args(record.history)
         row, created = await self._run(
-            ops.create_workflow, record.id, record.name, record.status, state
+            ops.create_workflow,
+            record.id,
+            record.name,
+            record.status,
+            state,
+            record.owner,
+            held,
+            history,
         )
         return workflow_from_row(row), created
 
-    async def save_workflow(self, record: WorkflowRecord) -> WorkflowRecord:
+    async def save_workflow(
+        self,
+        record: WorkflowRecord,
+        *,
+        history: Sequence[Sequence[Any]] = (),
+        lease: float | None = None,
+    ) -> WorkflowRecord:
         """Write a changed record; ``record.version`` is the version it was read at.
 
-        One ``UPDATE ... WHERE id = $1 AND version = $2`` writes the status and
-        state; the name and ``created_at`` stay as they were created.
+        One statement updates the record ``WHERE id = $1 AND version = $2``
+        and, only if it matched, appends ``history`` to the stored entries
+        (``record.history`` is ignored): its cost does not grow with the
+        history. The name and ``created_at`` stay as they were created.
+        ``record.owner`` becomes the owner, holding the lease for ``lease``
+        seconds from now by the server's clock; a status other than
+        ``RUNNING`` drops a pending cancel request.
 
         Args:
             record: the changed record.
+            history: the entries to append.
+            lease: the seconds the owner's lease holds (needed when
+                ``record.owner`` is set).
 
         Returns:
-            The stored record, its version incremented.
+            The stored record, its version incremented, without history.
 
         Raises:
             ConcurrencyConflict: if the stored version is not ``record.version``.
             WorkflowNotFound: if no record has this id.
-            StoreError: if the store is not open, the state is not
-                JSON-serializable, or PostgreSQL fails.
+            StoreError: if the store is not open, the state or a history entry
+                is not JSON-serializable, an owner comes without a positive
+                lease, or PostgreSQL fails.
         """
+        held = owner_lease(record.owner, lease)
         state = encode_state(record.state)
-        row = await self._run(ops.save_workflow, record.id, record.status, state, record.version)
+        entries = history_args(history)
+        row = await self._run(
+            ops.save_workflow,
+            record.id,
+            record.status,
+            state,
+            record.version,
+            record.owner,
+            held,
+            entries,
+        )
         return WorkflowRecord(
             id=record.id,
             name=row["name"],
@@ -357,10 +428,13 @@ class PostgresStore:
             version=record.version + 1,
             created_at=row["created_at"],
             updated_at=row["updated_at"],
+            owner=row["owner"],
+            lease_until=row["lease_until"],
+            cancel_requested=row["cancel_requested"],
         )
 
     async def load_workflow(self, workflow_id: str) -> WorkflowRecord:
-        """One workflow record.
+        """One workflow record, with its whole history (read in one statement).
 
         Args:
             workflow_id: the workflow's id.
@@ -373,7 +447,8 @@ class PostgresStore:
             StoreError: if the store is not open, the record cannot be read,
                 or PostgreSQL fails.
         """
-        return workflow_from_row(await self._run(ops.load_workflow, workflow_id))
+        row = await self._run(ops.load_workflow, workflow_id)
+        return workflow_from_row(row, history_from_text(row["id"], row["history"]))
 
     async def list_workflows(
         self,
@@ -381,32 +456,132 @@ class PostgresStore:
         status: Collection[str] | None = None,
         name: str | None = None,
         limit: int | None = None,
+        after: str | None = None,
     ) -> list[WorkflowRecord]:
-        """Workflow records, oldest (by ``created_at``) first.
+        """Workflow records without history, oldest first (by ``created_at``,
+        then id).
 
         Args:
             status: only records in one of these statuses (a single string is
                 taken as one status).
             name: only records of this orchestrator.
             limit: at most this many records (all when None).
+            after: a record's :attr:`~flowkit.stores.WorkflowRecord.cursor`:
+                only the records listed after it.
 
         Returns:
             The matching records.
 
         Raises:
-            StoreError: if the store is not open, a record cannot be read, or
-                PostgreSQL fails.
+            StoreError: if the store is not open, ``after`` is not a cursor, a
+                record cannot be read, or PostgreSQL fails.
         """
-        statuses: list[str] | None
-        if status is None:
-            statuses = None
-        elif isinstance(status, str):
-            statuses = [status]
-        else:
-            statuses = list(dict.fromkeys(status))
+        start = None if after is None else parse_cursor(after)
+        statuses = None if status is None else list(status_tuple(status))
         wanted = None if limit is None else max(limit, 0)
-        rows = await self._run(ops.list_workflows, statuses, name, wanted)
+        rows = await self._run(ops.list_workflows, statuses, name, wanted, start)
         return [workflow_from_row(row) for row in rows]
+
+    # -- ownership -----------------------------------------------------------
+
+    async def claim_workflows(
+        self,
+        name: str,
+        owner: str,
+        *,
+        lease: float,
+        limit: int = 100,
+        exclude: Collection[str] = (),
+    ) -> list[WorkflowRecord]:
+        """Take the lease of unfinished workflows of ``name`` that nobody holds,
+        oldest first.
+
+        One ``UPDATE`` claims the rows a subquery picks ``FOR UPDATE SKIP
+        LOCKED``, so concurrent claimers, in any process, never claim one
+        workflow twice. Lease times are the server's clock.
+
+        Args:
+            name: the orchestrator's name.
+            owner: the claiming process's id.
+            lease: how long the lease holds, in seconds.
+            limit: the most workflows claimed by this call.
+            exclude: workflow ids of ``owner`` that are not free.
+
+        Returns:
+            The claimed records, without history, owned by ``owner``, their
+            versions incremented.
+
+        Raises:
+            StoreError: if the store is not open, ``owner`` is empty, ``lease``
+                is not a positive number, ``limit`` is not a positive integer,
+                a record cannot be read, or PostgreSQL fails.
+        """
+        held = _held(owner, lease)
+        most = claim_limit(limit)
+        skip = [exclude] if isinstance(exclude, str) else list(exclude)
+        rows = await self._run(ops.claim_workflows, name, owner, held, most, skip)
+        return [workflow_from_row(row) for row in rows]
+
+    async def claim_workflow(
+        self, workflow_id: str, owner: str, *, lease: float
+    ) -> WorkflowRecord | None:
+        """Take the lease of one unfinished workflow if it is free: no owner, an
+        expired lease, or ``owner`` itself; its version is incremented.
+
+        Returns:
+            The claimed record (without history), or None if the workflow is
+            finished or another owner's lease on it still holds.
+
+        Raises:
+            WorkflowNotFound: if no record has this id.
+            StoreError: if the store is not open, ``owner`` is empty, ``lease``
+                is not a positive number, or PostgreSQL fails.
+        """
+        held = _held(owner, lease)
+        row = await self._run(ops.claim_workflow, workflow_id, owner, held)
+        return None if row is None else workflow_from_row(row)
+
+    async def renew_leases(
+        self, owner: str, workflow_ids: Collection[str], *, lease: float
+    ) -> dict[str, bool]:
+        """Extend ``owner``'s leases on these unfinished workflows to ``lease``
+        seconds from now (a lapsed lease nobody claimed included); the
+        versions stay.
+
+        Returns:
+            For each workflow ``owner`` still holds, whether a cancel was requested.
+
+        Raises:
+            StoreError: if the store is not open, ``owner`` is empty, ``lease``
+                is not a positive number, or PostgreSQL fails.
+        """
+        held = _held(owner, lease)
+        ids = [workflow_ids] if isinstance(workflow_ids, str) else list(workflow_ids)
+        return await self._run(ops.renew_leases, owner, ids, held)
+
+    async def release_workflows(self, owner: str, workflow_ids: Collection[str]) -> None:
+        """Give up ``owner``'s leases on these workflows; the others are left
+        as they are, and the versions stay.
+
+        Raises:
+            StoreError: if the store is not open or PostgreSQL fails.
+        """
+        ids = [workflow_ids] if isinstance(workflow_ids, str) else list(workflow_ids)
+        await self._run(ops.release_workflows, owner, ids)
+
+    async def request_cancel(self, workflow_id: str) -> WorkflowRecord:
+        """Ask the owner of a ``RUNNING`` workflow to cancel it (a workflow in
+        another status is left as it is); the version stays.
+
+        Returns:
+            The record after the request, without history.
+
+        Raises:
+            WorkflowNotFound: if no record has this id.
+            StoreError: if the store is not open, the record cannot be read,
+                or PostgreSQL fails.
+        """
+        return workflow_from_row(await self._run(ops.request_cancel, workflow_id))
 
     async def prune_workflows(
         self,
@@ -416,12 +591,13 @@ class PostgresStore:
         name: str | None = None,
         limit: int = 10_000,
     ) -> int:
-        """Remove the records in ``statuses`` last updated before ``older_than``.
+        """Remove the records in ``statuses`` last updated before ``older_than``,
+        with their history.
 
         An unfinished status (``RUNNING``, ``COMPENSATING``) is pruned only
-        when named. One ``DELETE`` statement removes at most ``limit``
-        records, the least recently updated first: call again until it
-        returns less. ``updated_at`` is the server's clock.
+        when named. One statement removes at most ``limit`` records, the
+        least recently updated first, and their history entries: call again
+        until it returns less. ``updated_at`` is the server's clock.
 
         Args:
             older_than: a timezone-aware time; records whose ``updated_at``
