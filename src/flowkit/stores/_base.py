@@ -356,18 +356,18 @@ class StateStore(Protocol):
         nobody holds, oldest first.
 
         A workflow is free when it has no owner, when its lease ran out, or
-        when it is held by ``owner`` itself but not in ``exclude`` (the ids the
-        caller is running: the others of its own were left by an instance
-        that stopped). Each claimed record's version is incremented, fencing
-        out a previous holder. Several callers at once never claim one
-        workflow twice.
+        when it is held by ``owner`` itself (left by an instance of its
+        process that stopped), unless its id is in ``exclude`` (the ids the
+        caller is running, whose leases may have lapsed). Each claimed
+        record's version is incremented, fencing out a previous holder.
+        Several callers at once never claim one workflow twice.
 
         Args:
             name: the orchestrator's name.
             owner: the claiming process's id.
             lease: how long the lease holds, in seconds (positive).
             limit: the most workflows claimed by this call (positive).
-            exclude: workflow ids of ``owner`` that are not free.
+            exclude: workflow ids never claimed by this call.
 
         Returns:
             The claimed records, without history, owned by ``owner``.

@@ -90,17 +90,19 @@ class _StoredWorkflow:
     def hold(self, owner: str | None, lease: float | None, now: datetime) -> None:
         """Give the lease to ``owner`` for ``lease`` seconds (None: nobody holds it)."""
         self.owner = owner
-        self.lease_until = None if owner is None or lease is None else now + timedelta(
-            seconds=lease
+        self.lease_until = (
+            None if owner is None or lease is None else now + timedelta(seconds=lease)
         )
 
     def free_for(self, owner: str, now: datetime, exclude: Collection[str], wid: str) -> bool:
         """Whether ``owner`` may claim this workflow now."""
-        if self.status not in UNFINISHED:
+        if self.status not in UNFINISHED or wid in exclude:
             return False
-        if self.owner is None or (self.lease_until is not None and self.lease_until <= now):
-            return True
-        return self.owner == owner and wid not in exclude
+        return (
+            self.owner is None
+            or self.owner == owner
+            or (self.lease_until is not None and self.lease_until <= now)
+        )
 
 
 def _history_json(entries: Sequence[Sequence[Any]]) -> list[str]:

@@ -1259,6 +1259,20 @@ async def _check_workflow_claim_picks_free_unfinished_oldest_first(factory: _Fac
 
 
 @_check
+async def _check_workflow_claim_never_takes_an_excluded_id(factory: _Factory) -> None:
+    name, me = _name("name"), _name("owner")
+    async with factory() as store:
+        lapsed, _ = await store.create_workflow(_owned(name, me), lease=0.05)
+        await anyio.sleep(0.2)  # its lease lapsed, but the caller still runs it
+        got = await store.claim_workflows(name, me, lease=_OWNER_LEASE, exclude=[lapsed.id])
+        _expect(got == [], f"claim_workflows took an excluded id whose lease lapsed: {_ids(got)}")
+        got = await store.claim_workflows(
+            name, _name("owner"), lease=_OWNER_LEASE, exclude=[lapsed.id]
+        )
+        _expect(got == [], f"claim_workflows took an excluded id: {_ids(got)}")
+
+
+@_check
 async def _check_workflow_concurrent_claims_never_share(factory: _Factory) -> None:
     name = _name("name")
     claimed: dict[str, list[str]] = {}

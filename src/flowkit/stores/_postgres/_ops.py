@@ -425,8 +425,8 @@ async def claim_workflows(
         "version = w.version + 1 "
         f"FROM (SELECT id FROM {tables.workflows} "
         f"WHERE name = $1 AND status = ANY({_UNFINISHED}) "
-        "AND (owner IS NULL OR lease_until <= now() "
-        "OR (owner = $2 AND NOT (id = ANY($5::text[])))) "
+        "AND NOT (id = ANY($5::text[])) "
+        "AND (owner IS NULL OR lease_until <= now() OR owner = $2) "
         "ORDER BY created_at, id LIMIT $4 FOR UPDATE SKIP LOCKED) AS free "
         f"WHERE w.id = free.id RETURNING {_qualified('w')}) "
         "SELECT * FROM claimed ORDER BY created_at, id",
