@@ -12,6 +12,7 @@ BENCHMARKS: dict[str, list[str]] = {
     "bench_orchestrator": ["--dbos", "--synchronous", "FULL"],
     "bench_redis": [],
     "bench_postgres": [],
+    "bench_checkpoint": [],
 }
 
 
