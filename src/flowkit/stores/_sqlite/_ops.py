@@ -4,27 +4,35 @@ An operation is a function ``op(conn, *args)``; its name names it in errors
 (``SQLite save_workflow failed: ...``). Operations the store marks as writes
 run inside the writer's shared transaction (``BEGIN IMMEDIATE``, so their
 reads see what no other connection can change until the commit). Each issues
-at most one modifying statement, and raises only after a statement that
-changed nothing, so a failed operation never leaves a partial change in the
-transaction its batch shares.
+one modifying statement, or several inside a savepoint, and raises only after
+a statement that changed nothing (or after its savepoint was rolled back), so
+a failed operation never leaves a partial change in the transaction its batch
+shares.
 """
 
 from __future__ import annotations
 
+import json
+import sqlite3
+from contextlib import contextmanager, suppress
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, cast
 
 from ..._errors import ConcurrencyConflict, NotFound, StoreError, WorkflowNotFound
-from .._base import Claim
+from .._base import UNFINISHED, Claim
 from ._rows import LETTER_COLUMNS, WORKFLOW_COLUMNS, timestamp
+from ._schema import rollback
 
 if TYPE_CHECKING:
-    import sqlite3
+    from collections.abc import Collection, Iterator
 
-    from ._rows import LetterRow, WorkflowRow
+    from ._rows import HistoryRow, LetterRow, WorkflowRow
 
 __all__ = [
+    "SavedRow",
     "add_dead_letter",
+    "claim_workflow",
+    "claim_workflows",
     "create_workflow",
     "delete_dead_letter",
     "get_dead_letter",
@@ -38,6 +46,9 @@ __all__ = [
     "pragma",
     "prune_dead_letters",
     "prune_workflows",
+    "release_workflows",
+    "renew_leases",
+    "request_cancel",
     "save_workflow",
 ]
 
@@ -185,41 +196,152 @@ def prune_dead_letters(
 
 
 # -- workflows --------------------------------------------------------------------------
+#
+# A workflow's ``owner`` holds its lease until ``lease_until`` (both NULL when
+# nobody holds it); its history is the rows of ``flowkit_history``, numbered
+# by ``seq`` from 0. Lease times are taken on the writer thread, when the
+# operation runs.
+
+#: The unfinished statuses, as SQL.
+_UNFINISHED = "(" + ", ".join(f"'{status}'" for status in UNFINISHED) + ")"
+
+#: An unfinished workflow ``:owner`` may claim at ``:now``, unless it runs it (its
+#: id is in the JSON array ``:exclude``): nobody holds it, its lease ran out, or
+#: ``:owner`` holds it. An owner without a lease time holds nothing.
+_FREE = (
+    f"status IN {_UNFINISHED} AND id NOT IN (SELECT value FROM json_each(:exclude)) "
+    "AND (owner IS NULL OR lease_until IS NULL OR lease_until <= :now OR owner = :owner)"
+)
+
+#: The stored answer of a save: name, created_at, updated_at, lease_until, cancel_requested.
+SavedRow = tuple[str, str, str, "str | None", int]
+
+
+@contextmanager
+def _atomic(conn: sqlite3.Connection) -> Iterator[None]:
+    """Make an operation's statements one change: all kept, or none if it raises."""
+    conn.execute("SAVEPOINT flowkit_operation")
+    try:
+        yield
+    except BaseException:
+        if conn.in_transaction:
+            with suppress(sqlite3.Error):
+                conn.execute("ROLLBACK TO flowkit_operation")
+                conn.execute("RELEASE flowkit_operation")
+        raise
+    conn.execute("RELEASE flowkit_operation")
+
+
+@contextmanager
+def _snapshot(conn: sqlite3.Connection) -> Iterator[None]:
+    """Make an operation's reads see one state of the database."""
+    if conn.in_transaction:  # a batch with writes: its transaction is a snapshot
+        yield
+        return
+    conn.execute("BEGIN")
+    try:
+        yield
+    finally:
+        rollback(conn)  # nothing was written: ending the read is all it does
+
+
+def _lease_until(now: datetime, lease: float | None) -> str | None:
+    return None if lease is None else timestamp(now + timedelta(seconds=lease))
+
+
+def _json_ids(ids: Collection[str]) -> str:
+    return json.dumps(list(ids))
+
+
+def _append_history(
+    conn: sqlite3.Connection, workflow_id: str, entries: list[str], first: int
+) -> None:
+    conn.executemany(
+        "INSERT INTO flowkit_history (workflow_id, seq, entry) VALUES (?, ?, ?)",
+        [(workflow_id, first + index, entry) for index, entry in enumerate(entries)],
+    )
 
 
 def create_workflow(
-    conn: sqlite3.Connection, workflow_id: str, name: str, status: str, state: str, now: str
+    conn: sqlite3.Connection,
+    workflow_id: str,
+    name: str,
+    status: str,
+    state: str,
+    history: list[str],
+    owner: str | None,
+    lease: float | None,
 ) -> tuple[WorkflowRow, bool]:
-    """Insert a record at version 1, or return the row that has its id."""
-    cursor = conn.execute(
-        f"INSERT INTO flowkit_workflows ({WORKFLOW_COLUMNS}) VALUES (?, ?, ?, 1, ?, ?, ?) "
-        "ON CONFLICT (id) DO NOTHING",
-        (workflow_id, name, status, state, now, now),
-    )
-    if cursor.rowcount == 1:
-        return (workflow_id, name, status, 1, state, now, now), True
-    return load_workflow(conn, workflow_id), False
+    """Insert a record at version 1 with its first history entries, or return
+    the row that has its id (without history)."""
+    moment = datetime.now(UTC)
+    now = timestamp(moment)
+    lease_until = _lease_until(moment, lease)
+    with _atomic(conn):
+        cursor = conn.execute(
+            f"INSERT INTO flowkit_workflows ({WORKFLOW_COLUMNS}) "
+            "VALUES (?, ?, ?, 1, ?, ?, ?, ?, ?, 0) ON CONFLICT (id) DO NOTHING",
+            (workflow_id, name, status, state, now, now, owner, lease_until),
+        )
+        if cursor.rowcount != 1:
+            return _workflow_row(conn, workflow_id), False
+        # Entries left by a record removed by hand are not this workflow's.
+        conn.execute("DELETE FROM flowkit_history WHERE workflow_id = ?", (workflow_id,))
+        _append_history(conn, workflow_id, history, 0)
+    row: WorkflowRow = (workflow_id, name, status, 1, state, now, now, owner, lease_until, 0)
+    return row, True
 
 
 def save_workflow(
-    conn: sqlite3.Connection, workflow_id: str, status: str, state: str, version: int, now: str
-) -> tuple[str, str]:
-    """Write a record read at ``version``; return its name and creation time.
+    conn: sqlite3.Connection,
+    workflow_id: str,
+    status: str,
+    state: str,
+    version: int,
+    history: list[str],
+    owner: str | None,
+    lease: float | None,
+) -> SavedRow:
+    """Write a record read at ``version`` and append ``history`` to its own,
+    never reading or rewriting the entries it has.
 
     Raises:
         ConcurrencyConflict: if the stored version is another.
         WorkflowNotFound: if no record has this id.
     """
-    cursor = conn.execute(
-        "UPDATE flowkit_workflows SET status = ?, state = ?, version = version + 1, "
-        "updated_at = ? WHERE id = ? AND version = ?",
-        (status, state, now, workflow_id, version),
-    )
-    if cursor.rowcount == 1:
-        row = conn.execute(
-            "SELECT name, created_at FROM flowkit_workflows WHERE id = ?", (workflow_id,)
-        ).fetchone()
-        return cast("tuple[str, str]", row)
+    moment = datetime.now(UTC)
+    now = timestamp(moment)
+    lease_until = _lease_until(moment, lease)
+    with _atomic(conn):
+        # The SET expressions read the row as it was: the new status is the parameter.
+        cursor = conn.execute(
+            "UPDATE flowkit_workflows SET status = :status, state = :state, "
+            "version = version + 1, updated_at = :now, owner = :owner, lease_until = :until, "
+            "cancel_requested = CASE WHEN :status = 'RUNNING' THEN cancel_requested ELSE 0 END "
+            "WHERE id = :id AND version = :version",
+            {
+                "status": status,
+                "state": state,
+                "now": now,
+                "owner": owner,
+                "until": lease_until,
+                "id": workflow_id,
+                "version": version,
+            },
+        )
+        if cursor.rowcount == 1:
+            if history:
+                # The last entry's number, found through the primary key.
+                (last,) = conn.execute(
+                    "SELECT MAX(seq) FROM flowkit_history WHERE workflow_id = ?", (workflow_id,)
+                ).fetchone()
+                _append_history(conn, workflow_id, history, 0 if last is None else last + 1)
+            row = conn.execute(
+                "SELECT name, created_at, updated_at, lease_until, cancel_requested "
+                "FROM flowkit_workflows WHERE id = ?",
+                (workflow_id,),
+            ).fetchone()
+            return cast("SavedRow", row)
     row = conn.execute(
         "SELECT version FROM flowkit_workflows WHERE id = ?", (workflow_id,)
     ).fetchone()
@@ -227,16 +349,11 @@ def save_workflow(
         raise WorkflowNotFound(f"no workflow with id {workflow_id!r}")
     raise ConcurrencyConflict(
         f"workflow {workflow_id!r} is at version {row[0]}, not {version}: "
-        "it was saved by someone else"
+        "it was saved or claimed by someone else"
     )
 
 
-def load_workflow(conn: sqlite3.Connection, workflow_id: str) -> WorkflowRow:
-    """One record's row.
-
-    Raises:
-        WorkflowNotFound: if no record has this id.
-    """
+def _workflow_row(conn: sqlite3.Connection, workflow_id: str) -> WorkflowRow:
     row = conn.execute(
         f"SELECT {WORKFLOW_COLUMNS} FROM flowkit_workflows WHERE id = ?", (workflow_id,)
     ).fetchone()
@@ -245,14 +362,33 @@ def load_workflow(conn: sqlite3.Connection, workflow_id: str) -> WorkflowRow:
     return cast("WorkflowRow", row)
 
 
+def load_workflow(
+    conn: sqlite3.Connection, workflow_id: str
+) -> tuple[WorkflowRow, list[HistoryRow]]:
+    """One record's row and its history rows, oldest first, read together.
+
+    Raises:
+        WorkflowNotFound: if no record has this id.
+    """
+    with _snapshot(conn):
+        row = _workflow_row(conn, workflow_id)
+        history = conn.execute(
+            "SELECT seq, entry FROM flowkit_history WHERE workflow_id = ? ORDER BY seq",
+            (workflow_id,),
+        ).fetchall()
+    return row, cast("list[HistoryRow]", history)
+
+
 def list_workflows(
     conn: sqlite3.Connection,
     statuses: tuple[str, ...] | None,
     name: str | None,
+    after: tuple[str, str] | None,
     limit: int | None,
     offset: int,
 ) -> list[WorkflowRow]:
-    """The rows of the matching records, oldest first, from the ``offset``-th."""
+    """The rows of the matching records by (created_at, id), from the
+    ``offset``-th of those after ``after``."""
     clauses: list[str] = []
     params: list[object] = []
     if statuses is not None:
@@ -263,12 +399,133 @@ def list_workflows(
     if name is not None:
         clauses.append("name = ?")
         params.append(name)
+    if after is not None:
+        clauses.append("(created_at, id) > (?, ?)")
+        params.extend(after)
     where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
-    sql = f"SELECT {WORKFLOW_COLUMNS} FROM flowkit_workflows{where} ORDER BY created_at, rowid"
+    sql = f"SELECT {WORKFLOW_COLUMNS} FROM flowkit_workflows{where} ORDER BY created_at, id"
     if limit is not None or offset:
         sql += " LIMIT ? OFFSET ?"
         params.extend((-1 if limit is None else limit, offset))
     return cast("list[WorkflowRow]", conn.execute(sql, params).fetchall())
+
+
+def claim_workflows(
+    conn: sqlite3.Connection,
+    name: str,
+    owner: str,
+    lease: float,
+    limit: int,
+    exclude: list[str],
+) -> list[WorkflowRow]:
+    """Give ``owner`` the lease of at most ``limit`` free unfinished workflows
+    of ``name``, oldest first; their versions go up by one.
+
+    The store's write transaction (``BEGIN IMMEDIATE``) holds the database's
+    write lock from the choice to the update: no other connection claims in
+    between.
+    """
+    moment = datetime.now(UTC)
+    now = timestamp(moment)
+    chosen = [
+        row[0]
+        for row in conn.execute(
+            f"SELECT id FROM flowkit_workflows WHERE name = :name AND {_FREE} "
+            "ORDER BY created_at, id LIMIT :limit",
+            {
+                "name": name,
+                "owner": owner,
+                "now": now,
+                "exclude": _json_ids(exclude),
+                "limit": limit,
+            },
+        )
+    ]
+    if not chosen:
+        return []
+    ids = _json_ids(chosen)
+    conn.execute(
+        "UPDATE flowkit_workflows SET owner = ?, lease_until = ?, version = version + 1 "
+        "WHERE id IN (SELECT value FROM json_each(?))",
+        (owner, _lease_until(moment, lease), ids),
+    )
+    rows = conn.execute(
+        f"SELECT {WORKFLOW_COLUMNS} FROM flowkit_workflows "
+        "WHERE id IN (SELECT value FROM json_each(?)) ORDER BY created_at, id",
+        (ids,),
+    ).fetchall()
+    return cast("list[WorkflowRow]", rows)
+
+
+def claim_workflow(
+    conn: sqlite3.Connection, workflow_id: str, owner: str, lease: float
+) -> WorkflowRow | None:
+    """Give ``owner`` the lease of one unfinished workflow if it is free (its
+    own counts as free); its version goes up by one.
+
+    Raises:
+        WorkflowNotFound: if no record has this id.
+    """
+    moment = datetime.now(UTC)
+    now = timestamp(moment)
+    cursor = conn.execute(
+        "UPDATE flowkit_workflows SET owner = :owner, lease_until = :until, "
+        "version = version + 1 "
+        f"WHERE id = :id AND {_FREE}",
+        {
+            "owner": owner,
+            "until": _lease_until(moment, lease),
+            "now": now,
+            "id": workflow_id,
+            "exclude": "[]",
+        },
+    )
+    row = _workflow_row(conn, workflow_id)
+    return row if cursor.rowcount == 1 else None
+
+
+def renew_leases(
+    conn: sqlite3.Connection, owner: str, workflow_ids: list[str], lease: float
+) -> list[tuple[str, int]]:
+    """Extend ``owner``'s leases on those of ``workflow_ids`` it holds and that
+    are unfinished; their ids and cancel requests."""
+    moment = datetime.now(UTC)
+    held = (
+        "WHERE owner = :owner AND status IN " + _UNFINISHED + " "
+        "AND id IN (SELECT value FROM json_each(:ids))"
+    )
+    params = {"owner": owner, "ids": _json_ids(workflow_ids)}
+    conn.execute(
+        f"UPDATE flowkit_workflows SET lease_until = :until {held}",
+        {**params, "until": _lease_until(moment, lease)},
+    )
+    rows = conn.execute(
+        f"SELECT id, cancel_requested = 1 FROM flowkit_workflows {held}", params
+    ).fetchall()
+    return cast("list[tuple[str, int]]", rows)
+
+
+def release_workflows(conn: sqlite3.Connection, owner: str, workflow_ids: list[str]) -> None:
+    """Drop ``owner``'s leases on those of ``workflow_ids`` it holds."""
+    conn.execute(
+        "UPDATE flowkit_workflows SET owner = NULL, lease_until = NULL "
+        "WHERE owner = ? AND id IN (SELECT value FROM json_each(?))",
+        (owner, _json_ids(workflow_ids)),
+    )
+
+
+def request_cancel(conn: sqlite3.Connection, workflow_id: str) -> WorkflowRow:
+    """Flag a ``RUNNING`` record for cancellation; its row after the request.
+
+    Raises:
+        WorkflowNotFound: if no record has this id.
+    """
+    conn.execute(
+        "UPDATE flowkit_workflows SET cancel_requested = 1 "
+        "WHERE id = ? AND status = 'RUNNING' AND cancel_requested = 0",
+        (workflow_id,),
+    )
+    return _workflow_row(conn, workflow_id)
 
 
 def prune_workflows(
@@ -279,7 +536,7 @@ def prune_workflows(
     limit: int,
 ) -> int:
     """Delete at most ``limit`` records in ``statuses`` (of ``name``) updated
-    before ``cutoff``, the least recently updated first."""
+    before ``cutoff``, the least recently updated first, with their history."""
     if not statuses:
         return 0
     clauses = [f"status IN ({', '.join('?' * len(statuses))})", "updated_at < ?"]
@@ -288,12 +545,26 @@ def prune_workflows(
         clauses.append("name = ?")
         params.append(name)
     params.append(limit)
-    return conn.execute(
-        "DELETE FROM flowkit_workflows WHERE rowid IN ("
-        f"SELECT rowid FROM flowkit_workflows WHERE {' AND '.join(clauses)} "
-        "ORDER BY updated_at, rowid LIMIT ?)",
-        params,
-    ).rowcount
+    ids = [
+        row[0]
+        for row in conn.execute(
+            f"SELECT id FROM flowkit_workflows WHERE {' AND '.join(clauses)} "
+            "ORDER BY updated_at, rowid LIMIT ?",
+            params,
+        )
+    ]
+    if not ids:
+        return 0
+    chosen = _json_ids(ids)
+    with _atomic(conn):
+        conn.execute(
+            "DELETE FROM flowkit_history WHERE workflow_id IN (SELECT value FROM json_each(?))",
+            (chosen,),
+        )
+        return conn.execute(
+            "DELETE FROM flowkit_workflows WHERE id IN (SELECT value FROM json_each(?))",
+            (chosen,),
+        ).rowcount
 
 
 # -- diagnostics ----------------------------------------------------------------------

@@ -10,18 +10,26 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from pydantic_core import to_json
 
 from ..._errors import StoreError
 from .._base import DeadLetter, WorkflowRecord
 from .._codec import decode_state, utc
 
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
 __all__ = [
     "LETTER_COLUMNS",
     "WORKFLOW_COLUMNS",
+    "HistoryRow",
     "LetterRow",
     "UnreadableRow",
     "WorkflowRow",
+    "history_entries",
+    "history_from_rows",
     "letter_from_row",
     "letter_row",
     "parse_timestamp",
@@ -31,13 +39,18 @@ __all__ = [
 
 # id, consumer, topic, body, headers, error_type, error, attempts, failed_at, message_id
 LetterRow = tuple[str, str, str, bytes, str, str, str, int, str, "str | None"]
-# id, name, status, version, state, created_at, updated_at
-WorkflowRow = tuple[str, str, str, int, str, str, str]
+# id, name, status, version, state, created_at, updated_at, owner, lease_until,
+# cancel_requested
+WorkflowRow = tuple[str, str, str, int, str, str, str, "str | None", "str | None", int]
+# seq, entry
+HistoryRow = tuple[int, str]
 
 LETTER_COLUMNS = (
     "id, consumer, topic, body, headers, error_type, error, attempts, failed_at, message_id"
 )
-WORKFLOW_COLUMNS = "id, name, status, version, state, created_at, updated_at"
+WORKFLOW_COLUMNS = (
+    "id, name, status, version, state, created_at, updated_at, owner, lease_until, cancel_requested"
+)
 
 
 class UnreadableRow(StoreError):
@@ -131,7 +144,7 @@ def letter_from_row(row: LetterRow) -> DeadLetter:
 
 
 def workflow_from_row(row: WorkflowRow) -> WorkflowRecord:
-    """The workflow record a row keeps.
+    """The workflow record a row keeps (without its history).
 
     Raises:
         UnreadableRow: if the row does not make a workflow record.
@@ -140,8 +153,13 @@ def workflow_from_row(row: WorkflowRow) -> WorkflowRecord:
     problem = _text_problem(row, (0, "id"), (1, "name"), (2, "status"))
     if problem is None and not _is_int(row[3]):
         problem = "its version is not an integer"
+    if problem is None and row[7] is not None and not isinstance(row[7], str):
+        problem = "its owner is not text"
+    if problem is None and row[9] not in (0, 1):
+        problem = "its cancel request is not 0 or 1"
     if problem is not None:
         raise UnreadableRow("workflow", workflow_id, problem)
+    lease_until = row[8]
     return WorkflowRecord(
         id=workflow_id,
         name=row[1],
@@ -150,7 +168,48 @@ def workflow_from_row(row: WorkflowRow) -> WorkflowRecord:
         version=row[3],
         created_at=_timestamp_of(row[5], "workflow", workflow_id, "creation time"),
         updated_at=_timestamp_of(row[6], "workflow", workflow_id, "update time"),
+        owner=row[7],
+        lease_until=None
+        if lease_until is None
+        else _timestamp_of(lease_until, "workflow", workflow_id, "lease time"),
+        cancel_requested=row[9] == 1,
     )
+
+
+def history_entries(entries: Sequence[Sequence[Any]]) -> list[str]:
+    """History entries as stored: JSON text, converted as the state is (tuples
+    become arrays). Their shape is the engine's to check when it reads them.
+
+    Raises:
+        StoreError: if an entry has no JSON form.
+    """
+    encoded: list[str] = []
+    for index, entry in enumerate(entries):
+        try:
+            encoded.append(to_json(entry).decode())
+        except ValueError as exc:
+            raise StoreError(f"history entry {index} is not JSON-serializable: {exc}") from exc
+    return encoded
+
+
+def history_from_rows(workflow_id: str, rows: list[HistoryRow]) -> tuple[Any, ...]:
+    """The history entries of a workflow's rows (ordered by ``seq``), decoded.
+
+    Raises:
+        UnreadableRow: if an entry is not JSON text (it names the entry's
+            position in the history, never its value).
+    """
+    entries: list[Any] = []
+    for index, (_, text) in enumerate(rows):
+        if not isinstance(text, str | bytes):
+            raise UnreadableRow("workflow", workflow_id, f"its history entry {index} is not text")
+        try:
+            entries.append(decode_state(text, "history entry"))
+        except StoreError as exc:
+            raise UnreadableRow(
+                "workflow", workflow_id, f"its history entry {index} is not valid JSON"
+            ) from exc
+    return tuple(entries)
 
 
 def _is_int(value: object) -> bool:

@@ -17,27 +17,41 @@ Sharing a file
 --------------
 Several stores, in one process or in several, may open the same file: SQLite
 serializes their writes, each waiting up to ``busy_timeout`` seconds for the
-others. Every write operation is one statement (or a statement and the reads
-that follow it) inside a write transaction, so an inbox claim is atomic across
-all of them.
+others. Every write operation runs inside a write transaction (``BEGIN
+IMMEDIATE``, which takes the file's write lock at once), so an inbox claim, or
+a workflow claim that picks the free workflows and takes their leases, is
+atomic across all of them. The lease times of workflows and inbox claims are
+taken from the clock of the process whose store writes them, so processes
+sharing a file should have clocks that agree closely against their leases.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import re
-from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Self, TypeVar, TypeVarTuple, cast
+from typing import TYPE_CHECKING, Any, Self, TypeVar, TypeVarTuple, cast
 
 import anyio
 
 from ..._errors import StoreError
 from .._base import WorkflowRecord
-from .._codec import encode_state, lease_seconds, prune_limit, status_tuple, utc
+from .._codec import (
+    claim_limit,
+    encode_state,
+    lease_seconds,
+    owner_lease,
+    parse_cursor,
+    prune_limit,
+    status_tuple,
+    utc,
+)
 from . import _ops as ops
 from ._rows import (
     UnreadableRow,
+    history_entries,
+    history_from_rows,
     letter_from_row,
     letter_row,
     parse_timestamp,
@@ -49,7 +63,8 @@ from ._writer import Call, Writer, stop, wait
 
 if TYPE_CHECKING:
     import sqlite3
-    from collections.abc import Callable, Collection
+    from collections.abc import Callable, Collection, Sequence
+    from datetime import datetime
     from types import TracebackType
 
     from .._base import Claim, DeadLetter
@@ -98,7 +113,8 @@ class SQLiteStore:
     needed and applies any pending schema migrations; a database written by a
     newer flowkit is refused. Works on asyncio and on trio.
 
-    The state of a workflow is kept as JSON text; dead letter bodies as raw bytes.
+    The state of a workflow is kept as JSON text, and its history as one row
+    per entry, appended to by each save; dead letter bodies as raw bytes.
     See the module documentation for what survives a crash with each
     ``synchronous`` level.
 
@@ -427,59 +443,95 @@ class SQLiteStore:
 
     # -- workflows -----------------------------------------------------------
 
-    async def create_workflow(self, record: WorkflowRecord) -> tuple[WorkflowRecord, bool]:
+    async def create_workflow(
+        self, record: WorkflowRecord, *, lease: float | None = None
+    ) -> tuple[WorkflowRecord, bool]:
         """Insert a new workflow record with version 1, unless the id exists.
 
-        Insert-or-return-existing is one atomic step. The store sets
+        Insert-or-return-existing is one atomic step, and the record's history
+        entries are stored as its first in the same transaction. The store sets
         ``created_at`` and ``updated_at``; the record's own version and
-        timestamps are ignored.
+        timestamps are ignored. When ``record.owner`` is set, that owner holds
+        the workflow's lease for ``lease`` seconds from now.
 
         Args:
-            record: the new workflow's id, name, status and state.
+            record: the new workflow's id, name, status, state, history and owner.
+            lease: how long the owner's lease holds, in seconds (needed with
+                an owner).
 
         Returns:
             ``(stored, created)``: the new record and True, or the record that
-            already had this id and False (it is left unchanged).
+            already had this id and False (it is left unchanged). Neither
+            carries history.
 
         Raises:
-            StoreError: if the store is not open or is read-only, the state is
-                not JSON-serializable, the existing record cannot be read, or
-                SQLite fails.
+            StoreError: if the store is not open or is read-only, the state or
+                a history entry is not JSON-serializable, an owner comes
+                without a positive ``lease``, the existing record cannot be
+                read, or SQLite fails.
         """
+        held = owner_lease(record.owner, lease)
         state = encode_state(record.state)
-        now = timestamp(datetime.now(UTC))
+        history = history_entries(record.history)
         row, created = await self._call(
-            ops.create_workflow, record.id, record.name, record.status, state, now, write=True
+            ops.create_workflow,
+            record.id,
+            record.name,
+            record.status,
+            state,
+            history,
+            record.owner,
+            held,
+            write=True,
         )
         return workflow_from_row(row), created
 
-    async def save_workflow(self, record: WorkflowRecord) -> WorkflowRecord:
+    async def save_workflow(
+        self,
+        record: WorkflowRecord,
+        *,
+        history: Sequence[Sequence[Any]] = (),
+        lease: float | None = None,
+    ) -> WorkflowRecord:
         """Write a changed record; ``record.version`` is the version it was read at.
 
-        The status and state are written; the name and ``created_at`` stay as
-        they were created.
+        The status, state and owner are written and ``history`` is appended
+        to the stored history (``record.history`` is ignored), in one
+        transaction: the entries already stored are neither read nor
+        rewritten, so a checkpoint costs the same however long the history
+        is. The name and ``created_at`` stay as they were created. Saving a
+        status other than ``RUNNING`` drops a pending cancel request.
 
         Args:
-            record: the changed record.
+            record: the changed record; its owner (or None) becomes the owner.
+            history: the entries to append.
+            lease: how long the owner's lease holds from now, in seconds
+                (needed with an owner).
 
         Returns:
-            The stored record, its version incremented.
+            The stored record, its version incremented, without history; its
+            state is the mapping given and its ``cancel_requested`` the stored flag.
 
         Raises:
             ConcurrencyConflict: if the stored version is not ``record.version``.
             WorkflowNotFound: if no record has this id.
-            StoreError: if the store is not open or is read-only, the state is
-                not JSON-serializable, or SQLite fails.
+            StoreError: if the store is not open or is read-only, the state or
+                a history entry is not JSON-serializable, an owner comes
+                without a positive ``lease``, or SQLite fails.
         """
+        held = owner_lease(record.owner, lease)
         state = encode_state(record.state)
-        now = datetime.now(UTC)
-        name, created_at = await self._call(
+        entries = history_entries(history)
+        owner = record.owner
+        name, created_at, updated_at, lease_until, cancel = await self._call(
             ops.save_workflow,
             record.id,
             record.status,
             state,
             record.version,
-            timestamp(now),
+            entries,
+            owner,
+            held,
             write=True,
         )
         return WorkflowRecord(
@@ -489,24 +541,30 @@ class SQLiteStore:
             state=record.state,
             version=record.version + 1,
             created_at=parse_timestamp(created_at),
-            updated_at=now,
+            updated_at=parse_timestamp(updated_at),
+            owner=owner,
+            lease_until=None if lease_until is None else parse_timestamp(lease_until),
+            cancel_requested=cancel == 1,
         )
 
     async def load_workflow(self, workflow_id: str) -> WorkflowRecord:
-        """One workflow record.
+        """One workflow record, with its whole history (read together with it).
 
         Args:
             workflow_id: the workflow's id.
 
         Returns:
-            The stored record.
+            The stored record; its history entries are lists, oldest first.
 
         Raises:
             WorkflowNotFound: if no record has this id.
-            StoreError: if the store is not open, the record's row cannot be
-                read (the message names the id), or SQLite fails.
+            StoreError: if the store is not open, the record's row or one of
+                its history entries cannot be read (the message names the id
+                and the problem), or SQLite fails.
         """
-        return workflow_from_row(await self._call(ops.load_workflow, workflow_id, write=False))
+        row, history = await self._call(ops.load_workflow, workflow_id, write=False)
+        record = workflow_from_row(row)
+        return dataclasses.replace(record, history=history_from_rows(record.id, history))
 
     async def list_workflows(
         self,
@@ -514,8 +572,9 @@ class SQLiteStore:
         status: Collection[str] | None = None,
         name: str | None = None,
         limit: int | None = None,
+        after: str | None = None,
     ) -> list[WorkflowRecord]:
-        """Workflow records, oldest (by ``created_at``) first.
+        """Workflow records without history, oldest first (by ``created_at``, then id).
 
         A record whose row cannot be read is skipped and logged (see the class
         documentation); the records after it fill its place within ``limit``.
@@ -525,13 +584,20 @@ class SQLiteStore:
                 taken as one status).
             name: only records of this orchestrator.
             limit: at most this many records (all when None).
+            after: a record's :attr:`~flowkit.stores.WorkflowRecord.cursor`:
+                only the records listed after it, for the next page.
 
         Returns:
             The matching records.
 
         Raises:
-            StoreError: if the store is not open or SQLite fails.
+            StoreError: if the store is not open, ``after`` is not a cursor,
+                or SQLite fails.
         """
+        start: tuple[str, str] | None = None
+        if after is not None:
+            created_at, after_id = parse_cursor(after)
+            start = (timestamp(created_at), after_id)
         statuses: tuple[str, ...] | None
         if status is None:
             statuses = None
@@ -540,18 +606,158 @@ class SQLiteStore:
         else:
             statuses = tuple(dict.fromkeys(status))
         if limit is None:
-            rows = await self._call(ops.list_workflows, statuses, name, None, 0, write=False)
+            rows = await self._call(ops.list_workflows, statuses, name, start, None, 0, write=False)
             return self._readable(rows, workflow_from_row)
         wanted = max(limit, 0)
         records: list[WorkflowRecord] = []
         offset = 0
         while True:
             asked = wanted - len(records)
-            rows = await self._call(ops.list_workflows, statuses, name, asked, offset, write=False)
+            rows = await self._call(
+                ops.list_workflows, statuses, name, start, asked, offset, write=False
+            )
             records.extend(self._readable(rows, workflow_from_row))
             offset += len(rows)
             if len(rows) < asked or len(records) >= wanted:
                 return records
+
+    # -- ownership -----------------------------------------------------------
+
+    async def claim_workflows(
+        self,
+        name: str,
+        owner: str,
+        *,
+        lease: float,
+        limit: int = 100,
+        exclude: Collection[str] = (),
+    ) -> list[WorkflowRecord]:
+        """Take the lease of unfinished workflows of orchestrator ``name`` that
+        nobody holds, oldest first.
+
+        A workflow is free when it has no owner, when its lease ran out, or
+        when ``owner`` itself holds it but it is not in ``exclude``. The choice
+        and the update are one write transaction, which holds the database's
+        write lock: stores sharing the file, in this process or others, never
+        claim one workflow twice. Each claimed record's version is
+        incremented, fencing out a previous holder; ``updated_at`` is left as
+        it was.
+
+        Args:
+            name: the orchestrator's name.
+            owner: the claiming process's id.
+            lease: how long the lease holds, in seconds (positive).
+            limit: the most workflows claimed by this call (positive).
+            exclude: workflow ids of ``owner`` that are not free (it runs them).
+
+        Returns:
+            The claimed records, without history, owned by ``owner``. A claimed
+            record whose row cannot be read is left out (and logged).
+
+        Raises:
+            StoreError: if the store is not open or is read-only, ``owner`` is
+                not a non-empty string, ``lease`` is not a positive number,
+                ``limit`` is not a positive integer, or SQLite fails.
+        """
+        held = owner_lease(owner, lease)
+        most = claim_limit(limit)
+        skip = [exclude] if isinstance(exclude, str) else list(exclude)
+        rows = await self._call(
+            ops.claim_workflows, name, owner, cast("float", held), most, skip, write=True
+        )
+        return self._readable(rows, workflow_from_row)
+
+    async def claim_workflow(
+        self, workflow_id: str, owner: str, *, lease: float
+    ) -> WorkflowRecord | None:
+        """Take the lease of one unfinished workflow if it is free (no owner,
+        an expired lease, or held by ``owner`` itself); its version is incremented.
+
+        Args:
+            workflow_id: the workflow's id.
+            owner: the claiming process's id.
+            lease: how long the lease holds, in seconds (positive).
+
+        Returns:
+            The claimed record (without history), or None if the workflow is
+            finished or another owner's lease on it still holds.
+
+        Raises:
+            WorkflowNotFound: if no record has this id.
+            StoreError: if the store is not open or is read-only, ``owner`` is
+                not a non-empty string, ``lease`` is not a positive number,
+                the record's row cannot be read, or SQLite fails.
+        """
+        held = owner_lease(owner, lease)
+        row = await self._call(
+            ops.claim_workflow, workflow_id, owner, cast("float", held), write=True
+        )
+        return None if row is None else workflow_from_row(row)
+
+    async def renew_leases(
+        self, owner: str, workflow_ids: Collection[str], *, lease: float
+    ) -> dict[str, bool]:
+        """Extend ``owner``'s leases on these workflows to ``lease`` seconds from now.
+
+        A lease that ran out but that nobody claimed is renewed too; finished
+        workflows are not. The version does not change. Any number of ids is
+        renewed by one statement.
+
+        Args:
+            owner: the holding process's id.
+            workflow_ids: the workflows it runs.
+            lease: how long the leases hold from now, in seconds (positive).
+
+        Returns:
+            For each workflow ``owner`` still holds, whether a cancel was
+            requested. A workflow missing from the answer is lost.
+
+        Raises:
+            StoreError: if the store is not open or is read-only, ``owner`` is
+                not a non-empty string, ``lease`` is not a positive number, or
+                SQLite fails.
+        """
+        held = owner_lease(owner, lease)
+        ids = list(dict.fromkeys(workflow_ids))
+        if not ids:
+            return {}
+        rows = await self._call(ops.renew_leases, owner, ids, cast("float", held), write=True)
+        return {workflow_id: bool(cancel) for workflow_id, cancel in rows}
+
+    async def release_workflows(self, owner: str, workflow_ids: Collection[str]) -> None:
+        """Give up ``owner``'s leases on these workflows, so that another
+        process may claim them at once. Workflows ``owner`` does not hold are
+        left as they are; the version does not change.
+
+        Args:
+            owner: the holding process's id.
+            workflow_ids: the workflows to give up.
+
+        Raises:
+            StoreError: if the store is not open or is read-only, or SQLite fails.
+        """
+        ids = list(dict.fromkeys(workflow_ids))
+        if ids:
+            await self._call(ops.release_workflows, owner, ids, write=True)
+
+    async def request_cancel(self, workflow_id: str) -> WorkflowRecord:
+        """Ask the owner of a ``RUNNING`` workflow to cancel it: sets its
+        ``cancel_requested`` flag, which the owner sees in its next
+        :meth:`renew_leases` or :meth:`save_workflow`. The version does not
+        change; a workflow that is not ``RUNNING`` is left as it is.
+
+        Args:
+            workflow_id: the workflow's id.
+
+        Returns:
+            The record after the request (without history).
+
+        Raises:
+            WorkflowNotFound: if no record has this id.
+            StoreError: if the store is not open or is read-only, the record's
+                row cannot be read, or SQLite fails.
+        """
+        return workflow_from_row(await self._call(ops.request_cancel, workflow_id, write=True))
 
     async def prune_workflows(
         self,
@@ -561,7 +767,8 @@ class SQLiteStore:
         name: str | None = None,
         limit: int = 10_000,
     ) -> int:
-        """Remove the records in ``statuses`` last updated before ``older_than``.
+        """Remove the records in ``statuses`` last updated before ``older_than``,
+        with their history (in the same transaction).
 
         An unfinished status (``RUNNING``, ``COMPENSATING``) is pruned only
         when named. One ``DELETE`` removes at most ``limit`` records, the
