@@ -4,6 +4,7 @@ Broker transports and database stores live in :mod:`flowkit.transports` and
 :mod:`flowkit.stores`; their client libraries are imported only when used.
 """
 
+from ._errors import AlreadyHandled as AlreadyHandled
 from ._errors import BusNotStarted as BusNotStarted
 from ._errors import ConcurrencyConflict as ConcurrencyConflict
 from ._errors import DeadlineExceeded as DeadlineExceeded
@@ -34,6 +35,7 @@ from ._retry import Retry as Retry
 from .choreography import BusObserver as BusObserver
 from .choreography import Choreography as Choreography
 from .choreography import Context as Context
+from .choreography import Outbox as Outbox
 from .orchestration import Orchestrator as Orchestrator
 from .orchestration import Outcome as Outcome
 from .orchestration import Parallel as Parallel
@@ -51,6 +53,7 @@ from .stores import DeadLetter as DeadLetter
 __version__ = "0.1.0"
 
 __all__ = [
+    "AlreadyHandled",
     "BusNotStarted",
     "BusObserver",
     "Choreography",
@@ -74,6 +77,7 @@ __all__ = [
     "NotFound",
     "Orchestrator",
     "OrchestratorNotStarted",
+    "Outbox",
     "Outcome",
     "Parallel",
     "Remote",

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Literal
 
 __all__ = [
+    "AlreadyHandled",
     "BusNotStarted",
     "ConcurrencyConflict",
     "DeadlineExceeded",
@@ -120,6 +121,16 @@ class NotFound(StoreError, KeyError):
 
 class WorkflowNotFound(NotFound):
     """No workflow has the given id."""
+
+
+class AlreadyHandled(FlowkitError):
+    """The message was already handled by this consumer: raised by
+    :meth:`Context.record_handled <flowkit.Context.record_handled>`.
+
+    Let it escape the handler: the transaction it was raised in rolls back,
+    and the bus counts the message as handled (it is acked, never retried
+    nor dead-lettered).
+    """
 
 
 class BusNotStarted(FlowkitError):

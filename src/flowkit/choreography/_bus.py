@@ -19,6 +19,7 @@ from ._dead_letters import DeadLetterBox
 from ._handlers import HandlerFunc, HandlerSpec, make_spec
 from ._lifecycle import Running
 from ._observe import BusObserver, notify
+from ._outbox import Outbox
 from ._replies import Requests
 
 if TYPE_CHECKING:
@@ -75,6 +76,12 @@ class Choreography:
             broker's retention, the longest retry delay): a duplicate older
             than that would be handled again. None never prunes.
         observers: who watches the bus (tracing, metrics, the testing kit).
+        outbox_relay: run the outbox relay while the bus runs (when the store
+            has an outbox: SQLiteStore, PostgresStore). It publishes what
+            :attr:`outbox` stored; several processes may run one, and only
+            one of them publishes at a time. False leaves it to other processes.
+        outbox_lease: seconds the relay's lease holds: when the relay that
+            publishes dies, another takes over at most this long after.
 
     Raises:
         ValueError: if a number is out of range.
@@ -90,6 +97,8 @@ class Choreography:
         claim_lease: float = 300.0,
         inbox_retention: float | None = 7 * 24 * 3600.0,
         observers: Sequence[BusObserver] = (),
+        outbox_relay: bool = True,
+        outbox_lease: float = 10.0,
     ) -> None:
         if stop_grace < 0:
             raise ValueError(f"stop_grace must be >= 0 seconds, got {stop_grace}")
@@ -102,8 +111,13 @@ class Choreography:
                 f"inbox_retention must be longer than claim_lease ({claim_lease}s), "
                 f"got {inbox_retention}"
             )
+        if not outbox_lease >= 1.0:
+            raise ValueError(f"outbox_lease must be >= 1 second, got {outbox_lease}")
         self._transport = transport
         self._store = store
+        self._outbox_relay = bool(outbox_relay)
+        self._outbox_lease = float(outbox_lease)
+        self._outbox = Outbox(self)
         self._stop_grace = stop_grace
         self._max_message_size = max_message_size
         self._claim_lease = claim_lease
@@ -275,6 +289,16 @@ class Choreography:
     def claim_lease(self) -> float:
         """Seconds an inbox claim holds before another process may take over."""
         return self._claim_lease
+
+    @property
+    def outbox_relay(self) -> bool:
+        """Whether the bus runs the outbox relay (when its store has an outbox)."""
+        return self._outbox_relay
+
+    @property
+    def outbox_lease(self) -> float:
+        """Seconds the outbox relay's lease holds."""
+        return self._outbox_lease
 
     @property
     def observers(self) -> tuple[BusObserver, ...]:
@@ -450,6 +474,33 @@ class Choreography:
         """
         if self._running is None:
             self._require_running()
+        envelope, body = self._encode_event(
+            event,
+            headers=headers,
+            correlation_id=correlation_id,
+            causation_id=causation_id,
+            message_id=message_id,
+        )
+        await self._transport.publish(envelope.type, body)
+        if self._observers:
+            notify(self._observers, "published", envelope)
+        return envelope
+
+    def _encode_event(
+        self,
+        event: Event,
+        *,
+        headers: Mapping[str, str] | None,
+        correlation_id: str | None,
+        causation_id: str | None,
+        message_id: str | None,
+    ) -> tuple[Envelope, bytes]:
+        """An event's envelope and body, as :meth:`publish` and the outbox send them.
+
+        Raises:
+            TypeError: if ``event`` is not an Event.
+            MessageTooLarge: if the body is over ``max_message_size``.
+        """
         if not isinstance(event, Event):
             raise TypeError(
                 f"publish() takes an Event, got {type(event).__name__}; send commands "
@@ -464,10 +515,12 @@ class Choreography:
         )
         if len(body) > self._max_message_size:
             raise MessageTooLarge(envelope.type, len(body), self._max_message_size)
-        await self._transport.publish(envelope.type, body)
-        if self._observers:
-            notify(self._observers, "published", envelope)
-        return envelope
+        return envelope, body
+
+    @property
+    def outbox(self) -> Outbox:
+        """Publishes events inside your own database transaction (see :class:`~flowkit.Outbox`)."""
+        return self._outbox
 
     async def request(
         self,

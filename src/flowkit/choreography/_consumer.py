@@ -34,7 +34,14 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from .._cancel import stops_work
-from .._errors import DecodeError, HandlerTimeout, MessageTooLarge, TransportClosed, TransportError
+from .._errors import (
+    AlreadyHandled,
+    DecodeError,
+    HandlerTimeout,
+    MessageTooLarge,
+    TransportClosed,
+    TransportError,
+)
 from .._events import decode_envelope, decode_fields, envelope_of, new_message_id
 from ..stores._base import Claim, DeadLetter
 from ._context import Context
@@ -336,6 +343,8 @@ class Consumer:
             except BaseException as exc:
                 if stops_work(exc):
                     raise
+                if isinstance(exc, AlreadyHandled):
+                    return True
                 await self._failed(delivery, decoded.envelope, None, exc, None, 0.0)
                 return False
             return True
@@ -395,7 +404,7 @@ class Consumer:
         spec = self.spec
         observers = self._observers
         ctx = (
-            Context(self._bus, spec, envelope, delivery.attempt)
+            Context(self._bus, spec, envelope, delivery.attempt, key)
             if spec.takes_context or observers
             else None
         )
@@ -426,8 +435,16 @@ class Consumer:
                 if key is not None:
                     await self._release(key)
                 raise
-            await self._failed(delivery, envelope, ctx, exc, key, started)
-            return False
+            if not isinstance(exc, AlreadyHandled):
+                await self._failed(delivery, envelope, ctx, exc, key, started)
+                return False
+            # Handled before, in a transaction that recorded it: a duplicate.
+            logger.info(
+                "%s had already handled message %s; acking the duplicate",
+                self.name,
+                envelope.message_id,
+                extra=_fields(self.name, envelope),
+            )
         # settle: success (the consumer loop acks)
         if key is not None:
             assert self._inbox is not None

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from .._errors import DefinitionError
+from .._errors import AlreadyHandled, DefinitionError, StoreError
 from .._events import Command, Envelope, Event, Message
 from ._headers import IDEMPOTENCY_KEY
 
@@ -56,13 +56,19 @@ class Context:
         handler: the handler's name.
     """
 
-    __slots__ = ("_bus", "_logger", "_published", "_spec", "attempt", "envelope")
+    __slots__ = ("_bus", "_inbox_key", "_logger", "_published", "_spec", "attempt", "envelope")
 
     def __init__(
-        self, bus: Choreography, spec: HandlerSpec, envelope: Envelope, attempt: int
+        self,
+        bus: Choreography,
+        spec: HandlerSpec,
+        envelope: Envelope,
+        attempt: int,
+        inbox_key: str | None = None,
     ) -> None:
         self._bus = bus
         self._spec = spec
+        self._inbox_key = inbox_key
         self._published = 0
         self._logger: logging.LoggerAdapter[logging.Logger] | None = None
         self.envelope = envelope
@@ -106,6 +112,83 @@ class Context:
         self._published += 1
         return derive_message_id(self.envelope.message_id, self._spec.consumer, self._published)
 
+    def _check_emits(self, event: Event) -> None:
+        emits = self._spec.emits
+        if emits is not None and not isinstance(event, emits):
+            declared = ", ".join(t.__name__ for t in emits) or "nothing"
+            raise DefinitionError(
+                f"handler {self._spec.consumer} declared emits=[{declared}] but published "
+                f"{type(event).__name__}; add it to emits"
+            )
+
+    async def outbox_publish(
+        self,
+        conn: Any,
+        event: Event,
+        *,
+        key: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> Envelope:
+        """Publish an event caused by this message, in ``conn``'s open transaction.
+
+        Same as :meth:`Outbox.publish <flowkit.Outbox.publish>` on the bus's
+        outbox, carrying this flow's correlation id, this message's id as
+        causation id, and a derived id as :meth:`publish` does: a retried
+        handler writes the same ids again.
+
+        Raises:
+            DefinitionError: if the handler declared ``emits=[...]`` without this type.
+            StoreError, TypeError, MessageTooLarge: as :meth:`Outbox.publish
+                <flowkit.Outbox.publish>` raises them.
+        """
+        self._check_emits(event)
+        return await self._bus.outbox.publish(
+            conn,
+            event,
+            key=key,
+            headers=headers,
+            correlation_id=self.envelope.correlation_id,
+            causation_id=self.envelope.message_id,
+            message_id=self._next_id(),
+        )
+
+    async def record_handled(self, conn: Any) -> None:
+        """Record this message as handled, in ``conn``'s open transaction.
+
+        Call it in the transaction that holds the handler's effects, on the
+        database of the bus's store: the message is marked done in this
+        handler's inbox if and only if the transaction commits. If it is
+        already done (a duplicate delivery, handled meanwhile by another
+        process), :class:`~flowkit.AlreadyHandled` is raised: let it escape,
+        so that the transaction rolls back and the bus acks the duplicate.
+        With PostgreSQL, a concurrent duplicate waits for this transaction and
+        then gets ``AlreadyHandled`` if it committed.
+
+        Args:
+            conn: an ``asyncpg`` connection for a PostgresStore, an
+                ``sqlite3.Connection`` to the store's file for an SQLiteStore.
+
+        Raises:
+            AlreadyHandled: if this handler has already handled the message.
+            StoreError: if the bus's store has no outbox tables (a
+                MemoryStore, or none), the handler answers commands, ``conn``
+                has no open transaction or is connected to another database,
+                or the database fails.
+            TypeError: if ``conn`` is not a connection of the store's kind.
+        """
+        if self._spec.kind != "event":
+            raise StoreError(
+                f"record_handled() is for event handlers; command handler "
+                f"{self._spec.consumer} answers every copy of a request: pass "
+                "ctx.idempotency_key on instead"
+            )
+        ops = self._bus.outbox._store_ops()
+        key = self._inbox_key or self.envelope.message_id
+        if not await ops.record_handled(conn, self._spec.consumer, key):
+            raise AlreadyHandled(
+                f"{self._spec.consumer} has already handled message {self.envelope.message_id}"
+            )
+
     async def publish(self, event: Event, *, headers: Mapping[str, str] | None = None) -> Envelope:
         """Publish an event caused by the message being handled.
 
@@ -116,13 +199,7 @@ class Context:
         Raises:
             DefinitionError: if the handler declared ``emits=[...]`` without this type.
         """
-        emits = self._spec.emits
-        if emits is not None and not isinstance(event, emits):
-            declared = ", ".join(t.__name__ for t in emits) or "nothing"
-            raise DefinitionError(
-                f"handler {self._spec.consumer} declared emits=[{declared}] but published "
-                f"{type(event).__name__}; add it to emits"
-            )
+        self._check_emits(event)
         return await self._bus.publish(
             event,
             headers=headers,

@@ -11,7 +11,9 @@ import anyio
 
 from .._cancel import cancel_requested
 from .._exits import exit_stack
+from ..stores._outbox import has_outbox, outbox_of
 from ._consumer import Consumer, DecodeCache, Workers
+from ._relay import Relay
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -54,6 +56,7 @@ class Running:
         self.cache = DecodeCache()
         self._stack: AsyncExitStack | None = None
         self._task_group: TaskGroup | None = None
+        self.relay: Relay | None = None
 
     @property
     def task_group(self) -> TaskGroup:
@@ -103,6 +106,10 @@ class Running:
         bus._running = self
         for consumer, sub in loops:
             self._task_group.start_soon(consumer.run, sub, self.workers)
+        if bus.outbox_relay and has_outbox(store):
+            self.relay = Relay(outbox_of(store), transport, lease=bus.outbox_lease)
+            bus.outbox.relay = self.relay
+            self._task_group.start_soon(self.relay.run)
         retention = bus.inbox_retention
         if store is not None and retention is not None and self.specs:
             self._task_group.start_soon(_prune_inbox, store, retention)
@@ -125,6 +132,8 @@ class Running:
             self.workers.stopping = True
             self._task_group.cancel_scope.cancel()
             self.bus._running = None
+            if self.bus.outbox.relay is self.relay:
+                self.bus.outbox.relay = None
             self.cache.clear()
             with anyio.CancelScope(shield=True):
                 await self.bus._requests.stop()
@@ -132,7 +141,8 @@ class Running:
         return False
 
     async def _wind_down(self, *, cancelled: bool) -> None:
-        """Stop taking messages, and give busy handlers ``stop_grace`` seconds.
+        """Stop taking messages, give busy handlers ``stop_grace`` seconds, then
+        let the outbox relay finish its batch and give its lease back.
 
         Not shielded: a cancellation arriving meanwhile ends the wait at once.
         """
@@ -140,19 +150,20 @@ class Running:
         workers.stopping = True
         await self.bus._requests.stop()
         await workers.close_idle()
-        if not workers.live:
-            return
-        if not cancelled and self.stop_grace > 0:
-            with anyio.move_on_after(self.stop_grace):
-                await workers.gone.wait()
         if workers.live:
-            busy = workers.busy
-            logger.warning(
-                "%d handler(s) still running %s; cancelling them: their messages are not "
-                "acked and go back to the transport",
-                busy,
-                "at a cancellation" if cancelled else f"after {self.stop_grace:.1f}s",
-            )
+            if not cancelled and self.stop_grace > 0:
+                with anyio.move_on_after(self.stop_grace):
+                    await workers.gone.wait()
+            if workers.live:
+                busy = workers.busy
+                logger.warning(
+                    "%d handler(s) still running %s; cancelling them: their messages are not "
+                    "acked and go back to the transport",
+                    busy,
+                    "at a cancellation" if cancelled else f"after {self.stop_grace:.1f}s",
+                )
+        if self.relay is not None and not cancelled:
+            await self.relay.stop(max(self.stop_grace, 1.0))
 
 
 async def _prune_inbox(store: StateStore, retention: float) -> None:
