@@ -101,11 +101,21 @@ class NullStore:
     ) -> None:
         return None
 
-    async def create_workflow(self, record: WorkflowRecord) -> tuple[WorkflowRecord, bool]:
-        return replace(record, version=1), True
+    async def create_workflow(
+        self, record: WorkflowRecord, *, lease: float | None = None
+    ) -> tuple[WorkflowRecord, bool]:
+        return replace(record, version=1, history=()), True
 
-    async def save_workflow(self, record: WorkflowRecord) -> WorkflowRecord:
-        return replace(record, version=record.version + 1)
+    async def save_workflow(
+        self, record: WorkflowRecord, *, history: Any = (), lease: float | None = None
+    ) -> WorkflowRecord:
+        return replace(record, version=record.version + 1, history=())
+
+    async def renew_leases(self, owner: str, ids: Any, *, lease: float) -> dict[str, bool]:
+        return dict.fromkeys(ids, False)
+
+    async def release_workflows(self, owner: str, ids: Any) -> None:
+        return None
 
 
 def orders(prefix: str, n: int) -> list[tuple[str, Order]]:

@@ -143,26 +143,31 @@ async def test_read_only_refuses_a_newer_schema(tmp_path: Path) -> None:
             pass
 
 
-async def test_read_only_reads_an_older_schema_without_migrating_it(tmp_path: Path) -> None:
-    path = tmp_path / "v1.db"
+async def test_read_only_refuses_a_schema_too_old_to_read_and_changes_nothing(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "v3.db"
     with sqlite3.connect(path) as conn:
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute(
             "CREATE TABLE flowkit_schema (version INTEGER NOT NULL PRIMARY KEY, "
             "applied_at TEXT NOT NULL)"
         )
-        for statement in _MIGRATIONS[0]:
-            conn.execute(statement)
-        conn.execute("INSERT INTO flowkit_schema VALUES (1, '2024-01-01T00:00:00.000000+00:00')")
-        conn.execute(
-            "INSERT INTO flowkit_workflows VALUES ('w', 'n', 'RUNNING', 1, '{}', "
-            "'2024-01-01T00:00:00.000000+00:00', '2024-01-01T00:00:00.000000+00:00')"
-        )
+        for version in (1, 2, 3):
+            for statement in _MIGRATIONS[version - 1]:
+                conn.execute(statement)
+            conn.execute(
+                "INSERT INTO flowkit_schema VALUES (?, '2024-01-01T00:00:00.000000+00:00')",
+                (version,),
+            )
     sqlite3.connect(path).close()
-    async with SQLiteStore(path, read_only=True) as store:
-        assert [record.id for record in await store.list_workflows()] == ["w"]
+    with pytest.raises(StoreError, match="too old to read without upgrading it"):
+        async with SQLiteStore(path, read_only=True):
+            pass
     with sqlite3.connect(path) as conn:
-        assert [row[0] for row in conn.execute("SELECT version FROM flowkit_schema")] == [1]
+        assert [row[0] for row in conn.execute("SELECT version FROM flowkit_schema")] == [1, 2, 3]
+    async with SQLiteStore(path) as store:  # opened to write: migrated
+        assert await store.list_workflows() == []
 
 
 async def test_read_only_never_migrates_or_changes_wal_mode(tmp_path: Path) -> None:

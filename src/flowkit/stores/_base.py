@@ -435,11 +435,11 @@ class StateStore(Protocol):
     ) -> int:
         """Remove the workflow records in ``statuses`` last updated before ``older_than``.
 
-        Their history goes with them. Only the final statuses are pruned by default. An unfinished status
-        (``RUNNING``, ``COMPENSATING``) is pruned only when the caller names
-        it: that is for workflows abandoned long ago, since a workflow still
-        advancing whose record is removed fails its next save with
-        :class:`~flowkit.WorkflowNotFound`.
+        Their history goes with them. Only the final statuses are pruned by
+        default. An unfinished status (``RUNNING``, ``COMPENSATING``) is
+        pruned only when the caller names it: that is for workflows
+        abandoned long ago, since a workflow still advancing whose record is
+        removed fails its next save with :class:`~flowkit.WorkflowNotFound`.
 
         The least recently updated records go first, at most ``limit`` per
         call, so that a large prune never holds one long transaction: call

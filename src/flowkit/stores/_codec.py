@@ -15,9 +15,9 @@ if TYPE_CHECKING:
 
 __all__ = [
     "MAX_LEASE",
+    "claim_limit",
     "decode_state",
     "encode_state",
-    "claim_limit",
     "lease_seconds",
     "owner_lease",
     "parse_cursor",

@@ -84,8 +84,7 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "ALTER TABLE {s}.flowkit_workflows ADD COLUMN lease_until timestamptz",
         "ALTER TABLE {s}.flowkit_workflows "
         "ADD COLUMN cancel_requested boolean NOT NULL DEFAULT false",
-        "CREATE INDEX flowkit_workflows_claim "
-        "ON {s}.flowkit_workflows (name, status, lease_until)",
+        "CREATE INDEX flowkit_workflows_claim ON {s}.flowkit_workflows (name, status, lease_until)",
         # Listing pages by (created_at, id).
         "CREATE INDEX flowkit_workflows_created_id ON {s}.flowkit_workflows (created_at, id)",
         # History is appended, not rewritten: one row per entry, moved out of the state.
