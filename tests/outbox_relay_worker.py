@@ -1,5 +1,5 @@
 """A process that only relays the outbox: ``python tests/outbox_relay_worker.py STORE
-TRANSPORT LOG [--down S] [--delay S] [--lease S]``.
+TRANSPORT LOG [--down S] [--delay S] [--lease S] [--schema NAME]``.
 
 STORE and TRANSPORT are URLs (``memory://`` for a transport of its own); every
 publish the transport takes is appended to LOG. The transport fails for the
@@ -31,12 +31,15 @@ async def main() -> None:
     parser.add_argument("--down", type=float, default=0.0)
     parser.add_argument("--delay", type=float, default=0.0)
     parser.add_argument("--lease", type=float, default=2.0)
+    parser.add_argument("--schema", default=None)
     args = parser.parse_args()
     transport = RecordingTransport(
         transport_from_url(args.transport), delay=args.delay, log_path=args.log
     )
     transport.go_down(args.down)
-    bus = Choreography(transport, store=store_from_url(args.store), outbox_lease=args.lease)
+    options = {"schema": args.schema} if args.schema else {}
+    store = store_from_url(args.store, **options)
+    bus = Choreography(transport, store=store, outbox_lease=args.lease)
     async with bus.run(services=[]):
         print("ready", flush=True)
         await anyio.sleep(3600)
