@@ -42,7 +42,7 @@ logger = logging.getLogger("flowkit.outbox")
 LEASE_NAME = "outbox-relay"
 
 #: Envelopes read per batch.
-BATCH = 256
+BATCH = 1000
 #: Keys published at once within a batch.
 LANES = 64
 #: Idle polling: the first pause after an empty read, doubling up to the last.

@@ -57,6 +57,7 @@ class SQLiteOutbox:
         self.path = path
         self.busy_timeout = busy_timeout
         self._real = os.path.realpath(path)
+        self._same: dict[str, bool] = {}  # main file as a connection names it -> ours?
 
     @classmethod
     def of(cls, store: SQLiteStore) -> Self:
@@ -95,7 +96,12 @@ class SQLiteOutbox:
         except sqlite3.Error as exc:
             raise _failed(doing, exc) from exc
         main = next((str(row[2]) for row in rows if row[1] == "main"), "")
-        if not main or os.path.realpath(main) != self._real:
+        same = self._same.get(main)
+        if same is None:
+            same = bool(main) and os.path.realpath(main) == self._real
+            if len(self._same) < 64:
+                self._same[main] = same
+        if not same:
             raise StoreError(
                 f"{doing}: the sqlite3 connection is to another database than the "
                 "bus's SQLiteStore; connect to the store's file (SQLiteStore.path)"
