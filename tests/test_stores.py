@@ -23,6 +23,7 @@ from flowkit.stores import (
     StateStore,
     WorkflowRecord,
 )
+from flowkit.stores._codec import encode_state, owner_lease
 from flowkit.stores._sqlite import SCHEMA_VERSION
 from flowkit.stores._sqlite._schema import _MIGRATIONS
 from flowkit.testing._store_suite import STORE_CHECKS, check_store
@@ -82,11 +83,17 @@ class _Racy(MemoryStore):
         current = await self.load_workflow(record.id)
         if current.version != record.version:
             raise ConcurrencyConflict("stale")
-        await anyio.lowlevel.checkpoint()
-        now = self._workflows[record.id].version  # whatever was written meanwhile is lost
-        return await super().save_workflow(
-            dataclasses.replace(record, version=now), history=history, lease=lease
-        )
+        held = owner_lease(record.owner, lease)
+        state_json = encode_state(record.state)
+        await anyio.lowlevel.checkpoint()  # whatever is written meanwhile is lost
+        stored = self._workflows[record.id]
+        stored.status, stored.state_json = record.status, state_json
+        stored.version += 1
+        stored.updated_at = datetime.now(UTC)
+        stored.history.extend(encode_state(entry) for entry in history)
+        stored.hold(record.owner, held, stored.updated_at)
+        stored.cancel_requested = stored.cancel_requested and record.status == "RUNNING"
+        return stored.record(record.id)
 
 
 async def test_check_store_names_the_failed_checks() -> None:
