@@ -15,6 +15,7 @@ from pydantic import BaseModel, ValidationError
 from flowkit._cli.dlq import reason_of
 from flowkit.cli import main
 from flowkit.stores import DeadLetter, SQLiteStore, WorkflowRecord
+from flowkit.testing import FaultPlan, SimulatedCrash
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -341,6 +342,55 @@ def test_workflows_list_and_show(db: Path, capsys: pytest.CaptureFixture[str]) -
     assert "PingSaga w-undone: COMPENSATED" in out
     assert "step_compensated" in out and "errors.pydantic.dev" not in out
     assert main(["workflows", "show", f"{APP}:orders", "missing"]) == 1
+    assert "WorkflowNotFound" in one_line_error(capsys)
+
+
+def test_workflows_list_pages_with_after(db: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run_two_workflows()
+    assert main(["workflows", "list", f"{APP}:orders", "--limit", "1"]) == 0
+    first = capsys.readouterr()
+    assert "w-ok  COMPLETED" in first.out and "w-undone" not in first.out
+    [hint] = first.err.splitlines()
+    assert hint.startswith("next page: --after ")
+    cursor = hint.removeprefix("next page: --after ")
+    assert main(["workflows", "list", f"{APP}:orders", "--limit", "1", "--after", cursor]) == 0
+    second = capsys.readouterr()
+    assert "w-undone  COMPENSATED" in second.out and "w-ok" not in second.out
+    assert main(["workflows", "list", f"{APP}:orders", "--after", "nonsense"]) == 1
+    assert "cursor" in one_line_error(capsys)
+
+
+def test_workflows_cancel_leaves_a_request_that_the_next_holder_acts_on(
+    db: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    async def crash_one() -> None:
+        from tests.cli_app import Ping, PingSaga, refuse
+
+        plan = FaultPlan().crash(refuse, at="started")
+        async with plan.install(PingSaga(store=SQLiteStore(db), recover=False)) as saga:
+            with pytest.raises(SimulatedCrash):
+                await saga.run(Ping(n=1), workflow_id="w-left")
+
+    anyio.run(crash_one)
+    assert main(["workflows", "list", f"{APP}:orders"]) == 0
+    assert "w-left  RUNNING" in capsys.readouterr().out
+    assert main(["workflows", "cancel", f"{APP}:orders", "w-left", "--wait", "0.2"]) == 1
+    out, err = capsys.readouterr()
+    assert "cancel requested" in out and "still RUNNING after 0.2s" in err
+    assert main(["workflows", "list", f"{APP}:orders"]) == 0
+    assert "(cancel requested)" in capsys.readouterr().out
+
+    async def take_over() -> list[str]:
+        from tests.cli_app import orders
+
+        async with orders:
+            return [o.status.value for o in await orders.resume()]
+
+    assert anyio.run(take_over) == ["COMPENSATED"]
+    sys.modules.pop(APP)
+    assert main(["workflows", "cancel", f"{APP}:orders", "w-left"]) == 0
+    assert "w-left is COMPENSATED: nothing to cancel" in capsys.readouterr().out
+    assert main(["workflows", "cancel", f"{APP}:orders", "missing"]) == 1
     assert "WorkflowNotFound" in one_line_error(capsys)
 
 
