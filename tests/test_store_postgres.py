@@ -91,6 +91,18 @@ def test_exported_lazily_and_opened_from_urls() -> None:
         assert store.schema == "other"
 
 
+async def test_the_url_names_the_schema(postgres_url: str, schema: str) -> None:
+    joiner = "&" if "?" in postgres_url else "?"
+    store = from_url(f"{postgres_url}{joiner}schema={schema}&application_name=flowkit-test")
+    assert isinstance(store, PostgresStore) and store.schema == schema
+    assert "?schema=" not in repr(store) and "&schema=" not in repr(store)
+    async with store:
+        await store.create_workflow(WorkflowRecord(id="w", name="n", status="RUNNING", state={}))
+    async with PostgresStore(postgres_url, schema=schema) as same:
+        assert (await same.load_workflow("w")).status == "RUNNING"
+    assert from_url(f"{postgres_url}{joiner}schema=a", schema="b").schema == "b"  # type: ignore[attr-defined]
+
+
 def test_import_flowkit_does_not_import_asyncpg() -> None:
     code = "import sys, flowkit, flowkit.stores; print('asyncpg' in sys.modules)"
     import subprocess

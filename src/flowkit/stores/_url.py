@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from .._errors import MissingDependency
 from .._redact import scheme_of
@@ -24,7 +25,10 @@ def from_url(url: str, **options: Any) -> StateStore:
     ``sqlite:///:memory:`` are :class:`~flowkit.stores.SQLiteStore` files;
     ``memory://`` is a :class:`~flowkit.stores.MemoryStore`;
     ``postgresql://user:password@host:port/database`` (or ``postgres://``) is a
-    :class:`~flowkit.stores.PostgresStore`, importing asyncpg only then.
+    :class:`~flowkit.stores.PostgresStore`, importing asyncpg only then; its
+    query may name the PostgreSQL schema of flowkit's tables
+    (``?schema=orders``); the rest of the query goes to asyncpg
+    (``?sslmode=require``...).
 
     Args:
         url: where the store is.
@@ -41,10 +45,24 @@ def from_url(url: str, **options: Any) -> StateStore:
 
         return MemoryStore(**options)
     if scheme in ("postgresql", "postgres"):
-        return postgres_store()(url, **options)
+        dsn, schema = _split_schema(url)
+        if schema is not None:
+            options.setdefault("schema", schema)
+        return postgres_store()(dsn, **options)
     from ._sqlite import SQLiteStore
 
     return SQLiteStore(url, **options)
+
+
+def _split_schema(url: str) -> tuple[str, str | None]:
+    """The URL without its ``schema`` query parameter, and that parameter."""
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    schemas = [value for key, value in query if key == "schema"]
+    if not schemas:
+        return url, None
+    rest = urlencode([(key, value) for key, value in query if key != "schema"])
+    return urlunsplit(parts._replace(query=rest)), schemas[-1]
 
 
 def postgres_store() -> type[PostgresStore]:
