@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 BENCH_VENV := .venv-bench
 BENCH_STAMP := $(BENCH_VENV)/.installed
 
-.PHONY: demo test lint typecheck docs bench clean brokers brokers-env brokers-stop test-brokers
+.PHONY: demo demo-postgres test lint typecheck docs bench clean brokers brokers-env brokers-stop test-brokers
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,15 @@ $(STAMP): $(BIN)/python pyproject.toml
 
 demo: $(STAMP)
 	$(BIN)/python -m examples.ecommerce
+
+# The same demo with its records in PostgreSQL: a throwaway server of its own,
+# stopped afterwards (scripts/brokers.sh installs it from Debian when missing).
+demo-postgres: $(STAMP)
+	@state=$$(mktemp -d) && export FLOWKIT_BROKERS_DIR="$$state" && \
+	trap '$(BROKERS) stop postgres; rm -rf "$$state"' EXIT && trap 'exit 130' INT TERM && \
+	$(BROKERS) start postgres && \
+	eval "$$($(BROKERS) env)" && \
+	$(BIN)/python -m examples.ecommerce --store "$$FLOWKIT_POSTGRES_URL"
 
 test: $(STAMP)
 	$(BIN)/ruff check src tests examples benchmarks

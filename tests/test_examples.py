@@ -22,6 +22,8 @@ from flowkit.orchestration import WorkflowStatus
 from flowkit.testing import assert_compensation_order, run_in_memory
 from flowkit.transports import InMemoryTransport
 
+from .brokers import postgres_url as postgres_url
+
 pytestmark = pytest.mark.anyio
 
 ORDER = OrderPlaced(
@@ -118,12 +120,24 @@ def test_the_saga_quickstart_runs(capsys: pytest.CaptureFixture[str]) -> None:
 def test_the_demo_prints_the_flow(capsys: pytest.CaptureFixture[str]) -> None:
     from examples.ecommerce.__main__ import main
 
-    anyio.run(main)
+    anyio.run(main, None)
     out = capsys.readouterr().out
+    assert "(records kept in SQLite files)" in out
     assert "[notification] emailed ada@example.com about order o-1" in out
     assert "order history of o-1: OrderPlaced" in out
     assert "dead letter: notification:" in out
     assert "o-2: COMPENSATED" in out
+    assert "compensated, in order: prepare_shipment, charge_payment, reserve_stock" in out
+
+
+def test_the_demo_runs_on_postgresql(postgres_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from examples.ecommerce.__main__ import main
+
+    anyio.run(main, postgres_url, backend="asyncio")
+    out = capsys.readouterr().out
+    assert "(records kept in schema flowkit_demo_" in out
+    assert "order history of o-1: OrderPlaced" in out
+    assert "dead letter: notification:" in out
     assert "compensated, in order: prepare_shipment, charge_payment, reserve_stock" in out
 
 

@@ -201,7 +201,7 @@ class _Partitioned:
 async def test_a_holder_that_lost_its_lease_stops_that_workflow(store: StateStore) -> None:
     GATE["w1"] = anyio.Event()
     cut = _Partitioned(store)
-    async with Instance(cut, "A", lease=0.4) as a:  # type: ignore[arg-type]
+    async with Instance(cut, "A", lease=0.4) as a:
         await a.start(Order(n=1), workflow_id="w1")
         await wait_until(lambda: CALLS[("w1", "pack", "A")] == 1, timeout=5)
         cut.cut = True  # A can no longer renew: its lease runs out

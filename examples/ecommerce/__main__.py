@@ -1,24 +1,46 @@
 """`make demo`: the order workflow, choreographed then orchestrated, on the embedded
-default (in-memory transport, SQLite store)."""
+default (in-memory transport, SQLite store).
+
+``python -m examples.ecommerce --store postgresql://user@host/db`` keeps the
+records in PostgreSQL instead, in a new schema of their own (``make
+demo-postgres`` starts a throwaway server and does this).
+"""
 
 from __future__ import annotations
 
+import argparse
 import logging
+import secrets
 import tempfile
+import time
 from pathlib import Path
 
 import anyio
+
+from flowkit.stores import StateStore, from_url
 
 from .choreographed import run_choreography
 from .orchestrated import run_orchestration
 
 
-async def main() -> None:
+def stores(url: str | None, tmp: Path) -> tuple[StateStore | Path, StateStore | Path, str]:
+    """The stores of the two demos, and where they are, in words."""
+    if url is None:
+        return tmp / "choreography.db", tmp / "orchestration.db", "SQLite files"
+    if "schema=" in url:
+        raise SystemExit("--store: the demo picks its own schema; leave ?schema= out")
+    schema = time.strftime("flowkit_demo_%Y%m%d_%H%M%S_") + secrets.token_hex(2)
+    return from_url(url, schema=schema), from_url(url, schema=schema), f"schema {schema}"
+
+
+async def main(url: str | None) -> None:
     # flowkit logs retries and dead letters; show them beside what the services print.
     logging.basicConfig(level=logging.WARNING, format="  (%(levelname)s) %(message)s")
     with tempfile.TemporaryDirectory() as tmp:
+        choreography_store, orchestration_store, where = stores(url, Path(tmp))
+        print(f"(records kept in {where})")
         print("== Choreography: every service reacts to OrderPlaced on its own ==")
-        result = await run_choreography(Path(tmp) / "choreography.db", echo=True)
+        result = await run_choreography(choreography_store, echo=True)
         print()
         for order_id, timeline in sorted(result.timelines.items()):
             print(f"order history of {order_id}: {' -> '.join(timeline)}")
@@ -30,7 +52,7 @@ async def main() -> None:
 
         print()
         print("== Orchestration: the order service runs the PlaceOrder saga ==")
-        saga = await run_orchestration(Path(tmp) / "orchestration.db", echo=True)
+        saga = await run_orchestration(orchestration_store, echo=True)
         for order_id, outcome in saga.outcomes.items():
             print()
             line = f"{order_id}: {outcome.status.value}"
@@ -51,4 +73,10 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    anyio.run(main)
+    parser = argparse.ArgumentParser(prog="python -m examples.ecommerce", description=__doc__)
+    parser.add_argument(
+        "--store",
+        metavar="URL",
+        help="a postgresql:// URL to keep the records in (default: temporary SQLite files)",
+    )
+    anyio.run(main, parser.parse_args().store)

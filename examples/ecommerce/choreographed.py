@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from pathlib import Path
 
 from flowkit import Choreography, DeadLetter
-from flowkit.stores import SQLiteStore
+from flowkit.stores import SQLiteStore, StateStore
 from flowkit.transports import InMemoryTransport
 
 from . import logistics, notification, order_history, seller
 from .events import OrderPlaced
 from .world import World
-
-if TYPE_CHECKING:
-    from pathlib import Path
 
 
 @dataclass
@@ -24,20 +21,24 @@ class ChoreographyResult:
     dead_letters: list[DeadLetter]
 
 
-def build_bus(world: World, store_path: Path) -> tuple[Choreography, dict[str, list[str]]]:
+def build_bus(world: World, store: StateStore | Path) -> tuple[Choreography, dict[str, list[str]]]:
     """One bus with every service registered; in production each service process
-    builds its own bus on a broker transport and runs only its own service."""
-    bus = Choreography(InMemoryTransport(), store=SQLiteStore(store_path))
+    builds its own bus on a broker transport and runs only its own service.
+
+    ``store`` is a store, or the path of an SQLite file."""
+    if isinstance(store, Path):
+        store = SQLiteStore(store)
+    bus = Choreography(InMemoryTransport(), store=store)
     for service in (notification, seller, logistics):
         service.register(bus, world)
     timelines = order_history.register(bus, world)
     return bus, timelines
 
 
-async def run_choreography(store_path: Path, *, echo: bool = False) -> ChoreographyResult:
+async def run_choreography(store: StateStore | Path, *, echo: bool = False) -> ChoreographyResult:
     """Place two orders: one goes through with a flaky partner API, one has a bad email."""
     world = World(echo=echo)
-    bus, timelines = build_bus(world, store_path)
+    bus, timelines = build_bus(world, store)
     transport = bus.transport
     assert isinstance(transport, InMemoryTransport)
     world.fail("partner-api", times=2)  # logistics retries with backoff

@@ -10,7 +10,7 @@ When a step fails, the completed steps are undone in reverse.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from pathlib import Path
 
 from flowkit import Choreography, NonRetryableError, Retry
 from flowkit.orchestration import (
@@ -22,7 +22,7 @@ from flowkit.orchestration import (
     StepContext,
     WorkflowInfo,
 )
-from flowkit.stores import SQLiteStore
+from flowkit.stores import SQLiteStore, StateStore
 from flowkit.transports import InMemoryTransport
 
 from . import logistics, notification, seller
@@ -35,9 +35,6 @@ from .events import (
     SendConfirmation,
 )
 from .world import World
-
-if TYPE_CHECKING:
-    from pathlib import Path
 
 
 class CardDeclined(NonRetryableError):
@@ -129,8 +126,11 @@ ORDERS = (
 )
 
 
-async def run_orchestration(store_path: Path, *, echo: bool = False) -> OrchestrationResult:
-    """Three orders: one completes, one finds no delivery partner, one has its card declined."""
+async def run_orchestration(store: StateStore | Path, *, echo: bool = False) -> OrchestrationResult:
+    """Three orders: one completes, one finds no delivery partner, one has its card
+    declined. ``store`` is a store, or the path of an SQLite file."""
+    if isinstance(store, Path):
+        store = SQLiteStore(store)
     world = World(echo=echo)
     transport = InMemoryTransport()
     services = Choreography(transport)  # the other services, answering commands
@@ -142,7 +142,7 @@ async def run_orchestration(store_path: Path, *, echo: bool = False) -> Orchestr
     async with (
         transport,
         services,
-        place_order(SQLiteStore(store_path), transport=transport) as orders,
+        place_order(store, transport=transport) as orders,
     ):
         for order in ORDERS:
             if order.order_id == "o-2":
