@@ -62,3 +62,14 @@ def redis_url() -> str:
 def postgres_url() -> str:
     """The URL of the test PostgreSQL server (``FLOWKIT_POSTGRES_URL``)."""
     return broker_url("PostgreSQL", "FLOWKIT_POSTGRES_URL")
+
+
+async def drop_schema(url: str, schema: str) -> None:
+    """Drop a PostgreSQL schema a test made, and everything in it."""
+    import asyncpg  # type: ignore[import-untyped,import-not-found,unused-ignore]
+
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    finally:
+        await conn.close()

@@ -5,7 +5,8 @@ Usage: ``python saga_worker.py STORE_DB EFFECTS_DB WORKFLOWS SEED BACKEND``
 It first resumes the unfinished workflows whose lease is free, then runs
 workflows ``wf-0`` to ``wf-{WORKFLOWS-1}`` (``run`` is idempotent: finished
 ones return at once; one still held by a killed process is waited for, and
-taken over when its half-second lease runs out), then prints ``done``. It prints ``ready`` once it has opened the store.
+taken over when its half-second lease runs out), then prints ``done``. It
+prints ``ready`` once it has opened the store.
 
 Every step and compensation applies its effect in a separate SQLite database,
 keyed by its idempotency key: a repeated call (a retry, or a call repeated after
