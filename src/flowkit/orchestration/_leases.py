@@ -111,7 +111,9 @@ class LeaseKeeper:
         held = {
             wid: run
             for wid, run in self.running.items()
-            if run.owner == self.owner and run.status.value in UNFINISHED and not run.halted
+            if run.owner == self.owner
+            and run.status.value in UNFINISHED
+            and not (run.halted or run.superseded)
         }
         if not held:
             return

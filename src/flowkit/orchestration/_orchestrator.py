@@ -901,6 +901,8 @@ class Orchestrator(Generic[InputT]):
 
     def _lose(self, run: Run) -> None:
         """Another process took the run's lease: stop it here; its outcome is polled."""
+        if run.superseded:
+            return  # stopped already: its outcome is being polled
         run.superseded = True
         self._engine.halt(run)
 
@@ -976,6 +978,7 @@ class Orchestrator(Generic[InputT]):
                 finally:
                     slots.release()
         except Superseded:
+            run.superseded = True
             logger.info("workflow %s was saved by another process; leaving it to it", run.id)
             if not poll_if_superseded:
                 raise
