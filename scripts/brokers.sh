@@ -11,8 +11,9 @@
 # are recorded in $FLOWKIT_BROKERS_DIR/NAME.env (default: .brokers/ in the repo).
 #
 # Adding a server is adding its functions NAME_install, NAME_start (sets PID, PORT, DIR),
-# NAME_alive, NAME_stop and NAME_url (see the Redis ones) and its name to BROKERS.
-# NAME_url gives the value of FLOWKIT_<NAME>_URL.
+# NAME_alive, NAME_stop and NAME_url (see the Redis ones) and its name to BROKERS, in
+# this file or in a file of its own, scripts/brokers.d/NAME.sh, which this file sources
+# (it does `BROKERS+=(NAME)`). NAME_url gives the value of FLOWKIT_<NAME>_URL.
 set -euo pipefail
 
 BROKERS=(redis postgres)
@@ -311,6 +312,14 @@ postgres_stop() {
 }
 
 postgres_url() { printf 'postgresql://postgres@127.0.0.1:%s/postgres' "$PORT"; }
+
+# --- servers of their own files -----------------------------------------------------------
+
+for extra in "$ROOT"/scripts/brokers.d/*.sh; do
+    [ -e "$extra" ] || continue
+    # shellcheck source=/dev/null
+    . "$extra"
+done
 
 # --- commands -----------------------------------------------------------------------------
 
