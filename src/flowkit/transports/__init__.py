@@ -26,8 +26,8 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    if name == "RedisTransport":
-        from ._url import redis_transport
+    from ._url import BROKERS, broker_class
 
-        return redis_transport()
+    if any(broker.cls == name for broker in BROKERS):
+        return broker_class(name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
