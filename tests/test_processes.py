@@ -1,4 +1,5 @@
-"""The e-commerce example with each service in its own ``flowkit worker`` process, on Redis.
+"""The e-commerce example with each service in its own ``flowkit worker`` process, on
+every broker.
 
 Every service process shares one SQLite store (inboxes, dead letters) and one
 ledger of effects (:class:`~examples.ecommerce.ledger.SharedWorld`), which
@@ -43,7 +44,7 @@ from flowkit.transports import from_url
 from .brokers import redis_url as redis_url
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Iterable
+    from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
     from pathlib import Path
 
     from examples.ecommerce.ledger import Effect
@@ -59,7 +60,7 @@ saga's remote steps time out after 5 s)."""
 
 @pytest.fixture
 def anyio_backend() -> str:
-    """The Redis transport runs on asyncio only."""
+    """The broker clients run on asyncio only."""
     return "asyncio"
 
 
@@ -92,7 +93,22 @@ class Shop:
         await self.workers.start_all(services)
 
 
-async def _forget(url: str, prefix: str) -> None:
+@dataclass(frozen=True)
+class BrokerRun:
+    """How one broker runs the example: the URL of a run of its own (names no
+    other run shares; what a killed worker held taken over within about
+    ``CLAIM_IDLE`` seconds), and how to clean up after it."""
+
+    fixture: str  # the pytest fixture giving the server's base URL
+    url: Callable[[str, str], str]  # (base URL, run prefix) -> the run's URL
+    forget: Callable[[str, str], Awaitable[None]]  # (base URL, run prefix) -> clean up
+
+
+def _with_query(url: str, **options: object) -> str:
+    return f"{url}{'&' if '?' in url else '?'}{urlencode(options)}"
+
+
+async def _forget_redis(url: str, prefix: str) -> None:
     """Delete the keys a run wrote under its own prefix."""
     from redis.asyncio import Redis
 
@@ -104,13 +120,23 @@ async def _forget(url: str, prefix: str) -> None:
         await client.aclose()
 
 
-@pytest.fixture
-async def shop(redis_url: str, tmp_path: Path) -> AsyncIterator[Shop]:
+#: Every broker the example runs on, by the name tests are parametrized with.
+BROKERS: dict[str, BrokerRun] = {
+    "redis": BrokerRun(
+        "redis_url",
+        lambda url, prefix: _with_query(url, claim_idle=CLAIM_IDLE, prefix=prefix),
+        _forget_redis,
+    ),
+}
+
+
+@pytest.fixture(params=sorted(BROKERS))
+async def shop(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Shop]:
+    broker = BROKERS[request.param]
+    base = request.getfixturevalue(broker.fixture)
     run = uuid.uuid4().hex[:8]
     prefix = f"flowkit-test-{run}"
-    # Keys of this run's own, and what a killed worker held soon taken over.
-    query = urlencode({"claim_idle": CLAIM_IDLE, "prefix": prefix})
-    url = f"{redis_url}{'&' if '?' in redis_url else '?'}{query}"
+    url = broker.url(base, prefix)
     world = SharedWorld(tmp_path / "ledger.db", process="test")
     workers = Workers(
         transport=url,
@@ -124,7 +150,7 @@ async def shop(redis_url: str, tmp_path: Path) -> AsyncIterator[Shop]:
     finally:
         await workers.stop()
         world.close()
-        await _forget(redis_url, prefix)
+        await broker.forget(base, prefix)
         for worker in workers.started:
             if worker.process.returncode not in (0, -signal.SIGKILL):
                 print(f"--- {worker.name} exited with {worker.process.returncode}:")
@@ -362,14 +388,18 @@ async def test_dlq_replay_from_another_process_reaches_a_worker(shop: Shop) -> N
     assert await shop.dead_letters() == []
 
 
-def test_the_processes_example_needs_a_redis_url() -> None:
+def test_the_processes_example_needs_a_broker_url() -> None:
     done = subprocess.run(
         [sys.executable, "-m", "examples.ecommerce.processes"],
         cwd=ROOT,
-        env={k: v for k, v in os.environ.items() if k != "FLOWKIT_REDIS_URL"},
+        env={
+            k: v
+            for k, v in os.environ.items()
+            if k not in ("FLOWKIT_REDIS_URL", "FLOWKIT_TRANSPORT")
+        },
         capture_output=True,
         text=True,
         timeout=60,
     )
     assert done.returncode == 2
-    assert "--redis" in done.stderr
+    assert "--transport" in done.stderr

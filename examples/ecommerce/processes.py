@@ -1,13 +1,15 @@
-"""The order workflow with each service in its own process, on Redis.
+"""The order workflow with each service in its own process, on a broker.
 
 ::
 
-    python -m examples.ecommerce.processes --redis redis://127.0.0.1:6379/0
+    python -m examples.ecommerce.processes --transport redis://127.0.0.1:6379/0
 
 This process is the order service. It starts one ``flowkit worker`` process
 per service of :mod:`examples.ecommerce.services` (two for logistics), all on
-the Redis URL, sharing one SQLite store (inboxes and dead letters) and one
-ledger of what the services did (:class:`~examples.ecommerce.ledger.SharedWorld`).
+the broker the URL names (any of :func:`flowkit.transports.from_url`'s but
+``memory://``, which cannot reach another process), sharing one SQLite store
+(inboxes and dead letters) and one ledger of what the services did
+(:class:`~examples.ecommerce.ledger.SharedWorld`).
 Then it places orders twice: first by publishing ``OrderPlaced`` and letting
 the services react (choreography), then by running the ``PlaceOrder`` saga
 whose remote steps the worker processes answer (orchestration). It prints what
@@ -29,6 +31,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, Self
+from urllib.parse import urlsplit
 
 import anyio
 
@@ -357,13 +360,16 @@ def _print_effects(effects: Iterable[Effect]) -> None:
 # -- the two runs ----------------------------------------------------------------------
 
 
-async def run_choreography(redis: str, workdir: Path, *, orders: int = 10) -> None:
+async def run_choreography(transport: str, workdir: Path, *, orders: int = 10) -> None:
     """Start a worker per service replica, publish orders, wait until they are
     settled, and print what each process did."""
     world = SharedWorld(workdir / "choreography-ledger.db", process="order")
     store = workdir / "choreography.db"
     async with Workers(
-        transport=redis, store=store, ledger=Path(world.path), logs=workdir / "choreography-logs"
+        transport=transport,
+        store=store,
+        ledger=Path(world.path),
+        logs=workdir / "choreography-logs",
     ) as workers:
         started = await workers.start_all(
             service for service, replicas in SERVICES.items() for _ in range(replicas)
@@ -371,7 +377,7 @@ async def run_choreography(redis: str, workdir: Path, *, orders: int = 10) -> No
         print("started " + ", ".join(f"{w.name} (pid {w.pid})" for w in started))
         placed = _orders(orders)
         world.fail("partner-api", times=2)  # logistics retries through it
-        await place_orders(redis, placed)
+        await place_orders(transport, placed)
         print(f"published {len(placed)} orders")
         expected = set().union(*(choreography_effects(o) for o in placed))
         bad = sum("@" not in o.user_email for o in placed)
@@ -410,13 +416,16 @@ async def run_choreography(redis: str, workdir: Path, *, orders: int = 10) -> No
     world.close()
 
 
-async def run_orchestration(redis: str, workdir: Path) -> None:
+async def run_orchestration(transport: str, workdir: Path) -> None:
     """Run the ``PlaceOrder`` saga in this process, its remote steps answered by
     worker processes, and print each outcome and what each process did."""
     world = SharedWorld(workdir / "orchestration-ledger.db", process="order")
     store = workdir / "orchestration.db"
     async with Workers(
-        transport=redis, store=store, ledger=Path(world.path), logs=workdir / "orchestration-logs"
+        transport=transport,
+        store=store,
+        ledger=Path(world.path),
+        logs=workdir / "orchestration-logs",
     ) as workers:
         started = await workers.start_all(
             (notification.SERVICE, seller.SERVICE, logistics.SERVICE, logistics.SERVICE)
@@ -424,7 +433,7 @@ async def run_orchestration(redis: str, workdir: Path) -> None:
         print("started " + ", ".join(f"{w.name} (pid {w.pid})" for w in started))
         place_order = order_saga(world)
         outcomes: dict[str, Outcome] = {}
-        async with place_order(SQLiteStore(store), transport=from_url(redis)) as saga:
+        async with place_order(SQLiteStore(store), transport=from_url(transport)) as saga:
             for order in ORDERS:
                 if order.order_id == "o-2":
                     world.fail("partner-api", times=100)  # no partner can be booked
@@ -451,15 +460,24 @@ def _print_repeats(effects: list[Effect]) -> None:
         print(f"duplicate: {e.key} applied {e.repeats} more time(s), last by {e.repeated_by}")
 
 
+def where(url: str) -> str:
+    """A broker URL as printed: its scheme, host and port, never its password."""
+    parts = urlsplit(url)
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{parts.hostname or ''}{port}"
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m examples.ecommerce.processes",
-        description="Run the e-commerce example with each service in its own process, on Redis.",
+        description="Run the e-commerce example with each service in its own process, on a broker.",
     )
     parser.add_argument(
-        "--redis",
-        default=os.environ.get("FLOWKIT_REDIS_URL"),
-        help="the Redis URL (default: $FLOWKIT_REDIS_URL)",
+        "--transport",
+        metavar="URL",
+        default=os.environ.get("FLOWKIT_TRANSPORT") or os.environ.get("FLOWKIT_REDIS_URL"),
+        help="the broker's URL, e.g. redis://127.0.0.1:6379/0 (default: $FLOWKIT_TRANSPORT, "
+        "else $FLOWKIT_REDIS_URL)",
     )
     parser.add_argument(
         "--only",
@@ -482,26 +500,29 @@ async def main(args: argparse.Namespace, workdir: Path) -> None:
     """Run the choreographed version, then the orchestrated one."""
     only: Literal["choreography", "orchestration"] | None = args.only
     if only in (None, "choreography"):
-        print(f"== Choreography: one process per service, on {args.redis} ==")
-        await run_choreography(args.redis, workdir, orders=args.orders)
+        print(f"== Choreography: one process per service, on {where(args.transport)} ==")
+        await run_choreography(args.transport, workdir, orders=args.orders)
     if only in (None, "orchestration"):
         if only is None:
             print()
-        print(f"== Orchestration: this process runs the saga, on {args.redis} ==")
-        await run_orchestration(args.redis, workdir)
+        print(f"== Orchestration: this process runs the saga, on {where(args.transport)} ==")
+        await run_orchestration(args.transport, workdir)
 
 
 def _run(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    if not args.redis:
-        print("give --redis redis://HOST:PORT/DB (or set FLOWKIT_REDIS_URL)", file=sys.stderr)
+    if not args.transport:
+        print(
+            "give --transport URL, e.g. redis://HOST:PORT/DB (or set FLOWKIT_TRANSPORT)",
+            file=sys.stderr,
+        )
         return 2
     # flowkit logs retries, dead letters and failed steps: show them beside the rest.
     logging.basicConfig(level=logging.WARNING, format="  (%(levelname)s) %(message)s")
     with tempfile.TemporaryDirectory(prefix="ecommerce-") as tmp:
         workdir: Path = args.workdir or Path(tmp)
         workdir.mkdir(parents=True, exist_ok=True)
-        anyio.run(main, args, workdir, backend="asyncio")  # the Redis transport runs on asyncio
+        anyio.run(main, args, workdir, backend="asyncio")  # the broker clients run on asyncio
     return 0
 
 
