@@ -274,3 +274,27 @@ async def test_clear_errors(postgres_url: str, schema: str, conn: Any, tmp_path:
     async with conn.transaction():
         with pytest.raises(TypeError, match=r"sqlite3\.Connection"):
             await sqlite_bus.outbox.publish(conn, OrderPlaced(order_id="x"))
+
+
+async def test_the_relay_outlasts_its_connections_being_killed(
+    postgres_url: str, schema: str, conn: Any
+) -> None:
+    transport = RecordingTransport(InMemoryTransport())
+    bus = Choreography(transport, store=PostgresStore(postgres_url, schema=schema))
+    async with bus.run(services=[]):
+        async with conn.transaction():
+            await bus.outbox.publish(conn, OrderPlaced(order_id="before"))
+        await wait_until(lambda: len(transport.published) == 1)
+        killed = await conn.fetchval(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid() "
+            "AND application_name = '' AND backend_type = 'client backend' "
+            "AND query NOT LIKE '%pg_stat_activity%'"
+        )
+        assert killed >= 1
+        async with conn.transaction():
+            await bus.outbox.publish(conn, OrderPlaced(order_id="after"))
+        with anyio.move_on_after(15):
+            while len({m for m, _, _ in transport.published}) < 2:
+                await anyio.sleep(0.01)
+        assert len({m for m, _, _ in transport.published}) == 2, transport.published

@@ -38,6 +38,8 @@ logger = logging.getLogger("flowkit.outbox")
 #: Seconds any one relay statement, or the wait for a pooled connection, may take.
 _TIMEOUT = 10.0
 
+#: Seconds given to giving the listening connection back.
+_RELEASE_WITHIN = 2.0
 #: Seconds between attempts to LISTEN again after a failure (polling meanwhile).
 _LISTEN_RETRY = 30.0
 
@@ -165,7 +167,6 @@ class PostgresRelaySession:
         await self.unlisten()
         if time.monotonic() < self._listen_again_at:
             return
-        self._listen_again_at = time.monotonic() + _LISTEN_RETRY
         max_size = getattr(self._pool, "get_max_size", lambda: 2)()
         if max_size < 2:
             return  # the pool's only connection is the store's: poll
@@ -175,6 +176,7 @@ class PostgresRelaySession:
             await conn.add_listener(self._channel, self._notified)
         except Exception as exc:
             logger.warning("the outbox relay cannot LISTEN (%s); polling instead", describe(exc))
+            self._listen_again_at = time.monotonic() + _LISTEN_RETRY
             if conn is not None:
                 with contextlib.suppress(Exception):
                     await self._pool.release(conn)
@@ -186,11 +188,15 @@ class PostgresRelaySession:
         conn, self._listening = self._listening, None
         if conn is None:
             return
-        with anyio.move_on_after(_TIMEOUT):
+        with anyio.move_on_after(_RELEASE_WITHIN) as scope:
             with contextlib.suppress(Exception):
-                await conn.remove_listener(self._channel, self._notified)
+                if not conn.is_closed():
+                    await conn.remove_listener(self._channel, self._notified)
             with contextlib.suppress(Exception):
                 await self._pool.release(conn)
+        if scope.cancelled_caught:  # a connection that does not answer: drop it
+            with contextlib.suppress(Exception):
+                conn.terminate()
 
     async def _run(self, doing: str, op: Callable[[Connection], Any]) -> Any:
         with translated(f"PostgreSQL {doing}"):
