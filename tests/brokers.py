@@ -64,6 +64,12 @@ def postgres_url() -> str:
     return broker_url("PostgreSQL", "FLOWKIT_POSTGRES_URL")
 
 
+@pytest.fixture
+def rabbitmq_url() -> str:
+    """The URL of the test RabbitMQ server (``FLOWKIT_RABBITMQ_URL``)."""
+    return broker_url("RabbitMQ", "FLOWKIT_RABBITMQ_URL")
+
+
 async def drop_schema(url: str, schema: str) -> None:
     """Drop a PostgreSQL schema a test made, and everything in it."""
     import asyncpg  # type: ignore[import-untyped,import-not-found,unused-ignore]

@@ -42,6 +42,9 @@ class Broker:
 #: The broker transports, one entry each.
 BROKERS: tuple[Broker, ...] = (
     Broker(("redis", "rediss"), "._redis", "RedisTransport", ("redis", "hiredis"), "redis"),
+    Broker(
+        ("amqp", "amqps"), "._rabbitmq", "RabbitMQTransport", ("aiormq", "pamqp"), "rabbitmq"
+    ),
 )
 
 SCHEMES: tuple[str, ...] = ("memory", *(s for b in BROKERS for s in b.schemes))

@@ -1,0 +1,532 @@
+"""The RabbitMQ transport: topic exchanges, a queue per group, TTL queues for delays."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from typing import TYPE_CHECKING, Any, Self
+
+from pamqp.commands import Basic
+
+from ..._errors import TransportClosed, TransportError
+from ..._redact import redact_url
+from .._base import Capabilities
+from ._client import LOST, Link, amqp_errors, check_asyncio, split_options, translate
+from ._subscription import RabbitMQSubscription
+
+if TYPE_CHECKING:
+    import ssl
+    from collections.abc import Mapping
+    from types import TracebackType
+
+    import aiormq
+    from aiormq.abc import AbstractChannel
+
+    from .._base import Subscription
+
+__all__ = ["RabbitMQTransport"]
+
+# RabbitMQ's default largest message (max_message_size, 128 MiB since 3.8).
+_MAX_MESSAGE_SIZE = 128 * 1024 * 1024
+_CAPABILITIES = Capabilities(
+    crosses_processes=True,
+    native_delay=False,
+    ordered_by_key=False,
+    max_message_size=_MAX_MESSAGE_SIZE,
+)
+_SCHEMES = ("amqp://", "amqps://")
+_QUEUE_TYPES = ("quorum", "classic")
+# A delay queue unused this long (no declare) is deleted by the server; the
+# transport declares it again well before, whenever it sends a message to it.
+_DELAY_QUEUE_EXPIRES_MS = 3_600_000
+_PERSISTENT = 2
+
+
+def _delay_ms(delay: float) -> int:
+    """A delay in milliseconds, rounded up to two significant digits (so that a
+    group uses few delay queues, and no message comes back early)."""
+    ms = max(1, math.ceil(delay * 1000))
+    if ms < 100:
+        return ms
+    scale = 10 ** (len(str(ms)) - 2)
+    return int(-(-ms // scale) * scale)
+
+
+class RabbitMQTransport:
+    """A transport on RabbitMQ (AMQP 0-9-1), shared by every process that uses one server.
+
+    Layout, for a topic ``T`` whose first dot-separated word is ``F`` and a
+    consumer group ``G`` (``prefix`` first):
+
+    * ``prefix:F`` is a durable topic exchange, one per topic family; a
+      publish goes to it with the routing key ``T``;
+    * ``prefix:T:G`` is the group's durable queue, bound to ``prefix:F`` with
+      the key ``T``, a quorum queue (``queue_type="quorum"``, the default,
+      where the server has them: RabbitMQ 3.8 and later) or a classic one. A
+      publish naming the group goes straight to its queue through the
+      default exchange (dropped if the queue does not exist). A non-durable
+      group (a reply inbox) is a classic queue, exclusive to the connection
+      and deleted with its last consumer;
+    * ``prefix:T:G:delay:MS`` holds the messages of ``G`` nacked with a delay
+      of ``MS`` milliseconds (rounded up to two significant digits): a
+      durable classic queue with ``x-message-ttl`` of ``MS``, dead-lettering
+      into ``prefix:T:G`` through the default exchange when a message
+      expires. No plugin is needed. Unused for an hour, it is deleted.
+
+    Delivery and redelivery:
+
+    * every message is persistent (``delivery_mode=2``);
+    * ``attempt`` counts the deliveries to the group: a nacked message is
+      published again (to the queue, or to the delay queue), confirmed, then
+      the original is acked; the copy carries its count in the header
+      ``x-flowkit-attempt``. What the server gives back itself (a consumer's
+      channel closed or its connection lost) counts one more delivery: the
+      quorum queue's ``x-delivery-count``, or the classic queue's redelivered
+      flag (one, however many times);
+    * a consumer holds at most ``prefetch`` unacked messages (``basic.qos``);
+      closing its subscription, or its process dying, gives them back at once,
+      in their place in the queue. That includes the ones it had received
+      but not handed out yet, which then count one delivery more.
+
+    Publishing: each publish is confirmed by the server (publisher
+    confirms); concurrent publishes share the channel and are confirmed
+    together, the server acking many at once. No publish waits longer than
+    ``publish_timeout``: it fails with :class:`~flowkit.TransportError`
+    (through a lost connection it is retried until then; a retried publish
+    may be delivered twice, as the contract allows).
+
+    Reconnection: when the connection is lost, it is opened again with a
+    growing pause (50 ms to 2 s); the subscriptions consume again. What a
+    subscription held from the lost connection went back to its queue, and
+    settling it is a no-op. Durable queues keep their messages across a
+    restart of the server; a reply inbox does not survive one.
+
+    ``backlog`` counts the group's ready messages (the server's count), those
+    this process holds unacked, and those waiting in the group's delay queues
+    this process used; unacked messages held by another process are not
+    counted (AMQP does not report them).
+
+    It needs asyncio: entering it under trio raises :class:`~flowkit.TransportError`.
+
+    Args:
+        url: ``amqp://[user[:password]@]host[:port][/vhost]``, or ``amqps://``
+            for TLS; the password never appears in a log, a repr or an error.
+            Its query string may set the options below (``?prefix=x&prefetch=50``),
+            which then take precedence over the keyword arguments; the rest of
+            the query goes to aiormq (``heartbeat``, ``cafile``, ``certfile``,
+            ``keyfile``, ``no_verify_ssl``...).
+        prefix: the start of every exchange and queue name the transport declares.
+        prefetch: the most unacked messages one subscription holds.
+        queue_type: ``"quorum"`` (the default; classic on a server older than
+            3.8) or ``"classic"``, for the durable groups' queues.
+        publish_timeout: the longest, in seconds, a publish, nack or
+            backlog waits (for a reconnection too).
+        connect_timeout: the longest, in seconds, opening a connection takes.
+        ssl_context: the TLS context for ``amqps://`` (else the URL's
+            ``cafile``/``certfile``/``keyfile``, or the system's defaults).
+
+    Raises:
+        ValueError: if the URL's scheme is not one of the above, or an
+            option is out of range.
+    """
+
+    __slots__ = (
+        "_connect_timeout",
+        "_delay_queues",
+        "_entered",
+        "_exchanges",
+        "_link",
+        "_lock",
+        "_prefetch",
+        "_prefix",
+        "_publish_timeout",
+        "_queue_type",
+        "_ssl_context",
+        "_subscriptions",
+        "_url",
+        "_where",
+    )
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        prefix: str = "flowkit",
+        prefetch: int = 100,
+        queue_type: str = "quorum",
+        publish_timeout: float = 10.0,
+        connect_timeout: float = 5.0,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        where = redact_url(url)
+        if not url.startswith(_SCHEMES):
+            raise ValueError(f"RabbitMQTransport needs an amqp:// or amqps:// URL, not {where!r}")
+        url, in_url = split_options(url)
+        try:
+            prefix = in_url.get("prefix", prefix)
+            queue_type = in_url.get("queue_type", queue_type)
+            prefetch = int(in_url.get("prefetch", prefetch))
+            publish_timeout = float(in_url.get("publish_timeout", publish_timeout))
+            connect_timeout = float(in_url.get("connect_timeout", connect_timeout))
+        except ValueError as exc:
+            raise ValueError(f"a transport option in {where!r} is not a number: {exc}") from None
+        if not prefix:
+            raise ValueError("prefix must not be empty")
+        if not 1 <= prefetch <= 65535:
+            raise ValueError(f"prefetch must be from 1 to 65535, not {prefetch}")
+        if queue_type not in _QUEUE_TYPES:
+            raise ValueError(f"queue_type must be 'quorum' or 'classic', not {queue_type!r}")
+        if not publish_timeout > 0 or not connect_timeout > 0:
+            raise ValueError("publish_timeout and connect_timeout must be > 0 seconds")
+        self._url = url
+        self._where = where
+        self._prefix = prefix
+        self._prefetch = prefetch
+        self._queue_type = queue_type
+        self._publish_timeout = publish_timeout
+        self._connect_timeout = connect_timeout
+        self._ssl_context = ssl_context
+        self._link: Link | None = None
+        self._entered = 0
+        self._lock: asyncio.Lock | None = None
+        self._subscriptions: dict[tuple[str, str], set[RabbitMQSubscription]] = {}
+        # Delay queues declared, by group: name -> the loop time of the declare.
+        self._delay_queues: dict[tuple[str, str], dict[str, float]] = {}
+        self._exchanges: set[str] = set()
+
+    @property
+    def capabilities(self) -> Capabilities:
+        """Crosses processes; delays kept by TTL queues; no order by key; 128 MiB bodies."""
+        return _CAPABILITIES
+
+    @property
+    def prefix(self) -> str:
+        """The start of every exchange and queue name the transport declares."""
+        return self._prefix
+
+    def queue_name(self, topic: str, group: str) -> str:
+        """The name of a group's queue."""
+        return f"{self._prefix}:{topic}:{group}"
+
+    def exchange_name(self, topic: str) -> str:
+        """The name of the topic exchange of a topic's family (its first word)."""
+        return f"{self._prefix}:{topic.split('.', 1)[0]}"
+
+    def _open(self) -> Link:
+        link = self._link
+        if link is None or link.closed:
+            raise TransportClosed("the transport is not open")
+        return link
+
+    # -- publishing ---------------------------------------------------------------------
+
+    async def publish(
+        self,
+        topic: str,
+        body: bytes,
+        headers: Mapping[str, str] | None = None,
+        *,
+        key: str | None = None,
+        group: str | None = None,
+    ) -> None:
+        """Publish one message to every group subscribed to ``topic``, and wait
+        for the server's confirm.
+
+        Args:
+            topic: where to publish (the routing key on the family's exchange).
+            body: the message body.
+            headers: string headers, delivered as given.
+            key: accepted and not used: a group's consumers compete for its
+                queue, so no order by key is kept.
+            group: deliver to this group only, through its queue (dropped if
+                the group was never subscribed).
+
+        Raises:
+            TransportClosed: if the transport is not open, or closes meanwhile.
+            TransportError: if RabbitMQ refused the message, or did not confirm
+                it within ``publish_timeout``.
+        """
+        link = self._open()
+        if group is None:
+            exchange = self.exchange_name(topic)
+            routing_key = topic
+        else:
+            exchange = ""
+            routing_key = self.queue_name(topic, group)
+        properties = Basic.Properties(
+            delivery_mode=_PERSISTENT, headers=dict(headers) if headers else None
+        )
+        await self._publish(link, exchange, routing_key, bytes(body), properties, topic)
+
+    async def _publish(
+        self,
+        link: Link,
+        exchange: str,
+        routing_key: str,
+        body: bytes,
+        properties: Basic.Properties,
+        what: str,
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._publish_timeout
+        while True:
+            try:
+                channel = link.publisher
+                if channel is None or channel.is_closed:
+                    channel = await link.publishing(deadline)
+                if exchange and exchange not in link.declared:
+                    await self._declare_exchange(link, exchange, deadline)
+                confirm = await channel.basic_publish(
+                    body,
+                    exchange=exchange,
+                    routing_key=routing_key,
+                    properties=properties,
+                    timeout=max(0.001, deadline - loop.time()),
+                )
+            except TimeoutError:
+                raise TransportError(
+                    f"RabbitMQ publish to {what!r} on {self._where}: no confirm within "
+                    f"{self._publish_timeout:g}s"
+                ) from None
+            except amqp_errors.ChannelNotFoundEntity as exc:
+                # An exchange deleted behind the transport's back: declare it again.
+                link.declared.discard(exchange)
+                if loop.time() >= deadline:
+                    raise translate(exc, f"publish to {what!r}") from exc
+                continue
+            except amqp_errors.ChannelClosed as exc:
+                raise translate(exc, f"publish to {what!r}") from exc
+            except LOST as exc:
+                if link.closed:
+                    raise TransportClosed("the transport is closed") from exc
+                if loop.time() >= deadline:
+                    raise translate(exc, f"publish to {what!r}") from exc
+                await asyncio.sleep(0.05)
+                continue
+            if not isinstance(confirm, Basic.Ack):
+                raise TransportError(
+                    f"RabbitMQ refused the message published to {what!r}: {confirm!r}"
+                )
+            return
+
+    async def _declare_exchange(self, link: Link, exchange: str, deadline: float) -> None:
+        admin = await link.admin(deadline)
+        async with asyncio.timeout_at(deadline):
+            await admin.exchange_declare(exchange, exchange_type="topic", durable=True)
+        link.declared.add(exchange)
+
+    async def _send_back(
+        self, topic: str, group: str, body: bytes, headers: dict[str, Any], delay: float
+    ) -> None:
+        """Publish a nacked message again, to its group's queue or delay queue."""
+        link = self._open()
+        queue = self.queue_name(topic, group)
+        properties = Basic.Properties(delivery_mode=_PERSISTENT, headers=headers)
+        if delay <= 0:
+            await self._publish(link, "", queue, body, properties, topic)
+            return
+        ms = _delay_ms(delay)
+        delay_queue = f"{queue}:delay:{ms}"
+        declared = self._delay_queues.setdefault((topic, group), {})
+        now = asyncio.get_running_loop().time()
+        if (
+            delay_queue not in link.declared
+            or now - declared.get(delay_queue, 0.0) > _DELAY_QUEUE_EXPIRES_MS / 2000
+        ):
+
+            async def declare(connection: aiormq.Connection) -> None:
+                admin = await link.admin(now + self._publish_timeout)
+                await admin.queue_declare(
+                    delay_queue,
+                    durable=True,
+                    arguments={
+                        "x-queue-type": "classic",
+                        "x-message-ttl": ms,
+                        "x-dead-letter-exchange": "",
+                        "x-dead-letter-routing-key": queue,
+                        "x-expires": max(_DELAY_QUEUE_EXPIRES_MS, 2 * ms),
+                    },
+                )
+
+            await link.retry(declare, f"declaring {delay_queue!r}", self._publish_timeout)
+            link.declared.add(delay_queue)
+            declared[delay_queue] = now
+        await self._publish(link, "", delay_queue, body, properties, topic)
+
+    # -- groups -----------------------------------------------------------------------------
+
+    async def backlog(self, topic: str, group: str) -> int:
+        """How many messages ``group`` has not settled yet.
+
+        Its queue's ready messages, the messages this process's subscriptions
+        of it hold unacked, and the messages in the delay queues of the group
+        this transport used. Zero for a group that does not exist.
+
+        Raises:
+            TransportClosed: if the transport is not open.
+            TransportError: if RabbitMQ could not be asked.
+        """
+        link = self._open()
+        queues = [self.queue_name(topic, group), *self._delay_queues.get((topic, group), ())]
+
+        async def count(connection: aiormq.Connection) -> int:
+            total = 0
+            for queue in queues:
+                admin = await link.admin(asyncio.get_running_loop().time() + 5)
+                try:
+                    declared = await admin.queue_declare(queue, passive=True)
+                except amqp_errors.ChannelNotFoundEntity:
+                    continue
+                total += declared.message_count or 0
+            return total
+
+        ready: int = await link.retry(count, f"backlog of {group!r}", self._publish_timeout)
+        held = sum(s.unsettled for s in self._subscriptions.get((topic, group), ()))
+        return ready + held
+
+    async def subscribe(self, topic: str, group: str, *, durable: bool = True) -> Subscription:
+        """Attach a consumer to ``group`` on ``topic``, creating its queue if needed.
+
+        The queue is bound to the topic when this returns: what is published
+        from then on reaches it.
+
+        Args:
+            topic: the topic to consume; its words ``*`` and ``#`` would be
+                wildcards of the binding, so they are refused.
+            group: the consumer group; its consumers share its queue.
+            durable: False for a reply inbox: an exclusive queue deleted, with
+                its messages, when its last subscription closes.
+
+        Returns:
+            The new subscription; close it to detach the consumer.
+
+        Raises:
+            TransportClosed: if the transport is not open.
+            TransportError: if RabbitMQ refused the queue (one of another type
+                or other arguments may exist under that name).
+            ValueError: for a topic with a word ``*`` or ``#``.
+        """
+        if {"*", "#"} & set(topic.split(".")):
+            raise ValueError(f"a topic cannot have the word '*' or '#': {topic!r}")
+        link = self._open()
+        subscription = RabbitMQSubscription(
+            self, topic, group, self.queue_name(topic, group), durable
+        )
+        await link.retry(
+            lambda _: self._declare_group(link, subscription),
+            f"subscribe to {topic!r} as {group!r}",
+            self._publish_timeout,
+        )
+        if link.closed:
+            raise TransportClosed("the transport is closed")
+        self._subscriptions.setdefault((topic, group), set()).add(subscription)
+        await link.retry(
+            lambda _: subscription.consume(
+                self._prefetch, asyncio.get_running_loop().time() + self._publish_timeout
+            ),
+            f"consume {subscription.queue!r}",
+            self._publish_timeout,
+        )
+        return subscription
+
+    async def _declare_group(self, link: Link, subscription: RabbitMQSubscription) -> None:
+        deadline = asyncio.get_running_loop().time() + self._publish_timeout
+        exchange = self.exchange_name(subscription.topic)
+        await self._declare_exchange(link, exchange, deadline)
+        admin = await link.admin(deadline)
+        if subscription.durable:
+            quorum = self._queue_type == "quorum" and link.server_version >= (3, 8)
+            await admin.queue_declare(
+                subscription.queue,
+                durable=True,
+                arguments={"x-queue-type": "quorum" if quorum else "classic"},
+            )
+        else:
+            await admin.queue_declare(subscription.queue, exclusive=True, auto_delete=True)
+        await admin.queue_bind(subscription.queue, exchange, routing_key=subscription.topic)
+
+    async def _resume(self) -> None:
+        """After a reconnection: declare every subscribed group again and consume."""
+        link = self._link
+        if link is None:
+            return
+        for subscriptions in list(self._subscriptions.values()):
+            for subscription in list(subscriptions):
+                deadline = asyncio.get_running_loop().time() + self._publish_timeout
+                await self._declare_group(link, subscription)
+                await subscription.consume(self._prefetch, deadline)
+
+    def _forget(self, subscription: RabbitMQSubscription) -> None:
+        key = (subscription.topic, subscription.group)
+        subscriptions = self._subscriptions.get(key)
+        if subscriptions is not None:
+            subscriptions.discard(subscription)
+            if not subscriptions:
+                del self._subscriptions[key]
+
+    def _has_subscription(self, topic: str, group: str) -> bool:
+        return bool(self._subscriptions.get((topic, group)))
+
+    async def _delete_queue(self, queue: str) -> None:
+        link = self._open()
+
+        async def delete(connection: aiormq.Connection) -> None:
+            admin: AbstractChannel = await link.admin(asyncio.get_running_loop().time() + 5)
+            await admin.queue_delete(queue)
+
+        await link.retry(delete, f"deleting {queue!r}", self._publish_timeout)
+
+    # -- opening and closing ------------------------------------------------------------
+
+    async def aclose(self) -> None:
+        """Close the transport and every subscription on it.
+
+        Each subscription gives back what it held; blocked receivers and
+        waiting publishers raise :class:`~flowkit.TransportClosed`. Closing a
+        closed transport is a no-op.
+        """
+        link = self._link
+        self._link = None
+        self._entered = 0
+        if link is None or link.closed:
+            return
+        subscriptions = [s for group in self._subscriptions.values() for s in group]
+        try:
+            await asyncio.gather(*(s.aclose() for s in subscriptions), return_exceptions=True)
+        finally:
+            self._subscriptions.clear()
+            self._delay_queues.clear()
+            await link.close()
+
+    async def __aenter__(self) -> Self:
+        check_asyncio()
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        async with self._lock:
+            if self._link is None:
+                link = Link(
+                    self._url,
+                    where=self._where,
+                    connect_timeout=self._connect_timeout,
+                    ssl_context=self._ssl_context,
+                )
+                await link.open()
+                link.on_reconnect.append(self._resume)
+                self._link = link
+            self._entered += 1
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._entered > 1:
+            self._entered -= 1
+        else:
+            await self.aclose()
+
+    def __repr__(self) -> str:
+        state = "open" if self._link is not None else "closed"
+        return f"<RabbitMQTransport url={self._where!r} prefix={self._prefix!r} {state}>"
