@@ -70,6 +70,12 @@ def rabbitmq_url() -> str:
     return broker_url("RabbitMQ", "FLOWKIT_RABBITMQ_URL")
 
 
+@pytest.fixture
+def nats_url() -> str:
+    """The URL of the test NATS server, with JetStream (``FLOWKIT_NATS_URL``)."""
+    return broker_url("NATS", "FLOWKIT_NATS_URL")
+
+
 async def drop_schema(url: str, schema: str) -> None:
     """Drop a PostgreSQL schema a test made, and everything in it."""
     import asyncpg  # type: ignore[import-untyped,import-not-found,unused-ignore]

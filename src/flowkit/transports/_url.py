@@ -42,9 +42,11 @@ class Broker:
 #: The broker transports, one entry each.
 BROKERS: tuple[Broker, ...] = (
     Broker(("redis", "rediss"), "._redis", "RedisTransport", ("redis", "hiredis"), "redis"),
+    Broker(("nats", "tls"), "._nats", "NATSTransport", ("nats",), "nats"),
     Broker(
         ("amqp", "amqps"), "._rabbitmq", "RabbitMQTransport", ("aiormq", "pamqp"), "rabbitmq"
     ),
+    Broker(("kafka", "kafkas"), "._kafka", "KafkaTransport", ("aiokafka",), "kafka"),
 )
 
 SCHEMES: tuple[str, ...] = ("memory", *(s for b in BROKERS for s in b.schemes))

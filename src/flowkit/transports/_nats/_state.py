@@ -1,0 +1,301 @@
+"""What one open transport shares: the client, its options, and its groups.
+
+A topic ``T`` is the stream ``<prefix>_<T>`` with the one subject
+``<prefix>.<T>`` (names encoded by :func:`~._client.encode_name`), kept with
+interest retention: a message stays while a group has not acked it, and a
+publish to a topic no group subscribes to has no stream to go to and is
+dropped. A group ``G`` is the durable pull consumer ``G`` of that stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import nats.errors
+import nats.js.errors
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DeliverPolicy,
+    DiscardPolicy,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+
+from ..._errors import TransportClosed, TransportError
+from ._client import RECOVERABLE, encode_name, js_error_code, translate
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
+
+    from nats.aio.client import Client
+    from nats.js import JetStreamContext
+
+    from ._subscription import NATSSubscription
+
+__all__ = ["Connection", "Group", "Options"]
+
+logger = logging.getLogger("flowkit.transport.nats")
+
+# What a probe of settled acks shrugs off: it only delays a count.
+_QUIET: tuple[type[Exception], ...] = (*RECOVERABLE, nats.errors.Error)
+
+# JetStream API error codes.
+STREAM_NAME_IN_USE = 10058
+STREAM_NOT_FOUND = 10059
+CONSUMER_NOT_FOUND = 10014
+CONSUMER_NAME_EXISTS = 10013
+CONSUMER_EXISTS = 10148
+
+# How long an unused non-durable group's consumer outlives a process that died
+# without closing it.
+INBOX_INACTIVE = 60.0
+# The most messages a group may hold delivered and unacked (nack delays included).
+MAX_ACK_PENDING = 100_000
+
+
+@dataclass(frozen=True, slots=True)
+class Options:
+    """The transport's settings, as validated by :class:`NATSTransport`."""
+
+    where: str
+    prefix: str
+    prefetch: int
+    ack_wait: float
+    timeout: float
+    storage: StorageType
+    max_len: int | None
+
+
+@dataclass(eq=False, slots=True)
+class Group:
+    """One consumer group of one topic, as this process uses it."""
+
+    connection: Connection
+    topic: str
+    name: str
+    durable: bool
+    stream: str
+    subject: str
+    consumer: str
+    token: str
+    subscriptions: set[NATSSubscription] = field(default_factory=set)
+    # The ack subject of the last message acked here, and whether a settle
+    # was sent since the last probe (see :meth:`settled`).
+    last_ack: str | None = None
+    unprobed: bool = False
+
+    @property
+    def next_subject(self) -> str:
+        """Where pull requests for the group's next messages go."""
+        return f"$JS.API.CONSUMER.MSG.NEXT.{self.stream}.{self.consumer}"
+
+    async def settled(self) -> None:
+        """Wait until JetStream has processed the acks and nacks sent for this group.
+
+        Acks go without a reply; the server processes a consumer's acks in
+        order, so acking again, with a reply, the last message acked here
+        (a no-op) tells when every earlier one was processed.
+        """
+        if not self.unprobed:
+            return
+        self.unprobed = False
+        client = self.connection.client
+        try:
+            if self.last_ack is not None:
+                await client.request(
+                    self.last_ack, b"+ACK", timeout=min(1.0, self.connection.options.timeout)
+                )
+            else:
+                await client.flush(timeout=1)
+        except _QUIET:
+            pass
+
+    async def create(self) -> None:
+        """Create the topic's stream and the group's consumer, if missing.
+
+        Retried through a lost connection until the transport's timeout, and
+        when the stream is removed meanwhile (by the last non-durable group of
+        the topic, in another process).
+
+        Raises:
+            TransportError: if JetStream refused, or could not be reached in time.
+        """
+        options = self.connection.options
+        js = self.connection.js
+        stream = StreamConfig(
+            name=self.stream,
+            subjects=[self.subject],
+            retention=RetentionPolicy.INTEREST,
+            storage=options.storage,
+            max_msgs=options.max_len if options.max_len is not None else -1,
+            discard=DiscardPolicy.OLD,
+        )
+        consumer = ConsumerConfig(
+            durable_name=self.consumer,
+            ack_policy=AckPolicy.EXPLICIT,
+            deliver_policy=DeliverPolicy.NEW,
+            ack_wait=options.ack_wait,
+            max_deliver=-1,
+            max_ack_pending=MAX_ACK_PENDING,
+            inactive_threshold=None if self.durable else INBOX_INACTIVE,
+        )
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + options.timeout
+        pause = 0.05
+        while True:
+            try:
+                try:
+                    await js.add_stream(stream)
+                except nats.js.errors.APIError as exc:
+                    if js_error_code(exc) != STREAM_NAME_IN_USE:
+                        raise
+                try:
+                    await js.add_consumer(self.stream, consumer)
+                except nats.js.errors.APIError as exc:
+                    if js_error_code(exc) not in (CONSUMER_NAME_EXISTS, CONSUMER_EXISTS):
+                        raise
+                return
+            except Exception as exc:
+                if self.connection.closed:
+                    raise TransportClosed("the transport is closed") from exc
+                again = isinstance(exc, RECOVERABLE) or js_error_code(exc) == STREAM_NOT_FOUND
+                if not again or loop.time() + pause > deadline:
+                    raise translate(
+                        exc, f"creating group {self.name!r} of topic {self.topic!r}"
+                    ) from exc
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 2.0)
+
+    async def remove(self) -> None:
+        """Delete the group's consumer, and the topic's stream if no group is left."""
+        js = self.connection.js
+        try:
+            await js.delete_consumer(self.stream, self.consumer)
+        except nats.js.errors.NotFoundError:
+            pass
+        try:
+            info = await js.stream_info(self.stream)
+            if info.state.consumer_count == 0:
+                await js.delete_stream(self.stream)
+        except nats.js.errors.NotFoundError:
+            pass
+
+
+class Connection:
+    """The open client and what the transport's parts share through it."""
+
+    __slots__ = (
+        "client",
+        "closed",
+        "groups",
+        "js",
+        "options",
+        "reconnect_listeners",
+        "subjects",
+    )
+
+    def __init__(self, client: Client, options: Options) -> None:
+        self.client = client
+        self.js: JetStreamContext = client.jetstream(timeout=options.timeout)
+        self.options = options
+        self.closed = False
+        self.groups: dict[tuple[str, str], Group] = {}
+        self.subjects: dict[str, str] = {}
+        self.reconnect_listeners: set[Callable[[], None]] = set()
+
+    def subject(self, topic: str) -> str:
+        """The subject of a topic (cached: publishing asks for it every time)."""
+        subject = self.subjects.get(topic)
+        if subject is None:
+            subject = f"{self.options.prefix}.{encode_name(topic)}"
+            if len(self.subjects) >= 10_000:
+                self.subjects.clear()
+            self.subjects[topic] = subject
+        return subject
+
+    def group(self, topic: str, name: str, durable: bool) -> Group:
+        """The local state of a group, made on first use."""
+        group = self.groups.get((topic, name))
+        if group is None:
+            encoded_topic = encode_name(topic)
+            token = encode_name(name)
+            group = Group(
+                connection=self,
+                topic=topic,
+                name=name,
+                durable=durable,
+                stream=f"{self.options.prefix}_{encoded_topic}",
+                subject=f"{self.options.prefix}.{encoded_topic}",
+                consumer=token,
+                token=token,
+                subscriptions=set(),
+            )
+            self.groups[(topic, name)] = group
+        return group
+
+    def forget(self, group: Group) -> None:
+        """Drop a group's local state once it has no subscription."""
+        if self.groups.get((group.topic, group.name)) is group:
+            del self.groups[(group.topic, group.name)]
+
+    def reconnected(self) -> None:
+        """Tell every subscription the connection came back (its pull requests are gone)."""
+        for listener in list(self.reconnect_listeners):
+            listener()
+
+    async def publish(self, subject: str, body: bytes, headers: Mapping[str, str] | None) -> None:
+        """Publish to JetStream and wait for its ack, retrying through a lost
+        connection until the timeout.
+
+        A subject no stream takes (no group subscribes to the topic) drops the
+        message.
+
+        Raises:
+            TransportClosed: if the transport closes meanwhile.
+            TransportError: if JetStream refused the message, or did not take
+                it within the timeout.
+        """
+        timeout = self.options.timeout
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        attempt_timeout = max(2.0, timeout / 4)
+        pause = 0.05
+        client = self.client
+        while True:
+            try:
+                reply = await client.request(
+                    subject,
+                    body,
+                    timeout=min(attempt_timeout, max(deadline - loop.time(), 0.001)),
+                    headers=headers,  # type: ignore[arg-type]
+                )
+            except nats.errors.NoRespondersError:
+                return
+            except RECOVERABLE as exc:
+                if self.closed:
+                    raise TransportClosed("the transport is closed") from exc
+                if loop.time() + pause >= deadline:
+                    raise translate(exc, f"publish to {subject!r}") from exc
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 2.0)
+                continue
+            data = reply.data
+            if b'"error"' in data:
+                raise TransportError(
+                    f"NATS JetStream refused a message to {subject!r}: {_error_of(data)}"
+                )
+            return
+
+
+def _error_of(data: bytes) -> str:
+    try:
+        error: Any = json.loads(data).get("error", {})
+        return f"{error.get('description', error)} (code {error.get('err_code')})"
+    except (ValueError, AttributeError):
+        return data.decode(errors="replace")[:200]
