@@ -280,16 +280,17 @@ async def test_the_relay_outlasts_its_connections_being_killed(
     postgres_url: str, schema: str, conn: Any
 ) -> None:
     transport = RecordingTransport(InMemoryTransport())
-    bus = Choreography(transport, store=PostgresStore(postgres_url, schema=schema))
+    name = f"flowkit-test-{schema}"  # only this store's connections are killed
+    store = PostgresStore(postgres_url, schema=schema, server_settings={"application_name": name})
+    bus = Choreography(transport, store=store)
     async with bus.run(services=[]):
         async with conn.transaction():
             await bus.outbox.publish(conn, OrderPlaced(order_id="before"))
         await wait_until(lambda: len(transport.published) == 1)
         killed = await conn.fetchval(
             "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-            "WHERE datname = current_database() AND pid <> pg_backend_pid() "
-            "AND application_name = '' AND backend_type = 'client backend' "
-            "AND query NOT LIKE '%pg_stat_activity%'"
+            "WHERE datname = current_database() AND application_name = $1",
+            name,
         )
         assert killed >= 1
         async with conn.transaction():
