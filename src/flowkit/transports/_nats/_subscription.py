@@ -2,7 +2,7 @@
 
 Each subscription has an inbox of its own and keeps one pull request on the
 group's consumer outstanding, for as many messages as its buffer has room for
-(``prefetch``), expiring after a few seconds; a new one goes out as soon as the
+(``prefetch``), expiring after a second; a new one goes out as soon as the
 last is fulfilled or expires, and whenever the connection comes back. Several
 subscriptions of one group, in one process or many, compete for the group's
 messages: JetStream gives each to one pull request.
@@ -40,11 +40,9 @@ __all__ = ["NATSSubscription"]
 logger = logging.getLogger("flowkit.transport.nats")
 
 # How long one pull request waits on the server for messages, seconds.
-PULL_EXPIRES = 5.0
+PULL_EXPIRES = 1.0
 # How long past its expiry a pull request may stay silent before it is taken for lost.
 PULL_GRACE = 2.0
-# How long closing waits for the messages already sent to the inbox.
-CLOSE_DRAIN = 1.0
 
 
 class NATSSubscription:
@@ -181,9 +179,6 @@ class NATSSubscription:
                 # Published to another group of the topic: this one settles it unseen.
                 await self._group.connection.client.publish(reply, b"+ACK")
                 return
-        if self._closing:
-            await self._group.connection.client.publish(reply, NAK)
-            return
         self._buffer.append(msg)
         self._arrived.set()
 
@@ -307,12 +302,18 @@ class NATSSubscription:
     async def aclose(self) -> None:
         """Detach the consumer; what it held goes back to the group (``-NAK``).
 
-        Closing the last subscription of a non-durable group deletes its
-        consumer (and the topic's stream, when no group is left on it).
+        The pull request still outstanding is let run out first (within
+        ``PULL_EXPIRES``): NATS 2.9 would deliver to it after the inbox is
+        gone, and a message given back could land there, unseen until
+        ``ack_wait``. Closing the last subscription of a non-durable group
+        deletes its consumer (and the topic's stream, when no group is left
+        on it).
         """
         if self._closing:
             return
         self._closing = True
+        self._closed = True
+        self._arrived.set()
         group = self._group
         connection = group.connection
         client = connection.client
@@ -325,19 +326,11 @@ class NATSSubscription:
         inbox = self._inbox
         try:
             if inbox is not None and not client.is_closed:
-                # What the server sent before the flush's reply is then in the
-                # inbox, and handed back there.
-                with contextlib.suppress(*RECOVERABLE, nats.errors.Error):
-                    await client.flush(timeout=1)
-                loop = asyncio.get_running_loop()
-                until = loop.time() + CLOSE_DRAIN
-                # nats-py's inbox queue has no event to wait on.
-                while inbox.pending_msgs and loop.time() < until:  # noqa: ASYNC110
-                    await asyncio.sleep(0.005)
+                if self._outstanding > 0:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._done.wait(), PULL_EXPIRES + PULL_GRACE)
                 with contextlib.suppress(*RECOVERABLE, nats.errors.Error):
                     await inbox.unsubscribe()
-            self._closed = True
-            self._arrived.set()
             given_back = [msg.reply for msg in self._buffer]
             given_back.extend(d._msg.reply for d in self._held if not d._settled)
             for delivery in self._held:
@@ -351,8 +344,6 @@ class NATSSubscription:
                             await client.publish(reply, NAK)
                     await client.flush(timeout=math.ceil(connection.options.timeout))
         finally:
-            self._closed = True
-            self._arrived.set()
             group.subscriptions.discard(self)
             if not group.subscriptions:
                 connection.forget(group)
