@@ -436,7 +436,7 @@ async def test_a_restart_loses_nothing(
         assert sorted(set(other_got)) == sorted(b"%d" % i for i in range(40))
         await _nothing(subscription, 0.3)
         with anyio.fail_after(5):
-            while await transport.backlog(topic, group):  # noqa: ASYNC110
+            while await transport.backlog(topic, group):
                 await anyio.sleep(0.05)
         await subscription.aclose()
         await waiting.aclose()
