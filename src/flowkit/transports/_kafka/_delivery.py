@@ -1,0 +1,150 @@
+"""Deliveries, and the headers the transport adds to a message it publishes again.
+
+A record's value is the body (a record without one, a tombstone, is an empty
+body) and its headers are the message's headers, UTF-8 encoded. A message
+the transport publishes again (nacked, given back) carries two headers of its
+own, stripped before delivery: ``flowkit.attempt``, how many times it had
+been delivered to the group, and ``flowkit.due``, when it may be delivered
+(milliseconds since the epoch), for a nack with a delay.
+
+Records written by another program never crash a consumer: a header that is
+not UTF-8 is delivered with its undecodable bytes replaced, and a WARNING says
+so once per record; the bus dead-letters a body it cannot decode.
+"""
+
+from __future__ import annotations
+
+import logging
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+
+    from aiokafka import TopicPartition
+
+    from ._group import Group, Track
+
+__all__ = ["ATTEMPT", "DUE", "KafkaDelivery", "decode_headers", "encode_headers"]
+
+logger = logging.getLogger("flowkit.transport.kafka")
+
+ATTEMPT = "flowkit.attempt"
+DUE = "flowkit.due"
+_NO_HEADERS: Mapping[str, str] = MappingProxyType({})
+
+
+def encode_headers(headers: Mapping[str, str] | None) -> list[tuple[str, bytes]]:
+    """A message's headers as Kafka record headers."""
+    if not headers:
+        return []
+    return [(name, value.encode()) for name, value in headers.items()]
+
+
+def decode_headers(
+    raw: Sequence[tuple[str, bytes]], where: str
+) -> tuple[Mapping[str, str], int, int]:
+    """A record's headers: the message's own, its attempts so far, and its due time (ms).
+
+    Returns:
+        The headers (without the transport's), the attempts before this
+        delivery (0 for a fresh message) and the due time (0: now).
+    """
+    if not raw:
+        return _NO_HEADERS, 0, 0
+    headers: dict[str, str] = {}
+    attempts = due = 0
+    damaged = False
+    for name, value in raw:
+        if name == ATTEMPT or name == DUE:
+            try:
+                number = int(value)
+            except ValueError:
+                damaged = True
+                continue
+            if name == ATTEMPT:
+                attempts = number
+            else:
+                due = number
+            continue
+        try:
+            headers[name] = value.decode() if value is not None else ""
+        except UnicodeDecodeError:
+            headers[name] = value.decode(errors="replace")
+            damaged = True
+    if damaged:
+        logger.warning("record %s has headers that are not UTF-8 text or numbers", where)
+    return headers, attempts, due
+
+
+class KafkaDelivery:
+    """One delivery of one record to one subscription."""
+
+    __slots__ = (
+        "_group",
+        "_holder",
+        "_settled",
+        "_track",
+        "attempt",
+        "body",
+        "headers",
+        "key",
+        "offset",
+        "partition",
+    )
+
+    def __init__(
+        self,
+        group: Group,
+        track: Track,
+        partition: TopicPartition,
+        offset: int,
+        body: bytes,
+        headers: Mapping[str, str],
+        key: bytes | None,
+        attempt: int,
+    ) -> None:
+        self._group = group
+        self._track = track
+        self.partition = partition
+        self.offset = offset
+        self.body = body
+        self.headers = headers
+        self.key = key
+        self.attempt = attempt
+        self._holder: Any = None
+        self._settled = False
+
+    @property
+    def topic(self) -> str:
+        """The topic the message was published to."""
+        return self._group.topic
+
+    @property
+    def group(self) -> str:
+        """The consumer group it was delivered to."""
+        return self._group.name
+
+    async def ack(self) -> None:
+        """Mark the message handled: its offset may be committed.
+
+        The offset is committed with the others shortly after (at once when
+        the subscription closes); acking twice is a no-op.
+        """
+        self._group.ack(self)
+
+    async def nack(self, delay: float = 0.0) -> None:
+        """Publish the message again to the group's own topic, then settle this record.
+
+        Raises:
+            TransportError: if the message could not be published again within
+                the publish timeout (the record stays unsettled: it is
+                delivered again).
+        """
+        await self._group.nack(self, delay)
+
+    def __repr__(self) -> str:
+        return (
+            f"<KafkaDelivery {self.partition.topic}[{self.partition.partition}]@{self.offset} "
+            f"group={self._group.name!r} attempt={self.attempt}>"
+        )
