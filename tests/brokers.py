@@ -85,3 +85,9 @@ async def drop_schema(url: str, schema: str) -> None:
         await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
     finally:
         await conn.close()
+
+
+@pytest.fixture
+def kafka_url() -> str:
+    """The URL of the test Kafka-protocol broker (``FLOWKIT_KAFKA_URL``; Tansu here)."""
+    return broker_url("Kafka", "FLOWKIT_KAFKA_URL")

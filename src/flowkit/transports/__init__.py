@@ -18,6 +18,7 @@ __all__ = [
     "Capabilities",
     "Delivery",
     "InMemoryTransport",
+    "KafkaTransport",
     "RabbitMQTransport",
     "RedisTransport",
     "Subscription",

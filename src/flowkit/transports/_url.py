@@ -47,6 +47,7 @@ BROKERS: tuple[Broker, ...] = (
         ("amqp", "amqps"), "._rabbitmq", "RabbitMQTransport", ("aiormq", "pamqp"), "rabbitmq"
     ),
     Broker(("kafka", "kafkas"), "._kafka", "KafkaTransport", ("aiokafka",), "kafka"),
+    Broker(("kafka", "kafkas"), "._kafka", "KafkaTransport", ("aiokafka",), "kafka"),
 )
 
 SCHEMES: tuple[str, ...] = ("memory", *(s for b in BROKERS for s in b.schemes))
