@@ -41,6 +41,7 @@ from flowkit.stores import SQLiteStore
 from flowkit.testing import assert_compensation_order
 from flowkit.transports import from_url
 
+from .brokers import nats_url as nats_url
 from .brokers import redis_url as redis_url
 
 if TYPE_CHECKING:
@@ -120,12 +121,31 @@ async def _forget_redis(url: str, prefix: str) -> None:
         await client.aclose()
 
 
+async def _forget_nats(url: str, prefix: str) -> None:
+    """Delete the streams (and with them the consumers) a run made under its prefix."""
+    import nats
+
+    client = await nats.connect(url)
+    try:
+        js = client.jetstream()
+        for info in await js.streams_info():
+            if info.config.name and info.config.name.startswith(f"{prefix}_"):
+                await js.delete_stream(info.config.name)
+    finally:
+        await client.close()
+
+
 #: Every broker the example runs on, by the name tests are parametrized with.
 BROKERS: dict[str, BrokerRun] = {
     "redis": BrokerRun(
         "redis_url",
         lambda url, prefix: _with_query(url, claim_idle=CLAIM_IDLE, prefix=prefix),
         _forget_redis,
+    ),
+    "nats": BrokerRun(
+        "nats_url",
+        lambda url, prefix: _with_query(url, ack_wait=CLAIM_IDLE, prefix=prefix),
+        _forget_nats,
     ),
 }
 
