@@ -24,7 +24,7 @@ from flowkit.orchestration import (
     StepContext,
     WorkflowStatus,
 )
-from flowkit.stores import MemoryStore, PostgresStore, SQLiteStore
+from flowkit.stores import MemoryStore, PostgresStore, SQLiteStore, WorkflowRecord
 from flowkit.testing import FaultPlan, SimulatedCrash
 
 from ._util import wait_until
@@ -290,3 +290,49 @@ async def test_list_pages_by_cursor(store: StateStore) -> None:
             seen += [info.id for info in page]
             page = await flows.list(limit=3, after=page[-1].cursor)
     assert seen == [f"w{i}" for i in range(7)]
+
+
+class _SlowCreate(MemoryStore):
+    """A store whose creates take longer than a heartbeat."""
+
+    async def create_workflow(
+        self, record: WorkflowRecord, *, lease: float | None = None
+    ) -> tuple[WorkflowRecord, bool]:
+        await anyio.sleep(0.5)
+        return await super().create_workflow(record, lease=lease)
+
+
+async def test_a_heartbeat_during_a_slow_create_loses_nothing(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async with _SlowCreate() as store, Flaky(store, lease=0.6) as flows:  # a beat every 0.2 s
+        await flows.start(Order(n=1), workflow_id="w1")
+        with anyio.fail_after(5):
+            outcome = await flows.wait("w1")
+    assert outcome.status is WorkflowStatus.COMPLETED
+    assert "lease was taken" not in caplog.text
+
+
+async def test_a_backlog_is_taken_over_as_fast_as_slots_free() -> None:
+    store = MemoryStore()
+    async with store:
+        for i in range(40):  # left by a dead process: its leases ran out
+            await store.create_workflow(
+                WorkflowRecord(
+                    id=f"w{i}",
+                    name="Fulfil",
+                    status="RUNNING",
+                    state={"format": 1, "input": {"n": 1}, "steps": {}, "compensated": []},
+                    owner="dead",
+                ),
+                lease=0.01,
+            )
+        await anyio.sleep(0.05)
+        started = anyio.current_time()
+        # 4 slots, recovery every 2 s: 10 rounds, unless slots are refilled as they free
+        async with Fulfil(store, lease=4, concurrency=4):
+            await anyio.sleep(2.2)
+            with anyio.fail_after(1.5):
+                while await store.list_workflows(status="RUNNING"):
+                    await anyio.sleep(0.05)
+        assert anyio.current_time() - started < 4

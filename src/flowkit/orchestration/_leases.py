@@ -13,7 +13,10 @@ Every unfinished workflow is held by one process through a lease in the store
   <flowkit.orchestration.Orchestrator.cancel>` left in the store from another
   process;
 * recovers, every half lease, the workflows of its orchestrator whose lease ran
-  out (their process died) or that nobody holds (their process stopped cleanly).
+  out (their process died) or that nobody holds (their process stopped cleanly),
+  as many as it has free slots; when it filled them all, it claims more as soon
+  as a slot frees, so a backlog left by a dead process is taken over at the pace
+  it is run, not a batch per half lease.
 """
 
 from __future__ import annotations
@@ -70,7 +73,9 @@ class LeaseKeeper:
         running: the instance's runs, by workflow id.
         lost: called with a run whose lease another process took.
         cancel: called with a run whose cancellation another process asked for.
-        recover: called every half lease to take over free workflows (None: never).
+        recover: called every half lease to take over free workflows (None:
+            never); it returns whether it filled every free slot (more may wait).
+        freed: waits, up to the seconds given, until a slot frees.
     """
 
     def __init__(
@@ -82,7 +87,8 @@ class LeaseKeeper:
         *,
         lost: Callable[[Run], None],
         cancel: Callable[[Run], None],
-        recover: Callable[[], Awaitable[None]] | None,
+        recover: Callable[[], Awaitable[bool]] | None,
+        freed: Callable[[float], Awaitable[None]],
     ) -> None:
         self.store = store
         self.owner = owner
@@ -91,6 +97,7 @@ class LeaseKeeper:
         self.lost = lost
         self.cancel = cancel
         self.recover = recover
+        self.freed = freed
 
     async def keep(self) -> None:
         """Renew, fence and recover until cancelled."""
@@ -112,6 +119,7 @@ class LeaseKeeper:
             wid: run
             for wid, run in self.running.items()
             if run.owner == self.owner
+            and run.version > 0  # stored: a run being created is not in the store yet
             and run.status.value in UNFINISHED
             and not (run.halted or run.superseded)
         }
@@ -140,12 +148,17 @@ class LeaseKeeper:
             elif kept[wid]:
                 self.cancel(run)
 
-    async def _recovery(self, recover: Callable[[], Awaitable[None]]) -> None:
+    async def _recovery(self, recover: Callable[[], Awaitable[bool]]) -> None:
         interval = self.lease / 2
+        more = False
         while True:
-            await anyio.sleep(interval)
+            if more:
+                await self.freed(interval)  # a slot is free: claim again at once
+            else:
+                await anyio.sleep(interval)
+            more = False
             try:
                 with anyio.fail_after(max(interval, 1.0)):
-                    await recover()
+                    more = await recover()
             except (StoreError, TimeoutError) as exc:
                 logger.warning("could not look for workflows to recover: %s", exc)

@@ -244,7 +244,9 @@ class Orchestrator(Generic[InputT]):
             lost=self._lose,
             cancel=self._engine.cancel,
             recover=self._recover if recover else None,
+            freed=self._slot_freed,
         )
+        self._freed = anyio.Event()  # set when a run leaves this instance
         self._keeping: anyio.CancelScope | None = None
         self._engine.requester = bus
         self._observers: list[SagaObserver] = []
@@ -464,6 +466,7 @@ class Orchestrator(Generic[InputT]):
             OrchestratorNotStarted: outside ``async with`` (or while leaving it).
             InvalidWorkflowState: if the id belongs to another orchestrator.
             TypeError: if ``input`` is not of the input type.
+            StoreError: if the store cannot record it.
         """
         self._check_open(new_work=True)
         wid = self._workflow_id(workflow_id)
@@ -593,14 +596,18 @@ class Orchestrator(Generic[InputT]):
             runs.append(run)
         return runs
 
-    async def _recover(self) -> None:
+    async def _recover(self) -> bool:
         """Take over free workflows, as many as there are free slots, and run them
-        in the background (every half lease, while started)."""
+        in the background (every half lease, while started).
+
+        Returns:
+            Whether every free slot was filled (more workflows may be free).
+        """
         if self._stopping or self._stack is None:
-            return
+            return False
         free = self._concurrency - len(self._running)
         if free <= 0:
-            return
+            return True
         runs = await self._claim_free(free)
         if runs:
             logger.info("%s: took over %d free workflow(s)", self.name, len(runs))
@@ -609,9 +616,18 @@ class Orchestrator(Generic[InputT]):
             for run in runs:
                 self._release(run)
             await self._give_up_leases([run.id for run in runs])
-            return
+            return False
         for run in runs:
             tg.start_soon(self._background, run, name=f"{self.name}:{run.id}")
+        return len(runs) >= free
+
+    async def _slot_freed(self, timeout: float) -> None:
+        """Wait until a run leaves this instance, ``timeout`` seconds at most."""
+        if len(self._running) < self._concurrency:
+            return
+        with anyio.move_on_after(timeout):
+            await self._freed.wait()
+        self._freed = anyio.Event()
 
     async def get(self, workflow_id: str) -> WorkflowInfo:
         """Everything recorded about a workflow: status, steps, results, history.
@@ -1029,6 +1045,7 @@ class Orchestrator(Generic[InputT]):
         if self._running.get(run.id) is run:
             del self._running[run.id]
             driving(self._owner).discard(run.id)
+            self._freed.set()
         if run.done is not None:
             run.done.set()
         if not self._running and self._idle is not None:
