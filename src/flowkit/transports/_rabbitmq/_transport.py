@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import math
 from typing import TYPE_CHECKING, Any, Self
 
@@ -40,6 +41,30 @@ _QUEUE_TYPES = ("quorum", "classic")
 # transport declares it again well before, whenever it sends a message to it.
 _DELAY_QUEUE_EXPIRES_MS = 3_600_000
 _PERSISTENT = 2
+
+
+# The longest names the client sends (room left in a queue's for a delay suffix).
+_MAX_QUEUE_NAME = 200
+_MAX_EXCHANGE_NAME = 127
+# What a name may hold as it is (the client allows these and ":", "#", "+"; ":"
+# separates the parts of a name, "+" starts an escape).
+_PLAIN = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.@,/ ")
+
+
+def _escape(part: str) -> str:
+    """A topic or group for a name: any other character than :data:`_PLAIN` as
+    ``+XX`` (its UTF-8 bytes in hex), so that two parts never give one name."""
+    if all(c in _PLAIN for c in part):
+        return part
+    return "".join(c if c in _PLAIN else "".join(f"+{b:02X}" for b in c.encode()) for c in part)
+
+
+def _safe(name: str, limit: int) -> str:
+    """``name``, or if it is longer than ``limit``, its start and a hash of it."""
+    if len(name) <= limit:
+        return name
+    digest = hashlib.sha256(name.encode()).hexdigest()[:24]
+    return f"{name[: limit - 25]},{digest}"
 
 
 def _delay_ms(delay: float) -> int:
@@ -170,8 +195,8 @@ class RabbitMQTransport:
             connect_timeout = float(in_url.get("connect_timeout", connect_timeout))
         except ValueError as exc:
             raise ValueError(f"a transport option in {where!r} is not a number: {exc}") from None
-        if not prefix:
-            raise ValueError("prefix must not be empty")
+        if not prefix or not set(prefix) <= _PLAIN or len(prefix) > 64:
+            raise ValueError(f"prefix must be 1 to 64 letters, digits or '-_.@,/ ', not {prefix!r}")
         if not 1 <= prefetch <= 65535:
             raise ValueError(f"prefetch must be from 1 to 65535, not {prefetch}")
         if queue_type not in _QUEUE_TYPES:
@@ -205,12 +230,13 @@ class RabbitMQTransport:
         return self._prefix
 
     def queue_name(self, topic: str, group: str) -> str:
-        """The name of a group's queue."""
-        return f"{self._prefix}:{topic}:{group}"
+        """The name of a group's queue (see :func:`_safe`)."""
+        return _safe(f"{self._prefix}:{_escape(topic)}:{_escape(group)}", _MAX_QUEUE_NAME)
 
     def exchange_name(self, topic: str) -> str:
         """The name of the topic exchange of a topic's family (its first word)."""
-        return f"{self._prefix}:{topic.split('.', 1)[0]}"
+        family = _escape(topic.split(".", 1)[0])
+        return _safe(f"{self._prefix}:{family}", _MAX_EXCHANGE_NAME)
 
     def _open(self) -> Link:
         link = self._link
