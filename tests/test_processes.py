@@ -42,6 +42,7 @@ from flowkit.testing import assert_compensation_order
 from flowkit.transports import from_url
 
 from .brokers import nats_url as nats_url
+from .brokers import rabbitmq_url as rabbitmq_url
 from .brokers import redis_url as redis_url
 
 if TYPE_CHECKING:
@@ -135,6 +136,13 @@ async def _forget_nats(url: str, prefix: str) -> None:
         await client.close()
 
 
+async def _forget_rabbitmq(url: str, prefix: str) -> None:
+    """Delete the queues and exchanges a run declared under its prefix."""
+    from .rabbitmq_server import forget_rabbitmq
+
+    await forget_rabbitmq(url, prefix)
+
+
 #: Every broker the example runs on, by the name tests are parametrized with.
 BROKERS: dict[str, BrokerRun] = {
     "redis": BrokerRun(
@@ -146,6 +154,10 @@ BROKERS: dict[str, BrokerRun] = {
         "nats_url",
         lambda url, prefix: _with_query(url, ack_wait=CLAIM_IDLE, prefix=prefix),
         _forget_nats,
+    ),
+    # A killed worker's connection closes with it: RabbitMQ gives back what it held at once.
+    "rabbitmq": BrokerRun(
+        "rabbitmq_url", lambda url, prefix: _with_query(url, prefix=prefix), _forget_rabbitmq
     ),
 }
 
