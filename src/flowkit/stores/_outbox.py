@@ -12,13 +12,12 @@ Two kinds of work meet here:
   rows.
 
 :class:`~flowkit.stores.SQLiteStore` and :class:`~flowkit.stores.PostgresStore`
-have an outbox; :func:`outbox_of` finds it. Another store offers one by
-defining a method ``outbox_ops()`` that returns an :class:`OutboxStore`.
+have an outbox: their method ``outbox_ops()`` returns an :class:`OutboxStore`,
+and :func:`outbox_of` asks for it. Another store offers one the same way.
 """
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -147,23 +146,10 @@ def outbox_of(store: StateStore | None) -> OutboxStore:
     if store is None:
         raise _needs(store)
     own = getattr(store, "outbox_ops", None)
-    if callable(own):
-        ops: OutboxStore = own()
-        return ops
-    from ._sqlite._store import SQLiteStore
-
-    if isinstance(store, SQLiteStore):
-        from ._sqlite._outbox import SQLiteOutbox
-
-        return SQLiteOutbox.of(store)
-    # PostgresStore's module imports asyncpg: if it was never imported, the
-    # store cannot be one.
-    pg = sys.modules.get("flowkit.stores._postgres._store")
-    if pg is not None and isinstance(store, pg.PostgresStore):
-        from ._postgres._outbox import PostgresOutbox
-
-        return PostgresOutbox.of(store)
-    raise _needs(store)
+    if not callable(own):
+        raise _needs(store)
+    ops: OutboxStore = own()
+    return ops
 
 
 def has_outbox(store: StateStore | None) -> bool:

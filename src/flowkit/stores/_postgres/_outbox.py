@@ -15,7 +15,7 @@ import hashlib
 import json
 import logging
 import time
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import asyncpg  # type: ignore[import-untyped,import-not-found,unused-ignore]
@@ -29,7 +29,6 @@ if TYPE_CHECKING:
 
     from ._pool import Connection, Pool
     from ._schema import Tables
-    from ._store import PostgresStore
 
 __all__ = ["PostgresOutbox", "PostgresRelaySession", "channel_of"]
 
@@ -77,11 +76,6 @@ class PostgresOutbox:
             "WHERE entry.claimed_until IS NOT NULL "
             "RETURNING 1"
         )
-
-    @classmethod
-    def of(cls, store: PostgresStore) -> Self:
-        """The outbox of ``store``'s schema."""
-        return cls(store._tables, lambda: store._pool, store._shown)
 
     # -- on the user's connection --------------------------------------------
 

@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from types import TracebackType
 
     from .._base import Claim, DeadLetter
+    from ._outbox import PostgresOutbox
     from ._pool import Connection, Pool
 
 __all__ = ["PostgresStore"]
@@ -621,6 +622,14 @@ class PostgresStore:
         )
 
     # -- lifecycle -----------------------------------------------------------
+
+    # -- outbox ----------------------------------------------------------------
+
+    def outbox_ops(self) -> PostgresOutbox:
+        """The transactional outbox of this schema (see :mod:`flowkit.stores._outbox`)."""
+        from ._outbox import PostgresOutbox
+
+        return PostgresOutbox(self._tables, lambda: self._pool, self._shown)
 
     async def __aenter__(self) -> Self:
         """Open the store (or add a user to an open one).

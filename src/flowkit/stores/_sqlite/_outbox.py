@@ -16,19 +16,17 @@ import logging
 import os
 import sqlite3
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
 from ..._errors import StoreError
 from .._outbox import OutboxRow
 from ._rows import timestamp
-from ._schema import MEMORY
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 
-    from ._store import SQLiteStore
 
 __all__ = ["SQLiteOutbox", "SQLiteRelaySession"]
 
@@ -58,23 +56,6 @@ class SQLiteOutbox:
         self.busy_timeout = busy_timeout
         self._real = os.path.realpath(path)
         self._same: dict[str, bool] = {}  # main file as a connection names it -> ours?
-
-    @classmethod
-    def of(cls, store: SQLiteStore) -> Self:
-        """The outbox of ``store``'s database.
-
-        Raises:
-            StoreError: if the store is in memory (no other connection can
-                reach it) or read-only.
-        """
-        if store.path == MEMORY:
-            raise StoreError(
-                "the outbox needs an SQLiteStore on a database file: your sqlite3 "
-                "connection cannot reach the store's private ':memory:' database"
-            )
-        if store.read_only:
-            raise StoreError("the outbox cannot use a read-only SQLiteStore")
-        return cls(store.path, store._database.busy_timeout)
 
     # -- on the user's connection --------------------------------------------
 

@@ -68,6 +68,7 @@ if TYPE_CHECKING:
     from types import TracebackType
 
     from .._base import Claim, DeadLetter
+    from ._outbox import SQLiteOutbox
 
 __all__ = ["SQLiteStore"]
 
@@ -797,6 +798,26 @@ class SQLiteStore:
         )
 
     # -- lifecycle -----------------------------------------------------------
+
+    # -- outbox ----------------------------------------------------------------
+
+    def outbox_ops(self) -> SQLiteOutbox:
+        """The transactional outbox of this database (see :mod:`flowkit.stores._outbox`).
+
+        Raises:
+            StoreError: if the database is in memory (no other connection can
+                reach it) or the store is read-only.
+        """
+        from ._outbox import SQLiteOutbox
+
+        if self.path == MEMORY:
+            raise StoreError(
+                "the outbox needs an SQLiteStore on a database file: your sqlite3 "
+                "connection cannot reach the store's private ':memory:' database"
+            )
+        if self.read_only:
+            raise StoreError("the outbox cannot use a read-only SQLiteStore")
+        return SQLiteOutbox(self.path, self._database.busy_timeout)
 
     async def __aenter__(self) -> Self:
         """Open the store (or add a user to an open one).
