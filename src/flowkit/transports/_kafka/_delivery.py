@@ -1,11 +1,14 @@
 """Deliveries, and the headers the transport adds to a message it publishes again.
 
 A record's value is the body (a record without one, a tombstone, is an empty
-body) and its headers are the message's headers, UTF-8 encoded. A message
-the transport publishes again (nacked, given back) carries two headers of its
-own, stripped before delivery: ``flowkit.attempt``, how many times it had
-been delivered to the group, and ``flowkit.due``, when it may be delivered
-(milliseconds since the epoch), for a nack with a delay.
+body) and its headers are the message's headers, UTF-8 encoded. Every record
+the transport publishes carries ``flowkit.sent``, the time it was sent
+(nanoseconds since the epoch), by which records of several partitions read
+together are handed out in publish order. A message the transport publishes
+again (nacked, given back) carries two more: ``flowkit.attempt``, how many
+times it had been delivered to the group, and ``flowkit.due``, when it may be
+delivered (milliseconds since the epoch), for a nack with a delay. The three
+are stripped before delivery.
 
 Records written by another program never crash a consumer: a header that is
 not UTF-8 is delivered with its undecodable bytes replaced, and a WARNING says
@@ -15,6 +18,7 @@ so once per record; the bus dead-letters a body it cannot decode.
 from __future__ import annotations
 
 import logging
+import time
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
@@ -31,38 +35,45 @@ logger = logging.getLogger("flowkit.transport.kafka")
 
 ATTEMPT = "flowkit.attempt"
 DUE = "flowkit.due"
+SENT = "flowkit.sent"
+_OWN_HEADERS = frozenset({ATTEMPT, DUE, SENT})
 _NO_HEADERS: Mapping[str, str] = MappingProxyType({})
 
 
 def encode_headers(headers: Mapping[str, str] | None) -> list[tuple[str, bytes]]:
-    """A message's headers as Kafka record headers."""
+    """A message's headers as Kafka record headers, with the time it is sent."""
+    sent = (SENT, str(time.time_ns()).encode())
     if not headers:
-        return []
-    return [(name, value.encode()) for name, value in headers.items()]
+        return [sent]
+    return [sent, *((name, value.encode()) for name, value in headers.items())]
 
 
 def decode_headers(
     raw: Sequence[tuple[str, bytes]], where: str
-) -> tuple[Mapping[str, str], int, int]:
-    """A record's headers: the message's own, its attempts so far, and its due time (ms).
+) -> tuple[Mapping[str, str], int, int, int]:
+    """A record's headers: the message's own, its attempts so far, its due time (ms)
+    and the time it was sent (ns).
 
     Returns:
         The headers (without the transport's), the attempts before this
-        delivery (0 for a fresh message) and the due time (0: now).
+        delivery (0 for a fresh message), the due time (0: now) and the time
+        it was sent (0: not said).
     """
     if not raw:
-        return _NO_HEADERS, 0, 0
+        return _NO_HEADERS, 0, 0, 0
     headers: dict[str, str] = {}
-    attempts = due = 0
+    attempts = due = sent = 0
     damaged = False
     for name, value in raw:
-        if name == ATTEMPT or name == DUE:
+        if name in _OWN_HEADERS:
             try:
                 number = int(value)
-            except ValueError:
+            except (TypeError, ValueError):
                 damaged = True
                 continue
-            if name == ATTEMPT:
+            if name == SENT:
+                sent = number
+            elif name == ATTEMPT:
                 attempts = number
             else:
                 due = number
@@ -74,7 +85,7 @@ def decode_headers(
             damaged = True
     if damaged:
         logger.warning("record %s has headers that are not UTF-8 text or numbers", where)
-    return headers, attempts, due
+    return (headers or _NO_HEADERS), attempts, due, sent
 
 
 class KafkaDelivery:

@@ -258,7 +258,7 @@ class Group:
                 offset = record.offset
                 offsets.append(offset)
                 track.upto = offset + 1
-                headers, attempts, due = decode_headers(
+                headers, attempts, due, sent = decode_headers(
                     record.headers, f"{partition.topic}[{partition.partition}]@{offset}"
                 )
                 value = record.value
@@ -275,11 +275,12 @@ class Group:
                 if due > now:
                     self._delay(delivery, due)
                 else:
-                    fresh.append((record.timestamp, partition.topic != own, delivery))
+                    order = sent or record.timestamp * 1_000_000
+                    fresh.append((order, partition.topic != own, delivery))
         if fresh:
             if len(batches) > 1:
                 # Records of several partitions read together go out in publish
-                # order (the producers' clocks), the group's own topic first.
+                # order (the publishers' clocks), the group's own topic first.
                 fresh.sort(key=lambda item: (item[0], item[1]))
             self.buffer.extend(item[2] for item in fresh)
             self.wake()
@@ -534,6 +535,11 @@ class Group:
                 )
                 total = 0
                 for partition in partitions:
+                    track = self.tracks.get(partition)
+                    if track is not None and track.live:
+                        # Read here: what is settled past the commit point is not counted.
+                        total += max(0, ends[partition] - track.point() - len(track.settled))
+                        continue
                     committed = await asyncio.wait_for(
                         consumer.committed(partition), self.connection.timeout
                     )
@@ -547,7 +553,10 @@ class Group:
             ends = await asyncio.wait_for(consumer.end_offsets(partitions), self.connection.timeout)
         except (kafka_errors.KafkaError, OSError, TimeoutError) as exc:
             raise translate(exc, f"backlog of {self.where}") from exc
-        return sum(max(0, ends[tp] - self.tracks[tp].point()) for tp in partitions)
+        tracks = self.tracks
+        return sum(
+            max(0, ends[tp] - tracks[tp].point() - len(tracks[tp].settled)) for tp in partitions
+        )
 
 
 class KafkaSubscription:

@@ -169,10 +169,7 @@ class Connection:
     async def _send(
         self, topic: str, body: bytes, key: bytes | None, headers: list[tuple[str, bytes]]
     ) -> None:
-        # Without a key, a topic's messages keep their publish order: all in partition 0.
-        future = await self.producer.send(
-            topic, body, key=key, headers=headers, partition=None if key is not None else 0
-        )
+        future = await self.producer.send(topic, body, key=key, headers=headers)
         await future
 
     async def group(self, topic: str, name: str, durable: bool) -> Group:
