@@ -41,6 +41,7 @@ from flowkit.stores import SQLiteStore
 from flowkit.testing import assert_compensation_order
 from flowkit.transports import from_url
 
+from .brokers import kafka_url as kafka_url
 from .brokers import nats_url as nats_url
 from .brokers import rabbitmq_url as rabbitmq_url
 from .brokers import redis_url as redis_url
@@ -136,6 +137,20 @@ async def _forget_nats(url: str, prefix: str) -> None:
         await client.close()
 
 
+async def _forget_kafka(url: str, prefix: str) -> None:
+    """Delete the Kafka topics a run made under its prefix (its groups go with them)."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=url.removeprefix("kafka://").split("?")[0])
+    await admin.start()
+    try:
+        names = [t for t in await admin.list_topics() if t.startswith(f"{prefix}..")]
+        if names:
+            await admin.delete_topics(names)
+    finally:
+        await admin.close()
+
+
 async def _forget_rabbitmq(url: str, prefix: str) -> None:
     """Delete the queues and exchanges a run declared under its prefix."""
     from .rabbitmq_server import forget_rabbitmq
@@ -154,6 +169,11 @@ BROKERS: dict[str, BrokerRun] = {
         "nats_url",
         lambda url, prefix: _with_query(url, ack_wait=CLAIM_IDLE, prefix=prefix),
         _forget_nats,
+    ),
+    "kafka": BrokerRun(
+        "kafka_url",
+        lambda url, prefix: _with_query(url, session_timeout=1.5 * CLAIM_IDLE, prefix=prefix),
+        _forget_kafka,
     ),
     # A killed worker's connection closes with it: RabbitMQ gives back what it held at once.
     "rabbitmq": BrokerRun(
