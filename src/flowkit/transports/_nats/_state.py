@@ -10,6 +10,7 @@ dropped. A group ``G`` is the durable pull consumer ``G`` of that stream.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 from dataclasses import dataclass, field
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
 
     from nats.aio.client import Client
+    from nats.aio.msg import Msg
     from nats.js import JetStreamContext
 
     from ._subscription import NATSSubscription
@@ -191,6 +193,9 @@ class Connection:
     """The open client and what the transport's parts share through it."""
 
     __slots__ = (
+        "_ack_inbox",
+        "_acks",
+        "_next_token",
         "client",
         "closed",
         "groups",
@@ -202,12 +207,33 @@ class Connection:
 
     def __init__(self, client: Client, options: Options) -> None:
         self.client = client
+        # JetStream's acks of publishes come to one inbox of the connection,
+        # ``<inbox>.<token>``, each to the future waiting for it.
+        self._ack_inbox = f"{client.new_inbox()}."
+        self._acks: dict[str, asyncio.Future[Msg]] = {}
+        self._next_token = itertools.count()
         self.js: JetStreamContext = client.jetstream(timeout=options.timeout)
         self.options = options
         self.closed = False
         self.groups: dict[tuple[str, str], Group] = {}
         self.subjects: dict[str, str] = {}
         self.reconnect_listeners: set[Callable[[], None]] = set()
+
+    async def open(self) -> None:
+        """Subscribe the inbox of publish acks.
+
+        Raises:
+            TransportError: if the subscription fails.
+        """
+        try:
+            await self.client.subscribe(f"{self._ack_inbox}*", cb=self._on_ack)
+        except _QUIET as exc:
+            raise translate(exc, "subscribing the inbox of publish acks") from exc
+
+    async def _on_ack(self, msg: Msg) -> None:
+        future = self._acks.pop(msg.subject[len(self._ack_inbox) :], None)
+        if future is not None and not future.done():
+            future.set_result(msg)
 
     def subject(self, topic: str) -> str:
         """The subject of a topic (cached: publishing asks for it every time)."""
@@ -267,16 +293,22 @@ class Connection:
         attempt_timeout = max(2.0, timeout / 4)
         pause = 0.05
         client = self.client
+        acks = self._acks
         while True:
+            token = str(next(self._next_token))
+            future: asyncio.Future[Msg] = loop.create_future()
+            acks[token] = future
+            timer = loop.call_later(
+                min(attempt_timeout, max(deadline - loop.time(), 0.001)), _expire, future
+            )
             try:
-                reply = await client.request(
+                await client.publish(
                     subject,
                     body,
-                    timeout=min(attempt_timeout, max(deadline - loop.time(), 0.001)),
+                    reply=self._ack_inbox + token,
                     headers=headers,  # type: ignore[arg-type]
                 )
-            except nats.errors.NoRespondersError:
-                return
+                reply = await future
             except RECOVERABLE as exc:
                 if self.closed:
                     raise TransportClosed("the transport is closed") from exc
@@ -285,12 +317,24 @@ class Connection:
                 await asyncio.sleep(pause)
                 pause = min(pause * 2, 2.0)
                 continue
+            finally:
+                timer.cancel()
+                acks.pop(token, None)
             data = reply.data
+            if not data:
+                status = reply.headers.get("Status") if reply.headers else None
+                if status == "503":
+                    return  # no responders: no stream takes the subject, no group listens
             if b'"error"' in data:
                 raise TransportError(
                     f"NATS JetStream refused a message to {subject!r}: {_error_of(data)}"
                 )
             return
+
+
+def _expire(future: asyncio.Future[Msg]) -> None:
+    if not future.done():
+        future.set_exception(nats.errors.TimeoutError())
 
 
 def _error_of(data: bytes) -> str:

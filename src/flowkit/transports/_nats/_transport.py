@@ -380,6 +380,12 @@ class NATSTransport:
             on_reconnect=on_reconnect,
         )
         connection = Connection(client, self._options)
+        try:
+            await connection.open()
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await client.close()
+            raise
         holder.append(connection)
         return connection
 
