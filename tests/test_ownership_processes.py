@@ -418,10 +418,12 @@ def check(scenario: Scenario, seen: Observed) -> dict[str, float]:
     assert set(delays) == orphans, sorted(orphans - set(delays))[:10]
     running_in_p1 = {r.workflow for r in rows if r.pid == p1.pid} & orphans
     running_delay = max((delays[wid] for wid in running_in_p1), default=0.0)
-    # all of them: the survivors claim more as soon as a slot frees
-    assert max(delays.values()) <= TAKEOVER, sorted((round(d, 2), w) for w, d in delays.items())[
-        -10:
-    ]
+    assert running_delay <= TAKEOVER, sorted((round(delays[w], 2), w) for w in running_in_p1)[-10:]
+    # the rest of its backlog soon after: the survivors claim more as a slot frees
+    # (a bound loose enough for a loaded machine; the figures are printed)
+    assert max(delays.values()) <= 2 * TAKEOVER, sorted(
+        (round(d, 2), w) for w, d in delays.items()
+    )[-10:]
     lost = sum(
         worker.log.read_text().count("its lease was taken by another process")
         for worker in scenario.workers.values()
