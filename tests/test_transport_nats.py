@@ -618,3 +618,25 @@ async def test_trio_is_refused_clearly(anyio_backend: str) -> None:
         async with transport:
             pass
     assert _PASSWORD not in str(refused.value)
+
+
+def test_from_url_knows_both_schemes() -> None:
+    for url in ("nats://127.0.0.1:4222", "tls://app:pw@nats.internal:4222?prefix=shop"):
+        transport = from_url(url)
+        assert isinstance(transport, NATSTransport)
+        assert "pw" not in repr(transport)
+
+
+def test_a_missing_client_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    from flowkit import MissingDependency
+
+    # As if nats-py were not installed, and the NATS transport never imported.
+    for name in [n for n in sys.modules if n == "nats" or n.startswith("nats.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "nats", None)
+    for name in [n for n in sys.modules if n.startswith("flowkit.transports._nats")]:
+        monkeypatch.delitem(sys.modules, name)
+    with pytest.raises(MissingDependency, match=r"pip install 'flowkit\[nats\]'"):
+        from_url("nats://localhost:4222")

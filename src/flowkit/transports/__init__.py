@@ -19,6 +19,7 @@ __all__ = [
     "Delivery",
     "InMemoryTransport",
     "KafkaTransport",
+    "NATSTransport",
     "RabbitMQTransport",
     "RedisTransport",
     "Subscription",
