@@ -56,6 +56,8 @@ LOST: tuple[type[BaseException], ...] = (
     RuntimeError,  # aiormq: "<Connection> closed" when a channel is asked of a dead one
 )
 
+from ._frames import FrameBatcher  # noqa: E402 - it uses LOST, defined above
+
 _FIRST_PAUSE = 0.05
 _LAST_PAUSE = 2.0
 
@@ -143,6 +145,7 @@ class Link:
         self.closed = False
         self.on_reconnect: list[Callable[[], Awaitable[None]]] = []
         self._watcher: asyncio.Task[None] | None = None
+        self.frames = FrameBatcher()
         self.server_version: tuple[int, ...] = (0,)
 
     async def open(self) -> None:
@@ -314,6 +317,7 @@ class Link:
         """Close the connection and stop reconnecting."""
         self.closed = True
         self.ready.set()
+        self.frames.close()
         if self._watcher is not None:
             self._watcher.cancel()
             await asyncio.gather(self._watcher, return_exceptions=True)

@@ -106,14 +106,12 @@ class RabbitMQDelivery:
         if self._settled:
             return
         self._settled = True
-        self._subscription._held.pop(self, None)
-        channel = self._channel
-        if channel.is_closed:
-            return
-        try:
-            await channel.basic_ack(self._tag, wait=False)
-        except LOST:
-            return  # the connection is gone: the server gives the message back
+        subscription = self._subscription
+        subscription._held.pop(self, None)
+        link = subscription._transport._link
+        if link is not None and not self._channel.is_closed:
+            link.frames.ack(self._channel, self._tag)
+        # Else the connection is gone: the server gave the message back.
 
     async def nack(self, delay: float = 0.0) -> None:
         """Give the message back, to be delivered again after ``delay`` seconds.
@@ -152,15 +150,14 @@ class RabbitMQDelivery:
                 subscription.queue,
                 exc,
             )
-            try:
-                await channel.basic_nack(self._tag, requeue=True, wait=False)
-            except LOST:
-                pass
+            link = subscription._transport._link
+            if link is not None and not channel.is_closed:
+                link.frames.nack(channel, self._tag)
             return
-        try:
-            await channel.basic_ack(self._tag, wait=False)
-        except LOST:
-            return  # given back by the server: delivered twice, never lost
+        link = subscription._transport._link
+        if link is not None and not channel.is_closed:
+            link.frames.ack(channel, self._tag)
+        # Else given back by the server: delivered twice, never lost.
 
     def __repr__(self) -> str:
         return (

@@ -302,13 +302,9 @@ class RabbitMQTransport:
                     channel = await link.publishing(deadline)
                 if exchange and exchange not in link.declared:
                     await self._declare_exchange(link, exchange, deadline)
-                confirm = await channel.basic_publish(
-                    body,
-                    exchange=exchange,
-                    routing_key=routing_key,
-                    properties=properties,
-                    timeout=max(0.001, deadline - loop.time()),
-                )
+                confirmation = link.frames.publish(channel, exchange, routing_key, body, properties)
+                async with asyncio.timeout_at(deadline):
+                    confirm = await confirmation
             except TimeoutError:
                 raise TransportError(
                     f"RabbitMQ publish to {what!r} on {self._where}: no confirm within "
