@@ -11,6 +11,7 @@ BENCHMARKS: dict[str, list[str]] = {
     "bench_store": [],
     "bench_orchestrator": ["--dbos", "--synchronous", "FULL"],
     "bench_redis": [],
+    "bench_rabbitmq": [],
     "bench_nats": [],
     "bench_postgres": [],
     "bench_checkpoint": [],
