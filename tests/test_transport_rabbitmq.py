@@ -214,6 +214,28 @@ async def test_nack_with_delay_waits_in_a_ttl_queue(
         await subscription.aclose()
 
 
+async def test_a_queue_deleted_behind_its_back_is_declared_again(
+    make: Callable[..., RabbitMQTransport], raw: Any, prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    topic, group = _name("topic"), _name("group")
+    async with make() as transport:
+        subscription = await transport.subscribe(topic, group)
+        await transport.publish(topic, b"before")
+        await (await _receive(subscription)).ack()
+        channel = await raw.channel()
+        await channel.queue_delete(f"{prefix}:{topic}:{group}")
+        with anyio.fail_after(10):
+            while True:
+                with anyio.move_on_after(0.2):
+                    delivery = await subscription.receive()
+                    break
+                await transport.publish(topic, b"after")
+        assert delivery.body == b"after"
+        await delivery.ack()
+        await subscription.aclose()
+    assert any("consuming again" in r.getMessage() for r in caplog.records)
+
+
 def test_delays_are_rounded_up_to_two_digits() -> None:
     from flowkit.transports._rabbitmq._transport import _delay_ms
 

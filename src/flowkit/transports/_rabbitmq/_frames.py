@@ -67,7 +67,8 @@ class FrameBatcher:
                 frames.append(ContentBody(body))
             else:
                 frames.extend(ContentBody(body[i : i + size]) for i in range(0, len(body), size))
-        confirmation: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        # A future of the channel: it fails with the channel when that closes.
+        confirmation: asyncio.Future[Any] = channel.create_future()
         self._queue((channel, frames, confirmation))
         return confirmation
 

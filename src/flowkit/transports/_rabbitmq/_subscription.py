@@ -205,6 +205,7 @@ class RabbitMQSubscription:
         "_buffer",
         "_channel",
         "_closed",
+        "_consuming",
         "_held",
         "_receives",
         "_tag",
@@ -231,6 +232,12 @@ class RabbitMQSubscription:
         self._tag = f"flowkit.{secrets.token_hex(8)}"
         self._closed = False
         self._receives = 0
+        self._consuming = asyncio.Lock()
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`aclose` was called."""
+        return self._closed
 
     @property
     def unsettled(self) -> int:
@@ -238,20 +245,53 @@ class RabbitMQSubscription:
         return len(self._buffer) + len(self._held)
 
     async def consume(self, prefetch: int, deadline: float) -> None:
-        """Open a channel and consume the group's queue on it."""
-        connection = await self._transport._open().wait_ready(deadline)
-        async with asyncio.timeout_at(deadline):
-            channel = await connection.channel(publisher_confirms=False)
-            try:
-                await channel.basic_qos(prefetch_count=prefetch)
-                self._buffer.clear()
-                self._channel = channel
-                await channel.basic_consume(self.queue, self._on_message, consumer_tag=self._tag)
-            except BaseException:
-                self._channel = None
-                if not channel.is_closed:
-                    await channel.close()
-                raise
+        """Open a channel and consume the group's queue on it, closing the one
+        it consumed on before (which gives back what that one held)."""
+        async with self._consuming:
+            if self._closed:
+                return
+            old, self._channel = self._channel, None
+            self._buffer.clear()
+            if old is not None and not old.is_closed:
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        await old.close()
+                except (TimeoutError, amqp_errors.AMQPError, *LOST):  # type: ignore[misc]
+                    pass
+            connection = await self._transport._open().wait_ready(deadline)
+            async with asyncio.timeout_at(deadline):
+                channel = await connection.channel(publisher_confirms=False)
+                try:
+                    await channel.basic_qos(prefetch_count=prefetch)
+                    self._channel = channel
+                    await channel.basic_consume(
+                        self.queue, self._on_message, consumer_tag=self._tag
+                    )
+                except BaseException:
+                    self._channel = None
+                    if not channel.is_closed:
+                        await channel.close()
+                    raise
+            channel.on_consumer_cancel_callbacks.add(self._on_cancelled)
+            channel.closing.add_done_callback(lambda _: self._on_lost(channel))
+
+    async def _on_cancelled(self, frame: Any) -> None:
+        """The server cancelled the consumer (its queue was deleted): consume again."""
+        channel = self._channel
+        if channel is not None:
+            self._on_lost(channel)
+
+    def _on_lost(self, channel: AbstractChannel) -> None:
+        """The channel closed, or its consumer was cancelled, without the subscription
+        closing: declare the group again and consume on a new channel. (When the
+        whole connection was lost, the reconnection does it.)"""
+        if self._closed or channel is not self._channel:
+            return
+        link = self._transport._link
+        if link is None or link.closed or link.connection is None or link.connection.is_closed:
+            return
+        logger.warning("the consumer of %r stopped; consuming again", self.queue)
+        self._transport._recover(self)
 
     async def _on_message(self, message: DeliveredMessage) -> None:
         channel = message.channel
@@ -326,6 +366,13 @@ class RabbitMQSubscription:
         self._arrived.set()
         transport = self._transport
         transport._forget(self)
+        try:
+            async with asyncio.timeout(transport._publish_timeout):
+                await self._consuming.acquire()  # a consume under way ends first
+        except TimeoutError:
+            pass
+        else:
+            self._consuming.release()
         channel, self._channel = self._channel, None
         self._buffer.clear()
         self._held.clear()

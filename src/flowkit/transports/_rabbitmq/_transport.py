@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import math
 from typing import TYPE_CHECKING, Any, Self
 
@@ -26,6 +27,8 @@ if TYPE_CHECKING:
     from .._base import Subscription
 
 __all__ = ["RabbitMQTransport"]
+
+logger = logging.getLogger("flowkit.transport.rabbitmq")
 
 # RabbitMQ's default largest message (max_message_size, 128 MiB since 3.8).
 _MAX_MESSAGE_SIZE = 128 * 1024 * 1024
@@ -159,7 +162,6 @@ class RabbitMQTransport:
         "_connect_timeout",
         "_delay_queues",
         "_entered",
-        "_exchanges",
         "_link",
         "_lock",
         "_prefetch",
@@ -168,6 +170,7 @@ class RabbitMQTransport:
         "_queue_type",
         "_ssl_context",
         "_subscriptions",
+        "_tasks",
         "_url",
         "_where",
     )
@@ -217,7 +220,7 @@ class RabbitMQTransport:
         self._subscriptions: dict[tuple[str, str], set[RabbitMQSubscription]] = {}
         # Delay queues declared, by group: name -> the loop time of the declare.
         self._delay_queues: dict[tuple[str, str], dict[str, float]] = {}
-        self._exchanges: set[str] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
 
     @property
     def capabilities(self) -> Capabilities:
@@ -296,6 +299,7 @@ class RabbitMQTransport:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._publish_timeout
         while True:
+            connection = link.connection
             try:
                 channel = link.publisher
                 if channel is None or channel.is_closed:
@@ -316,9 +320,12 @@ class RabbitMQTransport:
                 if loop.time() >= deadline:
                     raise translate(exc, f"publish to {what!r}") from exc
                 continue
-            except amqp_errors.ChannelClosed as exc:
-                raise translate(exc, f"publish to {what!r}") from exc
-            except LOST as exc:
+            except (amqp_errors.ChannelClosed, *LOST) as exc:  # type: ignore[misc]
+                lost = (
+                    connection is None or connection.is_closed or link.connection is not connection
+                )
+                if isinstance(exc, amqp_errors.ChannelClosed) and not lost:
+                    raise translate(exc, f"publish to {what!r}") from exc
                 if link.closed:
                     raise TransportClosed("the transport is closed") from exc
                 if loop.time() >= deadline:
@@ -469,14 +476,39 @@ class RabbitMQTransport:
 
     async def _resume(self) -> None:
         """After a reconnection: declare every subscribed group again and consume."""
+        for subscriptions in list(self._subscriptions.values()):
+            for subscription in list(subscriptions):
+                self._recover(subscription)
+
+    def _recover(self, subscription: RabbitMQSubscription) -> None:
+        """Declare a subscription's group again and consume, in a task of its own,
+        retried with a growing pause until it works, the subscription or the
+        transport closes, or the connection is lost (the reconnection then
+        starts it again)."""
         link = self._link
         if link is None:
             return
-        for subscriptions in list(self._subscriptions.values()):
-            for subscription in list(subscriptions):
-                deadline = asyncio.get_running_loop().time() + self._publish_timeout
+        task = asyncio.get_running_loop().create_task(self._consume_again(link, subscription))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _consume_again(self, link: Link, subscription: RabbitMQSubscription) -> None:
+        generation = link.generation
+        pause = 0.05
+        while not (subscription.closed or link.closed) and link.generation == generation:
+            connection = link.connection
+            if connection is None or connection.is_closed:
+                return
+            loop = asyncio.get_running_loop()
+            try:
                 await self._declare_group(link, subscription)
-                await subscription.consume(self._prefetch, deadline)
+                await subscription.consume(self._prefetch, loop.time() + self._publish_timeout)
+            except Exception as exc:
+                logger.debug("consuming %r again failed: %r", subscription.queue, exc)
+                await asyncio.sleep(pause)
+                pause = min(2 * pause, 2.0)
+                continue
+            return
 
     def _forget(self, subscription: RabbitMQSubscription) -> None:
         key = (subscription.topic, subscription.group)
@@ -518,6 +550,10 @@ class RabbitMQTransport:
         finally:
             self._subscriptions.clear()
             self._delay_queues.clear()
+            tasks = list(self._tasks)
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
             await link.close()
 
     async def __aenter__(self) -> Self:
