@@ -463,3 +463,18 @@ async def test_trio_is_refused_clearly(anyio_backend: str) -> None:
         async with transport:
             pass
     assert _PASSWORD not in str(refused.value)
+
+
+def test_a_missing_client_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    from flowkit import MissingDependency
+
+    # As if aio-pika (and aiormq with it) were not installed, and the transport never imported.
+    for name in [n for n in sys.modules if n == "aiormq" or n.startswith("aiormq.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "aiormq", None)
+    for name in [n for n in sys.modules if n.startswith("flowkit.transports._rabbitmq")]:
+        monkeypatch.delitem(sys.modules, name)
+    with pytest.raises(MissingDependency, match=r"pip install 'flowkit\[rabbitmq\]'"):
+        from_url(f"amqp://u:{_PASSWORD}@localhost/")
