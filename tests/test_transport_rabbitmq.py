@@ -148,14 +148,11 @@ async def test_conformance(name: str, make: Callable[..., RabbitMQTransport]) ->
     await TRANSPORT_CHECKS[name](make, delay_tolerance=0.5)
 
 
-@pytest.mark.parametrize("queue_type", ["classic"])
-@pytest.mark.parametrize(
-    "name", ["unacked_redelivered_on_close", "nack_delay", "settle_twice", "receive_many"]
-)
+@pytest.mark.parametrize("name", sorted(TRANSPORT_CHECKS))
 async def test_conformance_on_classic_queues(
-    name: str, queue_type: str, make: Callable[..., RabbitMQTransport]
+    name: str, make: Callable[..., RabbitMQTransport]
 ) -> None:
-    await TRANSPORT_CHECKS[name](lambda: make(queue_type=queue_type), delay_tolerance=0.5)
+    await TRANSPORT_CHECKS[name](lambda: make(queue_type="classic"), delay_tolerance=0.5)
 
 
 async def test_capabilities(make: Callable[..., RabbitMQTransport]) -> None:
