@@ -23,6 +23,7 @@ from aiormq import exceptions as amqp_errors
 
 from ..._errors import TransportClosed, TransportError
 from ..._redact import redact_url
+from ._frames import FrameBatcher
 
 if TYPE_CHECKING:
     import ssl
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
     from aiormq.abc import AbstractChannel
 
 __all__ = [
+    "CLOSING",
     "LOST",
     "Link",
     "amqp_errors",
@@ -56,7 +58,8 @@ LOST: tuple[type[BaseException], ...] = (
     RuntimeError,  # aiormq: "<Connection> closed" when a channel is asked of a dead one
 )
 
-from ._frames import FrameBatcher  # noqa: E402 - it uses LOST, defined above
+# What closing a channel or a connection may raise, besides a lost connection.
+CLOSING: tuple[type[BaseException], ...] = (TimeoutError, amqp_errors.AMQPError, *LOST)
 
 _FIRST_PAUSE = 0.05
 _LAST_PAUSE = 2.0
@@ -327,5 +330,5 @@ class Link:
             try:
                 async with asyncio.timeout(self.connect_timeout):
                     await connection.close()
-            except (TimeoutError, *LOST):  # type: ignore[misc]
+            except CLOSING:
                 pass

@@ -19,12 +19,11 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING, Any
 
+from aiormq import exceptions as amqp_errors
 from aiormq.abc import ChannelFrame
 from pamqp.body import ContentBody
 from pamqp.commands import Basic
 from pamqp.header import ContentHeader
-
-from ._client import LOST, amqp_errors
 
 if TYPE_CHECKING:
     from aiormq.abc import AbstractChannel
@@ -114,7 +113,8 @@ class FrameBatcher:
                     await channel.write_queue.put(  # type: ignore[attr-defined]
                         ChannelFrame.marshall(channel_number=number, frames=frames)
                     )
-                except LOST as exc:  # pragma: no cover - the channel's confirms fail with it
+                except (amqp_errors.AMQPError, ConnectionError, RuntimeError) as exc:
+                    # The channel's confirms fail with it; its acks are moot.
                     logger.debug("sending on channel %s failed: %r", number, exc)
 
     def close(self) -> None:

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Self
 from pamqp.commands import Basic
 
 from ..._errors import TransportClosed, TransportError
-from ._client import LOST, amqp_errors
+from ._client import CLOSING
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -97,11 +97,10 @@ class RabbitMQDelivery:
     async def ack(self) -> None:
         """Mark the message handled (``basic.ack``); a second ack or nack is a no-op.
 
-        A delivery of a connection since lost was given back by the server
-        already: acking it is a no-op (it is delivered again).
-
-        Raises:
-            TransportError: if the channel refused the ack.
+        The ack goes out with the others of this turn of the event loop (the
+        server does not confirm acks). A delivery of a connection since lost
+        was given back by the server already: acking it is a no-op (it is
+        delivered again).
         """
         if self._settled:
             return
@@ -128,7 +127,8 @@ class RabbitMQDelivery:
             delay: seconds before the message is deliverable again.
 
         Raises:
-            TransportError: if neither the copy nor the give-back could be sent.
+            TransportClosed: if the transport closed meanwhile (the server
+                gives the message back).
         """
         if self._settled:
             return
@@ -256,7 +256,7 @@ class RabbitMQSubscription:
                 try:
                     async with asyncio.timeout_at(deadline):
                         await old.close()
-                except (TimeoutError, amqp_errors.AMQPError, *LOST):  # type: ignore[misc]
+                except CLOSING:
                     pass
             connection = await self._transport._open().wait_ready(deadline)
             async with asyncio.timeout_at(deadline):
@@ -346,10 +346,10 @@ class RabbitMQSubscription:
 
     async def ack_many(self, deliveries: Sequence[Delivery]) -> None:
         """Ack several deliveries of this subscription (acks are not confirmed by
-        the server: they go out together, without a round trip each).
+        the server: they go out together, in one write, without a round trip).
 
         Raises:
-            TransportError: if the channel refused the ack.
+            ValueError: for a delivery of another subscription.
         """
         for delivery in deliveries:
             if not isinstance(delivery, RabbitMQDelivery) or delivery._subscription is not self:
@@ -381,7 +381,7 @@ class RabbitMQSubscription:
                 async with asyncio.timeout(transport._publish_timeout):
                     await channel.basic_cancel(self._tag)
                     await channel.close()
-            except (TimeoutError, amqp_errors.AMQPError, *LOST) as exc:  # type: ignore[misc]
+            except CLOSING as exc:
                 logger.debug("closing the consumer of %r: %r", self.queue, exc)
         if not self.durable and not transport._has_subscription(self.topic, self.group):
             try:

@@ -44,6 +44,9 @@ _QUEUE_TYPES = ("quorum", "classic")
 # transport declares it again well before, whenever it sends a message to it.
 _DELAY_QUEUE_EXPIRES_MS = 3_600_000
 _PERSISTENT = 2
+# What a publish retries through a new connection (a channel error, when the
+# connection it was on is gone).
+_PUBLISH_FAILURES: tuple[type[BaseException], ...] = (amqp_errors.ChannelClosed, *LOST)
 
 
 # The longest names the client sends (room left in a queue's for a delay suffix).
@@ -320,7 +323,7 @@ class RabbitMQTransport:
                 if loop.time() >= deadline:
                     raise translate(exc, f"publish to {what!r}") from exc
                 continue
-            except (amqp_errors.ChannelClosed, *LOST) as exc:  # type: ignore[misc]
+            except _PUBLISH_FAILURES as exc:
                 lost = (
                     connection is None or connection.is_closed or link.connection is not connection
                 )
