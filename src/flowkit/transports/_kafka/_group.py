@@ -369,8 +369,13 @@ class Group:
         except TransportError as exc:
             logger.debug("commit of %s failed, retried at the next ack: %s", self.where, exc)
 
-    async def commit(self, partitions: Iterable[TopicPartition] | None = None) -> None:
+    async def commit(
+        self, partitions: Iterable[TopicPartition] | None = None, timeout: float | None = None
+    ) -> None:
         """Commit each partition's offset up to its oldest record not settled.
+
+        A commit that fails has the group's topics created again, should the
+        broker have lost them (a restart without storage).
 
         Raises:
             TransportError: if Kafka refused the commit or could not be reached.
@@ -394,9 +399,10 @@ class Group:
                         consumer.commit(
                             {tp: OffsetAndMetadata(o, "") for tp, o in offsets.items()}
                         ),
-                        self.connection.timeout,
+                        timeout or self.connection.timeout,
                     )
                 except (kafka_errors.KafkaError, OSError, TimeoutError) as exc:
+                    self.connection.spawn(self.connection.recreate(self.main, self.own))
                     raise translate(exc, f"commit of {self.where}") from exc
             for partition, offset in offsets.items():
                 tracks[partition].committed = offset
@@ -418,14 +424,29 @@ class Group:
             d.partition in revoked for s in self.subscriptions for d in s.held
         ):
             await asyncio.sleep(0.02)
-        try:
-            await self.commit(revoked)
-        except TransportError as exc:
-            logger.warning("could not commit %s before a rebalance: %s", self.where, exc)
+        if self._member_lost():
+            # The coordinator forgot this member (its session expired, or the broker
+            # restarted and may have lost its logs): what was read is not committed,
+            # it is read again by the partitions' next owner.
+            logger.warning(
+                "consumer of %s lost its membership; what it did not commit is delivered again",
+                self.where,
+            )
+        else:
+            try:
+                await self.commit(revoked, timeout=_REVOKE_WAIT)
+            except TransportError as exc:
+                logger.warning("could not commit %s before a rebalance: %s", self.where, exc)
         for partition in revoked:
             track = self.tracks.pop(partition, None)
             if track is not None:
                 track.live = False
+
+    def _member_lost(self) -> bool:
+        """Whether the group's coordinator reset this consumer's membership (aiokafka
+        sets its generation back to -1 when the coordinator no longer knows it)."""
+        coordinator = getattr(self.consumer, "_coordinator", None)
+        return getattr(coordinator, "generation", 0) == -1
 
     # -- leaving -----------------------------------------------------------------------
 

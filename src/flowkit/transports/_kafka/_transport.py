@@ -28,7 +28,7 @@ from ._delivery import encode_headers
 from ._group import Group, KafkaSubscription
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping, Sequence
+    from collections.abc import Coroutine, Mapping, Sequence
     from types import TracebackType
 
     from .._base import Subscription
@@ -70,7 +70,25 @@ class Connection:
         self.opening: dict[tuple[str, str], asyncio.Task[Group]] = {}
         self.leaving: dict[tuple[str, str], asyncio.Task[None]] = {}
         self.created: set[str] = set()
+        self.tasks: set[asyncio.Task[None]] = set()
         self.closed = False
+
+    def spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run ``work`` in the background, cancelled when the transport closes."""
+        if self.closed:
+            work.close()
+            return
+        task = asyncio.get_running_loop().create_task(work)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def recreate(self, *names: str) -> None:
+        """Create ``names`` again if the broker lost them; failures are left to the next try."""
+        self.created.difference_update(names)
+        try:
+            await self.ensure_topics(*names)
+        except TransportError as exc:
+            logger.debug("could not create topics %s again: %s", names, exc)
 
     def group_id(self, topic: str, group: str) -> str:
         return kafka_name(self.prefix, topic, group)
@@ -162,7 +180,14 @@ class Connection:
                 ) from exc
             except (kafka_errors.KafkaError, OSError) as exc:
                 failure = exc
-            if not isinstance(failure, RECOVERABLE) or loop.time() >= deadline:
+            lost = (kafka_errors.UnknownTopicOrPartitionError, kafka_errors.UnknownError)
+            if isinstance(failure, lost):
+                # A broker that lost its topics (restarted without storage; Tansu then
+                # answers UnknownError for a while): create them again, and retry.
+                self.created.discard(topic)
+            elif not isinstance(failure, RECOVERABLE):
+                raise translate(failure, f"publish to {topic!r}") from failure
+            if loop.time() >= deadline:
                 raise translate(failure, f"publish to {topic!r}") from failure
             await backoff.sleep()
 
@@ -478,6 +503,9 @@ class KafkaTransport:
             )
         finally:
             connection.closed = True
+            for task in list(connection.tasks):
+                task.cancel()
+            await asyncio.gather(*connection.tasks, return_exceptions=True)
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(connection.producer.stop(), self._publish_timeout)
             with contextlib.suppress(Exception):
