@@ -21,26 +21,33 @@ from flowkit.stores import StateStore, from_url
 
 from .choreographed import run_choreography
 from .orchestrated import run_orchestration
+from .order_service import Orders, PostgresOrders
 
 
-def stores(url: str | None, tmp: Path) -> tuple[StateStore | Path, StateStore | Path, str]:
-    """The stores of the two demos, and where they are, in words."""
+def stores(
+    url: str | None, tmp: Path
+) -> tuple[StateStore | Path, StateStore | Path, Orders | None, str]:
+    """The stores of the two demos, the order service's database, and where they
+    are, in words."""
     if url is None:
-        return tmp / "choreography.db", tmp / "orchestration.db", "SQLite files"
+        return tmp / "choreography.db", tmp / "orchestration.db", None, "SQLite files"
     if "schema=" in url:
         raise SystemExit("--store: the demo picks its own schema; leave ?schema= out")
     schema = time.strftime("flowkit_demo_%Y%m%d_%H%M%S_") + secrets.token_hex(2)
-    return from_url(url, schema=schema), from_url(url, schema=schema), f"schema {schema}"
+    orders = PostgresOrders(url, schema)
+    return from_url(url, schema=schema), from_url(url, schema=schema), orders, f"schema {schema}"
 
 
 async def main(url: str | None) -> None:
     # flowkit logs retries and dead letters; show them beside what the services print.
     logging.basicConfig(level=logging.WARNING, format="  (%(levelname)s) %(message)s")
     with tempfile.TemporaryDirectory() as tmp:
-        choreography_store, orchestration_store, where = stores(url, Path(tmp))
+        choreography_store, orchestration_store, orders, where = stores(url, Path(tmp))
         print(f"(records kept in {where})")
         print("== Choreography: every service reacts to OrderPlaced on its own ==")
-        result = await run_choreography(choreography_store, echo=True)
+        print("(the order service saves each order and its OrderPlaced in one transaction,")
+        print(" through the outbox; the bus's relay publishes what was committed)")
+        result = await run_choreography(choreography_store, echo=True, orders=orders)
         print()
         for order_id, timeline in sorted(result.timelines.items()):
             print(f"order history of {order_id}: {' -> '.join(timeline)}")

@@ -11,6 +11,7 @@ from flowkit.transports import InMemoryTransport
 
 from . import logistics, notification, order_history, seller
 from .events import OrderPlaced
+from .order_service import Orders, SQLiteOrders
 from .world import World
 
 
@@ -35,31 +36,47 @@ def build_bus(world: World, store: StateStore | Path) -> tuple[Choreography, dic
     return bus, timelines
 
 
-async def run_choreography(store: StateStore | Path, *, echo: bool = False) -> ChoreographyResult:
-    """Place two orders: one goes through with a flaky partner API, one has a bad email."""
+async def run_choreography(
+    store: StateStore | Path, *, echo: bool = False, orders: Orders | None = None
+) -> ChoreographyResult:
+    """Place two orders: one goes through with a flaky partner API, one has a bad email.
+
+    The order service saves each order and puts ``OrderPlaced`` in the bus's
+    outbox in one transaction (``orders``: the database it writes to; by
+    default the SQLite file of ``store``); the bus's relay publishes it.
+    """
     world = World(echo=echo)
+    if orders is None:
+        if isinstance(store, Path):
+            orders = SQLiteOrders(str(store))
+        elif isinstance(store, SQLiteStore):
+            orders = SQLiteOrders(store.path)
+        else:
+            raise TypeError("pass orders=... for a store other than an SQLite file")
     bus, timelines = build_bus(world, store)
     transport = bus.transport
     assert isinstance(transport, InMemoryTransport)
     world.fail("partner-api", times=2)  # logistics retries with backoff
     async with bus:
-        await bus.publish(
+        await orders.place(
+            bus,
             OrderPlaced(
                 order_id="o-1",
                 user_email="ada@example.com",
                 seller_id="seller-9",
                 items=["book"],
                 total=25.0,
-            )
+            ),
         )
-        await bus.publish(
+        await orders.place(
+            bus,
             OrderPlaced(
                 order_id="o-2",
                 user_email="not-an-email",
                 seller_id="seller-9",
                 items=["lamp"],
                 total=40.0,
-            )
+            ),
         )
         await bus.wait_idle(10)
         dead = await bus.dead_letters()

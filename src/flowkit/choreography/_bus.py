@@ -419,7 +419,8 @@ class Choreography:
 
         Idle means that no handler runs and the transport holds nothing for
         the running handlers' groups: nothing ready, nothing waiting out a
-        retry delay, nothing delivered and not yet acked. Useful in tests and
+        retry delay, nothing delivered and not yet acked; and, when this bus
+        runs an outbox relay, that the outbox is empty. Useful in tests and
         scripts; a service normally runs until it is stopped.
 
         Raises:
@@ -433,6 +434,8 @@ class Choreography:
         with anyio.move_on_after(timeout):
             while True:
                 left = running.workers.busy
+                if running.relay is not None:
+                    left += await running.relay.pending()
                 for spec in running.specs:
                     left += await self._transport.backlog(spec.topic, spec.consumer)
                 quiet = quiet + 1 if left == 0 else 0

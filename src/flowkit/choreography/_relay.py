@@ -99,6 +99,14 @@ class Relay:
         """Whether this relay holds the lease (it is the one publishing)."""
         return self._held
 
+    async def pending(self) -> int:
+        """How many envelopes wait in the outbox (1 while the store cannot be
+        reached: unknown is not empty)."""
+        session = self._session
+        if session is None:
+            return 1
+        return await session.pending()
+
     def wake(self) -> None:
         """Look at the outbox now: this process just wrote to it."""
         session = self._session

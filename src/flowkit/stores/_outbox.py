@@ -62,6 +62,10 @@ class RelaySession(Protocol):
         """Delete the envelopes of ``seqs`` (published)."""
         ...
 
+    async def pending(self) -> int:
+        """How many envelopes wait to be published."""
+        ...
+
     async def hold_lease(self, name: str, owner: str, seconds: float) -> bool:
         """Take the lease ``name`` for ``owner``, or extend it, for ``seconds``.
 

@@ -217,6 +217,12 @@ class PostgresRelaySession:
             for row in rows
         ]
 
+    async def pending(self) -> int:
+        """How many envelopes wait to be published."""
+        sql = f"SELECT count(*) FROM {self._tables.outbox}"
+        counted = await self._run("outbox count", lambda conn: conn.fetchval(sql, timeout=_TIMEOUT))
+        return int(counted)
+
     async def delete(self, seqs: Sequence[int]) -> None:
         """Delete the envelopes of ``seqs``."""
         if not seqs:

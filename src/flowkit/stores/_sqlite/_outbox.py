@@ -180,6 +180,15 @@ class SQLiteRelaySession:
             for seq, topic, key, body, headers in rows
         ]
 
+    async def pending(self) -> int:
+        """How many envelopes wait to be published."""
+
+        def count(conn: sqlite3.Connection) -> int:
+            return int(conn.execute("SELECT count(*) FROM flowkit_outbox").fetchone()[0])
+
+        counted: int = await self._run("outbox count", count)
+        return counted
+
     async def delete(self, seqs: Sequence[int]) -> None:
         """Delete the envelopes of ``seqs``, in one transaction."""
         if not seqs:
