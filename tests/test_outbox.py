@@ -74,6 +74,25 @@ async def test_committed_events_are_delivered_and_rolled_back_ones_never(
     assert conn.execute("SELECT COUNT(*) FROM flowkit_outbox").fetchone()[0] == 0
 
 
+async def test_wait_idle_waits_for_the_outbox_to_be_relayed(
+    db: str, conn: sqlite3.Connection
+) -> None:
+    bus = Choreography(InMemoryTransport(), store=SQLiteStore(db))
+    got: list[str] = []
+
+    @bus.on(OrderPlaced, service="mail")
+    async def mail(event: OrderPlaced) -> None:
+        got.append(event.order_id)
+
+    async with bus:
+        for i in range(50):
+            conn.execute("BEGIN IMMEDIATE")
+            await bus.outbox.publish(conn, OrderPlaced(order_id=f"o-{i}"))
+            conn.execute("COMMIT")
+        await bus.wait_idle(10)  # no polling: idle means the outbox was relayed too
+        assert len(got) == 50
+
+
 async def test_per_key_order_is_kept_over_1000_events_of_10_keys(
     db: str, conn: sqlite3.Connection
 ) -> None:
