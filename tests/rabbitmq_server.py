@@ -130,6 +130,12 @@ class OwnServer:
         )
         ctl(self.directory, "wait", "--timeout", "60", str(self.directory / "rabbit.pid"))
 
+    def restart(self) -> None:
+        """Stop the node (and its epmd) and start it again on its data: durable
+        queues and persistent messages come back."""
+        self.stop()
+        self.start()
+
     def restart_app(self) -> None:
         """Stop the broker (every connection drops) and start it again on the same node."""
         ctl(self.directory, "stop_app")

@@ -280,12 +280,17 @@ async def test_a_restart_loses_nothing(
     own_server: OwnServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Acked messages stay acked; unacked and unread ones are all delivered after the
-    broker restarts; a receiver blocked meanwhile carries on; a delayed one comes back."""
+    node stops and starts again; a receiver blocked meanwhile carries on; a message
+    waiting out a delay comes back."""
     topic, group, other = _name("topic"), _name("group"), _name("other")
     caplog.set_level(logging.WARNING, logger=_LOGGER)
     async with RabbitMQTransport(own_server.url(), prefetch=5) as transport:
         subscription = await transport.subscribe(topic, group)
         waiting = await transport.subscribe(topic, other)
+        later_topic = _name("later")
+        later = await transport.subscribe(later_topic, group)
+        await transport.publish(later_topic, b"delayed across the restart")
+        await (await _receive(later)).nack(1.0)
         for i in range(30):
             await transport.publish(topic, b"%d" % i)
         for _ in range(10):
@@ -304,7 +309,7 @@ async def test_a_restart_loses_nothing(
             with anyio.fail_after(10):
                 while len(other_got) < 30:
                     await anyio.sleep(0.01)
-            await anyio.to_thread.run_sync(own_server.restart_app)
+            await anyio.to_thread.run_sync(own_server.restart)
             for i in range(30, 40):
                 await transport.publish(topic, b"%d" % i)
             after = []
@@ -318,6 +323,10 @@ async def test_a_restart_loses_nothing(
                     await anyio.sleep(0.01)
         assert sorted(after) == sorted(b"%d" % i for i in range(10, 40))
         assert sorted(other_got) == sorted(b"%d" % i for i in range(40))
+        delayed = await _receive(later, timeout=15)
+        assert (delayed.body, delayed.attempt) == (b"delayed across the restart", 2)
+        await delayed.ack()
+        await later.aclose()
         await _nothing(subscription, 0.3)
         assert await transport.backlog(topic, group) == 0
         await subscription.aclose()

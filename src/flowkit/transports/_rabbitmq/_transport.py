@@ -100,9 +100,13 @@ class RabbitMQTransport:
       and deleted with its last consumer;
     * ``prefix:T:G:delay:MS`` holds the messages of ``G`` nacked with a delay
       of ``MS`` milliseconds (rounded up to two significant digits): a
-      durable classic queue with ``x-message-ttl`` of ``MS``, dead-lettering
-      into ``prefix:T:G`` through the default exchange when a message
-      expires. No plugin is needed. Unused for an hour, it is deleted.
+      durable queue with ``x-message-ttl`` of ``MS``, dead-lettering into
+      ``prefix:T:G`` through the default exchange when a message expires.
+      With quorum queues on RabbitMQ 3.10 or later it is a quorum queue that
+      dead-letters at least once (``x-dead-letter-strategy``), so a message
+      that expires while the node restarts is kept; otherwise a classic
+      queue, whose dead-lettering is at most once. No plugin is needed.
+      Unused for an hour, it is deleted.
 
     Delivery and redelivery:
 
@@ -365,20 +369,24 @@ class RabbitMQTransport:
             delay_queue not in link.declared
             or now - declared.get(delay_queue, 0.0) > _DELAY_QUEUE_EXPIRES_MS / 2000
         ):
+            arguments: dict[str, Any] = {
+                "x-message-ttl": ms,
+                "x-dead-letter-exchange": "",
+                "x-dead-letter-routing-key": queue,
+                "x-expires": max(_DELAY_QUEUE_EXPIRES_MS, 2 * ms),
+            }
+            if self._queue_type == "quorum" and link.server_version >= (3, 10):
+                # Dead-lettered at least once: a message that expires while the
+                # group's queue is unavailable (a node restarting) is kept.
+                arguments["x-queue-type"] = "quorum"
+                arguments["x-dead-letter-strategy"] = "at-least-once"
+                arguments["x-overflow"] = "reject-publish"
+            else:
+                arguments["x-queue-type"] = "classic"
 
             async def declare(connection: aiormq.Connection) -> None:
                 admin = await link.admin(now + self._publish_timeout)
-                await admin.queue_declare(
-                    delay_queue,
-                    durable=True,
-                    arguments={
-                        "x-queue-type": "classic",
-                        "x-message-ttl": ms,
-                        "x-dead-letter-exchange": "",
-                        "x-dead-letter-routing-key": queue,
-                        "x-expires": max(_DELAY_QUEUE_EXPIRES_MS, 2 * ms),
-                    },
-                )
+                await admin.queue_declare(delay_queue, durable=True, arguments=arguments)
 
             await link.retry(declare, f"declaring {delay_queue!r}", self._publish_timeout)
             link.declared.add(delay_queue)
