@@ -460,13 +460,17 @@ class RabbitMQTransport:
         if link.closed:
             raise TransportClosed("the transport is closed")
         self._subscriptions.setdefault((topic, group), set()).add(subscription)
-        await link.retry(
-            lambda _: subscription.consume(
-                self._prefetch, asyncio.get_running_loop().time() + self._publish_timeout
-            ),
-            f"consume {subscription.queue!r}",
-            self._publish_timeout,
-        )
+        try:
+            await link.retry(
+                lambda _: subscription.consume(
+                    self._prefetch, asyncio.get_running_loop().time() + self._publish_timeout
+                ),
+                f"consume {subscription.queue!r}",
+                self._publish_timeout,
+            )
+        except BaseException:
+            await subscription.aclose()
+            raise
         return subscription
 
     async def _declare_group(self, link: Link, subscription: RabbitMQSubscription) -> None:
