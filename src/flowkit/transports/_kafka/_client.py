@@ -48,7 +48,15 @@ RECOVERABLE: tuple[type[Exception], ...] = (
 
 # The options a URL's query may set: the transport's own, then the client's.
 _OWN = frozenset(
-    {"prefix", "partitions", "prefetch", "publish_timeout", "connect_timeout", "session_timeout"}
+    {
+        "prefix",
+        "partitions",
+        "prefetch",
+        "publish_timeout",
+        "connect_timeout",
+        "session_timeout",
+        "fetch_wait",
+    }
 )
 _SECURITY = frozenset(
     {"security_protocol", "sasl_mechanism", "ssl_cafile", "ssl_certfile", "ssl_keyfile"}

@@ -62,6 +62,8 @@ logger = logging.getLogger("flowkit.transport.kafka")
 _COMMIT_DELAY = 0.05
 # The longest a revoked partition's handed-out records are waited for.
 _REVOKE_WAIT = 5.0
+# How often a consumer with a full buffer polls anyway (to stay in its group).
+_FULL_POLL = 5.0
 # A receive that never has to wait still yields to the event loop now and then.
 _CHECKPOINT_MASK = 63
 
@@ -114,6 +116,7 @@ class Group:
         self.buffer: deque[KafkaDelivery] = deque()
         self.tracks: dict[TopicPartition, Track] = {}
         self.arrived = asyncio.Event()
+        self.room = asyncio.Event()
         self.closed = False
         self.consumer: AIOKafkaConsumer | None = None
         self._delayed: list[tuple[int, int, KafkaDelivery]] = []
@@ -200,7 +203,16 @@ class Group:
         backoff = Backoff()
         failing = False
         while not self.closed:
-            self._pause(consumer, prefetch)
+            if self._pause(consumer, prefetch):
+                # Full: wait for room, but poll now and then (paused: nothing comes), so
+                # the consumer stays in its group however long its receivers take.
+                self.room.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.room.wait(), _FULL_POLL)
+                if len(self.buffer) >= prefetch:
+                    with contextlib.suppress(Exception):
+                        await consumer.getmany(timeout_ms=0)
+                continue
             try:
                 batches = await consumer.getmany(timeout_ms=500, max_records=prefetch)
             except asyncio.CancelledError:
@@ -224,7 +236,9 @@ class Group:
             if batches:
                 self._take(batches)
 
-    def _pause(self, consumer: AIOKafkaConsumer, prefetch: int) -> None:
+    def _pause(self, consumer: AIOKafkaConsumer, prefetch: int) -> bool:
+        """Pause the partitions while the buffer is full (the group's own topic while
+        too many records wait out a delay); whether the buffer is full."""
         full = len(self.buffer) >= prefetch
         if full != self._paused:
             self._paused = full
@@ -243,6 +257,7 @@ class Group:
                     consumer.pause(*own)
                 else:
                     consumer.resume(*own)
+        return full
 
     def _take(self, batches: dict[TopicPartition, list[Any]]) -> None:
         now = int(time.time() * 1000)
@@ -424,7 +439,9 @@ class Group:
             d.partition in revoked for s in self.subscriptions for d in s.held
         ):
             await asyncio.sleep(0.02)
-        if self._member_lost():
+        if not any(partition in self.tracks for partition in revoked):
+            pass
+        elif self._member_lost():
             # The coordinator forgot this member (its session expired, or the broker
             # restarted and may have lost its logs): what was read is not committed,
             # it is read again by the partitions' next owner.
@@ -622,6 +639,8 @@ class KafkaSubscription:
                     delivery._holder = self
                     held[delivery] = None
                     batch.append(delivery)
+                if len(buffer) < group.connection.prefetch:
+                    group.room.set()
                 return batch
             await group.arrived.wait()
 
