@@ -13,6 +13,7 @@ BENCHMARKS: dict[str, list[str]] = {
     "bench_redis": [],
     "bench_rabbitmq": [],
     "bench_nats": [],
+    "bench_kafka": [],
     "bench_postgres": [],
     "bench_checkpoint": [],
     "bench_outbox": [],
