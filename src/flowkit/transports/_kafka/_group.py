@@ -357,6 +357,9 @@ class Group:
         holder = delivery._holder
         if holder is not None:
             holder.held.pop(delivery, None)
+        if not delivery._track.live:
+            # Its partition went to another consumer, which reads it again: a no-op.
+            return
         try:
             await self._again(delivery, delivery.attempt, delay)
         except BaseException:

@@ -166,11 +166,11 @@ class Connection:
             if self.closed:
                 raise TransportClosed("the transport is closed")
             try:
-                if topic not in self.created:
-                    await self.ensure_topics(topic)
-                await asyncio.wait_for(
-                    self._send(topic, body, key, headers), max(0.001, deadline - loop.time())
-                )
+                async with asyncio.timeout_at(deadline):
+                    if topic not in self.created:
+                        await self.ensure_topics(topic)
+                    future = await self.producer.send(topic, body, key=key, headers=headers)
+                    await future
                 return
             except TransportError as exc:
                 failure: BaseException = exc.__cause__ or exc
@@ -190,12 +190,6 @@ class Connection:
             if loop.time() >= deadline:
                 raise translate(failure, f"publish to {topic!r}") from failure
             await backoff.sleep()
-
-    async def _send(
-        self, topic: str, body: bytes, key: bytes | None, headers: list[tuple[str, bytes]]
-    ) -> None:
-        future = await self.producer.send(topic, body, key=key, headers=headers)
-        await future
 
     async def group(self, topic: str, name: str, durable: bool) -> Group:
         """This process's group of ``name`` on ``topic``, opened when it is the first.
