@@ -43,10 +43,7 @@ class Broker:
 BROKERS: tuple[Broker, ...] = (
     Broker(("redis", "rediss"), "._redis", "RedisTransport", ("redis", "hiredis"), "redis"),
     Broker(("nats", "tls"), "._nats", "NATSTransport", ("nats",), "nats"),
-    Broker(
-        ("amqp", "amqps"), "._rabbitmq", "RabbitMQTransport", ("aiormq", "pamqp"), "rabbitmq"
-    ),
-    Broker(("kafka", "kafkas"), "._kafka", "KafkaTransport", ("aiokafka",), "kafka"),
+    Broker(("amqp", "amqps"), "._rabbitmq", "RabbitMQTransport", ("aiormq", "pamqp"), "rabbitmq"),
     Broker(("kafka", "kafkas"), "._kafka", "KafkaTransport", ("aiokafka",), "kafka"),
 )
 
