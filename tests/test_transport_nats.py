@@ -328,7 +328,7 @@ async def test_the_messages_of_a_dead_consumer_come_back_after_ack_wait(
         subscription = await transport.subscribe("t", "g")
         start = time.monotonic()
         delivery = await _receive(subscription, timeout=5)
-        assert 0.5 < time.monotonic() - start < 3
+        assert 0.5 < time.monotonic() - start < 10  # not before ack_wait
         assert (delivery.body, delivery.attempt) == (b"taken by the dead", 2)
         await delivery.ack()
         await subscription.aclose()
