@@ -1,11 +1,13 @@
-"""SQLiteStore: workflow leases, cancel requests, appended history, cursor pages,
-and the schema migration that moved the history out of the state."""
+"""SQLiteStore: processes opening one new database together, workflow leases,
+cancel requests, appended history, cursor pages, and the schema migration that
+moved the history out of the state."""
 
 from __future__ import annotations
 
 import json
 import math
 import sqlite3
+import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -39,6 +41,38 @@ def _record(
 
 def _saved(record: WorkflowRecord, status: str = "RUNNING", **kw: Any) -> WorkflowRecord:
     return WorkflowRecord(record.id, record.name, status, {"n": 2}, record.version, **kw)
+
+
+_OPEN_AND_WRITE = """
+import sys, anyio
+from flowkit.stores import SQLiteStore, WorkflowRecord
+
+async def main() -> None:
+    async with SQLiteStore(sys.argv[1]) as store:
+        await store.create_workflow(
+            WorkflowRecord(sys.argv[2], "n", "RUNNING", {}), lease=60.0
+        )
+
+anyio.run(main)
+"""
+
+
+def test_processes_that_open_one_new_database_together_all_succeed(tmp_path: Path) -> None:
+    # A new file is switched to WAL by whichever process gets there first; SQLite
+    # does not wait for that switch by itself, so the others must.
+    for round_ in range(10):
+        path = tmp_path / f"shared-{round_}.db"
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-c", _OPEN_AND_WRITE, str(path), f"wf-{n}"],
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for n in range(6)
+        ]
+        errors = [p.communicate(timeout=60)[1] for p in procs]
+        assert [p.returncode for p in procs] == [0] * 6, "".join(errors)
+        assert _rows(path, "SELECT COUNT(*) FROM flowkit_workflows") == [(6,)]
 
 
 def _rows(path: Path, sql: str, *params: object) -> list[tuple[Any, ...]]:

@@ -30,8 +30,9 @@ nats_start() {
         PORT=$(free_port)
         monitor=$(free_port)
         printf '%s %s\n' "$PORT" "$monitor" >"$DIR/ports"
-        (cd "$DIR" && setsid nohup nats-server -a 127.0.0.1 -p "$PORT" -m "$monitor" -js \
-            -sd "$DIR/js" -P "$DIR/nats.pid" -l "$DIR/nats.log" </dev/null >/dev/null 2>&1 &) 9>&-
+        # exec: no shell stays behind as the server's parent, holding the caller's output open.
+        (cd "$DIR" && exec setsid nohup nats-server -a 127.0.0.1 -p "$PORT" -m "$monitor" -js \
+            -sd "$DIR/js" -P "$DIR/nats.pid" -l "$DIR/nats.log") </dev/null >/dev/null 2>&1 9>&- &
         for ((i = 0; i < READY_TIMEOUT * 20; i++)); do
             PID=$(cat "$DIR/nats.pid" 2>/dev/null || true)
             if pid_is "$PID" "$DIR/js" && nats_ready "$monitor"; then

@@ -12,6 +12,7 @@ import contextlib
 import os
 import pathlib
 import sqlite3
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal
@@ -188,7 +189,7 @@ def connect(database: Database) -> sqlite3.Connection:
         return _connect_read_only(database)
     conn = sqlite3.connect(database.path, timeout=database.busy_timeout, isolation_level=None)
     try:
-        mode = str(conn.execute("PRAGMA journal_mode = WAL").fetchone()[0])
+        mode = _enter_wal(conn, database.busy_timeout)
         if mode.lower() != "wal" and database.path != MEMORY:
             raise StoreError(
                 f"cannot put the database {database.shown} in WAL mode (it is in {mode!r})"
@@ -199,6 +200,27 @@ def connect(database: Database) -> sqlite3.Connection:
         conn.close()
         raise
     return conn
+
+
+def _enter_wal(conn: sqlite3.Connection, busy_timeout: float) -> str:
+    """Put the database in WAL mode; return the journal mode it is in.
+
+    SQLite does not call its busy handler while another connection is switching
+    a new file to WAL, so processes opening one database together would fail
+    with "database is locked" at once: retry until ``busy_timeout`` runs out.
+    """
+    deadline = time.monotonic() + busy_timeout
+    pause = 0.005
+    while True:
+        try:
+            return str(conn.execute("PRAGMA journal_mode = WAL").fetchone()[0])
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY:
+                raise
+            if time.monotonic() + pause > deadline:
+                raise
+            time.sleep(pause)
+            pause = min(pause * 2, 0.1)
 
 
 def rollback(conn: sqlite3.Connection) -> None:
