@@ -29,10 +29,12 @@ from flowkit.transports._base import Capabilities, Delivery, Subscription
 from .brokers import kafka_url as kafka_url
 
 try:
+    from aiokafka import AIOKafkaConsumer
     from aiokafka.admin import AIOKafkaAdminClient
 
     from flowkit.transports import from_url
     from flowkit.transports._kafka import KafkaTransport
+    from flowkit.transports._kafka._client import kafka_name
     from flowkit.transports._kafka._delivery import KafkaDelivery
 except ModuleNotFoundError as exc:  # pragma: no cover - depends on the environment
     if exc.name != "aiokafka" or os.environ.get("FLOWKIT_REQUIRE_BROKERS") == "1":
@@ -221,6 +223,38 @@ async def test_a_new_group_starts_at_the_end_before_its_first_join(
         await _nothing(subscription, 0.5)
         await subscription.aclose()
         await first.aclose()
+
+
+async def test_a_process_joining_a_group_whose_members_have_not_committed_subscribes(
+    make: Callable[..., KafkaTransport], kafka_url: str, prefix: str
+) -> None:
+    """Kafka refuses the new group's start-at-end commit once the group has a member:
+    the subscription opens all the same (the member set the offsets before joining)."""
+    topic, group = _name("topic"), _name("group")
+    async with make() as transport:
+        await transport.publish(topic, b"before")
+        member = AIOKafkaConsumer(
+            group_id=kafka_name(prefix, topic, group),
+            bootstrap_servers=kafka_url.removeprefix("kafka://").split("?")[0],
+            enable_auto_commit=False,
+            session_timeout_ms=int(_SESSION * 1000),
+            heartbeat_interval_ms=int(_SESSION * 1000 / 3),
+        )
+        await member.start()
+        try:
+            member.subscribe([kafka_name(prefix, topic)])
+            with anyio.fail_after(_JOIN):
+                while not member.assignment():
+                    await member.getmany(timeout_ms=100)
+            subscription = await transport.subscribe(topic, group)
+        finally:
+            await member.stop()
+        await transport.publish(topic, b"after")
+        with anyio.fail_after(_JOIN):
+            while (delivery := await subscription.receive()).body != b"after":
+                await delivery.ack()
+        await delivery.ack()
+        await subscription.aclose()
 
 
 async def test_offsets_stop_at_the_oldest_unsettled_record(

@@ -68,6 +68,15 @@ _FULL_POLL = 5.0
 _CHECKPOINT_MASK = 63
 
 
+# A commit outside the group is refused with one of these once the group has members.
+_GROUP_LIVE = (
+    kafka_errors.CommitFailedError,
+    kafka_errors.UnknownMemberIdError,
+    kafka_errors.IllegalGenerationError,
+    kafka_errors.RebalanceInProgressError,
+)
+
+
 class Track:
     """The records read from one partition and not yet committed past."""
 
@@ -181,7 +190,9 @@ class Group:
         """A group Kafka has no offsets of gets the topics' current ends as its offsets.
 
         So what is published once :meth:`open` returns reaches the group,
-        however long its first join takes.
+        however long its first join takes. Kafka refuses the commit when
+        another process of the group joined meanwhile: that one set the
+        offsets before it joined, and they stand.
         """
         timeout = self.connection.timeout
         for partition in partitions:
@@ -189,9 +200,13 @@ class Group:
                 return
         ends = await asyncio.wait_for(consumer.end_offsets(partitions), timeout)
         consumer.assign(partitions)
-        await asyncio.wait_for(
-            consumer.commit({tp: OffsetAndMetadata(ends[tp], "") for tp in partitions}), timeout
-        )
+        try:
+            await asyncio.wait_for(
+                consumer.commit({tp: OffsetAndMetadata(ends[tp], "") for tp in partitions}),
+                timeout,
+            )
+        except _GROUP_LIVE as exc:
+            logger.debug("%s already has members, which set its offsets: %s", self.where, exc)
         consumer.unsubscribe()
 
     # -- reading -----------------------------------------------------------------------
