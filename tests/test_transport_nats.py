@@ -392,6 +392,31 @@ async def test_non_durable_group_leaves_nothing_on_the_server(
 # -- the server goes away -------------------------------------------------------
 
 
+async def test_a_publish_retried_after_a_late_ack_is_stored_once(
+    own_server: Callable[..., _Server],
+) -> None:
+    """The server stalls past an attempt's wait for its ack: the publish tries again,
+    and JetStream keeps one copy (every attempt carries the same message id)."""
+    server = own_server()
+    topic, group = _name("topic"), _name("group")
+    assert server.process is not None
+    async with NATSTransport(server.url(), prefix="t", publish_timeout=8) as transport:
+        subscription = await transport.subscribe(topic, group)
+        async with anyio.create_task_group() as tg:
+            server.process.send_signal(signal.SIGSTOP)
+            try:
+                tg.start_soon(transport.publish, topic, b"once")
+                await anyio.sleep(3)  # past the first attempt's two seconds
+            finally:
+                server.process.send_signal(signal.SIGCONT)
+        delivery = await _receive(subscription, timeout=10)
+        assert (delivery.body, delivery.attempt) == (b"once", 1)
+        await delivery.ack()
+        await _nothing(subscription, 1.0)
+        assert await transport.backlog(topic, group) == 0
+        await subscription.aclose()
+
+
 async def test_a_restart_loses_nothing(
     own_server: Callable[..., _Server], caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -59,6 +59,8 @@ CONSUMER_EXISTS = 10148
 INBOX_INACTIVE = 60.0
 # The most messages a group may hold delivered and unacked (nack delays included).
 MAX_ACK_PENDING = 100_000
+# JetStream's de-duplication header: one id for every attempt at one message.
+MSG_ID = "Nats-Msg-Id"
 
 
 @dataclass(frozen=True, slots=True)
@@ -279,6 +281,9 @@ class Connection:
         """Publish to JetStream and wait for its ack, retrying through a lost
         connection until the timeout.
 
+        Every attempt carries the same ``Nats-Msg-Id``, so JetStream stores the
+        message once even when an attempt whose ack came too late was stored.
+
         A subject no stream takes (no group subscribes to the topic) drops the
         message.
 
@@ -294,6 +299,8 @@ class Connection:
         pause = 0.05
         client = self.client
         acks = self._acks
+        message_id = f"{self._ack_inbox}{next(self._next_token)}"
+        headers = {**headers, MSG_ID: message_id} if headers else {MSG_ID: message_id}
         while True:
             token = str(next(self._next_token))
             future: asyncio.Future[Msg] = loop.create_future()
@@ -306,7 +313,7 @@ class Connection:
                     subject,
                     body,
                     reply=self._ack_inbox + token,
-                    headers=headers,  # type: ignore[arg-type]
+                    headers=headers,
                 )
                 reply = await future
             except RECOVERABLE as exc:
