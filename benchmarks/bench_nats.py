@@ -21,22 +21,23 @@ nats-server with JetStream: ``--nats URL`` or ``FLOWKIT_NATS_URL``.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import importlib
 import json
-import os
-import statistics
 import time
 import uuid
 import warnings
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from ._report import report
-from .bench_redis import IN_FLIGHT, Latencies, N, payload, publish_all
-
-if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
+from ._e2e import (
+    Latencies,
+    compare,
+    faststream_run,
+    flowkit_run,
+    in_flight_modes,
+    parse_args,
+    payload,
+)
 
 
 async def _delete_streams(url: str, prefix: str) -> None:
@@ -98,7 +99,7 @@ async def raw(url: str, n: int) -> tuple[float, Latencies]:
     return n / elapsed, latencies
 
 
-# -- FastStream --------------------------------------------------------------------
+# -- FastStream and flowkit --------------------------------------------------------
 
 
 async def faststream(url: str, n: int, in_flight: int, *, pull: bool) -> tuple[float, Latencies]:
@@ -114,140 +115,67 @@ async def faststream(url: str, n: int, in_flight: int, *, pull: bool) -> tuple[f
     name = f"bench-fs-{uuid.uuid4().hex}"
     subject = f"{name}.s"
     stream = JStream(name, subjects=[subject])
-    latencies = Latencies(n)
 
-    async def handle(message: dict[str, Any]) -> None:
-        latencies.record(message["sent"])
+    def subscribe(handle: Any) -> None:
+        if pull:
+            subscriber = broker.subscriber(
+                subject, stream=stream, durable="g", pull_sub=PullSub(batch_size=100)
+            )
+        else:
+            # A push consumer: the faster of the two here (FastStream warns that a durable
+            # push consumer does not scale across instances).
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                subscriber = broker.subscriber(subject, stream=stream, durable="g")
+        subscriber(handle)
 
-    if pull:
-        subscriber = broker.subscriber(
-            subject, stream=stream, durable="g", pull_sub=PullSub(batch_size=100)
-        )
-    else:
-        # A push consumer: the faster of the two here (FastStream warns that a durable
-        # push consumer does not scale across instances).
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            subscriber = broker.subscriber(subject, stream=stream, durable="g")
-    subscriber(handle)
-
-    async with broker:
-        await broker.start()
-        start = time.perf_counter()
-
-        async def publish(i: int) -> None:
-            await broker.publish({**payload(i), "sent": time.perf_counter()}, subject, stream=name)
-
-        await publish_all(n, in_flight, publish)
-        await latencies.done.wait()
-        elapsed = time.perf_counter() - start
+    measured = await faststream_run(
+        broker,
+        subscribe,
+        lambda message: broker.publish(message, subject, stream=name),
+        n,
+        in_flight,
+    )
     await _delete_streams(url, name)
-    return n / elapsed, latencies
-
-
-# -- flowkit -----------------------------------------------------------------------
+    return measured
 
 
 async def flowkit_bus(url: str, n: int, in_flight: int) -> tuple[float, Latencies]:
-    from flowkit import Choreography, Event
     from flowkit.transports import from_url
 
-    class OrderPlaced(Event, type_name=f"bench.OrderPlaced.{uuid.uuid4().hex}"):
-        order_id: str
-        user_email: str
-        total: float
-        sent: float
-
     prefix = f"bench-fk-{uuid.uuid4().hex[:12]}"
-    bus = Choreography(from_url(f"{url}{'&' if '?' in url else '?'}prefix={prefix}"))
-    latencies = Latencies(n)
-
-    @bus.on(OrderPlaced, service="bench", name="handle")
-    async def handle(event: OrderPlaced) -> None:
-        latencies.record(event.sent)
-
-    async with bus:
-        start = time.perf_counter()
-
-        async def publish(i: int) -> None:
-            await bus.publish(OrderPlaced(**payload(i), sent=time.perf_counter()))
-
-        await publish_all(n, in_flight, publish)
-        await latencies.done.wait()
-        elapsed = time.perf_counter() - start
+    transport = from_url(f"{url}{'&' if '?' in url else '?'}prefix={prefix}")
+    measured = await flowkit_run(transport, n, in_flight)
     await _delete_streams(url, f"{prefix}_")
-    return n / elapsed, latencies
+    return measured
 
 
 # -- the run -----------------------------------------------------------------------
 
 
 async def main(url: str, n: int, repeat: int) -> None:
-    variants: dict[str, Callable[[], Awaitable[tuple[float, Latencies]]]] = {
-        "raw nats-py, publish_async, fetch/ack x100": lambda: raw(url, n),
-        "FastStream 0.7 pull x100, 1 publish at a time": lambda: faststream(url, n, 1, pull=True),
-        f"FastStream 0.7 pull x100, up to {IN_FLIGHT} in flight": lambda: faststream(
-            url, n, IN_FLIGHT, pull=True
-        ),
-        "FastStream 0.7 push, 1 publish at a time": lambda: faststream(url, n, 1, pull=False),
-        f"FastStream 0.7 push, up to {IN_FLIGHT} in flight": lambda: faststream(
-            url, n, IN_FLIGHT, pull=False
-        ),
-        "flowkit NATSTransport, 1 publish at a time": lambda: flowkit_bus(url, n, 1),
-        f"flowkit NATSTransport, up to {IN_FLIGHT} in flight": lambda: flowkit_bus(
-            url, n, IN_FLIGHT
-        ),
-    }
-    rates: dict[str, list[float]] = {name: [] for name in variants}
-    p50: dict[str, list[float]] = {name: [] for name in variants}
-    p99: dict[str, list[float]] = {name: [] for name in variants}
-    for _ in range(repeat):
-        for name, run in variants.items():
-            measured, latencies = await run()
-            rates[name].append(measured)
-            p50[name].append(latencies.percentile(0.50))
-            p99[name].append(latencies.percentile(0.99))
-    rate = {name: statistics.median(values) for name, values in rates.items()}
-    names = list(variants)
-    raw_rate = rate[names[0]]
-    fs_best = max(rate[name] for name in names[1:5])
-    fk_best = max(rate[names[5]], rate[names[6]])
-    report(
+    await compare(
         "nats_end_to_end",
-        [
-            {
-                "variant": name,
-                "msgs_per_s": rate[name],
-                "x_raw": rate[name] / raw_rate,
-                "p50_ms": statistics.median(p50[name]),
-                "p99_ms": statistics.median(p99[name]),
-            }
-            for name in names
-        ],
-        {
-            "messages": n,
-            "repeat": repeat,
-            "statistic": "median of the repetitions",
-            "flowkit_best_vs_raw": fk_best / raw_rate,
-            "flowkit_best_vs_faststream_best": fk_best / fs_best,
-            "targets": {"vs_raw": 0.5, "vs_faststream_best": 2.0},
-            "targets_met": {
-                "vs_raw": fk_best / raw_rate >= 0.5,
-                "vs_faststream_best": fk_best / fs_best >= 2.0,
-            },
+        raw=("raw nats-py, publish_async, fetch/ack x100", lambda: raw(url, n)),
+        faststream={
+            **in_flight_modes(
+                "FastStream 0.7 pull x100", lambda k: faststream(url, n, k, pull=True)
+            ),
+            **in_flight_modes("FastStream 0.7 push", lambda k: faststream(url, n, k, pull=False)),
         },
+        flowkit=in_flight_modes("flowkit NATSTransport", lambda k: flowkit_bus(url, n, k)),
+        n=n,
+        repeat=repeat,
+        vs_raw=0.5,
+        vs_faststream_best=2.0,
     )
 
 
 def cli(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--nats", default=os.environ.get("FLOWKIT_NATS_URL"))
-    parser.add_argument("--messages", type=int, default=N)
-    parser.add_argument("--repeat", type=int, default=3)
-    args = parser.parse_args(argv)
-    if not args.nats:
-        parser.error("give --nats URL or set FLOWKIT_NATS_URL (make bench starts a server)")
-    asyncio.run(main(args.nats, args.messages, args.repeat))
+    args = parse_args(
+        argv, __doc__, broker="nats", env="FLOWKIT_NATS_URL", start="make bench starts a server"
+    )
+    asyncio.run(main(args.url, args.messages, args.repeat))
 
 
 if __name__ == "__main__":

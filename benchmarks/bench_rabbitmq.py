@@ -21,21 +21,24 @@ server: ``--rabbitmq URL`` or ``FLOWKIT_RABBITMQ_URL`` (``make bench`` starts on
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import importlib
 import json
-import os
-import statistics
 import time
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from ._report import report
-from .bench_redis import IN_FLIGHT, Latencies, N, payload, publish_all
-
-if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
+from ._e2e import (
+    IN_FLIGHT,
+    Latencies,
+    compare,
+    faststream_run,
+    flowkit_run,
+    in_flight_modes,
+    parse_args,
+    payload,
+    publish_all,
+)
 
 
 def _arguments(queue_type: str) -> dict[str, Any]:
@@ -91,7 +94,7 @@ async def raw(url: str, n: int, queue_type: str) -> tuple[float, Latencies]:
     return n / elapsed, latencies
 
 
-# -- FastStream --------------------------------------------------------------------
+# -- FastStream and flowkit --------------------------------------------------------
 
 
 async def faststream(url: str, n: int, in_flight: int, queue_type: str) -> tuple[float, Latencies]:
@@ -108,30 +111,17 @@ async def faststream(url: str, n: int, in_flight: int, queue_type: str) -> tuple
         routing_key="orders.placed",
         queue_type=rabbit.QueueType(queue_type),
     )
-    latencies = Latencies(n)
-
-    async def handle(message: dict[str, Any]) -> None:
-        latencies.record(message["sent"])
-
-    broker.subscriber(queue, exchange)(handle)
-
-    async with broker:
-        await broker.start()
-        start = time.perf_counter()
-
-        async def publish(i: int) -> None:
-            await broker.publish(
-                {**payload(i), "sent": time.perf_counter()},
-                exchange=exchange,
-                routing_key="orders.placed",
-                persist=True,
-            )
-
-        await publish_all(n, in_flight, publish)
-        await latencies.done.wait()
-        elapsed = time.perf_counter() - start
+    measured = await faststream_run(
+        broker,
+        broker.subscriber(queue, exchange),
+        lambda message: broker.publish(
+            message, exchange=exchange, routing_key="orders.placed", persist=True
+        ),
+        n,
+        in_flight,
+    )
     await _delete(url, [f"bench-fs-{run}"], [f"bench-fs-{run}"])
-    return n / elapsed, latencies
+    return measured
 
 
 async def _delete(url: str, queues: list[str], exchanges: list[str]) -> None:
@@ -145,118 +135,58 @@ async def _delete(url: str, queues: list[str], exchanges: list[str]) -> None:
             await channel.exchange_delete(exchange)
 
 
-# -- flowkit -----------------------------------------------------------------------
-
-
 async def flowkit_bus(url: str, n: int, in_flight: int, queue_type: str) -> tuple[float, Latencies]:
-    from flowkit import Choreography, Event
     from flowkit.transports._rabbitmq import RabbitMQTransport
-
-    class OrderPlaced(Event, type_name=f"bench.OrderPlaced.{uuid.uuid4().hex}"):
-        order_id: str
-        user_email: str
-        total: float
-        sent: float
 
     transport = RabbitMQTransport(
         url, prefix=f"bench-{uuid.uuid4().hex[:8]}", queue_type=queue_type
     )
-    bus = Choreography(transport)
-    latencies = Latencies(n)
-
-    @bus.on(OrderPlaced, service="bench", name="handle")
-    async def handle(event: OrderPlaced) -> None:
-        latencies.record(event.sent)
-
-    async with bus:
-        start = time.perf_counter()
-
-        async def publish(i: int) -> None:
-            await bus.publish(OrderPlaced(**payload(i), sent=time.perf_counter()))
-
-        await publish_all(n, in_flight, publish)
-        await latencies.done.wait()
-        elapsed = time.perf_counter() - start
-        groups = list(transport._subscriptions)
+    groups: list[tuple[str, str]] = []
+    measured = await flowkit_run(
+        transport, n, in_flight, before_close=lambda: groups.extend(transport._subscriptions)
+    )
     await _delete(
         url,
         [transport.queue_name(topic, group) for topic, group in groups],
         sorted({transport.exchange_name(topic) for topic, _ in groups}),
     )
-    return n / elapsed, latencies
+    return measured
 
 
 # -- the run -----------------------------------------------------------------------
 
 
 async def main(url: str, n: int, repeat: int, queue_type: str) -> None:
-    variants: dict[str, Callable[[], Awaitable[tuple[float, Latencies]]]] = {
-        f"raw aio-pika, {IN_FLIGHT} confirms in flight, acks x{IN_FLIGHT}": lambda: raw(
-            url, n, queue_type
-        ),
-        "FastStream 0.7, 1 publish at a time": lambda: faststream(url, n, 1, queue_type),
-        f"FastStream 0.7, up to {IN_FLIGHT} in flight": lambda: faststream(
-            url, n, IN_FLIGHT, queue_type
-        ),
-        "flowkit RabbitMQTransport, 1 publish at a time": lambda: flowkit_bus(
-            url, n, 1, queue_type
-        ),
-        f"flowkit RabbitMQTransport, up to {IN_FLIGHT} in flight": lambda: flowkit_bus(
-            url, n, IN_FLIGHT, queue_type
-        ),
-    }
-    rates: dict[str, list[float]] = {name: [] for name in variants}
-    p50: dict[str, list[float]] = {name: [] for name in variants}
-    p99: dict[str, list[float]] = {name: [] for name in variants}
-    for _ in range(repeat):
-        for name, run in variants.items():
-            measured, latencies = await run()
-            rates[name].append(measured)
-            p50[name].append(latencies.percentile(0.50))
-            p99[name].append(latencies.percentile(0.99))
-    rate = {name: statistics.median(values) for name, values in rates.items()}
-    names = list(variants)
-    raw_rate = rate[names[0]]
-    fs_best = max(rate[names[1]], rate[names[2]])
-    fk_best = max(rate[names[3]], rate[names[4]])
-    report(
+    await compare(
         f"rabbitmq_end_to_end_{queue_type}",
-        [
-            {
-                "variant": name,
-                "msgs_per_s": rate[name],
-                "x_raw": rate[name] / raw_rate,
-                "p50_ms": statistics.median(p50[name]),
-                "p99_ms": statistics.median(p99[name]),
-            }
-            for name in names
-        ],
-        {
-            "messages": n,
-            "repeat": repeat,
-            "queue_type": queue_type,
-            "statistic": "median of the repetitions",
-            "flowkit_best_vs_raw": fk_best / raw_rate,
-            "flowkit_best_vs_faststream_best": fk_best / fs_best,
-            "targets": {"vs_raw": 0.5, "vs_faststream_best": 4.0},
-            "targets_met": {
-                "vs_raw": fk_best / raw_rate >= 0.5,
-                "vs_faststream_best": fk_best / fs_best >= 4.0,
-            },
-        },
+        raw=(
+            f"raw aio-pika, {IN_FLIGHT} confirms in flight, acks x{IN_FLIGHT}",
+            lambda: raw(url, n, queue_type),
+        ),
+        faststream=in_flight_modes("FastStream 0.7", lambda k: faststream(url, n, k, queue_type)),
+        flowkit=in_flight_modes(
+            "flowkit RabbitMQTransport", lambda k: flowkit_bus(url, n, k, queue_type)
+        ),
+        n=n,
+        repeat=repeat,
+        vs_raw=0.5,
+        vs_faststream_best=4.0,
+        notes={"queue_type": queue_type},
     )
 
 
 def cli(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--rabbitmq", default=os.environ.get("FLOWKIT_RABBITMQ_URL"))
-    parser.add_argument("--messages", type=int, default=N)
-    parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--queue-type", choices=("quorum", "classic"), default="quorum")
-    args = parser.parse_args(argv)
-    if not args.rabbitmq:
-        parser.error("give --rabbitmq URL or set FLOWKIT_RABBITMQ_URL (make bench starts one)")
-    asyncio.run(main(args.rabbitmq, args.messages, args.repeat, args.queue_type))
+    args = parse_args(
+        argv,
+        __doc__,
+        broker="rabbitmq",
+        env="FLOWKIT_RABBITMQ_URL",
+        start="make bench starts one",
+        more=lambda parser: parser.add_argument(
+            "--queue-type", choices=("quorum", "classic"), default="quorum"
+        ),
+    )
+    asyncio.run(main(args.url, args.messages, args.repeat, args.queue_type))
 
 
 if __name__ == "__main__":

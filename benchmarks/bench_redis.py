@@ -19,69 +19,22 @@ Redis server: ``--redis URL`` or ``FLOWKIT_REDIS_URL`` (``make bench`` starts on
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import importlib
 import json
-import os
-import statistics
 import time
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from ._report import report
-
-if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
-
-N = 20_000
-IN_FLIGHT = 100
-
-
-class Latencies:
-    """End-to-end latencies, and when the last message arrived."""
-
-    def __init__(self, n: int) -> None:
-        self.n = n
-        self.values: list[float] = []
-        self.done = asyncio.Event()
-
-    def record(self, sent: float) -> None:
-        self.values.append(time.perf_counter() - sent)
-        if len(self.values) >= self.n:
-            self.done.set()
-
-    def percentile(self, q: float) -> float:
-        ordered = sorted(self.values)
-        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
-
-
-def payload(i: int) -> dict[str, Any]:
-    return {"order_id": f"o-{i}", "user_email": "a@example.com", "total": 12.5}
-
-
-async def publish_all(n: int, in_flight: int, publish: Callable[[int], Awaitable[None]]) -> None:
-    """Publish ``n`` messages, at most ``in_flight`` awaited at once."""
-    if in_flight == 1:
-        for i in range(n):
-            await publish(i)
-        return
-    gate = asyncio.Semaphore(in_flight)
-
-    async def one(i: int) -> None:
-        try:
-            await publish(i)
-        finally:
-            gate.release()
-
-    tasks = set()
-    for i in range(n):
-        await gate.acquire()
-        task = asyncio.create_task(one(i))
-        tasks.add(task)
-        task.add_done_callback(tasks.discard)
-    await asyncio.gather(*tasks)
-
+from ._e2e import (
+    Latencies,
+    compare,
+    faststream_run,
+    flowkit_run,
+    in_flight_modes,
+    parse_args,
+    payload,
+)
 
 # -- raw redis-py ------------------------------------------------------------------
 
@@ -123,7 +76,7 @@ async def raw(url: str, n: int) -> tuple[float, Latencies]:
     return n / elapsed, latencies
 
 
-# -- FastStream --------------------------------------------------------------------
+# -- FastStream and flowkit --------------------------------------------------------
 
 
 async def faststream(url: str, n: int, in_flight: int) -> tuple[float, Latencies]:
@@ -133,121 +86,42 @@ async def faststream(url: str, n: int, in_flight: int) -> tuple[float, Latencies
 
     broker = RedisBroker(url, log_level=0, max_connections=in_flight + 10)
     stream = f"bench:fs:{uuid.uuid4().hex}"
-    latencies = Latencies(n)
-
-    async def handle(message: dict[str, Any]) -> None:
-        latencies.record(message["sent"])
-
-    broker.subscriber(stream=StreamSub(stream, group="g", consumer="c"))(handle)
-
-    async with broker:
-        await broker.start()
-        start = time.perf_counter()
-
-        async def publish(i: int) -> None:
-            await broker.publish({**payload(i), "sent": time.perf_counter()}, stream=stream)
-
-        await publish_all(n, in_flight, publish)
-        await latencies.done.wait()
-        elapsed = time.perf_counter() - start
-    return n / elapsed, latencies
-
-
-# -- flowkit -----------------------------------------------------------------------
+    return await faststream_run(
+        broker,
+        broker.subscriber(stream=StreamSub(stream, group="g", consumer="c")),
+        lambda message: broker.publish(message, stream=stream),
+        n,
+        in_flight,
+    )
 
 
 async def flowkit_bus(url: str, n: int, in_flight: int) -> tuple[float, Latencies]:
-    from flowkit import Choreography, Event
     from flowkit.transports import from_url
 
-    class OrderPlaced(Event, type_name=f"bench.OrderPlaced.{uuid.uuid4().hex}"):
-        order_id: str
-        user_email: str
-        total: float
-        sent: float
-
-    bus = Choreography(from_url(url))
-    latencies = Latencies(n)
-
-    @bus.on(OrderPlaced, service="bench", name="handle")
-    async def handle(event: OrderPlaced) -> None:
-        latencies.record(event.sent)
-
-    async with bus:
-        start = time.perf_counter()
-
-        async def publish(i: int) -> None:
-            await bus.publish(OrderPlaced(**payload(i), sent=time.perf_counter()))
-
-        await publish_all(n, in_flight, publish)
-        await latencies.done.wait()
-        elapsed = time.perf_counter() - start
-    return n / elapsed, latencies
+    return await flowkit_run(from_url(url), n, in_flight)
 
 
 # -- the run -----------------------------------------------------------------------
 
 
 async def main(url: str, n: int, repeat: int) -> None:
-    variants: dict[str, Callable[[], Awaitable[tuple[float, Latencies]]]] = {
-        "raw redis-py, XADD pipelined x100, XREADGROUP/XACK x100": lambda: raw(url, n),
-        "FastStream 0.7, 1 publish at a time": lambda: faststream(url, n, 1),
-        f"FastStream 0.7, up to {IN_FLIGHT} in flight": lambda: faststream(url, n, IN_FLIGHT),
-        "flowkit RedisTransport, 1 publish at a time": lambda: flowkit_bus(url, n, 1),
-        f"flowkit RedisTransport, up to {IN_FLIGHT} in flight": lambda: flowkit_bus(
-            url, n, IN_FLIGHT
-        ),
-    }
-    rates: dict[str, list[float]] = {name: [] for name in variants}
-    p50: dict[str, list[float]] = {name: [] for name in variants}
-    p99: dict[str, list[float]] = {name: [] for name in variants}
-    for _ in range(repeat):
-        for name, run in variants.items():
-            measured, latencies = await run()
-            rates[name].append(measured)
-            p50[name].append(latencies.percentile(0.50))
-            p99[name].append(latencies.percentile(0.99))
-    rate = {name: statistics.median(values) for name, values in rates.items()}
-    names = list(variants)
-    raw_rate = rate[names[0]]
-    fs_best = max(rate[names[1]], rate[names[2]])
-    fk_best = max(rate[names[3]], rate[names[4]])
-    report(
+    await compare(
         "redis_end_to_end",
-        [
-            {
-                "variant": name,
-                "msgs_per_s": rate[name],
-                "x_raw": rate[name] / raw_rate,
-                "p50_ms": statistics.median(p50[name]),
-                "p99_ms": statistics.median(p99[name]),
-            }
-            for name in names
-        ],
-        {
-            "messages": n,
-            "repeat": repeat,
-            "statistic": "median of the repetitions",
-            "flowkit_best_vs_raw": fk_best / raw_rate,
-            "flowkit_best_vs_faststream_best": fk_best / fs_best,
-            "targets": {"vs_raw": 0.5, "vs_faststream_best": 4.0},
-            "targets_met": {
-                "vs_raw": fk_best / raw_rate >= 0.5,
-                "vs_faststream_best": fk_best / fs_best >= 4.0,
-            },
-        },
+        raw=("raw redis-py, XADD pipelined x100, XREADGROUP/XACK x100", lambda: raw(url, n)),
+        faststream=in_flight_modes("FastStream 0.7", lambda k: faststream(url, n, k)),
+        flowkit=in_flight_modes("flowkit RedisTransport", lambda k: flowkit_bus(url, n, k)),
+        n=n,
+        repeat=repeat,
+        vs_raw=0.5,
+        vs_faststream_best=4.0,
     )
 
 
 def cli(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--redis", default=os.environ.get("FLOWKIT_REDIS_URL"))
-    parser.add_argument("--messages", type=int, default=N)
-    parser.add_argument("--repeat", type=int, default=3)
-    args = parser.parse_args(argv)
-    if not args.redis:
-        parser.error("give --redis URL or set FLOWKIT_REDIS_URL (make bench starts a server)")
-    asyncio.run(main(args.redis, args.messages, args.repeat))
+    args = parse_args(
+        argv, __doc__, broker="redis", env="FLOWKIT_REDIS_URL", start="make bench starts a server"
+    )
+    asyncio.run(main(args.url, args.messages, args.repeat))
 
 
 if __name__ == "__main__":
