@@ -5,6 +5,7 @@ import sys
 
 import flowkit
 import flowkit.choreography
+import flowkit.observability
 import flowkit.stores
 import flowkit.testing
 import flowkit.transports
@@ -14,6 +15,7 @@ def test_top_level_exports_exactly_the_public_names() -> None:
     public = {name for name in dir(flowkit) if not name.startswith(("_", "@"))} - {
         "choreography",
         "cli",
+        "observability",
         "orchestration",
         "stores",
         "testing",
@@ -26,12 +28,27 @@ def test_every_exported_name_resolves() -> None:
     for module in (
         flowkit,
         flowkit.choreography,
+        flowkit.observability,
         flowkit.stores,
         flowkit.testing,
         flowkit.transports,
     ):
         for name in module.__all__:
             assert getattr(module, name) is not None, (module.__name__, name)
+
+
+def test_observability_exports_the_flow_graph_lint_and_asyncapi() -> None:
+    assert {
+        "ASYNCAPI_VERSION",
+        "FlowGraph",
+        "HandlerNode",
+        "LintFinding",
+        "OrchestratorNode",
+        "StepNode",
+        "asyncapi_document",
+        "flow_graph",
+        "lint",
+    } <= set(flowkit.observability.__all__)
 
 
 def test_importing_flowkit_imports_no_broker_or_database_client() -> None:

@@ -15,6 +15,9 @@ the way ASGI servers take an app: a :class:`~flowkit.Choreography` for
     flowkit workflows show myshop.orders:orders o-1
     flowkit workflows cancel myshop.orders:orders o-1 --wait 60
     flowkit workflows prune myshop.orders:orders --older-than 30d
+    flowkit graph myshop.services:bus --format dot
+    flowkit lint myshop.services:bus --external OrderPlaced
+    flowkit asyncapi myshop.services:bus --title "My shop" --version 1.2.0
 
 Exit status: 0 on success, 1 when flowkit failed, 2 for a command line (or a
 target object) that cannot be carried out; a worker stopped at once by a second
@@ -35,6 +38,7 @@ import anyio
 
 from ._cli.common import CommandFailed, UsageError, one_line
 from ._cli.dlq import list_letters, prune_letters, replay_letters
+from ._cli.graph import add_commands as add_graph_commands
 from ._cli.worker import run_worker
 from ._cli.workflows import (
     STATUSES,
@@ -261,6 +265,7 @@ def _parser() -> argparse.ArgumentParser:
     _prune_options(wf_prune, "workflows last updated")
     _urls(wf_prune, transport=False)
     wf_prune.set_defaults(run=prune_workflows)
+    add_graph_commands(commands)
     return parser
 
 

@@ -18,6 +18,7 @@ from ..transports import from_url as transport_from_url
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
     from contextlib import AbstractAsyncContextManager
+    from types import ModuleType
 
     from ..choreography import Choreography
     from ..stores import StateStore
@@ -31,6 +32,7 @@ __all__ = [
     "chosen_store",
     "describe",
     "entered",
+    "import_module",
     "load_object",
     "one_line",
     "point_bus",
@@ -117,17 +119,7 @@ def load_object(path: str, expected: type[T]) -> T:
     module_name, sep, attribute = path.partition(":")
     if not sep or not module_name or not attribute:
         raise UsageError(f"expected module:attribute, got {path!r}")
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        if exc.name is not None and _is_prefix(exc.name, module_name):
-            raise UsageError(
-                f"cannot import {module_name!r}: no module named {exc.name!r} "
-                "(run flowkit from the directory your modules are imported from)"
-            ) from None
-        raise UsageError(f"importing {module_name!r} raised {describe(exc)}") from None
-    except Exception as exc:
-        raise UsageError(f"importing {module_name!r} raised {describe(exc)}") from None
+    module = import_module(module_name)
     obj: Any = module
     for part in attribute.split("."):
         try:
@@ -143,6 +135,26 @@ def load_object(path: str, expected: type[T]) -> T:
             f"(such as `x = {obj.__name__}(store=...)`)"
         )
     raise UsageError(f"{path} is of type {type(obj).__name__}, expected a {wanted}")
+
+
+def import_module(module_name: str) -> ModuleType:
+    """Import the module a command line names.
+
+    Raises:
+        UsageError: naming the module that is missing or that raised while being
+            imported (with the exception's type and message).
+    """
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name is not None and _is_prefix(exc.name, module_name):
+            raise UsageError(
+                f"cannot import {module_name!r}: no module named {exc.name!r} "
+                "(run flowkit from the directory your modules are imported from)"
+            ) from None
+        raise UsageError(f"importing {module_name!r} raised {describe(exc)}") from None
+    except Exception as exc:
+        raise UsageError(f"importing {module_name!r} raised {describe(exc)}") from None
 
 
 def _is_prefix(name: str, module_name: str) -> bool:

@@ -149,9 +149,10 @@ class Choreography:
             event_type: the :class:`~flowkit.Event` subclass to handle.
             service: the service the handler belongs to.
             retry: the retry policy (default: ``Retry()``, 3 attempts).
-            emits: the event types the handler publishes, for checks and the
-                flow graph; publishing any other type then fails. None leaves
-                it undeclared.
+            emits: the event types the handler publishes, for the flow graph,
+                ``flowkit lint`` and the AsyncAPI document; publishing another
+                type then logs a warning (once per type). None leaves it
+                undeclared.
             concurrency: how many events this handler handles at once per process.
             timeout: seconds allowed per attempt.
             name: the handler's name in its service (the function's qualified

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import weakref
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from .._errors import AlreadyHandled, DefinitionError, StoreError
+from .._errors import AlreadyHandled, StoreError
 from .._events import Command, Envelope, Event, Message
 from ._headers import IDEMPOTENCY_KEY
 
@@ -19,6 +20,14 @@ if TYPE_CHECKING:
 __all__ = ["Context", "derive_message_id"]
 
 R = TypeVar("R", bound=Message)
+
+_bus_logger = logging.getLogger("flowkit.bus")
+
+#: The most (handler, event type) pairs warned about per bus: each is warned once.
+UNDECLARED_EMITS_WARNED = 1000
+_undeclared: weakref.WeakKeyDictionary[Choreography, set[tuple[str, str]]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 def derive_message_id(cause_id: str, consumer: str, index: int) -> str:
@@ -113,13 +122,30 @@ class Context:
         return derive_message_id(self.envelope.message_id, self._spec.consumer, self._published)
 
     def _check_emits(self, event: Event) -> None:
+        """Warn, once per handler and event type, of an event left out of ``emits=``."""
         emits = self._spec.emits
-        if emits is not None and not isinstance(event, emits):
-            declared = ", ".join(t.__name__ for t in emits) or "nothing"
-            raise DefinitionError(
-                f"handler {self._spec.consumer} declared emits=[{declared}] but published "
-                f"{type(event).__name__}; add it to emits"
-            )
+        if emits is None or isinstance(event, emits):
+            return
+        seen = _undeclared.setdefault(self._bus, set())
+        key = (self._spec.consumer, type(event).__flowkit_type__)
+        if key in seen or len(seen) >= UNDECLARED_EMITS_WARNED:
+            return
+        seen.add(key)
+        declared = ", ".join(sorted(t.__name__ for t in emits)) or "nothing"
+        _bus_logger.warning(
+            "handler %s declared emits=[%s] but published %s; add it to emits= "
+            "(the flow graph, flowkit lint and the AsyncAPI document read it)",
+            self._spec.consumer,
+            declared,
+            type(event).__name__,
+            extra={
+                "flowkit_service": self._spec.service,
+                "flowkit_handler": self._spec.name,
+                "flowkit_message_id": self.envelope.message_id,
+                "flowkit_correlation_id": self.envelope.correlation_id,
+                "flowkit_event_type": key[1],
+            },
+        )
 
     async def outbox_publish(
         self,
@@ -136,8 +162,10 @@ class Context:
         causation id, and a derived id as :meth:`publish` does: a retried
         handler writes the same ids again.
 
+        A handler that declared ``emits=[...]`` without this type logs a
+        warning (once per type), and the event is written all the same.
+
         Raises:
-            DefinitionError: if the handler declared ``emits=[...]`` without this type.
             StoreError, TypeError, MessageTooLarge: as :meth:`Outbox.publish
                 <flowkit.Outbox.publish>` raises them.
         """
@@ -196,8 +224,9 @@ class Context:
         id as its causation id. Its own id is derived from both, so a retried
         handler republishes the same ids and inboxes drop the duplicates.
 
-        Raises:
-            DefinitionError: if the handler declared ``emits=[...]`` without this type.
+        A handler that declared ``emits=[...]`` without this type logs a
+        warning on ``flowkit.bus`` (once per type), and the event is
+        published all the same.
         """
         self._check_emits(event)
         return await self._bus.publish(
