@@ -19,7 +19,7 @@ from ..choreography import Choreography
 from ..orchestration import Orchestrator
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Mapping
+    from collections.abc import Iterable, Iterator, Mapping
 
 __all__ = ["FlowGraph", "HandlerNode", "OrchestratorNode", "StepNode", "flow_graph"]
 
@@ -172,31 +172,18 @@ class FlowGraph:
         message handled, emitted or sent; a dotted one a compensation.
         """
         lines = ["flowchart LR"]
-        for service in self.services:
-            lines.append(f"  subgraph {_id('sv', service)} [{_mermaid_text(service)}]")
-            for handler in self.handlers:
-                if handler.service == service:
-                    lines.append(f"    {_handler_id(handler)}[{_mermaid_text(handler.name)}]")
-            lines.append("  end")
-        for name in self.events:
-            lines.append(f"  {_id('ev', name)}([{_mermaid_text(name)}])")
-        for name in self.commands:
-            lines.append(f"  {_id('cm', name)}[/{_mermaid_text(name)}/]")
-        for index, orchestrator in enumerate(self.orchestrators):
-            title = f"{orchestrator.name} (input {orchestrator.input})"
-            lines.append(f"  subgraph {_orchestrator_id(index)} [{_mermaid_text(title)}]")
-            for stage in _stages(orchestrator):
-                indent = "    "
-                if stage[0].parallel:
-                    group = _group_id(index, stage[0].stage)
-                    lines.append(f"    subgraph {group} [{_mermaid_text('parallel')}]")
-                    indent = "      "
-                for step in stage:
-                    label = _mermaid_text(_step_label(step))
-                    lines.append(f"{indent}{_step_id(index, step)}[{label}]")
-                if stage[0].parallel:
-                    lines.append("    end")
-            lines.append("  end")
+        depth = 1
+        for item in self._layout():
+            indent = "  " * depth
+            if item.kind == "open":
+                lines.append(f"{indent}subgraph {item.id} [{_mermaid_text(item.label)}]")
+                depth += 1
+            elif item.kind == "close":
+                lines.append(f"{'  ' * (depth - 1)}end")
+                depth -= 1
+            else:
+                left, right = _MERMAID_SHAPES[item.kind]
+                lines.append(f"{indent}{item.id}{left}{_mermaid_text(item.label)}{right}")
         for source, target, label, dashed in self._edges():
             arrow = "-.->" if dashed else "-->"
             text = f"|{_mermaid_text(label)}|" if label else ""
@@ -212,36 +199,19 @@ class FlowGraph:
             '  node [fontname="Helvetica", fontsize=11];',
             '  edge [fontname="Helvetica", fontsize=10];',
         ]
-        for service in self.services:
-            lines.append(f"  subgraph cluster_{_id('sv', service)} {{")
-            lines.append(f"    label={_dot_text(service)};")
-            for handler in self.handlers:
-                if handler.service == service:
-                    lines.append(
-                        f"    {_handler_id(handler)} "
-                        f'[label={_dot_text(handler.name)}, shape=box, style="rounded"];'
-                    )
-            lines.append("  }")
-        for name in self.events:
-            lines.append(f"  {_id('ev', name)} [label={_dot_text(name)}, shape=ellipse];")
-        for name in self.commands:
-            lines.append(f"  {_id('cm', name)} [label={_dot_text(name)}, shape=parallelogram];")
-        for index, orchestrator in enumerate(self.orchestrators):
-            title = f"{orchestrator.name} (input {orchestrator.input})"
-            lines.append(f"  subgraph cluster_{_orchestrator_id(index)} {{")
-            lines.append(f"    label={_dot_text(title)};")
-            for stage in _stages(orchestrator):
-                indent = "    "
-                if stage[0].parallel:
-                    lines.append(f"    subgraph cluster_{_group_id(index, stage[0].stage)} {{")
-                    lines.append('      label="parallel";')
-                    indent = "      "
-                for step in stage:
-                    label = _dot_text(_step_label(step))
-                    lines.append(f"{indent}{_step_id(index, step)} [label={label}, shape=box];")
-                if stage[0].parallel:
-                    lines.append("    }")
-            lines.append("  }")
+        depth = 1
+        for item in self._layout():
+            indent = "  " * depth
+            if item.kind == "open":
+                lines.append(f"{indent}subgraph cluster_{item.id} {{")
+                lines.append(f"{indent}  label={_dot_text(item.label)};")
+                depth += 1
+            elif item.kind == "close":
+                lines.append(f"{'  ' * (depth - 1)}}}")
+                depth -= 1
+            else:
+                label = _dot_text(item.label)
+                lines.append(f"{indent}{item.id} [label={label}, {_DOT_SHAPES[item.kind]}];")
         for source, target, label, dashed in self._edges():
             attributes = []
             if label:
@@ -252,6 +222,32 @@ class FlowGraph:
             lines.append(f"  {source} -> {target}{suffix};")
         lines.append("}")
         return "\n".join(lines) + "\n"
+
+    def _layout(self) -> Iterator[_Item]:
+        """What both drawings show but the edges, in order: each service's
+        box of handlers, the events, the commands, each orchestrator's box
+        of steps (with a box per parallel group)."""
+        for service in self.services:
+            yield _Item("open", _id("sv", service), service)
+            for handler in self.handlers:
+                if handler.service == service:
+                    yield _Item("handler", _handler_id(handler), handler.name)
+            yield _CLOSE
+        for name in self.events:
+            yield _Item("event", _id("ev", name), name)
+        for name in self.commands:
+            yield _Item("command", _id("cm", name), name)
+        for index, orchestrator in enumerate(self.orchestrators):
+            title = f"{orchestrator.name} (input {orchestrator.input})"
+            yield _Item("open", _orchestrator_id(index), title)
+            for stage in _stages(orchestrator):
+                if stage[0].parallel:
+                    yield _Item("open", _group_id(index, stage[0].stage), "parallel")
+                for step in stage:
+                    yield _Item("step", _step_id(index, step), _step_label(step))
+                if stage[0].parallel:
+                    yield _CLOSE
+            yield _CLOSE
 
     def _edges(self) -> list[tuple[str, str, str, bool]]:
         """Every edge as (source id, target id, label, dashed), in a fixed order."""
@@ -433,6 +429,32 @@ def _step_label(step: StepNode) -> str:
         label += " (pivot)"
     return label
 
+
+# -- drawing ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Item:
+    """A box opening or closing, or a node, as :meth:`FlowGraph._layout` lists them."""
+
+    kind: Literal["open", "close", "handler", "event", "command", "step"]
+    id: str = ""
+    label: str = ""
+
+
+_CLOSE = _Item("close")
+_MERMAID_SHAPES = {
+    "handler": ("[", "]"),
+    "event": ("([", "])"),
+    "command": ("[/", "/]"),
+    "step": ("[", "]"),
+}
+_DOT_SHAPES = {
+    "handler": 'shape=box, style="rounded"',
+    "event": "shape=ellipse",
+    "command": "shape=parallelogram",
+    "step": "shape=box",
+}
 
 # -- identifiers and labels ----------------------------------------------------------
 
