@@ -20,6 +20,9 @@ if TYPE_CHECKING:
     from collections.abc import Iterator
     from pathlib import Path
 
+    from flowkit.stores import StateStore
+    from flowkit.transports import Transport
+
 pytestmark = pytest.mark.anyio
 
 
@@ -29,6 +32,45 @@ class OrderPlaced(Event):
 
 class Shipped(Event):
     order_id: str
+
+
+def mail_bus(store: StateStore) -> tuple[Choreography, list[str]]:
+    """A bus on ``store`` whose ``mail`` service records the order ids it gets."""
+    bus = Choreography(InMemoryTransport(), store=store)
+    got: list[str] = []
+
+    @bus.on(OrderPlaced, service="mail")
+    async def mail(event: OrderPlaced) -> None:
+        got.append(event.order_id)
+
+    return bus, got
+
+
+def audit_bus(transport: Transport, store: StateStore) -> tuple[Choreography, dict[str, list[int]]]:
+    """A bus whose ``audit`` service records the numbers it gets of each key, in order."""
+    bus = Choreography(transport, store=store)
+    got: dict[str, list[int]] = {}
+
+    @bus.on(Numbered, service="audit")
+    async def audit(event: Numbered) -> None:
+        got.setdefault(event.key, []).append(event.n)
+
+    return bus, got
+
+
+async def check_two_relays(
+    one: Choreography, two: Choreography, transport: RecordingTransport
+) -> None:
+    """``one`` and ``two`` relay the 400 events stored, ``two`` stopping after
+    100: none is published twice, nor by both relays at once."""
+    async with one.run(services=[]):
+        async with two.run(services=[]):
+            await wait_until(lambda: len(transport.published) >= 100, timeout=10)
+        # the second stops cleanly (handing its lease over if it held it)...
+        await wait_until(lambda: len({m for m, _, _ in transport.published}) == 400, timeout=20)
+    assert transport.overlaps == 0
+    ids = [m for m, _, _ in transport.published]
+    assert len(ids) == len(set(ids)) == 400  # a clean hand-over publishes nothing twice
 
 
 @pytest.fixture
@@ -52,13 +94,7 @@ async def _opened(db: str) -> None:
 async def test_committed_events_are_delivered_and_rolled_back_ones_never(
     db: str, conn: sqlite3.Connection
 ) -> None:
-    bus = Choreography(InMemoryTransport(), store=SQLiteStore(db))
-    got: list[str] = []
-
-    @bus.on(OrderPlaced, service="mail")
-    async def mail(event: OrderPlaced) -> None:
-        got.append(event.order_id)
-
+    bus, got = mail_bus(SQLiteStore(db))
     async with bus:
         conn.execute("CREATE TABLE orders (id TEXT PRIMARY KEY)")
         for order_id, commit in (("a", True), ("b", False), ("c", True)):
@@ -77,13 +113,7 @@ async def test_committed_events_are_delivered_and_rolled_back_ones_never(
 async def test_wait_idle_waits_for_the_outbox_to_be_relayed(
     db: str, conn: sqlite3.Connection
 ) -> None:
-    bus = Choreography(InMemoryTransport(), store=SQLiteStore(db))
-    got: list[str] = []
-
-    @bus.on(OrderPlaced, service="mail")
-    async def mail(event: OrderPlaced) -> None:
-        got.append(event.order_id)
-
+    bus, got = mail_bus(SQLiteStore(db))
     async with bus:
         for i in range(50):
             conn.execute("BEGIN IMMEDIATE")
@@ -96,13 +126,7 @@ async def test_wait_idle_waits_for_the_outbox_to_be_relayed(
 async def test_per_key_order_is_kept_over_1000_events_of_10_keys(
     db: str, conn: sqlite3.Connection
 ) -> None:
-    bus = Choreography(InMemoryTransport(), store=SQLiteStore(db))
-    got: dict[str, list[int]] = {}
-
-    @bus.on(Numbered, service="audit")
-    async def audit(event: Numbered) -> None:
-        got.setdefault(event.key, []).append(event.n)
-
+    bus, got = audit_bus(InMemoryTransport(), SQLiteStore(db))
     async with bus:
         for start in range(0, 100, 10):
             conn.execute("BEGIN IMMEDIATE")
@@ -168,14 +192,7 @@ async def test_two_relays_never_publish_one_event_twice_at_once(
     for n in range(400):
         await one.outbox.publish(conn, Numbered(key=f"k{n % 7}", n=n), key=f"k{n % 7}")
     conn.execute("COMMIT")
-    async with one.run(services=[]):
-        async with two.run(services=[]):
-            await wait_until(lambda: len(transport.published) >= 100, timeout=10)
-        # the second stops cleanly (handing its lease over if it held it)...
-        await wait_until(lambda: len({m for m, _, _ in transport.published}) == 400, timeout=20)
-    assert transport.overlaps == 0
-    ids = [m for m, _, _ in transport.published]
-    assert len(ids) == len(set(ids)) == 400  # a clean hand-over publishes nothing twice
+    await check_two_relays(one, two, transport)
 
 
 async def test_a_standby_relay_takes_over_when_the_holder_stops(

@@ -25,8 +25,10 @@ from flowkit.stores import SQLiteStore
 from flowkit.transports import InMemoryTransport
 
 from ._outbox_util import Numbered, first_seen_in_order, read_log
+from .brokers import drop_schema
 from .brokers import postgres_url as postgres_url
 from .brokers import redis_url as redis_url
+from .test_outbox import audit_bus
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable
@@ -148,23 +150,17 @@ async def test_sqlite_relay_killed_mid_relay_with_the_transport_down(tmp_path: P
 
 @pytest.fixture
 async def pg_schema(postgres_url: str) -> AsyncIterator[str]:
-    import asyncpg  # type: ignore[import-untyped,import-not-found,unused-ignore]
-
     from flowkit.stores._postgres import PostgresStore
 
     name = f"flowkit_test_{uuid.uuid4().hex[:12]}"
     async with PostgresStore(postgres_url, schema=name):
         pass
     yield name
-    conn = await asyncpg.connect(postgres_url)
-    try:
-        await conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
-    finally:
-        await conn.close()
+    await drop_schema(postgres_url, name)
 
 
 async def _pg_writer(postgres_url: str, schema: str) -> tuple[Writer, Any]:
-    import asyncpg
+    import asyncpg  # type: ignore[import-untyped,import-not-found,unused-ignore]
 
     from flowkit.stores._postgres import PostgresStore
 
@@ -200,13 +196,7 @@ async def test_on_redis_the_consumer_inbox_drops_the_copies(
     transport = f"{redis_url}?prefix=outbox{uuid.uuid4().hex[:8]}"
     from flowkit.transports import from_url
 
-    consumer = Choreography(from_url(transport), store=SQLiteStore(tmp_path / "inbox.db"))
-    got: dict[str, list[int]] = {}
-
-    @consumer.on(Numbered, service="audit")
-    async def audit(event: Numbered) -> None:
-        got.setdefault(event.key, []).append(event.n)
-
+    consumer, got = audit_bus(from_url(transport), SQLiteStore(tmp_path / "inbox.db"))
     writer, conn = await _pg_writer(postgres_url, pg_schema)
     try:
         async with consumer.run(services=["audit"]):

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import pytest
 
-from flowkit import AlreadyHandled, Choreography, Context, Event, StoreError
+from flowkit import AlreadyHandled, Choreography, Context, StoreError
 from flowkit.stores import SQLiteStore
 from flowkit.stores._outbox import outbox_of
 from flowkit.stores._postgres import PostgresStore
@@ -17,8 +17,11 @@ from flowkit.transports import InMemoryTransport
 
 from ._outbox_util import Numbered, RecordingTransport
 from ._util import wait_until
+from .brokers import drop_schema
 from .brokers import postgres_url as postgres_url
 from .brokers import redis_url as redis_url
+from .test_outbox import OrderPlaced, audit_bus, check_two_relays, mail_bus
+from .test_store_postgres import anyio_backend as anyio_backend
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -26,35 +29,19 @@ if TYPE_CHECKING:
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture(params=["asyncio"])
-def anyio_backend(request: pytest.FixtureRequest) -> str:
-    """asyncpg runs on asyncio only."""
-    return str(request.param)
-
-
-class OrderPlaced(Event):
-    order_id: str
-
-
 @pytest.fixture
 async def schema(postgres_url: str) -> AsyncIterator[str]:
     """A schema of its own for one test, dropped afterwards."""
-    import asyncpg  # type: ignore[import-untyped,import-not-found,unused-ignore]
-
     name = f"flowkit_test_{uuid.uuid4().hex[:12]}"
     async with PostgresStore(postgres_url, schema=name):
         pass
     yield name
-    conn = await asyncpg.connect(postgres_url)
-    try:
-        await conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
-    finally:
-        await conn.close()
+    await drop_schema(postgres_url, name)
 
 
 @pytest.fixture
 async def conn(postgres_url: str) -> AsyncIterator[Any]:
-    import asyncpg
+    import asyncpg  # type: ignore[import-untyped,import-not-found,unused-ignore]
 
     connection = await asyncpg.connect(postgres_url)
     yield connection
@@ -64,13 +51,7 @@ async def conn(postgres_url: str) -> AsyncIterator[Any]:
 async def test_committed_events_are_delivered_and_rolled_back_ones_never(
     postgres_url: str, schema: str, conn: Any
 ) -> None:
-    bus = Choreography(InMemoryTransport(), store=PostgresStore(postgres_url, schema=schema))
-    got: list[str] = []
-
-    @bus.on(OrderPlaced, service="mail")
-    async def mail(event: OrderPlaced) -> None:
-        got.append(event.order_id)
-
+    bus, got = mail_bus(PostgresStore(postgres_url, schema=schema))
     async with bus:
         await conn.execute(f'CREATE TABLE "{schema}".orders (id text PRIMARY KEY)')
         for order_id, commit in (("a", True), ("b", False), ("c", True)):
@@ -105,13 +86,7 @@ async def test_a_notification_wakes_the_idle_relay_at_once(
 async def test_per_key_order_is_kept_over_1000_events_of_10_keys(
     postgres_url: str, schema: str, conn: Any
 ) -> None:
-    bus = Choreography(InMemoryTransport(), store=PostgresStore(postgres_url, schema=schema))
-    got: dict[str, list[int]] = {}
-
-    @bus.on(Numbered, service="audit")
-    async def audit(event: Numbered) -> None:
-        got.setdefault(event.key, []).append(event.n)
-
+    bus, got = audit_bus(InMemoryTransport(), PostgresStore(postgres_url, schema=schema))
     async with bus:
         for start in range(0, 100, 10):
             async with conn.transaction():
@@ -130,13 +105,7 @@ async def test_on_redis_too(postgres_url: str, schema: str, conn: Any, redis_url
     from flowkit.transports import RedisTransport
 
     transport = RedisTransport(redis_url, prefix=f"outbox{uuid.uuid4().hex[:8]}")
-    bus = Choreography(transport, store=PostgresStore(postgres_url, schema=schema))
-    got: dict[str, list[int]] = {}
-
-    @bus.on(Numbered, service="audit")
-    async def audit(event: Numbered) -> None:
-        got.setdefault(event.key, []).append(event.n)
-
+    bus, got = audit_bus(transport, PostgresStore(postgres_url, schema=schema))
     async with bus:
         async with conn.transaction():
             for n in range(200):
@@ -159,13 +128,7 @@ async def test_two_relays_never_publish_one_event_twice_at_once(
     async with conn.transaction():
         for n in range(400):
             await one.outbox.publish(conn, Numbered(key=f"k{n % 7}", n=n), key=f"k{n % 7}")
-    async with one.run(services=[]):
-        async with two.run(services=[]):
-            await wait_until(lambda: len(transport.published) >= 100, timeout=10)
-        await wait_until(lambda: len({m for m, _, _ in transport.published}) == 400, timeout=20)
-    assert transport.overlaps == 0
-    ids = [m for m, _, _ in transport.published]
-    assert len(ids) == len(set(ids)) == 400
+    await check_two_relays(one, two, transport)
 
 
 async def test_record_handled_concurrent_duplicates_commit_once(

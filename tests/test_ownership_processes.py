@@ -51,6 +51,7 @@ from anyio.streams.buffered import BufferedByteReceiveStream
 
 from flowkit.stores import SQLiteStore
 
+from .brokers import drop_schema
 from .brokers import postgres_url as postgres_url
 from .ownership.worker import WORKFLOW_NAME, open_ledger
 
@@ -502,16 +503,6 @@ async def test_three_processes_share_workflows_on_one_sqlite_file(tmp_path: Path
     report("sqlite", check(scenario, await run_scenario(scenario)))
 
 
-async def _drop_schema(url: str, schema: str) -> None:
-    import asyncpg  # type: ignore[import-untyped,import-not-found,unused-ignore]
-
-    conn = await asyncpg.connect(url)
-    try:
-        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-    finally:
-        await conn.close()
-
-
 async def test_three_processes_share_workflows_on_postgresql(
     tmp_path: Path, postgres_url: str
 ) -> None:
@@ -531,4 +522,4 @@ async def test_three_processes_share_workflows_on_postgresql(
     try:
         report("postgresql", check(scenario, await run_scenario(scenario)))
     finally:
-        await _drop_schema(postgres_url, schema)
+        await drop_schema(postgres_url, schema)

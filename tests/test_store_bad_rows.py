@@ -13,6 +13,7 @@ from flowkit._errors import NotFound, StoreError
 from flowkit.stores import DeadLetter, SQLiteStore, WorkflowRecord
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
     from pathlib import Path
 
 pytestmark = pytest.mark.anyio
@@ -92,6 +93,27 @@ async def _fill(path: Path) -> tuple[list[WorkflowRecord], list[DeadLetter]]:
     return good_records, good_letters
 
 
+def _check_logged(caplog: pytest.LogCaptureFixture, problems: dict[str, str]) -> None:
+    """Each unreadable row was logged, naming its id and its problem."""
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    for bad_id, problem in problems.items():
+        assert any(repr(bad_id) in m and problem in m for m in warnings), (bad_id, warnings)
+
+
+async def _check_refused(
+    read: Callable[[str], Awaitable[object]], problems: dict[str, str]
+) -> None:
+    """Reading each unreadable row by id raises StoreError naming the id and the
+    problem, never the stored value."""
+    for bad_id, problem in problems.items():
+        with pytest.raises(StoreError) as caught:
+            await read(bad_id)
+        assert not isinstance(caught.value, NotFound)
+        assert repr(bad_id) in str(caught.value)
+        assert problem in str(caught.value)
+        assert SECRET not in str(caught.value)
+
+
 @pytest.mark.parametrize("read_only", [False, True])
 async def test_unreadable_workflows_are_skipped_and_logged(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, read_only: bool
@@ -102,21 +124,13 @@ async def test_unreadable_workflows_are_skipped_and_logged(
     async with SQLiteStore(path, read_only=read_only) as store:
         assert await store.list_workflows() == good
         assert await store.list_workflows(status=["RUNNING"], name="n") == good
-        warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-        for bad_id, problem in _PROBLEMS.items():
-            assert any(repr(bad_id) in m and problem in m for m in warnings), (bad_id, warnings)
+        _check_logged(caplog, _PROBLEMS)
         # A limit is filled with the readable records after the unreadable ones.
         assert await store.list_workflows(limit=1) == good[:1]
         assert await store.list_workflows(limit=3) == good[:3]
         assert await store.list_workflows(limit=len(good) + 5) == good
         assert await store.list_workflows(limit=0) == []
-        for bad_id, problem in _PROBLEMS.items():
-            with pytest.raises(StoreError) as caught:
-                await store.load_workflow(bad_id)
-            assert not isinstance(caught.value, NotFound)
-            assert repr(bad_id) in str(caught.value)
-            assert problem in str(caught.value)
-            assert SECRET not in str(caught.value)
+        await _check_refused(store.load_workflow, _PROBLEMS)
         for record in good:
             assert await store.load_workflow(record.id) == record
     assert SECRET not in caplog.text
@@ -132,19 +146,11 @@ async def test_unreadable_dead_letters_are_skipped_and_logged(
     async with SQLiteStore(path, read_only=read_only) as store:
         assert await store.list_dead_letters() == good
         assert await store.list_dead_letters(consumer="svc:h", topic="orders") == good
-        warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-        for bad_id, problem in _LETTER_PROBLEMS.items():
-            assert any(repr(bad_id) in m and problem in m for m in warnings), (bad_id, warnings)
+        _check_logged(caplog, _LETTER_PROBLEMS)
         assert await store.list_dead_letters(limit=1) == good[:1]
         assert await store.list_dead_letters(limit=4) == good[:4]
         assert await store.list_dead_letters(limit=0) == []
-        for bad_id, problem in _LETTER_PROBLEMS.items():
-            with pytest.raises(StoreError) as caught:
-                await store.get_dead_letter(bad_id)
-            assert not isinstance(caught.value, NotFound)
-            assert repr(bad_id) in str(caught.value)
-            assert problem in str(caught.value)
-            assert SECRET not in str(caught.value)
+        await _check_refused(store.get_dead_letter, _LETTER_PROBLEMS)
     assert SECRET not in caplog.text
 
 

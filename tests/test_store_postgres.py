@@ -23,9 +23,9 @@ from flowkit.stores import Claim, DeadLetter, StateStore, WorkflowRecord, from_u
 from flowkit.stores._postgres import SCHEMA_VERSION, PostgresStore
 from flowkit.testing._store_suite import STORE_CHECKS, check_store
 
-from ._util import race_two_claimers
+from .brokers import drop_schema
 from .brokers import postgres_url as postgres_url
-from .test_stores import check_prune_defaults
+from .test_stores import check_prune_defaults, check_two_processes_claim_each_pair_once
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -41,30 +41,21 @@ def anyio_backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
-async def _drop_schema(url: str, schema: str) -> None:
-    import asyncpg  # type: ignore[import-untyped,import-not-found,unused-ignore]
-
-    conn = await asyncpg.connect(url)
-    try:
-        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-    finally:
-        await conn.close()
-
-
 @pytest.fixture
 async def schema(postgres_url: str) -> AsyncIterator[str]:
     """A schema of its own for one test, dropped afterwards."""
     name = f"flowkit_test_{uuid.uuid4().hex[:12]}"
     yield name
-    await _drop_schema(postgres_url, name)
+    await drop_schema(postgres_url, name)
 
 
-async def _sql(url: str, query: str, *args: Any) -> Any:
+async def fetch(url: str, query: str, *args: Any) -> list[Any]:
+    """The rows of ``query``, run on a connection of its own."""
     import asyncpg  # type: ignore[import-untyped,import-not-found,unused-ignore]
 
     conn = await asyncpg.connect(url)
     try:
-        return await conn.fetch(query, *args)
+        return list(await conn.fetch(query, *args))
     finally:
         await conn.close()
 
@@ -175,7 +166,7 @@ async def test_the_password_never_shows(
     except StoreError as exc:
         shown.extend((str(exc), repr(exc)))
     finally:
-        await _drop_schema(postgres_url, schema)
+        await drop_schema(postgres_url, schema)
     for url in urls[1:]:
         with pytest.raises(StoreError, match="cannot connect") as caught:
             async with PostgresStore(url, timeout=5):
@@ -217,9 +208,9 @@ async def test_schema_version_table_and_concurrent_openers(postgres_url: str, sc
     async with anyio.create_task_group() as tg:
         for index, store in enumerate(stores):
             tg.start_soon(open_and_use, store, index)
-    rows = await _sql(postgres_url, f'SELECT version FROM "{schema}".flowkit_schema_version')
+    rows = await fetch(postgres_url, f'SELECT version FROM "{schema}".flowkit_schema_version')
     assert [row["version"] for row in rows] == list(range(1, SCHEMA_VERSION + 1))
-    tables = await _sql(
+    tables = await fetch(
         postgres_url,
         "SELECT table_name FROM information_schema.tables WHERE table_schema = $1 "
         "ORDER BY table_name",
@@ -241,7 +232,7 @@ async def test_schema_version_table_and_concurrent_openers(postgres_url: str, sc
 async def test_a_newer_schema_is_refused(postgres_url: str, schema: str) -> None:
     async with PostgresStore(postgres_url, schema=schema):
         pass
-    await _sql(
+    await fetch(
         postgres_url,
         f'INSERT INTO "{schema}".flowkit_schema_version VALUES ($1, now())',
         SCHEMA_VERSION + 1,
@@ -268,7 +259,7 @@ async def test_database_errors_are_store_errors(postgres_url: str, schema: str) 
         saved = await store.save_workflow(dataclasses.replace(record, version=1))
         with pytest.raises(ConcurrencyConflict):
             await store.save_workflow(dataclasses.replace(saved, version=2**40))
-        await _sql(postgres_url, f'DROP TABLE "{schema}".flowkit_workflows')
+        await fetch(postgres_url, f'DROP TABLE "{schema}".flowkit_workflows')
         with pytest.raises(StoreError, match="PostgreSQL load_workflow failed") as caught:
             await store.load_workflow("w")
         assert type(caught.value.__cause__).__module__.startswith("asyncpg")
@@ -280,7 +271,7 @@ async def test_state_is_jsonb(postgres_url: str, schema: str) -> None:
         await store.create_workflow(record)
         loaded = await store.load_workflow("w")
         assert loaded.state == {"items": [1, 2], "b": "x", "n": 0.5}
-    rows = await _sql(
+    rows = await fetch(
         postgres_url,
         f"SELECT jsonb_typeof(state) AS kind, state->'items'->>1 AS second "
         f'FROM "{schema}".flowkit_workflows',
@@ -296,49 +287,12 @@ async def test_prune_uses_the_given_time(postgres_url: str, schema: str) -> None
             await store.inbox_prune(datetime(2000, 1, 1))
 
 
-_CLAIMER = """
-import json
-import sys
-
-import anyio
-
-from flowkit.stores import Claim, PostgresStore
-
-
-async def main(url: str, schema: str, pairs: int) -> None:
-    async with PostgresStore(url, schema=schema, max_size=4) as store:
-        print("ready", flush=True)
-        await anyio.to_thread.run_sync(sys.stdin.readline)  # wait for the go
-        claimed: list[str] = []
-        todo = iter(range(pairs))
-
-        async def claimer() -> None:
-            for index in todo:
-                message_id = f"m{index}"
-                if await store.inbox_claim("svc:h", message_id, lease=600) == Claim.CLAIMED:
-                    claimed.append(message_id)
-                await anyio.sleep(0.001)
-
-        async with anyio.create_task_group() as tg:
-            for _ in range(4):
-                tg.start_soon(claimer)
-    print(json.dumps(claimed), flush=True)
-
-
-anyio.run(main, sys.argv[1], sys.argv[2], int(sys.argv[3]))
-"""
-
-
 async def test_prune_by_default_leaves_unfinished_workflows(postgres_url: str, schema: str) -> None:
     async with PostgresStore(postgres_url, schema=schema) as store:
         await check_prune_defaults(store)
 
 
 async def test_two_processes_claim_each_pair_once(postgres_url: str, schema: str) -> None:
-    pairs = 200
     async with PostgresStore(postgres_url, schema=schema):
         pass  # created before the race
-    everything = sorted(
-        await race_two_claimers([sys.executable, "-c", _CLAIMER, postgres_url, schema, str(pairs)])
-    )
-    assert everything == sorted(f"m{index}" for index in range(pairs))  # each exactly once
+    await check_two_processes_claim_each_pair_once(postgres_url, 0.001, schema=schema, max_size=4)

@@ -6,9 +6,8 @@ from __future__ import annotations
 import dataclasses
 import statistics
 import time
-import uuid
 from datetime import UTC, datetime, timedelta, timezone
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import anyio
 import pytest
@@ -19,37 +18,13 @@ from flowkit.stores._postgres import PostgresStore
 from flowkit.stores._postgres import _schema as schema_module
 
 from .brokers import postgres_url as postgres_url
-
-if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+from .test_store_postgres import anyio_backend as anyio_backend
+from .test_store_postgres import fetch
+from .test_store_postgres import schema as schema
 
 pytestmark = pytest.mark.anyio
 
 _LEASE = 30.0
-
-
-@pytest.fixture(params=["asyncio"])
-def anyio_backend(request: pytest.FixtureRequest) -> str:
-    """asyncpg runs on asyncio only."""
-    return str(request.param)
-
-
-async def _sql(url: str, query: str, *args: Any) -> list[Any]:
-    import asyncpg  # type: ignore[import-untyped,import-not-found,unused-ignore]
-
-    conn = await asyncpg.connect(url)
-    try:
-        return list(await conn.fetch(query, *args))
-    finally:
-        await conn.close()
-
-
-@pytest.fixture
-async def schema(postgres_url: str) -> AsyncIterator[str]:
-    """A schema of its own for one test, dropped afterwards."""
-    name = f"flowkit_test_{uuid.uuid4().hex[:12]}"
-    yield name
-    await _sql(postgres_url, f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
 
 
 def _record(
@@ -75,7 +50,7 @@ def _ids(records: list[WorkflowRecord]) -> list[str]:
 
 
 async def _history_rows(url: str, schema: str, workflow_id: str) -> list[tuple[int, Any]]:
-    rows = await _sql(
+    rows = await fetch(
         url,
         f'SELECT seq, entry::text AS entry FROM "{schema}".flowkit_history '
         "WHERE workflow_id = $1 ORDER BY seq",
@@ -136,7 +111,7 @@ async def test_a_version_2_schema_has_its_histories_moved_out_of_the_state(
             [2, "step", "a"],
             [3, "step_succeeded", "a"],
         ]
-    rows = await _sql(postgres_url, f'SELECT version FROM "{schema}".flowkit_schema_version')
+    rows = await fetch(postgres_url, f'SELECT version FROM "{schema}".flowkit_schema_version')
     assert sorted(row["version"] for row in rows) == [1, 2, 3]
 
 
@@ -198,7 +173,7 @@ async def test_a_bad_history_row_names_the_workflow_not_the_value(
 ) -> None:
     async with PostgresStore(postgres_url, schema=schema) as store:
         await store.create_workflow(_record("w", history=[[1, "ok"]]))
-        await _sql(
+        await fetch(
             postgres_url,
             f'INSERT INTO "{schema}".flowkit_history VALUES ($1, 1, $2::jsonb)',
             "w",
@@ -242,7 +217,7 @@ async def test_save_costs_the_same_however_long_the_history(postgres_url: str, s
 async def test_leases_run_by_the_database_clock(postgres_url: str, schema: str) -> None:
     async with PostgresStore(postgres_url, schema=schema) as store:
         stored, _ = await store.create_workflow(_record("w", owner="p1"), lease=120)
-        [row] = await _sql(
+        [row] = await fetch(
             postgres_url,
             f'SELECT lease_until - now() AS left FROM "{schema}".flowkit_workflows',
         )
@@ -375,7 +350,7 @@ async def test_concurrent_claimers_on_three_stores_never_share_a_workflow(
             await store.aclose()
     assert {wid: owners for wid, owners in claimed.items() if len(owners) > 1} == {}
     assert len(claimed) == 300
-    rows = await _sql(postgres_url, f'SELECT id, owner, version FROM "{schema}".flowkit_workflows')
+    rows = await fetch(postgres_url, f'SELECT id, owner, version FROM "{schema}".flowkit_workflows')
     assert {row["id"]: row["owner"] for row in rows} == {
         wid: owners[0] for wid, owners in claimed.items()
     }
@@ -392,7 +367,7 @@ async def test_cursor_pages_follow_creation_then_id(postgres_url: str, schema: s
             await store.create_workflow(_record(workflow_id))
         await store.create_workflow(_record("z", name="Shipping"))
         # Four share one creation time to the microsecond: the id orders them.
-        await _sql(
+        await fetch(
             postgres_url,
             f'UPDATE "{schema}".flowkit_workflows SET created_at = CASE '
             "WHEN id IN ('a', 'b', 'c', 'd') THEN '2024-05-01 10:00:00.123456+00'::timestamptz "

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import json
 import logging
 import signal
 import sqlite3
@@ -696,30 +697,33 @@ async def test_sqlite_two_stores_on_one_file_claim_each_pair_once(tmp_path: Path
         assert got.count(Claim.BUSY) == per_pair - 1, (message_id, got)
 
 
-_CLAIMER = """
+#: A process that claims the pairs ``m0``, ``m1``, ... of the store at a URL from
+#: four tasks. Arguments: the URL, the number of pairs, the pause after each
+#: claim (seconds), the store's keyword arguments as JSON.
+CLAIMER = """
 import json
 import sys
 
 import anyio
 
-from flowkit.stores import Claim, SQLiteStore
+from flowkit.stores import Claim, from_url
 
 
-async def main(path: str, pairs: int) -> None:
-    async with SQLiteStore(path) as store:
+async def main(url: str, pairs: int, pause: float, options: dict) -> None:
+    async with from_url(url, **options) as store:
         print("ready", flush=True)
         await anyio.to_thread.run_sync(sys.stdin.readline)  # wait for the go
         claimed: list[str] = []
         todo = iter(range(pairs))
 
         async def claimer() -> None:
-            # A few claims at a time, with pauses that leave the write lock
-            # free, so that both processes race on each pair.
+            # A few claims at a time, with pauses that leave the store free
+            # (SQLite's write lock), so that both processes race on each pair.
             for index in todo:
                 message_id = f"m{index}"
                 if await store.inbox_claim("svc:h", message_id, lease=600) == Claim.CLAIMED:
                     claimed.append(message_id)
-                await anyio.sleep(0.002)
+                await anyio.sleep(pause)
 
         async with anyio.create_task_group() as tg:
             for _ in range(4):
@@ -727,16 +731,23 @@ async def main(path: str, pairs: int) -> None:
     print(json.dumps(claimed), flush=True)
 
 
-anyio.run(main, sys.argv[1], int(sys.argv[2]))
+anyio.run(main, sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), json.loads(sys.argv[4]))
 """
+
+
+async def check_two_processes_claim_each_pair_once(
+    url: str, pause: float, **options: object
+) -> None:
+    """Two :data:`CLAIMER` processes race on 200 pairs of the store at ``url``
+    (created before): each pair is claimed exactly once."""
+    pairs = 200
+    command = [sys.executable, "-c", CLAIMER, url, str(pairs), str(pause), json.dumps(options)]
+    everything = sorted(await race_two_claimers(command))
+    assert everything == sorted(f"m{index}" for index in range(pairs))  # each exactly once
 
 
 async def test_sqlite_two_processes_claim_each_pair_once(tmp_path: Path) -> None:
     path = tmp_path / "processes.db"
-    pairs = 200
     async with SQLiteStore(path):
         pass  # created and migrated before the race
-    everything = sorted(
-        await race_two_claimers([sys.executable, "-c", _CLAIMER, str(path), str(pairs)])
-    )
-    assert everything == sorted(f"m{index}" for index in range(pairs))  # each exactly once
+    await check_two_processes_claim_each_pair_once(f"sqlite:///{path}", 0.002)

@@ -157,7 +157,8 @@ class StateStore(Protocol):
             consumer: the consumer group (``service:handler``).
             message_id: the message's id.
             lease: seconds the claim holds before another caller may take it
-                over; a positive number, longer than handling the message takes.
+                over; a positive number, longer than handling the message takes
+                (a lease longer than about 31 years counts as that).
 
         Returns:
             :attr:`Claim.CLAIMED`, :attr:`Claim.DONE` or :attr:`Claim.BUSY`.
@@ -171,7 +172,8 @@ class StateStore(Protocol):
         """Record that ``consumer`` is done with ``message_id`` (handled or
         dead-lettered); later claims answer :attr:`Claim.DONE`.
 
-        Completing a pair that was never claimed records it all the same.
+        Completing a pair that was never claimed records it all the same;
+        completing it again changes nothing.
         """
         ...
 
@@ -205,13 +207,21 @@ class StateStore(Protocol):
     # -- dead letters --------------------------------------------------------
 
     async def add_dead_letter(self, letter: DeadLetter) -> None:
-        """Keep a dead letter."""
+        """Keep a dead letter.
+
+        Adding a letter whose id is already kept leaves the kept one unchanged,
+        so a retried add is harmless.
+
+        Raises:
+            StoreError: if ``letter.failed_at`` is naive.
+        """
         ...
 
     async def list_dead_letters(
         self, *, consumer: str | None = None, topic: str | None = None, limit: int = 100
     ) -> list[DeadLetter]:
-        """Dead letters, oldest first, optionally of one consumer or topic."""
+        """Dead letters, oldest (by ``failed_at``) first, optionally of one
+        consumer or topic, at most ``limit``."""
         ...
 
     async def get_dead_letter(self, letter_id: str) -> DeadLetter:
@@ -269,6 +279,8 @@ class StateStore(Protocol):
 
         Its ``history`` entries are stored as its first. When ``record.owner``
         is set, that owner holds the workflow's lease for ``lease`` seconds.
+        The store sets ``created_at`` and ``updated_at``; the record's own
+        version and timestamps are ignored.
 
         Returns:
             ``(stored, created)``: the new record and True, or the record that
@@ -294,7 +306,8 @@ class StateStore(Protocol):
         same however long the history is. ``record.owner`` becomes the owner,
         holding the lease for ``lease`` seconds from now; a record without an
         owner leaves the workflow without one. Saving a status other than
-        ``RUNNING`` drops a pending cancel request.
+        ``RUNNING`` drops a pending cancel request. The name and ``created_at``
+        stay as they were created.
 
         Returns:
             The stored record, its version incremented, without history. Its
@@ -332,7 +345,7 @@ class StateStore(Protocol):
         Args:
             status: only these statuses (a single string is one status).
             name: only the records of this orchestrator.
-            limit: at most this many records.
+            limit: at most this many records (all when None).
             after: a :attr:`WorkflowRecord.cursor`: only the records listed
                 after that one, for the next page.
 
@@ -359,8 +372,9 @@ class StateStore(Protocol):
         when it is held by ``owner`` itself (left by an instance of its
         process that stopped), unless its id is in ``exclude`` (the ids the
         caller is running, whose leases may have lapsed). Each claimed
-        record's version is incremented, fencing out a previous holder.
-        Several callers at once never claim one workflow twice.
+        record's version is incremented, fencing out a previous holder; its
+        ``updated_at`` is left as it was. Several callers at once never claim
+        one workflow twice.
 
         Args:
             name: the orchestrator's name.
@@ -377,8 +391,8 @@ class StateStore(Protocol):
     async def claim_workflow(
         self, workflow_id: str, owner: str, *, lease: float
     ) -> WorkflowRecord | None:
-        """Take the lease of one unfinished workflow if it is free (no owner,
-        or an expired lease); its version is incremented.
+        """Take the lease of one unfinished workflow if it is free (no owner, an
+        expired lease, or held by ``owner`` itself); its version is incremented.
 
         Returns:
             The claimed record (without history), or None if the workflow is

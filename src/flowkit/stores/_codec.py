@@ -11,12 +11,13 @@ from pydantic_core import from_json, to_json
 from .._errors import StoreError
 
 if TYPE_CHECKING:
-    from collections.abc import Collection, Mapping
+    from collections.abc import Collection, Mapping, Sequence
 
 __all__ = [
     "MAX_LEASE",
     "claim_limit",
     "decode_state",
+    "encode_history",
     "encode_state",
     "lease_seconds",
     "owner_lease",
@@ -41,6 +42,31 @@ def encode_state(state: Mapping[str, Any]) -> str:
         return to_json(state).decode()
     except ValueError as exc:
         raise StoreError(f"workflow state is not JSON-serializable: {exc}") from exc
+
+
+def encode_history(entries: Sequence[Sequence[Any]], *, arrays: bool = False) -> list[str]:
+    """History entries as JSON texts, converted as the state is (tuples become arrays).
+
+    Args:
+        entries: the entries, oldest first.
+        arrays: refuse an entry that is not a list or tuple (for a store that
+            reads each entry back as a JSON array).
+
+    Raises:
+        StoreError: if an entry has no JSON form (or, with ``arrays``, is not a
+            list or tuple), naming its position in ``entries``.
+    """
+    encoded: list[str] = []
+    for index, entry in enumerate(entries):
+        if arrays and not isinstance(entry, list | tuple):
+            raise StoreError(
+                f"history entry {index} must be a list or tuple, not {type(entry).__name__}"
+            )
+        try:
+            encoded.append(to_json(entry).decode())
+        except ValueError as exc:
+            raise StoreError(f"history entry {index} is not JSON-serializable: {exc}") from exc
+    return encoded
 
 
 def decode_state(text: str | bytes, what: str = "workflow state") -> Any:

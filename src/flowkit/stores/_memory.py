@@ -125,6 +125,13 @@ def _copy_letter(letter: DeadLetter, failed_at: datetime) -> DeadLetter:
     )
 
 
+def _of(letter: DeadLetter, consumer: str | None, topic: str | None) -> bool:
+    """Whether ``letter`` is of ``consumer`` and from ``topic`` (None: any)."""
+    return (consumer is None or letter.consumer == consumer) and (
+        topic is None or letter.topic == topic
+    )
+
+
 class MemoryStore:
     """A :class:`~flowkit.stores.StateStore` that keeps its records in memory.
 
@@ -196,21 +203,7 @@ class MemoryStore:
     # -- inbox ---------------------------------------------------------------
 
     async def inbox_claim(self, consumer: str, message_id: str, *, lease: float) -> Claim:
-        """Claim ``message_id`` for ``consumer``, atomically.
-
-        Args:
-            consumer: the consumer group (``service:handler``).
-            message_id: the message's id.
-            lease: seconds the claim holds before another caller may take it
-                over (measured with the monotonic clock).
-
-        Returns:
-            ``CLAIMED``, ``DONE`` or ``BUSY``.
-
-        Raises:
-            StoreError: if the store is not open or ``lease`` is not a
-                positive number.
-        """
+        """Leases are measured with the monotonic clock."""
         seconds = lease_seconds(lease)
         await checkpoint()
         with self._lock:
@@ -227,18 +220,6 @@ class MemoryStore:
             return Claim.CLAIMED
 
     async def inbox_complete(self, consumer: str, message_id: str) -> None:
-        """Record that ``consumer`` is done with ``message_id``.
-
-        Completing a pair that was never claimed records it all the same;
-        completing it again changes nothing.
-
-        Args:
-            consumer: the consumer group (``service:handler``).
-            message_id: the message's id.
-
-        Raises:
-            StoreError: if the store is not open.
-        """
         await checkpoint()
         with self._lock:
             self._check_open()
@@ -248,17 +229,6 @@ class MemoryStore:
                 self._inbox[key] = _InboxEntry(datetime.now(UTC), None)
 
     async def inbox_release(self, consumer: str, message_id: str) -> None:
-        """Drop an unfinished claim, so the next delivery may claim the message.
-
-        A completed pair stays completed; releasing an unknown pair does nothing.
-
-        Args:
-            consumer: the consumer group (``service:handler``).
-            message_id: the message's id.
-
-        Raises:
-            StoreError: if the store is not open.
-        """
         await checkpoint()
         with self._lock:
             self._check_open()
@@ -268,21 +238,6 @@ class MemoryStore:
                 del self._inbox[key]
 
     async def inbox_prune(self, older_than: datetime) -> int:
-        """Forget the entries completed before ``older_than``.
-
-        This is what bounds the inbox. Claims whose lease ran out before
-        ``older_than`` are forgotten too (a claim on a forgotten pair answers
-        ``CLAIMED``, as it would on the expired claim); claims still held are kept.
-
-        Args:
-            older_than: a timezone-aware time.
-
-        Returns:
-            How many entries were removed.
-
-        Raises:
-            StoreError: if the store is not open or ``older_than`` is naive.
-        """
         cutoff = utc(older_than, "older_than")
         await checkpoint()
         with self._lock:
@@ -301,17 +256,6 @@ class MemoryStore:
     # -- dead letters --------------------------------------------------------
 
     async def add_dead_letter(self, letter: DeadLetter) -> None:
-        """Keep a dead letter.
-
-        Adding a letter whose id is already kept leaves the kept one unchanged,
-        so a retried add is harmless.
-
-        Args:
-            letter: the letter to keep.
-
-        Raises:
-            StoreError: if the store is not open or ``letter.failed_at`` is naive.
-        """
         await checkpoint()
         stored = _copy_letter(letter, utc(letter.failed_at, "DeadLetter.failed_at"))
         with self._lock:
@@ -340,44 +284,18 @@ class MemoryStore:
     async def list_dead_letters(
         self, *, consumer: str | None = None, topic: str | None = None, limit: int = 100
     ) -> list[DeadLetter]:
-        """Dead letters, oldest (by ``failed_at``) first.
-
-        Args:
-            consumer: only the letters of this consumer.
-            topic: only the letters from this topic.
-            limit: at most this many letters.
-
-        Returns:
-            The matching letters.
-
-        Raises:
-            StoreError: if the store is not open.
-        """
         await checkpoint()
         with self._lock:
             self._check_open()
             found = [
                 (letter.failed_at, seq, letter)
                 for seq, letter in self._letters.values()
-                if (consumer is None or letter.consumer == consumer)
-                and (topic is None or letter.topic == topic)
+                if _of(letter, consumer, topic)
             ]
         found.sort(key=lambda item: (item[0], item[1]))
         return [_copy_letter(letter, letter.failed_at) for _, _, letter in found[: max(limit, 0)]]
 
     async def get_dead_letter(self, letter_id: str) -> DeadLetter:
-        """One dead letter by id.
-
-        Args:
-            letter_id: the letter's id.
-
-        Returns:
-            The letter.
-
-        Raises:
-            NotFound: if there is none with that id.
-            StoreError: if the store is not open.
-        """
         await checkpoint()
         with self._lock:
             self._check_open()
@@ -387,15 +305,6 @@ class MemoryStore:
         return _copy_letter(entry[1], entry[1].failed_at)
 
     async def delete_dead_letter(self, letter_id: str) -> None:
-        """Remove a dead letter (after a replay).
-
-        Args:
-            letter_id: the letter's id.
-
-        Raises:
-            NotFound: if there is none with that id.
-            StoreError: if the store is not open.
-        """
         await checkpoint()
         with self._lock:
             self._check_open()
@@ -410,23 +319,6 @@ class MemoryStore:
         topic: str | None = None,
         limit: int = 10_000,
     ) -> int:
-        """Remove the dead letters that failed before ``older_than``, oldest first.
-
-        Args:
-            older_than: a timezone-aware time; letters whose ``failed_at`` is
-                before it are removed.
-            consumer: only the letters of this consumer.
-            topic: only the letters from this topic.
-            limit: the most letters removed by this call; call again until
-                it returns less.
-
-        Returns:
-            How many letters were removed.
-
-        Raises:
-            StoreError: if the store is not open, ``older_than`` is naive or
-                ``limit`` is not a positive integer.
-        """
         cutoff = utc(older_than, "older_than")
         most = prune_limit(limit)
         await checkpoint()
@@ -435,9 +327,7 @@ class MemoryStore:
             old = sorted(
                 (letter.failed_at, seq, letter.id)
                 for seq, letter in self._letters.values()
-                if letter.failed_at < cutoff
-                and (consumer is None or letter.consumer == consumer)
-                and (topic is None or letter.topic == topic)
+                if letter.failed_at < cutoff and _of(letter, consumer, topic)
             )[:most]
             for _, _, letter_id in old:
                 del self._letters[letter_id]
@@ -448,21 +338,6 @@ class MemoryStore:
     async def create_workflow(
         self, record: WorkflowRecord, *, lease: float | None = None
     ) -> tuple[WorkflowRecord, bool]:
-        """Insert a new workflow record with version 1, unless the id exists.
-
-        The store sets ``created_at`` and ``updated_at``; the record's own
-        version and timestamps are ignored. Its history is stored as the
-        workflow's first entries; its owner, if any, holds the lease for
-        ``lease`` seconds.
-
-        Returns:
-            ``(stored, created)``: the new record and True, or the record that
-            already had this id and False (it is left unchanged).
-
-        Raises:
-            StoreError: if the store is not open, the state is not
-                JSON-serializable, or an owner comes without a lease.
-        """
         await checkpoint()
         held = owner_lease(record.owner, lease)
         state_json = encode_state(record.state)
@@ -494,20 +369,6 @@ class MemoryStore:
         history: Sequence[Sequence[Any]] = (),
         lease: float | None = None,
     ) -> WorkflowRecord:
-        """Write a changed record; ``record.version`` is the version it was read at.
-
-        The status, state and owner are written and ``history`` appended; the
-        name and ``created_at`` stay as they were created.
-
-        Returns:
-            The stored record, its version incremented.
-
-        Raises:
-            ConcurrencyConflict: if the stored version is not ``record.version``.
-            WorkflowNotFound: if no record has this id.
-            StoreError: if the store is not open, the state is not
-                JSON-serializable, or an owner comes without a lease.
-        """
         await checkpoint()
         held = owner_lease(record.owner, lease)
         state_json = encode_state(record.state)
@@ -515,9 +376,7 @@ class MemoryStore:
         now = datetime.now(UTC)
         with self._lock:
             self._check_open()
-            stored = self._workflows.get(record.id)
-            if stored is None:
-                raise WorkflowNotFound(f"no workflow with id {record.id!r}")
+            stored = self._stored(record.id)
             if stored.version != record.version:
                 raise ConcurrencyConflict(
                     f"workflow {record.id!r} is at version {stored.version}, "
@@ -534,12 +393,6 @@ class MemoryStore:
             return stored.record(record.id, state=record.state)
 
     async def load_workflow(self, workflow_id: str) -> WorkflowRecord:
-        """One workflow record, with its history.
-
-        Raises:
-            WorkflowNotFound: if no record has this id.
-            StoreError: if the store is not open.
-        """
         await checkpoint()
         with self._lock:
             self._check_open()
@@ -559,21 +412,9 @@ class MemoryStore:
         limit: int | None = None,
         after: str | None = None,
     ) -> list[WorkflowRecord]:
-        """Workflow records without history, oldest first (by creation, then id).
-
-        Args:
-            status: only records in one of these statuses (a single string is
-                taken as one status).
-            name: only records of this orchestrator.
-            limit: at most this many records (all when None).
-            after: a record's cursor: only the records listed after it.
-
-        Raises:
-            StoreError: if the store is not open or ``after`` is not a cursor.
-        """
         start = None if after is None else parse_cursor(after)
         await checkpoint()
-        wanted = None if status is None else {status} if isinstance(status, str) else set(status)
+        wanted = None if status is None else set(status_tuple(status))
         with self._lock:
             self._check_open()
             found = [
@@ -599,8 +440,6 @@ class MemoryStore:
         limit: int = 100,
         exclude: Collection[str] = (),
     ) -> list[WorkflowRecord]:
-        """Take the lease of unfinished workflows of ``name`` that nobody holds,
-        oldest first (see :meth:`StateStore.claim_workflows`)."""
         held = owner_lease(owner, lease)
         most = claim_limit(limit)
         skip = frozenset(exclude)
@@ -623,8 +462,6 @@ class MemoryStore:
     async def claim_workflow(
         self, workflow_id: str, owner: str, *, lease: float
     ) -> WorkflowRecord | None:
-        """Take the lease of one unfinished workflow if it is free (see
-        :meth:`StateStore.claim_workflow`)."""
         held = owner_lease(owner, lease)
         await checkpoint()
         now = datetime.now(UTC)
@@ -640,7 +477,6 @@ class MemoryStore:
     async def renew_leases(
         self, owner: str, workflow_ids: Collection[str], *, lease: float
     ) -> dict[str, bool]:
-        """Extend ``owner``'s leases; answer the cancel requests of those it still holds."""
         held = owner_lease(owner, lease)
         await checkpoint()
         now = datetime.now(UTC)
@@ -655,7 +491,6 @@ class MemoryStore:
         return kept
 
     async def release_workflows(self, owner: str, workflow_ids: Collection[str]) -> None:
-        """Give up ``owner``'s leases on these workflows."""
         await checkpoint()
         with self._lock:
             self._check_open()
@@ -665,7 +500,6 @@ class MemoryStore:
                     stored.hold(None, None, datetime.now(UTC))
 
     async def request_cancel(self, workflow_id: str) -> WorkflowRecord:
-        """Flag a ``RUNNING`` workflow for cancellation by its owner."""
         await checkpoint()
         with self._lock:
             self._check_open()
@@ -682,28 +516,6 @@ class MemoryStore:
         name: str | None = None,
         limit: int = 10_000,
     ) -> int:
-        """Remove the records in ``statuses`` last updated before ``older_than``,
-        with their history.
-
-        An unfinished status (``RUNNING``, ``COMPENSATING``) is pruned only
-        when named; the least recently updated records go first.
-
-        Args:
-            older_than: a timezone-aware time; records whose ``updated_at``
-                is before it are removed.
-            statuses: the statuses pruned (a single string is taken as one
-                status; none prunes nothing).
-            name: only the records of this orchestrator.
-            limit: the most records removed by this call; call again until
-                it returns less.
-
-        Returns:
-            How many records were removed.
-
-        Raises:
-            StoreError: if the store is not open, ``older_than`` is naive or
-                ``limit`` is not a positive integer.
-        """
         cutoff = utc(older_than, "older_than")
         most = prune_limit(limit)
         wanted = set(status_tuple(statuses))

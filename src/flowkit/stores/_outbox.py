@@ -13,13 +13,18 @@ Two kinds of work meet here:
 
 :class:`~flowkit.stores.SQLiteStore` and :class:`~flowkit.stores.PostgresStore`
 have an outbox: their method ``outbox_ops()`` returns an :class:`OutboxStore`,
-and :func:`outbox_of` asks for it. Another store offers one the same way.
+and :func:`outbox_of` asks for it. Another store offers one the same way; what
+the two share is here too (:func:`row_headers`, :class:`Wakeable`).
 """
 
 from __future__ import annotations
 
+import json
+import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
+
+import anyio
 
 from .._errors import StoreError
 
@@ -29,7 +34,9 @@ if TYPE_CHECKING:
 
     from ._base import StateStore
 
-__all__ = ["OutboxRow", "OutboxStore", "RelaySession", "outbox_of"]
+__all__ = ["OutboxRow", "OutboxStore", "RelaySession", "Wakeable", "outbox_of", "row_headers"]
+
+logger = logging.getLogger("flowkit.outbox")
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +56,19 @@ class OutboxRow:
     key: str | None
     body: bytes
     headers: Mapping[str, str]
+
+
+def row_headers(seq: object, text: object) -> dict[str, str]:
+    """The headers stored with the outbox row ``seq`` as JSON text; none (and a
+    WARNING on the ``flowkit.outbox`` logger) if they are not an object of strings."""
+    try:
+        value = json.loads(str(text))
+        if isinstance(value, dict) and all(isinstance(v, str) for v in value.values()):
+            return {str(k): v for k, v in value.items()}
+    except ValueError:
+        pass
+    logger.warning("outbox row %s has unreadable headers; publishing it without them", seq)
+    return {}
 
 
 class RelaySession(Protocol):
@@ -85,6 +105,24 @@ class RelaySession(Protocol):
     def wake(self) -> None:
         """End a :meth:`wait` under way now (rows were written by this process)."""
         ...
+
+
+class Wakeable:
+    """The :meth:`~RelaySession.wait` and :meth:`~RelaySession.wake` of a relay session."""
+
+    def __init__(self) -> None:
+        self._woken = anyio.Event()
+
+    async def wait(self, timeout: float) -> None:
+        """Sleep up to ``timeout`` seconds, less if :meth:`wake` is called."""
+        with anyio.move_on_after(timeout):
+            await self._woken.wait()
+        if self._woken.is_set():
+            self._woken = anyio.Event()
+
+    def wake(self) -> None:
+        """End the current :meth:`wait` now."""
+        self._woken.set()
 
 
 class OutboxStore(Protocol):

@@ -287,6 +287,21 @@ async def _check_inbox_release(factory: _Factory) -> None:
         await store.inbox_release(consumer, _name("message"))  # unknown: a no-op
 
 
+async def _claims_at_once(
+    store: StateStore, consumer: str, message_id: str, claimers: int
+) -> list[Claim]:
+    """The answers of ``claimers`` concurrent claims of one pair, as they came."""
+    answers: list[Claim] = []
+
+    async def claim() -> None:
+        answers.append(await store.inbox_claim(consumer, message_id, lease=_LONG_LEASE))
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(claimers):
+            tg.start_soon(claim)
+    return answers
+
+
 @_check
 async def _check_inbox_expired_claim_taken_over(factory: _Factory) -> None:
     consumer, message_id = _name("consumer"), _name("message")
@@ -294,14 +309,7 @@ async def _check_inbox_expired_claim_taken_over(factory: _Factory) -> None:
         got = await store.inbox_claim(consumer, message_id, lease=_SHORT_LEASE)
         _expect(got == Claim.CLAIMED, f"inbox_claim of a new pair answered {got!r}")
         await anyio.sleep(_SHORT_LEASE * 4)
-        answers: list[Claim] = []
-
-        async def claim() -> None:
-            answers.append(await store.inbox_claim(consumer, message_id, lease=_LONG_LEASE))
-
-        async with anyio.create_task_group() as tg:
-            for _ in range(5):
-                tg.start_soon(claim)
+        answers = await _claims_at_once(store, consumer, message_id, 5)
         _expect(
             sorted(answers) == sorted([Claim.CLAIMED] + [Claim.BUSY] * 4),
             f"5 claims of a pair whose lease ran out answered {answers}, not one CLAIMED "
@@ -314,14 +322,7 @@ async def _check_inbox_concurrent_claims_one_wins(factory: _Factory) -> None:
     claimers = 50
     consumer, message_id = _name("consumer"), _name("message")
     async with factory() as store:
-        answers: list[Claim] = []
-
-        async def claim() -> None:
-            answers.append(await store.inbox_claim(consumer, message_id, lease=_LONG_LEASE))
-
-        async with anyio.create_task_group() as tg:
-            for _ in range(claimers):
-                tg.start_soon(claim)
+        answers = await _claims_at_once(store, consumer, message_id, claimers)
         claimed = answers.count(Claim.CLAIMED)
         _expect(
             claimed == 1 and answers.count(Claim.BUSY) == claimers - 1,

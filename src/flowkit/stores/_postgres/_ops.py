@@ -95,17 +95,24 @@ async def inbox_claim(
     return Claim.BUSY
 
 
-async def inbox_complete(conn: Connection, tables: Tables, consumer: str, message_id: str) -> None:
-    """Mark a pair done (claimed or not); a pair already done keeps its time."""
-    await conn.execute(
+async def inbox_complete(conn: Connection, tables: Tables, consumer: str, message_id: str) -> bool:
+    """Mark a pair done (claimed or not); a pair already done keeps its time.
+    The outbox's ``record_handled`` runs it in the user's transaction.
+
+    Returns:
+        Whether the pair was not done before.
+    """
+    done = await conn.fetchval(
         f"INSERT INTO {tables.inbox} AS entry (consumer, message_id, added_at, claimed_until) "
         "VALUES ($1, $2, now(), NULL) "
         "ON CONFLICT (consumer, message_id) DO UPDATE "
         "SET added_at = excluded.added_at, claimed_until = NULL "
-        "WHERE entry.claimed_until IS NOT NULL",
+        "WHERE entry.claimed_until IS NOT NULL "
+        "RETURNING true",
         consumer,
         message_id,
     )
+    return done is not None
 
 
 async def inbox_release(conn: Connection, tables: Tables, consumer: str, message_id: str) -> None:

@@ -21,7 +21,8 @@ import anyio
 import asyncpg  # type: ignore[import-untyped,import-not-found,unused-ignore]
 
 from ..._errors import StoreError
-from .._outbox import OutboxRow
+from .._outbox import OutboxRow, Wakeable, row_headers
+from . import _ops as ops
 from ._pool import check_asyncio, describe, translated
 
 if TYPE_CHECKING:
@@ -68,14 +69,6 @@ class PostgresOutbox:
             "VALUES ($1, $2, $3, ($4::text)::jsonb) RETURNING seq) "
             "SELECT pg_notify($5, '') FROM added"
         )
-        self._handled = (
-            f"INSERT INTO {tables.inbox} AS entry (consumer, message_id, added_at, claimed_until) "
-            "VALUES ($1, $2, now(), NULL) "
-            "ON CONFLICT (consumer, message_id) DO UPDATE "
-            "SET claimed_until = NULL, added_at = now() "
-            "WHERE entry.claimed_until IS NOT NULL "
-            "RETURNING 1"
-        )
 
     # -- on the user's connection --------------------------------------------
 
@@ -117,8 +110,7 @@ class PostgresOutbox:
         """
         db = self._check(conn, "record_handled")
         with translated("PostgreSQL record_handled"):
-            won = await db.fetchval(self._handled, consumer, message_id)
-        return won is not None
+            return await ops.inbox_complete(db, self._tables, consumer, message_id)
 
     # -- the relay's own connections ---------------------------------------------
 
@@ -140,19 +132,19 @@ class PostgresOutbox:
                 await session.unlisten()
 
 
-class PostgresRelaySession:
+class PostgresRelaySession(Wakeable):
     """The relay's work on a PostgreSQL pool, and the connection it listens on."""
 
     def __init__(self, pool: Pool, tables: Tables, channel: str) -> None:
+        super().__init__()
         self._pool = pool
         self._tables = tables
         self._channel = channel
         self._listening: Connection | None = None
         self._listen_again_at = 0.0
-        self._woken = anyio.Event()
 
     def _notified(self, *_: object) -> None:
-        self._woken.set()
+        self.wake()
 
     async def listen(self) -> None:
         """Hold a pooled connection and LISTEN on it; on failure, poll instead."""
@@ -212,7 +204,7 @@ class PostgresRelaySession:
                 str(row["topic"]),
                 row["key"],
                 bytes(row["body"]),
-                _headers(row["seq"], row["headers"]),
+                row_headers(row["seq"], row["headers"]),
             )
             for row in rows
         ]
@@ -259,22 +251,4 @@ class PostgresRelaySession:
     async def wait(self, timeout: float) -> None:
         """Wait for a notification, up to ``timeout`` seconds."""
         await self.listen()  # again, if the listening connection was lost
-        with anyio.move_on_after(timeout):
-            await self._woken.wait()
-        if self._woken.is_set():
-            self._woken = anyio.Event()
-
-    def wake(self) -> None:
-        """End the current :meth:`wait` now."""
-        self._woken.set()
-
-
-def _headers(seq: object, text: object) -> dict[str, str]:
-    try:
-        value = json.loads(str(text))
-        if isinstance(value, dict) and all(isinstance(v, str) for v in value.values()):
-            return {str(k): v for k, v in value.items()}
-    except ValueError:
-        pass
-    logger.warning("outbox row %s has unreadable headers; publishing it without them", seq)
-    return {}
+        await super().wait(timeout)

@@ -3,20 +3,16 @@
 The columns are typed, so PostgreSQL itself keeps most nonsense out; what a
 column of type ``jsonb`` holds is checked on the way out (a hand-edited row
 may hold an array where an object belongs). A row that does not make a record
-raises :class:`~flowkit.StoreError` naming the record and the problem, never
-the stored value.
+raises :class:`~flowkit.stores._rows.UnreadableRow`.
 """
 
 from __future__ import annotations
 
-import json
 from typing import TYPE_CHECKING, Any
 
-from pydantic_core import to_json
-
-from ..._errors import StoreError
 from .._base import DeadLetter, WorkflowRecord
 from .._codec import decode_state, utc
+from .._rows import UnreadableRow, json_object, letter_headers, letter_values
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -24,7 +20,6 @@ if TYPE_CHECKING:
 __all__ = [
     "LETTER_COLUMNS",
     "WORKFLOW_COLUMNS",
-    "history_args",
     "history_from_text",
     "letter_args",
     "letter_from_row",
@@ -50,40 +45,21 @@ def letter_args(letter: DeadLetter) -> tuple[Any, ...]:
         StoreError: if ``letter.failed_at`` is naive or the headers are not
             JSON-serializable.
     """
-    failed_at = utc(letter.failed_at, "DeadLetter.failed_at")
-    try:
-        headers = json.dumps(dict(letter.headers), separators=(",", ":"), ensure_ascii=False)
-    except (TypeError, ValueError) as exc:
-        raise StoreError(f"dead letter headers are not JSON-serializable: {exc}") from exc
-    return (
-        letter.id,
-        letter.consumer,
-        letter.topic,
-        bytes(letter.body),
-        headers,
-        letter.error_type,
-        letter.error,
-        letter.attempts,
-        failed_at,
-        letter.message_id,
-    )
+    return letter_values(letter, utc(letter.failed_at, "DeadLetter.failed_at"))
 
 
 def letter_from_row(row: Mapping[str, Any]) -> DeadLetter:
     """The dead letter a row keeps.
 
     Raises:
-        StoreError: if its headers are not a JSON object of strings.
+        UnreadableRow: if its headers are not a JSON object of strings.
     """
-    headers = _json_object(row["headers"], "dead letter", row["id"], "headers")
-    if not all(isinstance(value, str) for value in headers.values()):
-        raise _unreadable("dead letter", row["id"], "its headers are not all text")
     return DeadLetter(
         id=row["id"],
         consumer=row["consumer"],
         topic=row["topic"],
         body=bytes(row["body"]),
-        headers=headers,
+        headers=letter_headers(row["headers"], row["id"]),
         error_type=row["error_type"],
         error=row["error"],
         attempts=row["attempts"],
@@ -98,13 +74,13 @@ def workflow_from_row(
     """The workflow record a row keeps, with ``history`` when it was read too.
 
     Raises:
-        StoreError: if its state is not a JSON object.
+        UnreadableRow: if its state is not a JSON object.
     """
     return WorkflowRecord(
         id=row["id"],
         name=row["name"],
         status=row["status"],
-        state=_json_object(row["state"], "workflow", row["id"], "state"),
+        state=json_object(row["state"], "workflow", row["id"], "state"),
         version=row["version"],
         created_at=row["created_at"],
         updated_at=row["updated_at"],
@@ -113,25 +89,6 @@ def workflow_from_row(
         cancel_requested=row["cancel_requested"],
         history=history,
     )
-
-
-def history_args(entries: Sequence[Sequence[Any]]) -> list[str]:
-    """History entries as the JSON texts stored, each an array, converted as the state is.
-
-    Raises:
-        StoreError: if an entry is not a list or tuple, or has no JSON form.
-    """
-    encoded: list[str] = []
-    for index, entry in enumerate(entries):
-        if not isinstance(entry, list | tuple):
-            raise StoreError(
-                f"history entry {index} must be a list or tuple, not {type(entry).__name__}"
-            )
-        try:
-            encoded.append(to_json(entry).decode())
-        except ValueError as exc:
-            raise StoreError(f"history entry {index} is not JSON-serializable: {exc}") from exc
-    return encoded
 
 
 def history_from_text(workflow_id: str, text: str) -> tuple[list[Any], ...]:
@@ -143,22 +100,10 @@ def history_from_text(workflow_id: str, text: str) -> tuple[list[Any], ...]:
     """
     entries: object = decode_state(text, "workflow history")
     if not isinstance(entries, list):
-        raise _unreadable("workflow", workflow_id, "its history is not a JSON array")
+        raise UnreadableRow("workflow", workflow_id, "its history is not a JSON array")
     for index, entry in enumerate(entries):
         if not isinstance(entry, list):
-            raise _unreadable(
+            raise UnreadableRow(
                 "workflow", workflow_id, f"its history entry {index} is not a JSON array"
             )
     return tuple(entries)
-
-
-def _unreadable(kind: str, record_id: object, problem: str) -> StoreError:
-    return StoreError(f"the stored {kind} {record_id!r} cannot be read: {problem}")
-
-
-def _json_object(text: str, kind: str, record_id: object, what: str) -> dict[str, Any]:
-    value: object = decode_state(text, f"{kind} {what}")
-    if not isinstance(value, dict):
-        verb = "are" if what.endswith("s") else "is"
-        raise _unreadable(kind, record_id, f"its {what} {verb} not a JSON object")
-    return value

@@ -8,9 +8,9 @@ from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 from ..._errors import StoreError
 from ..._redact import redact_url
-from .._base import WorkflowRecord
 from .._codec import (
     claim_limit,
+    encode_history,
     encode_state,
     lease_seconds,
     owner_lease,
@@ -19,15 +19,10 @@ from .._codec import (
     status_tuple,
     utc,
 )
+from .._rows import saved_record
 from . import _ops as ops
 from ._pool import check_asyncio, create_pool, describe, translated
-from ._rows import (
-    history_args,
-    history_from_text,
-    letter_args,
-    letter_from_row,
-    workflow_from_row,
-)
+from ._rows import history_from_text, letter_args, letter_from_row, workflow_from_row
 from ._schema import Tables, migrate
 
 if TYPE_CHECKING:
@@ -35,7 +30,7 @@ if TYPE_CHECKING:
     from datetime import datetime
     from types import TracebackType
 
-    from .._base import Claim, DeadLetter
+    from .._base import Claim, DeadLetter, WorkflowRecord
     from ._outbox import PostgresOutbox
     from ._pool import Connection, Pool
 
@@ -164,140 +159,36 @@ class PostgresStore:
     # -- inbox ---------------------------------------------------------------
 
     async def inbox_claim(self, consumer: str, message_id: str, *, lease: float) -> Claim:
-        """Claim ``message_id`` for ``consumer``, atomically.
-
-        One ``INSERT ... ON CONFLICT DO UPDATE`` statement inserts the entry,
-        or takes over a claim whose lease has run out: exactly one caller gets
-        :attr:`~flowkit.stores.Claim.CLAIMED`, whichever store instance or
-        process it calls from. Leases are measured with the server's clock.
-
-        Args:
-            consumer: the consumer group (``service:handler``).
-            message_id: the message's id.
-            lease: seconds the claim holds before another caller may take it
-                over (a lease longer than about 31 years counts as that).
-
-        Returns:
-            ``CLAIMED``, ``DONE`` or ``BUSY``.
-
-        Raises:
-            StoreError: if the store is not open, ``lease`` is not a positive
-                number, or PostgreSQL fails.
-        """
+        """One ``INSERT ... ON CONFLICT DO UPDATE`` statement inserts the entry
+        or takes over an expired claim."""
         seconds = lease_seconds(lease)
         return await self._run(ops.inbox_claim, consumer, message_id, seconds)
 
     async def inbox_complete(self, consumer: str, message_id: str) -> None:
-        """Record that ``consumer`` is done with ``message_id``.
-
-        Completing a pair that was never claimed records it all the same;
-        completing it again changes nothing.
-
-        Args:
-            consumer: the consumer group (``service:handler``).
-            message_id: the message's id.
-
-        Raises:
-            StoreError: if the store is not open or PostgreSQL fails.
-        """
         await self._run(ops.inbox_complete, consumer, message_id)
 
     async def inbox_release(self, consumer: str, message_id: str) -> None:
-        """Drop an unfinished claim, so the next delivery may claim the message.
-
-        A completed pair stays completed; releasing an unknown pair does nothing.
-
-        Args:
-            consumer: the consumer group (``service:handler``).
-            message_id: the message's id.
-
-        Raises:
-            StoreError: if the store is not open or PostgreSQL fails.
-        """
         await self._run(ops.inbox_release, consumer, message_id)
 
     async def inbox_prune(self, older_than: datetime) -> int:
-        """Forget the entries completed before ``older_than``.
-
-        Claims whose lease ran out before ``older_than`` are forgotten too;
-        claims still held are kept.
-
-        Args:
-            older_than: a timezone-aware time.
-
-        Returns:
-            How many entries were removed.
-
-        Raises:
-            StoreError: if the store is not open, ``older_than`` is naive, or
-                PostgreSQL fails.
-        """
         cutoff = utc(older_than, "older_than")
         return await self._run(ops.inbox_prune, cutoff)
 
     # -- dead letters --------------------------------------------------------
 
     async def add_dead_letter(self, letter: DeadLetter) -> None:
-        """Keep a dead letter.
-
-        Adding a letter whose id is already kept leaves the kept one unchanged,
-        so a retried add is harmless.
-
-        Args:
-            letter: the letter to keep.
-
-        Raises:
-            StoreError: if the store is not open, ``letter.failed_at`` is
-                naive, the headers are not strings, or PostgreSQL fails.
-        """
         await self._run(ops.add_dead_letter, letter_args(letter))
 
     async def list_dead_letters(
         self, *, consumer: str | None = None, topic: str | None = None, limit: int = 100
     ) -> list[DeadLetter]:
-        """Dead letters, oldest (by ``failed_at``) first.
-
-        Args:
-            consumer: only the letters of this consumer.
-            topic: only the letters from this topic.
-            limit: at most this many letters.
-
-        Returns:
-            The matching letters.
-
-        Raises:
-            StoreError: if the store is not open, a letter cannot be read, or
-                PostgreSQL fails.
-        """
         rows = await self._run(ops.list_dead_letters, consumer, topic, max(limit, 0))
         return [letter_from_row(row) for row in rows]
 
     async def get_dead_letter(self, letter_id: str) -> DeadLetter:
-        """One dead letter by id.
-
-        Args:
-            letter_id: the letter's id.
-
-        Returns:
-            The letter.
-
-        Raises:
-            NotFound: if there is none with that id.
-            StoreError: if the store is not open, the letter cannot be read,
-                or PostgreSQL fails.
-        """
         return letter_from_row(await self._run(ops.get_dead_letter, letter_id))
 
     async def delete_dead_letter(self, letter_id: str) -> None:
-        """Remove a dead letter (after a replay).
-
-        Args:
-            letter_id: the letter's id.
-
-        Raises:
-            NotFound: if there is none with that id.
-            StoreError: if the store is not open or PostgreSQL fails.
-        """
         await self._run(ops.delete_dead_letter, letter_id)
 
     async def prune_dead_letters(
@@ -308,26 +199,7 @@ class PostgresStore:
         topic: str | None = None,
         limit: int = 10_000,
     ) -> int:
-        """Remove the dead letters that failed before ``older_than``, oldest first.
-
-        One ``DELETE`` statement removes at most ``limit`` letters, so a large
-        prune is many short transactions: call again until it returns less
-        than ``limit``.
-
-        Args:
-            older_than: a timezone-aware time; letters whose ``failed_at`` is
-                before it are removed.
-            consumer: only the letters of this consumer.
-            topic: only the letters from this topic.
-            limit: the most letters removed by this call.
-
-        Returns:
-            How many letters were removed.
-
-        Raises:
-            StoreError: if the store is not open, ``older_than`` is naive,
-                ``limit`` is not a positive integer, or PostgreSQL fails.
-        """
+        """One ``DELETE`` statement removes at most ``limit`` letters."""
         cutoff = utc(older_than, "older_than")
         most = prune_limit(limit)
         return await self._run(ops.prune_dead_letters, cutoff, consumer, topic, most)
@@ -337,32 +209,11 @@ class PostgresStore:
     async def create_workflow(
         self, record: WorkflowRecord, *, lease: float | None = None
     ) -> tuple[WorkflowRecord, bool]:
-        """Insert a new workflow record with version 1, unless the id exists.
-
-        Insert-or-return-existing is one ``INSERT ... ON CONFLICT DO NOTHING``;
-        the record's history entries are inserted in the same transaction.
-        The store sets ``created_at`` and ``updated_at``; the record's own
-        version, timestamps and lease time are ignored.
-
-        Args:
-            record: the new workflow's id, name, status, state, first history
-                entries and owner.
-            lease: the seconds the owner's lease holds, by the server's clock
-                (needed when ``record.owner`` is set).
-
-        Returns:
-            ``(stored, created)``: the new record and True, or the record that
-            already had this id and False (it is left unchanged). Neither
-            carries history.
-
-        Raises:
-            StoreError: if the store is not open, the state or a history entry
-                is not JSON-serializable, an owner comes without a positive
-                lease, or PostgreSQL fails.
-        """
+        """Insert-or-return-existing is one ``INSERT ... ON CONFLICT DO NOTHING``;
+        the history entries are inserted in the same transaction."""
         held = owner_lease(record.owner, lease)
         state = encode_state(record.state)
-        history = history_args(record.history)
+        history = encode_history(record.history, arrays=True)
         row, created = await self._run(
             ops.create_workflow,
             record.id,
@@ -382,35 +233,11 @@ class PostgresStore:
         history: Sequence[Sequence[Any]] = (),
         lease: float | None = None,
     ) -> WorkflowRecord:
-        """Write a changed record; ``record.version`` is the version it was read at.
-
-        One statement updates the record ``WHERE id = $1 AND version = $2``
-        and, only if it matched, appends ``history`` to the stored entries
-        (``record.history`` is ignored): its cost does not grow with the
-        history. The name and ``created_at`` stay as they were created.
-        ``record.owner`` becomes the owner, holding the lease for ``lease``
-        seconds from now by the server's clock; a status other than
-        ``RUNNING`` drops a pending cancel request.
-
-        Args:
-            record: the changed record.
-            history: the entries to append.
-            lease: the seconds the owner's lease holds (needed when
-                ``record.owner`` is set).
-
-        Returns:
-            The stored record, its version incremented, without history.
-
-        Raises:
-            ConcurrencyConflict: if the stored version is not ``record.version``.
-            WorkflowNotFound: if no record has this id.
-            StoreError: if the store is not open, the state or a history entry
-                is not JSON-serializable, an owner comes without a positive
-                lease, or PostgreSQL fails.
-        """
+        """One statement updates the record ``WHERE id = $1 AND version = $2``
+        and, only if it matched, appends ``history``."""
         held = owner_lease(record.owner, lease)
         state = encode_state(record.state)
-        entries = history_args(history)
+        entries = encode_history(history, arrays=True)
         row = await self._run(
             ops.save_workflow,
             record.id,
@@ -421,12 +248,9 @@ class PostgresStore:
             held,
             entries,
         )
-        return WorkflowRecord(
-            id=record.id,
+        return saved_record(
+            record,
             name=row["name"],
-            status=record.status,
-            state=record.state,
-            version=record.version + 1,
             created_at=row["created_at"],
             updated_at=row["updated_at"],
             owner=row["owner"],
@@ -435,19 +259,7 @@ class PostgresStore:
         )
 
     async def load_workflow(self, workflow_id: str) -> WorkflowRecord:
-        """One workflow record, with its whole history (read in one statement).
-
-        Args:
-            workflow_id: the workflow's id.
-
-        Returns:
-            The stored record.
-
-        Raises:
-            WorkflowNotFound: if no record has this id.
-            StoreError: if the store is not open, the record cannot be read,
-                or PostgreSQL fails.
-        """
+        """The record and its history are read in one statement."""
         row = await self._run(ops.load_workflow, workflow_id)
         return workflow_from_row(row, history_from_text(row["id"], row["history"]))
 
@@ -459,24 +271,6 @@ class PostgresStore:
         limit: int | None = None,
         after: str | None = None,
     ) -> list[WorkflowRecord]:
-        """Workflow records without history, oldest first (by ``created_at``,
-        then id).
-
-        Args:
-            status: only records in one of these statuses (a single string is
-                taken as one status).
-            name: only records of this orchestrator.
-            limit: at most this many records (all when None).
-            after: a record's :attr:`~flowkit.stores.WorkflowRecord.cursor`:
-                only the records listed after it.
-
-        Returns:
-            The matching records.
-
-        Raises:
-            StoreError: if the store is not open, ``after`` is not a cursor, a
-                record cannot be read, or PostgreSQL fails.
-        """
         start = None if after is None else parse_cursor(after)
         statuses = None if status is None else list(status_tuple(status))
         wanted = None if limit is None else max(limit, 0)
@@ -494,29 +288,9 @@ class PostgresStore:
         limit: int = 100,
         exclude: Collection[str] = (),
     ) -> list[WorkflowRecord]:
-        """Take the lease of unfinished workflows of ``name`` that nobody holds,
-        oldest first.
-
-        One ``UPDATE`` claims the rows a subquery picks ``FOR UPDATE SKIP
+        """One ``UPDATE`` claims the rows a subquery picks ``FOR UPDATE SKIP
         LOCKED``, so concurrent claimers, in any process, never claim one
-        workflow twice. Lease times are the server's clock.
-
-        Args:
-            name: the orchestrator's name.
-            owner: the claiming process's id.
-            lease: how long the lease holds, in seconds.
-            limit: the most workflows claimed by this call.
-            exclude: workflow ids of ``owner`` that are not free.
-
-        Returns:
-            The claimed records, without history, owned by ``owner``, their
-            versions incremented.
-
-        Raises:
-            StoreError: if the store is not open, ``owner`` is empty, ``lease``
-                is not a positive number, ``limit`` is not a positive integer,
-                a record cannot be read, or PostgreSQL fails.
-        """
+        workflow twice."""
         held = _held(owner, lease)
         most = claim_limit(limit)
         skip = [exclude] if isinstance(exclude, str) else list(exclude)
@@ -526,18 +300,6 @@ class PostgresStore:
     async def claim_workflow(
         self, workflow_id: str, owner: str, *, lease: float
     ) -> WorkflowRecord | None:
-        """Take the lease of one unfinished workflow if it is free: no owner, an
-        expired lease, or ``owner`` itself; its version is incremented.
-
-        Returns:
-            The claimed record (without history), or None if the workflow is
-            finished or another owner's lease on it still holds.
-
-        Raises:
-            WorkflowNotFound: if no record has this id.
-            StoreError: if the store is not open, ``owner`` is empty, ``lease``
-                is not a positive number, or PostgreSQL fails.
-        """
         held = _held(owner, lease)
         row = await self._run(ops.claim_workflow, workflow_id, owner, held)
         return None if row is None else workflow_from_row(row)
@@ -545,43 +307,15 @@ class PostgresStore:
     async def renew_leases(
         self, owner: str, workflow_ids: Collection[str], *, lease: float
     ) -> dict[str, bool]:
-        """Extend ``owner``'s leases on these unfinished workflows to ``lease``
-        seconds from now (a lapsed lease nobody claimed included); the
-        versions stay.
-
-        Returns:
-            For each workflow ``owner`` still holds, whether a cancel was requested.
-
-        Raises:
-            StoreError: if the store is not open, ``owner`` is empty, ``lease``
-                is not a positive number, or PostgreSQL fails.
-        """
         held = _held(owner, lease)
         ids = [workflow_ids] if isinstance(workflow_ids, str) else list(workflow_ids)
         return await self._run(ops.renew_leases, owner, ids, held)
 
     async def release_workflows(self, owner: str, workflow_ids: Collection[str]) -> None:
-        """Give up ``owner``'s leases on these workflows; the others are left
-        as they are, and the versions stay.
-
-        Raises:
-            StoreError: if the store is not open or PostgreSQL fails.
-        """
         ids = [workflow_ids] if isinstance(workflow_ids, str) else list(workflow_ids)
         await self._run(ops.release_workflows, owner, ids)
 
     async def request_cancel(self, workflow_id: str) -> WorkflowRecord:
-        """Ask the owner of a ``RUNNING`` workflow to cancel it (a workflow in
-        another status is left as it is); the version stays.
-
-        Returns:
-            The record after the request, without history.
-
-        Raises:
-            WorkflowNotFound: if no record has this id.
-            StoreError: if the store is not open, the record cannot be read,
-                or PostgreSQL fails.
-        """
         return workflow_from_row(await self._run(ops.request_cancel, workflow_id))
 
     async def prune_workflows(
@@ -592,36 +326,12 @@ class PostgresStore:
         name: str | None = None,
         limit: int = 10_000,
     ) -> int:
-        """Remove the records in ``statuses`` last updated before ``older_than``,
-        with their history.
-
-        An unfinished status (``RUNNING``, ``COMPENSATING``) is pruned only
-        when named. One statement removes at most ``limit`` records, the
-        least recently updated first, and their history entries: call again
-        until it returns less. ``updated_at`` is the server's clock.
-
-        Args:
-            older_than: a timezone-aware time; records whose ``updated_at``
-                is before it are removed.
-            statuses: the statuses pruned (a single string is taken as one
-                status; none prunes nothing).
-            name: only the records of this orchestrator.
-            limit: the most records removed by this call.
-
-        Returns:
-            How many records were removed.
-
-        Raises:
-            StoreError: if the store is not open, ``older_than`` is naive,
-                ``limit`` is not a positive integer, or PostgreSQL fails.
-        """
+        """One statement removes at most ``limit`` records and their history."""
         cutoff = utc(older_than, "older_than")
         most = prune_limit(limit)
         return await self._run(
             ops.prune_workflows, cutoff, list(status_tuple(statuses)), name, most
         )
-
-    # -- lifecycle -----------------------------------------------------------
 
     # -- outbox ----------------------------------------------------------------
 
@@ -630,6 +340,8 @@ class PostgresStore:
         from ._outbox import PostgresOutbox
 
         return PostgresOutbox(self._tables, lambda: self._pool, self._shown)
+
+    # -- lifecycle -----------------------------------------------------------
 
     async def __aenter__(self) -> Self:
         """Open the store (or add a user to an open one).

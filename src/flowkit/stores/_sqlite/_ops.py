@@ -79,9 +79,14 @@ def inbox_claim(conn: sqlite3.Connection, consumer: str, message_id: str, lease:
     return Claim.DONE if row[0] is None else Claim.BUSY
 
 
-def inbox_complete(conn: sqlite3.Connection, consumer: str, message_id: str) -> None:
-    """Mark a pair done (claimed or not); a pair already done keeps its time."""
-    conn.execute(
+def inbox_complete(conn: sqlite3.Connection, consumer: str, message_id: str) -> bool:
+    """Mark a pair done (claimed or not); a pair already done keeps its time.
+    The outbox's ``record_handled`` runs it in the user's transaction.
+
+    Returns:
+        Whether the pair was not done before.
+    """
+    cursor = conn.execute(
         "INSERT INTO flowkit_inbox (consumer, message_id, added_at, claimed_until) "
         "VALUES (?, ?, ?, NULL) "
         "ON CONFLICT (consumer, message_id) DO UPDATE "
@@ -89,6 +94,7 @@ def inbox_complete(conn: sqlite3.Connection, consumer: str, message_id: str) -> 
         "WHERE flowkit_inbox.claimed_until IS NOT NULL",
         (consumer, message_id, timestamp(datetime.now(UTC))),
     )
+    return cursor.rowcount == 1
 
 
 def inbox_release(conn: sqlite3.Connection, consumer: str, message_id: str) -> None:

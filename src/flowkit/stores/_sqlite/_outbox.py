@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import os
 import sqlite3
 from datetime import UTC, datetime, timedelta
@@ -21,7 +20,8 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from ..._errors import StoreError
-from .._outbox import OutboxRow
+from .._outbox import OutboxRow, Wakeable, row_headers
+from . import _ops as ops
 from ._rows import timestamp
 
 if TYPE_CHECKING:
@@ -29,8 +29,6 @@ if TYPE_CHECKING:
 
 
 __all__ = ["SQLiteOutbox", "SQLiteRelaySession"]
-
-logger = logging.getLogger("flowkit.outbox")
 
 #: Rows deleted per statement (SQLite binds at most 32,766 parameters).
 _DELETE_CHUNK = 500
@@ -112,17 +110,9 @@ class SQLiteOutbox:
         """Mark the pair done in ``flowkit_inbox``, unless it is done already."""
         db = self._check(conn, "record_handled")
         try:
-            cursor = db.execute(
-                "INSERT INTO flowkit_inbox (consumer, message_id, added_at, claimed_until) "
-                "VALUES (?, ?, ?, NULL) "
-                "ON CONFLICT (consumer, message_id) DO UPDATE "
-                "SET added_at = excluded.added_at, claimed_until = NULL "
-                "WHERE flowkit_inbox.claimed_until IS NOT NULL",
-                (consumer, message_id, timestamp(datetime.now(UTC))),
-            )
+            return ops.inbox_complete(db, consumer, message_id)
         except sqlite3.Error as exc:
             raise _failed("record_handled", exc) from exc
-        return cursor.rowcount == 1
 
     # -- the relay's own connection --------------------------------------------
 
@@ -150,13 +140,13 @@ class SQLiteOutbox:
                 await anyio.to_thread.run_sync(conn.close)
 
 
-class SQLiteRelaySession:
+class SQLiteRelaySession(Wakeable):
     """The relay's connection to an SQLite database, used one call at a time."""
 
     def __init__(self, conn: sqlite3.Connection) -> None:
+        super().__init__()
         self._conn = conn
         self._lock = anyio.Lock()
-        self._woken = anyio.Event()
 
     async def _run(self, doing: str, fn: Callable[[sqlite3.Connection], Any]) -> Any:
         async with self._lock:
@@ -176,7 +166,7 @@ class SQLiteRelaySession:
 
         rows: list[tuple[Any, ...]] = await self._run("outbox fetch", fetch)
         return [
-            OutboxRow(int(seq), str(topic), key, bytes(body), _headers(seq, headers))
+            OutboxRow(int(seq), str(topic), key, bytes(body), row_headers(seq, headers))
             for seq, topic, key, body, headers in rows
         ]
 
@@ -238,25 +228,3 @@ class SQLiteRelaySession:
             conn.execute("DELETE FROM flowkit_leases WHERE name = ? AND owner = ?", (name, owner))
 
         await self._run("outbox lease release", release)
-
-    async def wait(self, timeout: float) -> None:
-        """Sleep up to ``timeout`` seconds, less if :meth:`wake` is called."""
-        with anyio.move_on_after(timeout):
-            await self._woken.wait()
-        if self._woken.is_set():
-            self._woken = anyio.Event()
-
-    def wake(self) -> None:
-        """End the current :meth:`wait` now."""
-        self._woken.set()
-
-
-def _headers(seq: object, text: object) -> dict[str, str]:
-    try:
-        value = json.loads(str(text))
-        if isinstance(value, dict) and all(isinstance(v, str) for v in value.values()):
-            return {str(k): v for k, v in value.items()}
-    except ValueError:
-        pass
-    logger.warning("outbox row %s has unreadable headers; publishing it without them", seq)
-    return {}

@@ -1,34 +1,26 @@
-"""How records become table rows and back: the columns, the row shapes, the timestamps.
+"""How records become SQLite rows and back: the columns, the row shapes, the timestamps.
 
 Rows are checked on the way out: SQLite keeps whatever a column is given, and
 a file may have been damaged or edited by hand. A row that does not make a
-record raises :class:`UnreadableRow`, which names the record and what is wrong
-with it, never the stored value.
+record raises :class:`~flowkit.stores._rows.UnreadableRow`.
 """
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
-
-from pydantic_core import to_json
+from typing import Any
 
 from ..._errors import StoreError
 from .._base import DeadLetter, WorkflowRecord
 from .._codec import decode_state, utc
-
-if TYPE_CHECKING:
-    from collections.abc import Sequence
+from .._rows import UnreadableRow, json_object, letter_headers, letter_values
 
 __all__ = [
     "LETTER_COLUMNS",
     "WORKFLOW_COLUMNS",
     "HistoryRow",
     "LetterRow",
-    "UnreadableRow",
     "WorkflowRow",
-    "history_entries",
     "history_from_rows",
     "letter_from_row",
     "letter_row",
@@ -53,22 +45,6 @@ WORKFLOW_COLUMNS = (
 )
 
 
-class UnreadableRow(StoreError):
-    """A stored row that does not make a record (the file was damaged or edited).
-
-    Attributes:
-        kind: what the record is (``"workflow"``, ``"dead letter"``).
-        record_id: the record's id, as stored.
-        problem: what is wrong, in words (never the stored value).
-    """
-
-    def __init__(self, kind: str, record_id: object, problem: str) -> None:
-        self.kind = kind
-        self.record_id = record_id
-        self.problem = problem
-        super().__init__(f"the stored {kind} {record_id!r} cannot be read: {problem}")
-
-
 def timestamp(value: datetime) -> str:
     """``value`` as stored: UTC, fixed width, so that text order is time order in SQL."""
     return value.astimezone(UTC).isoformat(timespec="microseconds")
@@ -90,23 +66,7 @@ def letter_row(letter: DeadLetter) -> LetterRow:
         StoreError: if ``letter.failed_at`` is naive or the headers are not
             JSON-serializable.
     """
-    failed_at = timestamp(utc(letter.failed_at, "DeadLetter.failed_at"))
-    try:
-        headers = json.dumps(dict(letter.headers), separators=(",", ":"), ensure_ascii=False)
-    except (TypeError, ValueError) as exc:
-        raise StoreError(f"dead letter headers are not JSON-serializable: {exc}") from exc
-    return (
-        letter.id,
-        letter.consumer,
-        letter.topic,
-        bytes(letter.body),
-        headers,
-        letter.error_type,
-        letter.error,
-        letter.attempts,
-        failed_at,
-        letter.message_id,
-    )
+    return letter_values(letter, timestamp(utc(letter.failed_at, "DeadLetter.failed_at")))
 
 
 def letter_from_row(row: LetterRow) -> DeadLetter:
@@ -126,15 +86,12 @@ def letter_from_row(row: LetterRow) -> DeadLetter:
         problem = "its message id is not text"
     if problem is not None:
         raise UnreadableRow("dead letter", letter_id, problem)
-    headers = _json_object(row[4], "dead letter", letter_id, "headers")
-    if not all(isinstance(value, str) for value in headers.values()):
-        raise UnreadableRow("dead letter", letter_id, "its headers are not all text")
     return DeadLetter(
         id=letter_id,
         consumer=row[1],
         topic=row[2],
         body=row[3],
-        headers=headers,
+        headers=letter_headers(row[4], letter_id),
         error_type=row[5],
         error=row[6],
         attempts=row[7],
@@ -164,7 +121,7 @@ def workflow_from_row(row: WorkflowRow) -> WorkflowRecord:
         id=workflow_id,
         name=row[1],
         status=row[2],
-        state=_json_object(row[4], "workflow", workflow_id, "state"),
+        state=json_object(row[4], "workflow", workflow_id, "state"),
         version=row[3],
         created_at=_timestamp_of(row[5], "workflow", workflow_id, "creation time"),
         updated_at=_timestamp_of(row[6], "workflow", workflow_id, "update time"),
@@ -174,22 +131,6 @@ def workflow_from_row(row: WorkflowRow) -> WorkflowRecord:
         else _timestamp_of(lease_until, "workflow", workflow_id, "lease time"),
         cancel_requested=row[9] == 1,
     )
-
-
-def history_entries(entries: Sequence[Sequence[Any]]) -> list[str]:
-    """History entries as stored: JSON text, converted as the state is (tuples
-    become arrays). Their shape is the engine's to check when it reads them.
-
-    Raises:
-        StoreError: if an entry has no JSON form.
-    """
-    encoded: list[str] = []
-    for index, entry in enumerate(entries):
-        try:
-            encoded.append(to_json(entry).decode())
-        except ValueError as exc:
-            raise StoreError(f"history entry {index} is not JSON-serializable: {exc}") from exc
-    return encoded
 
 
 def history_from_rows(workflow_id: str, rows: list[HistoryRow]) -> tuple[Any, ...]:
@@ -221,20 +162,6 @@ def _text_problem(row: tuple[object, ...], *columns: tuple[int, str]) -> str | N
         if not isinstance(row[index], str):
             return f"its {what} is not text"
     return None
-
-
-def _json_object(text: object, kind: str, record_id: object, what: str) -> dict[str, Any]:
-    """The JSON object a column holds; ``what`` names the column ("its state is ...")."""
-    verb = "are" if what.endswith("s") else "is"
-    if not isinstance(text, str | bytes):
-        raise UnreadableRow(kind, record_id, f"its {what} {verb} not text")
-    try:
-        value: object = decode_state(text, f"{kind} {what}")
-    except StoreError as exc:
-        raise UnreadableRow(kind, record_id, f"its {what} {verb} not valid JSON") from exc
-    if not isinstance(value, dict):
-        raise UnreadableRow(kind, record_id, f"its {what} {verb} not a JSON object")
-    return value
 
 
 def _timestamp_of(text: object, kind: str, record_id: object, what: str) -> datetime:

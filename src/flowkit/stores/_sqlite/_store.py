@@ -36,9 +36,9 @@ from typing import TYPE_CHECKING, Any, Self, TypeVar, TypeVarTuple, cast
 import anyio
 
 from ..._errors import StoreError
-from .._base import WorkflowRecord
 from .._codec import (
     claim_limit,
+    encode_history,
     encode_state,
     lease_seconds,
     owner_lease,
@@ -47,10 +47,9 @@ from .._codec import (
     status_tuple,
     utc,
 )
+from .._rows import UnreadableRow, saved_record
 from . import _ops as ops
 from ._rows import (
-    UnreadableRow,
-    history_entries,
     history_from_rows,
     letter_from_row,
     letter_row,
@@ -63,11 +62,11 @@ from ._writer import Call, Writer, stop, wait
 
 if TYPE_CHECKING:
     import sqlite3
-    from collections.abc import Callable, Collection, Sequence
+    from collections.abc import Awaitable, Callable, Collection, Sequence
     from datetime import datetime
     from types import TracebackType
 
-    from .._base import Claim, DeadLetter
+    from .._base import Claim, DeadLetter, WorkflowRecord
     from ._outbox import SQLiteOutbox
 
 __all__ = ["SQLiteStore"]
@@ -254,159 +253,67 @@ class SQLiteStore:
                 )
         return records
 
+    async def _paged(
+        self,
+        read: Callable[[int, int], Awaitable[list[R]]],
+        from_row: Callable[[R], T],
+        wanted: int,
+    ) -> list[T]:
+        """Up to ``wanted`` records of the rows ``read(count, offset)`` returns,
+        read again past the rows that make no record, so that the rows after
+        them fill their place."""
+        records: list[T] = []
+        offset = 0
+        while True:
+            asked = wanted - len(records)
+            rows = await read(asked, offset)
+            records.extend(self._readable(rows, from_row))
+            offset += len(rows)
+            if len(rows) < asked or len(records) >= wanted:
+                return records
+
     # -- inbox ---------------------------------------------------------------
 
     async def inbox_claim(self, consumer: str, message_id: str, *, lease: float) -> Claim:
-        """Claim ``message_id`` for ``consumer``, atomically.
-
-        One statement inserts the entry, or takes over a claim whose lease has
-        run out, in a write transaction: exactly one caller gets
-        :attr:`~flowkit.stores.Claim.CLAIMED`, whichever store instance or
-        process it calls from. Leases are measured with the wall clocks of the
-        claiming processes, so they should be long against clock differences.
-
-        Args:
-            consumer: the consumer group (``service:handler``).
-            message_id: the message's id.
-            lease: seconds the claim holds before another caller may take it
-                over (a lease longer than about 31 years counts as that).
-
-        Returns:
-            ``CLAIMED``, ``DONE`` or ``BUSY``.
-
-        Raises:
-            StoreError: if the store is not open or is read-only, ``lease`` is
-                not a positive number, or SQLite fails.
-        """
+        """One statement, in a write transaction, inserts the entry or takes over
+        an expired claim. Leases are measured with the wall clocks of the
+        claiming processes, so they should be long against clock differences."""
         seconds = lease_seconds(lease)
         return await self._call(ops.inbox_claim, consumer, message_id, seconds, write=True)
 
     async def inbox_complete(self, consumer: str, message_id: str) -> None:
-        """Record that ``consumer`` is done with ``message_id``.
-
-        Completing a pair that was never claimed records it all the same;
-        completing it again changes nothing.
-
-        Args:
-            consumer: the consumer group (``service:handler``).
-            message_id: the message's id.
-
-        Raises:
-            StoreError: if the store is not open or is read-only, or SQLite fails.
-        """
         await self._call(ops.inbox_complete, consumer, message_id, write=True)
 
     async def inbox_release(self, consumer: str, message_id: str) -> None:
-        """Drop an unfinished claim, so the next delivery may claim the message.
-
-        A completed pair stays completed; releasing an unknown pair does nothing.
-
-        Args:
-            consumer: the consumer group (``service:handler``).
-            message_id: the message's id.
-
-        Raises:
-            StoreError: if the store is not open or is read-only, or SQLite fails.
-        """
         await self._call(ops.inbox_release, consumer, message_id, write=True)
 
     async def inbox_prune(self, older_than: datetime) -> int:
-        """Forget the entries completed before ``older_than``.
-
-        Claims whose lease ran out before ``older_than`` (their holder died
-        without completing or releasing them) are forgotten too: a claim on a
-        forgotten pair answers ``CLAIMED``, as it would on the expired claim.
-        Claims still held are kept.
-
-        Args:
-            older_than: a timezone-aware time.
-
-        Returns:
-            How many entries were removed.
-
-        Raises:
-            StoreError: if the store is not open or is read-only,
-                ``older_than`` is naive, or SQLite fails.
-        """
         cutoff = utc(older_than, "older_than")
         return await self._call(ops.inbox_prune, cutoff, write=True)
 
     # -- dead letters --------------------------------------------------------
 
     async def add_dead_letter(self, letter: DeadLetter) -> None:
-        """Keep a dead letter.
-
-        Adding a letter whose id is already kept leaves the kept one unchanged,
-        so a retried add is harmless.
-
-        Args:
-            letter: the letter to keep.
-
-        Raises:
-            StoreError: if the store is not open or is read-only,
-                ``letter.failed_at`` is naive, the headers are not strings, or
-                SQLite fails.
-        """
         await self._call(ops.add_dead_letter, letter_row(letter), write=True)
 
     async def list_dead_letters(
         self, *, consumer: str | None = None, topic: str | None = None, limit: int = 100
     ) -> list[DeadLetter]:
-        """Dead letters, oldest (by ``failed_at``) first.
-
-        A letter whose row cannot be read is skipped and logged (see the class
-        documentation); the letters after it fill its place within ``limit``.
-
-        Args:
-            consumer: only the letters of this consumer.
-            topic: only the letters from this topic.
-            limit: at most this many letters.
-
-        Returns:
-            The matching letters.
-
-        Raises:
-            StoreError: if the store is not open or SQLite fails.
-        """
-        wanted = max(limit, 0)
-        letters: list[DeadLetter] = []
-        offset = 0
-        while True:
-            asked = wanted - len(letters)
-            rows = await self._call(
-                ops.list_dead_letters, consumer, topic, asked, offset, write=False
-            )
-            letters.extend(self._readable(rows, letter_from_row))
-            offset += len(rows)
-            if len(rows) < asked or len(letters) >= wanted:
-                return letters
+        """A letter whose row cannot be read is skipped and logged (see the class
+        documentation); the letters after it fill its place within ``limit``."""
+        return await self._paged(
+            lambda count, offset: self._call(
+                ops.list_dead_letters, consumer, topic, count, offset, write=False
+            ),
+            letter_from_row,
+            max(limit, 0),
+        )
 
     async def get_dead_letter(self, letter_id: str) -> DeadLetter:
-        """One dead letter by id.
-
-        Args:
-            letter_id: the letter's id.
-
-        Returns:
-            The letter.
-
-        Raises:
-            NotFound: if there is none with that id.
-            StoreError: if the store is not open, the letter's row cannot be
-                read (the message names the id), or SQLite fails.
-        """
         return letter_from_row(await self._call(ops.get_dead_letter, letter_id, write=False))
 
     async def delete_dead_letter(self, letter_id: str) -> None:
-        """Remove a dead letter (after a replay), whether its row is readable or not.
-
-        Args:
-            letter_id: the letter's id.
-
-        Raises:
-            NotFound: if there is none with that id.
-            StoreError: if the store is not open or is read-only, or SQLite fails.
-        """
+        """Its row is removed whether it is readable or not."""
         await self._call(ops.delete_dead_letter, letter_id, write=True)
 
     async def prune_dead_letters(
@@ -417,27 +324,7 @@ class SQLiteStore:
         topic: str | None = None,
         limit: int = 10_000,
     ) -> int:
-        """Remove the dead letters that failed before ``older_than``, oldest first.
-
-        One ``DELETE`` removes at most ``limit`` letters (readable or not), so
-        a large prune is many short transactions: call again until it returns
-        less than ``limit``.
-
-        Args:
-            older_than: a timezone-aware time; letters whose ``failed_at`` is
-                before it are removed.
-            consumer: only the letters of this consumer.
-            topic: only the letters from this topic.
-            limit: the most letters removed by this call.
-
-        Returns:
-            How many letters were removed.
-
-        Raises:
-            StoreError: if the store is not open or is read-only,
-                ``older_than`` is naive, ``limit`` is not a positive integer,
-                or SQLite fails.
-        """
+        """One ``DELETE`` removes at most ``limit`` letters, readable or not."""
         cutoff = utc(older_than, "older_than")
         most = prune_limit(limit)
         return await self._call(ops.prune_dead_letters, cutoff, consumer, topic, most, write=True)
@@ -447,33 +334,11 @@ class SQLiteStore:
     async def create_workflow(
         self, record: WorkflowRecord, *, lease: float | None = None
     ) -> tuple[WorkflowRecord, bool]:
-        """Insert a new workflow record with version 1, unless the id exists.
-
-        Insert-or-return-existing is one atomic step, and the record's history
-        entries are stored as its first in the same transaction. The store sets
-        ``created_at`` and ``updated_at``; the record's own version and
-        timestamps are ignored. When ``record.owner`` is set, that owner holds
-        the workflow's lease for ``lease`` seconds from now.
-
-        Args:
-            record: the new workflow's id, name, status, state, history and owner.
-            lease: how long the owner's lease holds, in seconds (needed with
-                an owner).
-
-        Returns:
-            ``(stored, created)``: the new record and True, or the record that
-            already had this id and False (it is left unchanged). Neither
-            carries history.
-
-        Raises:
-            StoreError: if the store is not open or is read-only, the state or
-                a history entry is not JSON-serializable, an owner comes
-                without a positive ``lease``, the existing record cannot be
-                read, or SQLite fails.
-        """
+        """Insert-or-return-existing is one atomic step, and the history entries
+        are stored in the same transaction."""
         held = owner_lease(record.owner, lease)
         state = encode_state(record.state)
-        history = history_entries(record.history)
+        history = encode_history(record.history)
         row, created = await self._call(
             ops.create_workflow,
             record.id,
@@ -494,36 +359,11 @@ class SQLiteStore:
         history: Sequence[Sequence[Any]] = (),
         lease: float | None = None,
     ) -> WorkflowRecord:
-        """Write a changed record; ``record.version`` is the version it was read at.
-
-        The status, state and owner are written and ``history`` is appended
-        to the stored history (``record.history`` is ignored), in one
-        transaction: the entries already stored are neither read nor
-        rewritten, so a checkpoint costs the same however long the history
-        is. The name and ``created_at`` stay as they were created. Saving a
-        status other than ``RUNNING`` drops a pending cancel request.
-
-        Args:
-            record: the changed record; its owner (or None) becomes the owner.
-            history: the entries to append.
-            lease: how long the owner's lease holds from now, in seconds
-                (needed with an owner).
-
-        Returns:
-            The stored record, its version incremented, without history; its
-            state is the mapping given and its ``cancel_requested`` the stored flag.
-
-        Raises:
-            ConcurrencyConflict: if the stored version is not ``record.version``.
-            WorkflowNotFound: if no record has this id.
-            StoreError: if the store is not open or is read-only, the state or
-                a history entry is not JSON-serializable, an owner comes
-                without a positive ``lease``, or SQLite fails.
-        """
+        """One transaction writes the record and appends ``history``; the entries
+        already stored are neither read nor rewritten."""
         held = owner_lease(record.owner, lease)
         state = encode_state(record.state)
-        entries = history_entries(history)
-        owner = record.owner
+        entries = encode_history(history)
         name, created_at, updated_at, lease_until, cancel = await self._call(
             ops.save_workflow,
             record.id,
@@ -531,38 +371,23 @@ class SQLiteStore:
             state,
             record.version,
             entries,
-            owner,
+            record.owner,
             held,
             write=True,
         )
-        return WorkflowRecord(
-            id=record.id,
+        return saved_record(
+            record,
             name=name,
-            status=record.status,
-            state=record.state,
-            version=record.version + 1,
             created_at=parse_timestamp(created_at),
             updated_at=parse_timestamp(updated_at),
-            owner=owner,
+            owner=record.owner,
             lease_until=None if lease_until is None else parse_timestamp(lease_until),
             cancel_requested=cancel == 1,
         )
 
     async def load_workflow(self, workflow_id: str) -> WorkflowRecord:
-        """One workflow record, with its whole history (read together with it).
-
-        Args:
-            workflow_id: the workflow's id.
-
-        Returns:
-            The stored record; its history entries are lists, oldest first.
-
-        Raises:
-            WorkflowNotFound: if no record has this id.
-            StoreError: if the store is not open, the record's row or one of
-                its history entries cannot be read (the message names the id
-                and the problem), or SQLite fails.
-        """
+        """The record and its history are read together. A row or history entry
+        that cannot be read raises :class:`~flowkit.StoreError` naming the id."""
         row, history = await self._call(ops.load_workflow, workflow_id, write=False)
         record = workflow_from_row(row)
         return dataclasses.replace(record, history=history_from_rows(record.id, history))
@@ -575,52 +400,23 @@ class SQLiteStore:
         limit: int | None = None,
         after: str | None = None,
     ) -> list[WorkflowRecord]:
-        """Workflow records without history, oldest first (by ``created_at``, then id).
-
-        A record whose row cannot be read is skipped and logged (see the class
-        documentation); the records after it fill its place within ``limit``.
-
-        Args:
-            status: only records in one of these statuses (a single string is
-                taken as one status).
-            name: only records of this orchestrator.
-            limit: at most this many records (all when None).
-            after: a record's :attr:`~flowkit.stores.WorkflowRecord.cursor`:
-                only the records listed after it, for the next page.
-
-        Returns:
-            The matching records.
-
-        Raises:
-            StoreError: if the store is not open, ``after`` is not a cursor,
-                or SQLite fails.
-        """
+        """A record whose row cannot be read is skipped and logged (see the class
+        documentation); the records after it fill its place within ``limit``."""
         start: tuple[str, str] | None = None
         if after is not None:
             created_at, after_id = parse_cursor(after)
             start = (timestamp(created_at), after_id)
-        statuses: tuple[str, ...] | None
-        if status is None:
-            statuses = None
-        elif isinstance(status, str):
-            statuses = (status,)
-        else:
-            statuses = tuple(dict.fromkeys(status))
+        statuses = None if status is None else status_tuple(status)
         if limit is None:
             rows = await self._call(ops.list_workflows, statuses, name, start, None, 0, write=False)
             return self._readable(rows, workflow_from_row)
-        wanted = max(limit, 0)
-        records: list[WorkflowRecord] = []
-        offset = 0
-        while True:
-            asked = wanted - len(records)
-            rows = await self._call(
-                ops.list_workflows, statuses, name, start, asked, offset, write=False
-            )
-            records.extend(self._readable(rows, workflow_from_row))
-            offset += len(rows)
-            if len(rows) < asked or len(records) >= wanted:
-                return records
+        return await self._paged(
+            lambda count, offset: self._call(
+                ops.list_workflows, statuses, name, start, count, offset, write=False
+            ),
+            workflow_from_row,
+            max(limit, 0),
+        )
 
     # -- ownership -----------------------------------------------------------
 
@@ -633,33 +429,10 @@ class SQLiteStore:
         limit: int = 100,
         exclude: Collection[str] = (),
     ) -> list[WorkflowRecord]:
-        """Take the lease of unfinished workflows of orchestrator ``name`` that
-        nobody holds, oldest first.
-
-        A workflow is free when it has no owner, when its lease ran out, or
-        when ``owner`` itself holds it but it is not in ``exclude``. The choice
-        and the update are one write transaction, which holds the database's
-        write lock: stores sharing the file, in this process or others, never
-        claim one workflow twice. Each claimed record's version is
-        incremented, fencing out a previous holder; ``updated_at`` is left as
-        it was.
-
-        Args:
-            name: the orchestrator's name.
-            owner: the claiming process's id.
-            lease: how long the lease holds, in seconds (positive).
-            limit: the most workflows claimed by this call (positive).
-            exclude: workflow ids of ``owner`` that are not free (it runs them).
-
-        Returns:
-            The claimed records, without history, owned by ``owner``. A claimed
-            record whose row cannot be read is left out (and logged).
-
-        Raises:
-            StoreError: if the store is not open or is read-only, ``owner`` is
-                not a non-empty string, ``lease`` is not a positive number,
-                ``limit`` is not a positive integer, or SQLite fails.
-        """
+        """The choice and the update are one write transaction, which holds the
+        database's write lock: stores sharing the file, in this process or
+        others, never claim one workflow twice. A claimed record whose row
+        cannot be read is left out (and logged)."""
         held = owner_lease(owner, lease)
         most = claim_limit(limit)
         skip = [exclude] if isinstance(exclude, str) else list(exclude)
@@ -671,24 +444,6 @@ class SQLiteStore:
     async def claim_workflow(
         self, workflow_id: str, owner: str, *, lease: float
     ) -> WorkflowRecord | None:
-        """Take the lease of one unfinished workflow if it is free (no owner,
-        an expired lease, or held by ``owner`` itself); its version is incremented.
-
-        Args:
-            workflow_id: the workflow's id.
-            owner: the claiming process's id.
-            lease: how long the lease holds, in seconds (positive).
-
-        Returns:
-            The claimed record (without history), or None if the workflow is
-            finished or another owner's lease on it still holds.
-
-        Raises:
-            WorkflowNotFound: if no record has this id.
-            StoreError: if the store is not open or is read-only, ``owner`` is
-                not a non-empty string, ``lease`` is not a positive number,
-                the record's row cannot be read, or SQLite fails.
-        """
         held = owner_lease(owner, lease)
         row = await self._call(
             ops.claim_workflow, workflow_id, owner, cast("float", held), write=True
@@ -698,26 +453,7 @@ class SQLiteStore:
     async def renew_leases(
         self, owner: str, workflow_ids: Collection[str], *, lease: float
     ) -> dict[str, bool]:
-        """Extend ``owner``'s leases on these workflows to ``lease`` seconds from now.
-
-        A lease that ran out but that nobody claimed is renewed too; finished
-        workflows are not. The version does not change. Any number of ids is
-        renewed by one statement.
-
-        Args:
-            owner: the holding process's id.
-            workflow_ids: the workflows it runs.
-            lease: how long the leases hold from now, in seconds (positive).
-
-        Returns:
-            For each workflow ``owner`` still holds, whether a cancel was
-            requested. A workflow missing from the answer is lost.
-
-        Raises:
-            StoreError: if the store is not open or is read-only, ``owner`` is
-                not a non-empty string, ``lease`` is not a positive number, or
-                SQLite fails.
-        """
+        """One statement renews any number of ids."""
         held = owner_lease(owner, lease)
         ids = list(dict.fromkeys(workflow_ids))
         if not ids:
@@ -726,38 +462,11 @@ class SQLiteStore:
         return {workflow_id: bool(cancel) for workflow_id, cancel in rows}
 
     async def release_workflows(self, owner: str, workflow_ids: Collection[str]) -> None:
-        """Give up ``owner``'s leases on these workflows, so that another
-        process may claim them at once. Workflows ``owner`` does not hold are
-        left as they are; the version does not change.
-
-        Args:
-            owner: the holding process's id.
-            workflow_ids: the workflows to give up.
-
-        Raises:
-            StoreError: if the store is not open or is read-only, or SQLite fails.
-        """
         ids = list(dict.fromkeys(workflow_ids))
         if ids:
             await self._call(ops.release_workflows, owner, ids, write=True)
 
     async def request_cancel(self, workflow_id: str) -> WorkflowRecord:
-        """Ask the owner of a ``RUNNING`` workflow to cancel it: sets its
-        ``cancel_requested`` flag, which the owner sees in its next
-        :meth:`renew_leases` or :meth:`save_workflow`. The version does not
-        change; a workflow that is not ``RUNNING`` is left as it is.
-
-        Args:
-            workflow_id: the workflow's id.
-
-        Returns:
-            The record after the request (without history).
-
-        Raises:
-            WorkflowNotFound: if no record has this id.
-            StoreError: if the store is not open or is read-only, the record's
-                row cannot be read, or SQLite fails.
-        """
         return workflow_from_row(await self._call(ops.request_cancel, workflow_id, write=True))
 
     async def prune_workflows(
@@ -768,36 +477,13 @@ class SQLiteStore:
         name: str | None = None,
         limit: int = 10_000,
     ) -> int:
-        """Remove the records in ``statuses`` last updated before ``older_than``,
-        with their history (in the same transaction).
-
-        An unfinished status (``RUNNING``, ``COMPENSATING``) is pruned only
-        when named. One ``DELETE`` removes at most ``limit`` records, the
-        least recently updated first: call again until it returns less.
-
-        Args:
-            older_than: a timezone-aware time; records whose ``updated_at``
-                is before it are removed.
-            statuses: the statuses pruned (a single string is taken as one
-                status; none prunes nothing).
-            name: only the records of this orchestrator.
-            limit: the most records removed by this call.
-
-        Returns:
-            How many records were removed.
-
-        Raises:
-            StoreError: if the store is not open or is read-only,
-                ``older_than`` is naive, ``limit`` is not a positive integer,
-                or SQLite fails.
-        """
+        """One ``DELETE`` removes at most ``limit`` records, their history in the
+        same transaction."""
         cutoff = utc(older_than, "older_than")
         most = prune_limit(limit)
         return await self._call(
             ops.prune_workflows, cutoff, status_tuple(statuses), name, most, write=True
         )
-
-    # -- lifecycle -----------------------------------------------------------
 
     # -- outbox ----------------------------------------------------------------
 
@@ -818,6 +504,8 @@ class SQLiteStore:
         if self.read_only:
             raise StoreError("the outbox cannot use a read-only SQLiteStore")
         return SQLiteOutbox(self.path, self._database.busy_timeout)
+
+    # -- lifecycle -----------------------------------------------------------
 
     async def __aenter__(self) -> Self:
         """Open the store (or add a user to an open one).
