@@ -223,6 +223,7 @@ async def test_schema_version_table_and_concurrent_openers(postgres_url: str, sc
         "flowkit_leases",
         "flowkit_outbox",
         "flowkit_schema_version",
+        "flowkit_trace",
         "flowkit_workflows",
     ]
     async with PostgresStore(postgres_url, schema=schema) as store:  # reopening changes nothing

@@ -35,6 +35,8 @@ if TYPE_CHECKING:
     from collections.abc import Collection, Mapping, Sequence
     from types import TracebackType
 
+    from ._memory_trace import MemoryTrace
+
 __all__ = ["MemoryStore"]
 
 logger = logging.getLogger("flowkit.stores")
@@ -187,6 +189,7 @@ class MemoryStore:
         self._inbox: dict[tuple[str, str], _InboxEntry] = {}
         self._letters: dict[str, tuple[int, DeadLetter]] = {}
         self._workflows: dict[str, _StoredWorkflow] = {}
+        self._trace: MemoryTrace | None = None
 
     def __repr__(self) -> str:
         state = "open" if self._open else "closed"
@@ -532,6 +535,17 @@ class MemoryStore:
             for _, _, workflow_id in old:
                 del self._workflows[workflow_id]
             return len(old)
+
+    # -- flow trace ------------------------------------------------------------
+
+    def trace_ops(self) -> MemoryTrace:
+        """The flow trace kept in this store's memory (see :mod:`flowkit.stores._trace`)."""
+        from ._memory_trace import MemoryTrace
+
+        with self._lock:
+            if self._trace is None:
+                self._trace = MemoryTrace(self._check_open)
+            return self._trace
 
     # -- lifecycle -----------------------------------------------------------
 

@@ -1489,3 +1489,7 @@ async def _check_enter_is_counted(factory: _Factory) -> None:
             await _expect_raises(
                 StoreError, claim, "inbox_claim after aclose() while entered twice"
             )
+
+
+# The checks of the flow trace, for the stores that keep one, in a module of their own.
+from . import _trace_suite as _trace_suite  # noqa: E402

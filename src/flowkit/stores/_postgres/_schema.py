@@ -116,6 +116,42 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
             lease_until timestamptz NOT NULL
         )""",
     ),
+    (
+        # The flow trace: one row per thing that happened to a flow (a publish, a
+        # handling, a step), by correlation id.
+        """CREATE TABLE {s}.flowkit_trace (
+            seq bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            at timestamptz NOT NULL,
+            correlation_id text NOT NULL,
+            kind text NOT NULL,
+            outcome text NOT NULL,
+            message_id text,
+            causation_id text,
+            message_type text,
+            service text,
+            handler text,
+            workflow text,
+            workflow_id text,
+            step text,
+            attempt integer,
+            duration double precision,
+            error_type text,
+            error text,
+            key text,
+            detail text
+        )""",
+        "CREATE INDEX flowkit_trace_flow ON {s}.flowkit_trace (correlation_id, seq)",
+        "CREATE INDEX flowkit_trace_workflow ON {s}.flowkit_trace (workflow_id) "
+        "WHERE workflow_id IS NOT NULL",
+        "CREATE INDEX flowkit_trace_key ON {s}.flowkit_trace (key) WHERE key IS NOT NULL",
+        "CREATE INDEX flowkit_trace_at ON {s}.flowkit_trace (at)",
+        # Expectations look for the publishes of one type in a time window.
+        "CREATE INDEX flowkit_trace_published ON {s}.flowkit_trace (message_type, at) "
+        "WHERE kind = 'publish'",
+        # A flow is reported stalled once per expectation, whoever reports it.
+        "CREATE UNIQUE INDEX flowkit_trace_stalled "
+        "ON {s}.flowkit_trace (correlation_id, detail) WHERE kind = 'stalled'",
+    ),
 )
 
 #: The schema version this code writes; a database with a newer one is refused.

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from .._base import Claim, DeadLetter, WorkflowRecord
     from ._outbox import PostgresOutbox
     from ._pool import Connection, Pool
+    from ._trace import PostgresTrace
 
 __all__ = ["PostgresStore"]
 
@@ -340,6 +341,12 @@ class PostgresStore:
         from ._outbox import PostgresOutbox
 
         return PostgresOutbox(self._tables, lambda: self._pool, self._shown)
+
+    def trace_ops(self) -> PostgresTrace:
+        """The flow trace kept in this schema (see :mod:`flowkit.stores._trace`)."""
+        from ._trace import PostgresTrace
+
+        return PostgresTrace(self._run)
 
     # -- lifecycle -----------------------------------------------------------
 

@@ -128,6 +128,42 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
             lease_until TEXT NOT NULL
         )""",
     ),
+    (
+        # The flow trace: one row per thing that happened to a flow (a publish, a
+        # handling, a step), by correlation id; ``at`` in seconds since the epoch.
+        """CREATE TABLE flowkit_trace (
+            seq INTEGER PRIMARY KEY,
+            at REAL NOT NULL,
+            correlation_id TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            outcome TEXT NOT NULL,
+            message_id TEXT,
+            causation_id TEXT,
+            message_type TEXT,
+            service TEXT,
+            handler TEXT,
+            workflow TEXT,
+            workflow_id TEXT,
+            step TEXT,
+            attempt INTEGER,
+            duration REAL,
+            error_type TEXT,
+            error TEXT,
+            key TEXT,
+            detail TEXT
+        )""",
+        "CREATE INDEX flowkit_trace_flow ON flowkit_trace (correlation_id)",
+        "CREATE INDEX flowkit_trace_workflow ON flowkit_trace (workflow_id) "
+        "WHERE workflow_id IS NOT NULL",
+        "CREATE INDEX flowkit_trace_key ON flowkit_trace (key) WHERE key IS NOT NULL",
+        "CREATE INDEX flowkit_trace_at ON flowkit_trace (at)",
+        # Expectations look for the publishes of one type in a time window.
+        "CREATE INDEX flowkit_trace_published ON flowkit_trace (message_type, at) "
+        "WHERE kind = 'publish'",
+        # A flow is reported stalled once per expectation, whoever reports it.
+        "CREATE UNIQUE INDEX flowkit_trace_stalled ON flowkit_trace (correlation_id, detail) "
+        "WHERE kind = 'stalled'",
+    ),
 )
 
 #: The schema version this code writes; a database with a newer one is refused.

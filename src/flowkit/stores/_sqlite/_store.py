@@ -68,6 +68,7 @@ if TYPE_CHECKING:
 
     from .._base import Claim, DeadLetter, WorkflowRecord
     from ._outbox import SQLiteOutbox
+    from ._trace import SQLiteTrace
 
 __all__ = ["SQLiteStore"]
 
@@ -504,6 +505,13 @@ class SQLiteStore:
         if self.read_only:
             raise StoreError("the outbox cannot use a read-only SQLiteStore")
         return SQLiteOutbox(self.path, self._database.busy_timeout)
+
+    def trace_ops(self) -> SQLiteTrace:
+        """The flow trace kept in this database (see :mod:`flowkit.stores._trace`);
+        its writes join the writer thread's transactions."""
+        from ._trace import SQLiteTrace
+
+        return SQLiteTrace(self._call)
 
     # -- lifecycle -----------------------------------------------------------
 

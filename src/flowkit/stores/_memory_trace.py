@@ -1,0 +1,235 @@
+"""The flow trace of a :class:`~flowkit.stores.MemoryStore`: entries in a dict, by flow."""
+
+from __future__ import annotations
+
+import threading
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Final
+
+from anyio.lowlevel import checkpoint
+
+from .._errors import StoreError
+from ._trace import TRACE_COLUMNS, entry_of
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
+    from ._trace import TraceEntry, TraceRow
+
+__all__ = ["MemoryTrace"]
+
+# Where a row holds the values the trace is searched by.
+_AT: Final = 0
+_CORRELATION: Final = 1
+_KIND: Final = 2
+_MESSAGE_TYPE: Final = 6
+_WORKFLOW_ID: Final = 10
+_KEY: Final = 16
+_DETAIL: Final = 17
+#: Entries come about in time order (one process records them, a batch at a
+#: time): a prune stops at the first entry this much newer than its cutoff.
+_SLACK = 60.0
+
+
+def _limit(value: int, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise StoreError(f"{what} must be a positive integer, not {value!r}")
+    return value
+
+
+class MemoryTrace:
+    """The trace kept in a MemoryStore's memory, safe to share between tasks and threads.
+
+    Entries are kept in the order they were added; each flow, workflow and
+    business key has the list of what it names, so that every lookup is a
+    dictionary read. What is kept is bounded by the recorder's retention and
+    ``max_entries`` (it prunes and caps the store).
+    """
+
+    def __init__(self, check_open: Callable[[], None]) -> None:
+        self._check_open = check_open
+        self._lock = threading.Lock()
+        self._seq = 0
+        self._rows: dict[int, TraceRow] = {}
+        self._flows: dict[str, list[int]] = {}
+        self._workflows: dict[str, dict[str, int]] = {}  # workflow id -> flows, last seq
+        self._keys: dict[str, dict[str, int]] = {}  # business key -> flows, last seq
+        self._published: dict[str, list[int]] = {}  # message type -> its publish entries
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    async def add(self, rows: Sequence[TraceRow]) -> None:
+        """Append entries."""
+        self._check_open()
+        for row in rows:
+            if len(row) != len(TRACE_COLUMNS):
+                raise StoreError(f"a trace row has {len(TRACE_COLUMNS)} values, not {len(row)}")
+        with self._lock:
+            for row in rows:
+                self._append(tuple(row))  # type: ignore[arg-type]
+        await checkpoint()
+
+    def _append(self, row: TraceRow) -> None:
+        self._seq += 1
+        seq = self._seq
+        self._rows[seq] = row
+        flow = row[_CORRELATION]
+        self._flows.setdefault(flow, []).append(seq)
+        workflow_id = row[_WORKFLOW_ID]
+        if workflow_id is not None:
+            self._workflows.setdefault(workflow_id, {})[flow] = seq
+        key = row[_KEY]
+        if key is not None:
+            self._keys.setdefault(key, {})[flow] = seq
+        if row[_KIND] == "publish" and row[_MESSAGE_TYPE] is not None:
+            self._published.setdefault(row[_MESSAGE_TYPE], []).append(seq)
+
+    async def read(
+        self, correlation_id: str, *, limit: int = 1000, after: int | None = None
+    ) -> list[TraceEntry]:
+        """A flow's entries in the order they were added."""
+        self._check_open()
+        most = _limit(limit, "limit")
+        with self._lock:
+            seqs = self._flows.get(correlation_id, [])
+            start = 0
+            if after is not None:
+                start = next((i for i, seq in enumerate(seqs) if seq > after), len(seqs))
+            picked = [(seq, self._rows[seq]) for seq in seqs[start : start + most]]
+        await checkpoint()
+        return [entry_of(seq, row) for seq, row in picked]
+
+    async def count(self, correlation_id: str) -> int:
+        """How many entries a flow has."""
+        self._check_open()
+        with self._lock:
+            counted = len(self._flows.get(correlation_id, ()))
+        await checkpoint()
+        return counted
+
+    async def find(self, value: str, *, limit: int = 20) -> list[str]:
+        """The flows ``value`` names, as a correlation id, a workflow id or a business key."""
+        self._check_open()
+        most = _limit(limit, "limit")
+        with self._lock:
+            found = [value] if value in self._flows else []
+            for named in (self._workflows.get(value, {}), self._keys.get(value, {})):
+                for flow, _ in sorted(named.items(), key=lambda item: -item[1]):
+                    if flow not in found:
+                        found.append(flow)
+        await checkpoint()
+        return found[:most]
+
+    async def stalled(
+        self,
+        first: str,
+        expected: Sequence[str],
+        *,
+        within: float,
+        since: datetime,
+        until: datetime,
+        limit: int = 100,
+    ) -> list[TraceEntry]:
+        """Flows in which ``first`` was published but nothing of ``expected`` followed in time."""
+        self._check_open()
+        most = _limit(limit, "limit")
+        low, high = since.timestamp(), until.timestamp()
+        wanted = frozenset(expected)
+        with self._lock:
+            firsts: dict[str, tuple[int, TraceRow]] = {}
+            for seq in self._published.get(first, ()):
+                row = self._rows[seq]
+                known = firsts.get(row[_CORRELATION])
+                if known is None or row[_AT] < known[1][_AT]:
+                    firsts[row[_CORRELATION]] = (seq, row)
+            found = []
+            for flow, (seq, row) in firsts.items():
+                if not low <= row[_AT] < high:
+                    continue
+                deadline = row[_AT] + within
+                if not any(
+                    self._rows[other][_MESSAGE_TYPE] in wanted
+                    and self._rows[other][_AT] <= deadline
+                    for other in self._flows[flow]
+                ):
+                    found.append((row[_AT], seq, row))
+        await checkpoint()
+        found.sort()
+        return [entry_of(seq, row) for _, seq, row in found[:most]]
+
+    async def report(self, name: str, correlation_id: str, row: TraceRow) -> bool:
+        """Add a ``stalled`` entry unless the flow has one for ``name``."""
+        self._check_open()
+        with self._lock:
+            for seq in self._flows.get(correlation_id, ()):
+                kept = self._rows[seq]
+                if kept[_KIND] == "stalled" and kept[_DETAIL] == name:
+                    return False
+            self._append(tuple(row))  # type: ignore[arg-type]
+        await checkpoint()
+        return True
+
+    async def prune(self, older_than: datetime, *, limit: int = 10_000) -> int:
+        """Remove entries recorded before ``older_than``, the oldest first."""
+        self._check_open()
+        most = _limit(limit, "limit")
+        if older_than.tzinfo is None:
+            raise StoreError("older_than must be a timezone-aware datetime")
+        cutoff = older_than.astimezone(UTC).timestamp()
+        with self._lock:
+            old: list[int] = []
+            for seq, row in self._rows.items():
+                if row[_AT] < cutoff:
+                    old.append(seq)
+                    if len(old) >= most:
+                        break
+                elif row[_AT] > cutoff + _SLACK:
+                    break  # entries are added about in time order: the rest is newer
+            self._remove(old)
+        await checkpoint()
+        return len(old)
+
+    async def cap(self, max_entries: int, *, limit: int = 10_000) -> int:
+        """Remove the oldest entries beyond the newest ``max_entries``."""
+        self._check_open()
+        most = _limit(limit, "limit")
+        keep = _limit(max_entries, "max_entries")
+        with self._lock:
+            extra = min(len(self._rows) - keep, most)
+            old = list(self._rows)[:extra] if extra > 0 else []
+            self._remove(old)
+        await checkpoint()
+        return len(old)
+
+    def _remove(self, seqs: Sequence[int]) -> None:
+        """Forget the entries of ``seqs`` and, with their last entry, what names their flows."""
+        gone = set(seqs)
+        removed = [self._rows.pop(seq) for seq in seqs]
+        for flow in {row[_CORRELATION] for row in removed}:
+            left = [seq for seq in self._flows[flow] if seq not in gone]
+            if left:
+                self._flows[flow] = left
+            else:
+                del self._flows[flow]
+        names = (
+            (self._workflows, {row[_WORKFLOW_ID] for row in removed}),
+            (self._keys, {row[_KEY] for row in removed}),
+        )
+        for index, named in names:
+            for name in named:
+                if name is None:
+                    continue
+                flows = index.get(name, {})
+                for flow in [f for f in flows if f not in self._flows]:
+                    del flows[flow]
+                if not flows:
+                    index.pop(name, None)
+        for message_type in {row[_MESSAGE_TYPE] for row in removed if row[_KIND] == "publish"}:
+            if message_type is None:
+                continue
+            left = [seq for seq in self._published.get(message_type, ()) if seq not in gone]
+            if left:
+                self._published[message_type] = left
+            else:
+                self._published.pop(message_type, None)
