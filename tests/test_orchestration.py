@@ -710,8 +710,8 @@ async def test_the_step_context(
     assert outcome.status is WorkflowStatus.COMPENSATED
     assert JOURNAL["w1"][-1] == "undo_with_context"
     record = next(r for r in caplog.records if r.getMessage() == "inside records_context")
-    assert record.__dict__["workflow_id"] == "w1"
-    assert record.__dict__["step"] == "records_context"
+    assert record.__dict__["flowkit_workflow_id"] == "w1"
+    assert record.__dict__["flowkit_step"] == "records_context"
 
 
 # -- resume ----------------------------------------------------------------------------------

@@ -162,7 +162,7 @@ async def test_one_unreadable_record_blocks_nothing(
     [error] = skipped
     assert error.levelno == logging.ERROR
     assert "'bad'" in error.getMessage() and problem in error.getMessage()
-    assert error.__dict__["workflow_id"] == "bad"
+    assert error.__dict__["flowkit_workflow_id"] == "bad"
     warnings = [r for r in caplog.records if "list() left out" in r.getMessage()]
     if not history_only:
         [warning] = warnings

@@ -37,6 +37,12 @@ def test_every_exported_name_resolves() -> None:
             assert getattr(module, name) is not None, (module.__name__, name)
 
 
+def test_observability_exports_exactly_its_public_names() -> None:
+    public = {n for n in dir(flowkit.observability) if not n.startswith(("_", "@"))}
+    assert set(flowkit.observability.__all__) == public
+    assert {"JsonLogFormatter", "LogFormat", "TextLogFormatter", "setup_logging"} <= public
+
+
 def test_observability_exports_the_flow_graph_lint_and_asyncapi() -> None:
     assert {
         "ASYNCAPI_VERSION",

@@ -32,7 +32,7 @@ import os
 import re
 import sys
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, Literal, NoReturn
 
 import anyio
 
@@ -48,6 +48,7 @@ from ._cli.workflows import (
     show_workflow,
 )
 from ._errors import FlowkitError
+from .observability._logs import logging_set_up, parse_level
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Coroutine, Sequence
@@ -133,10 +134,59 @@ def _urls(command: argparse.ArgumentParser, *, transport: bool) -> None:
     )
 
 
+def _log_level(text: str) -> str:
+    try:
+        parse_level(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def _log_options(parser: argparse.ArgumentParser) -> None:
+    """The --log-level and --log-format options of the top-level command."""
+    parser.add_argument(
+        "--log-level",
+        type=_log_level,
+        metavar="LEVEL",
+        help="debug, info, warning, error or critical (default: $FLOWKIT_LOG_LEVEL, else info "
+        "for worker and warning for the other commands); debug logs each handling and step",
+    )
+    parser.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        help="text: a readable line per record, in colour on a terminal unless NO_COLOR is "
+        "set; json: one JSON object per line (default: $FLOWKIT_LOG_FORMAT, else text)",
+    )
+
+
+def _logging_of(args: argparse.Namespace) -> tuple[str, Literal["text", "json"]]:
+    """The log level and format: the options, else the environment, else the defaults.
+
+    Raises:
+        UsageError: if FLOWKIT_LOG_LEVEL or FLOWKIT_LOG_FORMAT holds an unknown value.
+    """
+    level: str = (
+        args.log_level
+        or os.environ.get("FLOWKIT_LOG_LEVEL")
+        or ("info" if args.command == "worker" else "warning")
+    )
+    try:
+        parse_level(level)
+    except ValueError as exc:
+        raise UsageError(f"FLOWKIT_LOG_LEVEL: {exc}") from None
+    fmt: str = args.log_format or os.environ.get("FLOWKIT_LOG_FORMAT") or "text"
+    if fmt == "json":
+        return level, "json"
+    if fmt == "text":
+        return level, "text"
+    raise UsageError(f"FLOWKIT_LOG_FORMAT: unknown log format {fmt!r}; use text or json")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="flowkit", description="Run flowkit services; inspect dead letters and workflows."
     )
+    _log_options(parser)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     worker = commands.add_parser(
@@ -283,6 +333,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     try:
         args = _parser().parse_args(argv)
+        level, log_format = _logging_of(args)
     except UsageError as exc:
         return _usage(exc)
     except SystemExit as exc:  # --help
@@ -291,7 +342,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.path.insert(0, os.getcwd())  # find the application's modules, as `python -m` does
     run: Callable[[argparse.Namespace], Coroutine[Any, Any, int]] = args.run
     try:
-        return anyio.run(run, args)
+        with logging_set_up(level, log_format):
+            return anyio.run(run, args)
     except KeyboardInterrupt:
         print("flowkit: interrupted", file=sys.stderr)
         return 130

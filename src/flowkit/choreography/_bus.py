@@ -18,6 +18,7 @@ from .._events import Command, Envelope, Event, Message, encode, reply_type_of
 from ._dead_letters import DeadLetterBox
 from ._handlers import HandlerFunc, HandlerSpec, make_spec
 from ._lifecycle import Running
+from ._logging import HandlingLog
 from ._observe import BusObserver, notify
 from ._outbox import Outbox
 from ._replies import Requests
@@ -75,7 +76,9 @@ class Choreography:
             then. Keep it longer than a message can be redelivered (the
             broker's retention, the longest retry delay): a duplicate older
             than that would be handled again. None never prunes.
-        observers: who watches the bus (tracing, metrics, the testing kit).
+        observers: who watches the bus (tracing, metrics, the testing kit),
+            after the bus's own DEBUG log of each publish and handling
+            (logger ``flowkit.bus``), which every bus has first.
         outbox_relay: run the outbox relay while the bus runs (when the store
             has an outbox: SQLiteStore, PostgresStore). It publishes what
             :attr:`outbox` stored; several processes may run one, and only
@@ -122,7 +125,7 @@ class Choreography:
         self._max_message_size = max_message_size
         self._claim_lease = claim_lease
         self._inbox_retention = inbox_retention
-        self._observers: tuple[BusObserver, ...] = tuple(observers)
+        self._observers: tuple[BusObserver, ...] = (HandlingLog(), *observers)
         self._handlers: list[HandlerSpec] = []
         self._running: Running | None = None
         self._dead_letters = DeadLetterBox(store)
@@ -303,7 +306,7 @@ class Choreography:
 
     @property
     def observers(self) -> tuple[BusObserver, ...]:
-        """The observers watching this bus."""
+        """The observers watching this bus, its own DEBUG log first."""
         return self._observers
 
     def use(

@@ -231,7 +231,6 @@ class Consumer:
             and self._inbox is None
             and spec.timeout is None
             and not spec.takes_context
-            and not self._observers
         )
 
     # -- receive ---------------------------------------------------------------
@@ -335,9 +334,9 @@ class Consumer:
                 return False
             self._cache.put(body, decoded)
         message = decoded.message
-        if self._plain:
-            # An event handler with no inbox, timeout, context or observer:
-            # invoke and settle, nothing else to do.
+        if self._plain and not self._watched():
+            # An event handler with no inbox, timeout, context or observer
+            # watching: invoke and settle, nothing else to do.
             try:
                 await spec.func(message)
             except BaseException as exc:
@@ -367,6 +366,17 @@ class Consumer:
         finally:
             if key is not None:
                 self._handling.discard(key)
+
+    def _watched(self) -> bool:
+        """Whether an observer wants to hear about the message about to be handled."""
+        for observer in self._observers:
+            try:
+                if observer.watching():
+                    return True
+            except Exception:
+                logger.exception("bus observer %r failed in watching", observer)
+                return True
+        return False
 
     async def _claim(self, delivery: Delivery, envelope: Envelope) -> str | None:
         """Claim the message in the inbox; None if it must not be handled now
@@ -654,9 +664,9 @@ def _describe(exc: BaseException) -> str:
 
 def _fields(consumer: str, envelope: Envelope) -> dict[str, str]:
     return {
-        "consumer": consumer,
-        "message_id": envelope.message_id,
-        "correlation_id": envelope.correlation_id,
+        "flowkit_consumer": consumer,
+        "flowkit_message_id": envelope.message_id,
+        "flowkit_correlation_id": envelope.correlation_id,
     }
 
 

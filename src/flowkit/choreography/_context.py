@@ -85,15 +85,18 @@ class Context:
 
     @property
     def logger(self) -> logging.LoggerAdapter[logging.Logger]:
-        """A logger whose records carry the service, handler and message ids."""
+        """A logger (``flowkit.service.<service>``) whose records carry the
+        service, handler, message and correlation ids and the attempt as
+        ``flowkit_*`` attributes, as the bus's own records do."""
         if self._logger is None:
             self._logger = logging.LoggerAdapter(
                 logging.getLogger(f"flowkit.service.{self._spec.service}"),
                 {
-                    "service": self._spec.service,
-                    "handler": self._spec.name,
-                    "message_id": self.envelope.message_id,
-                    "correlation_id": self.envelope.correlation_id,
+                    "flowkit_service": self._spec.service,
+                    "flowkit_handler": self._spec.name,
+                    "flowkit_message_id": self.envelope.message_id,
+                    "flowkit_correlation_id": self.envelope.correlation_id,
+                    "flowkit_attempt": self.attempt,
                 },
             )
         return self._logger

@@ -28,6 +28,17 @@ class BusObserver:
     is logged and ignored (whatever its type); only :meth:`before_handle` may raise on purpose.
     """
 
+    def watching(self) -> bool:
+        """Whether this observer wants to hear about the next message handled.
+
+        Asked once per message, before it is handled; True unless overridden.
+        When no observer of a bus says True, a handler that takes no context
+        and has no inbox or timeout is called directly, without the work done
+        for observers (the bus's own DEBUG log says False while DEBUG is off).
+        A message that is handled the observed way is told to every observer.
+        """
+        return True
+
     def published(self, envelope: Envelope) -> None:
         """An event (from :meth:`~Choreography.publish` or ``ctx.publish``) or a
         command (from :meth:`~Choreography.request`) was accepted by the transport."""

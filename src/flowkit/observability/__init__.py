@@ -10,15 +10,23 @@ from ._graph import StepNode as StepNode
 from ._graph import flow_graph as flow_graph
 from ._lint import LintFinding as LintFinding
 from ._lint import lint as lint
+from ._logs import JsonLogFormatter as JsonLogFormatter
+from ._logs import LogFormat as LogFormat
+from ._logs import TextLogFormatter as TextLogFormatter
+from ._logs import setup_logging as setup_logging
 
 __all__ = [
     "ASYNCAPI_VERSION",
     "FlowGraph",
     "HandlerNode",
+    "JsonLogFormatter",
     "LintFinding",
+    "LogFormat",
     "OrchestratorNode",
     "StepNode",
+    "TextLogFormatter",
     "asyncapi_document",
     "flow_graph",
     "lint",
+    "setup_logging",
 ]

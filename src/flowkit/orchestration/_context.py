@@ -75,15 +75,19 @@ class StepContext:
 
     @property
     def logger(self) -> logging.LoggerAdapter[logging.Logger]:
-        """A logger (``flowkit.orchestration``) whose records carry the workflow and step."""
+        """A logger (``flowkit.orchestration``) whose records carry the workflow,
+        its id (also as the correlation id), the step and the attempt as
+        ``flowkit_*`` attributes, as the engine's own records do."""
         if self._logger is None:
             self._logger = logging.LoggerAdapter(
                 _logger,
                 {
-                    "workflow": self.workflow,
-                    "workflow_id": self.workflow_id,
-                    "step": self.step,
-                    "attempt": self.attempt,
+                    "flowkit_workflow": self.workflow,
+                    "flowkit_workflow_id": self.workflow_id,
+                    "flowkit_correlation_id": self.workflow_id,
+                    "flowkit_step": self.step,
+                    "flowkit_attempt": self.attempt,
+                    "flowkit_compensating": self.compensating,
                 },
             )
         return self._logger

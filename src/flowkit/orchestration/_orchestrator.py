@@ -32,6 +32,7 @@ from .._retry import Retry
 from ._declare import Parallel, Plan, Remote, Step, compile_plan
 from ._engine import Engine, Halted, Requester, Superseded, unwrap
 from ._leases import LeaseKeeper, driving, process_owner
+from ._logging import StepLog
 from ._model import Outcome, WorkflowInfo, WorkflowStatus
 from ._observe import SagaObserver
 from ._state import Run, error_of
@@ -129,7 +130,9 @@ class Orchestrator(Generic[InputT]):
             are stopped where they stand and stay unfinished, for
             :meth:`resume` (as after a crash).
         observers: :class:`SagaObserver` instances to report to (see also
-            :meth:`add_observer`).
+            :meth:`add_observer`), after the orchestrator's own DEBUG log of
+            each transition (logger ``flowkit.orchestration``), which every
+            orchestrator has first.
         lease: seconds a process holds a workflow without renewing its lease
             (renewed every third of it): after a crash, its workflows are
             taken over within about one and a half leases. Longer than any
@@ -250,6 +253,7 @@ class Orchestrator(Generic[InputT]):
         self._keeping: anyio.CancelScope | None = None
         self._engine.requester = bus
         self._observers: list[SagaObserver] = []
+        self.add_observer(StepLog())
         for observer in observers:
             self.add_observer(observer)
         self._stack: AsyncExitStack | None = None
@@ -586,7 +590,7 @@ class Orchestrator(Generic[InputT]):
                     "%s: a workflow cannot be taken over: %s",
                     self.name,
                     exc,
-                    extra={"workflow": self.name, "workflow_id": record.id},
+                    extra={"flowkit_workflow": self.name, "flowkit_workflow_id": record.id},
                 )
                 continue
             if run.id in self._running:
@@ -696,7 +700,7 @@ class Orchestrator(Generic[InputT]):
                     "%s: list() left out a workflow: %s",
                     self.name,
                     exc,
-                    extra={"workflow": self.name, "workflow_id": record.id},
+                    extra={"flowkit_workflow": self.name, "flowkit_workflow_id": record.id},
                 )
                 continue
             infos.append(run.to_info(self.name))

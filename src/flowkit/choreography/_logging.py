@@ -1,0 +1,163 @@
+"""The bus's DEBUG log: a line for every publish and every handling, installed on every bus."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from .._errors import DecodeError
+from .._events import decode_envelope
+from .._log_fields import error_type, milliseconds, took
+from ._observe import BusObserver
+
+if TYPE_CHECKING:
+    from .._events import Envelope
+    from ..stores._base import DeadLetter
+    from ._context import Context
+
+__all__ = ["HandlingLog"]
+
+logger = logging.getLogger("flowkit.bus")
+_DEBUG = logging.DEBUG
+
+
+class HandlingLog(BusObserver):
+    """Logs, at DEBUG on ``flowkit.bus``, each publish and each handling:
+    received, handled, attempt failed (retried or not), dead-lettered.
+
+    Each record is a short sentence, and carries the ids and numbers as
+    ``flowkit_*`` attributes: ``flowkit_action``, ``flowkit_service``,
+    ``flowkit_handler``, ``flowkit_consumer``, ``flowkit_message_type``,
+    ``flowkit_message_id``, ``flowkit_correlation_id``,
+    ``flowkit_causation_id``, ``flowkit_attempt``, ``flowkit_duration_ms``,
+    ``flowkit_will_retry``, ``flowkit_error_type``, ``flowkit_dead_letter_id``.
+    Never a payload value, nor an exception's message (the WARNING and ERROR
+    lines of the bus tell the error).
+
+    While DEBUG is off for ``flowkit.bus``, each notification costs one level
+    check, and :meth:`watching` says False so handlers keep their fast path.
+    """
+
+    __slots__ = ()
+
+    def watching(self) -> bool:
+        """Whether DEBUG is on for ``flowkit.bus``."""
+        return logger.isEnabledFor(_DEBUG)
+
+    def published(self, envelope: Envelope) -> None:
+        if not logger.isEnabledFor(_DEBUG):
+            return
+        logger.debug(
+            "published %s %s",
+            envelope.type,
+            envelope.message_id,
+            extra={
+                "flowkit_action": "published",
+                "flowkit_message_type": envelope.type,
+                "flowkit_message_id": envelope.message_id,
+                "flowkit_correlation_id": envelope.correlation_id,
+                "flowkit_causation_id": envelope.causation_id,
+            },
+        )
+
+    def before_handle(self, ctx: Context) -> None:
+        if not logger.isEnabledFor(_DEBUG):
+            return
+        logger.debug(
+            "%s:%s received %s %s (attempt %d)",
+            ctx.service,
+            ctx.handler,
+            ctx.envelope.type,
+            ctx.envelope.message_id,
+            ctx.attempt,
+            extra=_handling(ctx, "received", None),
+        )
+
+    def handled(self, ctx: Context, duration: float) -> None:
+        if not logger.isEnabledFor(_DEBUG):
+            return
+        logger.debug(
+            "%s:%s handled %s %s in %s (attempt %d)",
+            ctx.service,
+            ctx.handler,
+            ctx.envelope.type,
+            ctx.envelope.message_id,
+            took(duration),
+            ctx.attempt,
+            extra=_handling(ctx, "handled", duration),
+        )
+
+    def attempt_failed(
+        self, ctx: Context, error: BaseException, duration: float, *, will_retry: bool
+    ) -> None:
+        if not logger.isEnabledFor(_DEBUG):
+            return
+        fields = _handling(ctx, "attempt_failed", duration)
+        fields["flowkit_will_retry"] = will_retry
+        fields["flowkit_error_type"] = error_type(error)
+        logger.debug(
+            "%s:%s failed on %s %s after %s (attempt %d, %s); %s",
+            ctx.service,
+            ctx.handler,
+            ctx.envelope.type,
+            ctx.envelope.message_id,
+            took(duration),
+            ctx.attempt,
+            type(error).__name__,
+            "it will be retried" if will_retry else "giving up",
+            extra=fields,
+        )
+
+    def dead_lettered(self, letter: DeadLetter) -> None:
+        if not logger.isEnabledFor(_DEBUG):
+            return
+        service, _, handler = letter.consumer.partition(":")
+        correlation_id = causation_id = None
+        try:
+            envelope = decode_envelope(letter.body)
+        except DecodeError:  # a body that is not an envelope: no ids to tell
+            pass
+        else:
+            correlation_id, causation_id = envelope.correlation_id, envelope.causation_id
+        logger.debug(
+            "%s dead-lettered %s %s after %d attempt(s) as dead letter %s",
+            letter.consumer,
+            letter.topic,
+            letter.message_id or "(undecodable)",
+            letter.attempts,
+            letter.id,
+            extra={
+                "flowkit_action": "dead_lettered",
+                "flowkit_service": service,
+                "flowkit_handler": handler,
+                "flowkit_consumer": letter.consumer,
+                "flowkit_message_type": letter.topic,
+                "flowkit_message_id": letter.message_id,
+                "flowkit_correlation_id": correlation_id,
+                "flowkit_causation_id": causation_id,
+                "flowkit_attempt": letter.attempts,
+                "flowkit_error_type": letter.error_type,
+                "flowkit_dead_letter_id": letter.id,
+            },
+        )
+
+    def __repr__(self) -> str:
+        return "HandlingLog(logger='flowkit.bus')"
+
+
+def _handling(ctx: Context, action: str, duration: float | None) -> dict[str, Any]:
+    envelope = ctx.envelope
+    fields: dict[str, Any] = {
+        "flowkit_action": action,
+        "flowkit_service": ctx.service,
+        "flowkit_handler": ctx.handler,
+        "flowkit_consumer": f"{ctx.service}:{ctx.handler}",
+        "flowkit_message_type": envelope.type,
+        "flowkit_message_id": envelope.message_id,
+        "flowkit_correlation_id": envelope.correlation_id,
+        "flowkit_causation_id": envelope.causation_id,
+        "flowkit_attempt": ctx.attempt,
+    }
+    if duration is not None:
+        fields["flowkit_duration_ms"] = milliseconds(duration)
+    return fields
