@@ -61,52 +61,26 @@ class HandlingLog(BusObserver):
         )
 
     def before_handle(self, ctx: Context) -> None:
-        if not logger.isEnabledFor(_DEBUG):
-            return
-        logger.debug(
-            "%s:%s received %s %s (attempt %d)",
-            ctx.service,
-            ctx.handler,
-            ctx.envelope.type,
-            ctx.envelope.message_id,
-            ctx.attempt,
-            extra=_handling(ctx, "received", None),
-        )
+        if logger.isEnabledFor(_DEBUG):
+            _log_handling(ctx, "received", "received {} (attempt {})", None)
 
     def handled(self, ctx: Context, duration: float) -> None:
-        if not logger.isEnabledFor(_DEBUG):
-            return
-        logger.debug(
-            "%s:%s handled %s %s in %s (attempt %d)",
-            ctx.service,
-            ctx.handler,
-            ctx.envelope.type,
-            ctx.envelope.message_id,
-            took(duration),
-            ctx.attempt,
-            extra=_handling(ctx, "handled", duration),
-        )
+        if logger.isEnabledFor(_DEBUG):
+            _log_handling(ctx, "handled", "handled {} in {} (attempt {})", duration)
 
     def attempt_failed(
         self, ctx: Context, error: BaseException, duration: float, *, will_retry: bool
     ) -> None:
-        if not logger.isEnabledFor(_DEBUG):
-            return
-        fields = _handling(ctx, "attempt_failed", duration)
-        fields["flowkit_will_retry"] = will_retry
-        fields["flowkit_error_type"] = error_type(error)
-        logger.debug(
-            "%s:%s failed on %s %s after %s (attempt %d, %s); %s",
-            ctx.service,
-            ctx.handler,
-            ctx.envelope.type,
-            ctx.envelope.message_id,
-            took(duration),
-            ctx.attempt,
-            type(error).__name__,
-            "it will be retried" if will_retry else "giving up",
-            extra=fields,
-        )
+        if logger.isEnabledFor(_DEBUG):
+            then = "it will be retried" if will_retry else "giving up"
+            _log_handling(
+                ctx,
+                "attempt_failed",
+                f"failed on {{}} after {{}} (attempt {{}}, {type(error).__name__}); {then}",
+                duration,
+                flowkit_will_retry=will_retry,
+                flowkit_error_type=error_type(error),
+            )
 
     def dead_lettered(self, letter: DeadLetter) -> None:
         if not logger.isEnabledFor(_DEBUG):
@@ -145,8 +119,14 @@ class HandlingLog(BusObserver):
         return "HandlingLog(logger='flowkit.bus')"
 
 
-def _handling(ctx: Context, action: str, duration: float | None) -> dict[str, Any]:
+def _log_handling(
+    ctx: Context, action: str, template: str, duration: float | None, **more: object
+) -> None:
+    """Log one step of a handling: ``template`` gets the message (type and id),
+    the duration (when there is one) and the attempt."""
     envelope = ctx.envelope
+    message = f"{envelope.type} {envelope.message_id}"
+    parts = (message, ctx.attempt) if duration is None else (message, took(duration), ctx.attempt)
     fields: dict[str, Any] = {
         "flowkit_action": action,
         "flowkit_service": ctx.service,
@@ -160,4 +140,5 @@ def _handling(ctx: Context, action: str, duration: float | None) -> dict[str, An
     }
     if duration is not None:
         fields["flowkit_duration_ms"] = milliseconds(duration)
-    return fields
+    fields.update(more)
+    logger.debug("%s:%s %s", ctx.service, ctx.handler, template.format(*parts), extra=fields)
