@@ -17,6 +17,7 @@ BENCHMARKS: dict[str, list[str]] = {
     "bench_postgres": [],
     "bench_checkpoint": [],
     "bench_outbox": [],
+    "bench_otel": [],
 }
 
 

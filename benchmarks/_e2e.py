@@ -30,8 +30,9 @@ from typing import TYPE_CHECKING, Any
 from ._report import report
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
+    from collections.abc import Awaitable, Callable, Sequence
 
+    from flowkit import BusObserver
     from flowkit.transports import Transport
 
     # One variant's run: (messages/s, its latencies).
@@ -151,6 +152,7 @@ async def flowkit_run(
     *,
     warm_up: bool = False,
     before_close: Callable[[], object] | None = None,
+    observers: Sequence[BusObserver] = (),
 ) -> tuple[float, Latencies]:
     """Publish ``n`` events with a ``Choreography`` on ``transport`` and handle them.
 
@@ -160,6 +162,7 @@ async def flowkit_run(
         in_flight: at most this many publishes awaited at once.
         warm_up: first send one event through and wait for it (the clock starts after).
         before_close: called once the last event is handled, before the bus closes.
+        observers: the bus's observers.
 
     Returns:
         Events/s from the first publish to the last event handled, and the latencies.
@@ -172,7 +175,7 @@ async def flowkit_run(
         total: float
         sent: float
 
-    bus = Choreography(transport)
+    bus = Choreography(transport, observers=observers)
     latencies = Latencies(n)
 
     @bus.on(OrderPlaced, service="bench", name="handle")

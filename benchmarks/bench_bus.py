@@ -16,12 +16,18 @@ import argparse
 import asyncio
 import statistics
 import time
+from typing import TYPE_CHECKING
 
 from flowkit import Choreography, Event
 from flowkit._events import decode, encode
 from flowkit.transports import InMemoryTransport
 
 from ._report import report
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from flowkit import BusObserver
 
 SERVICES = ("notification", "seller", "logistics")
 
@@ -77,10 +83,10 @@ def codec_only(events: list[OrderPlaced]) -> float:
     return len(events) / (time.perf_counter() - start)
 
 
-async def flowkit_fanout(events: list[OrderPlaced]) -> float:
+async def flowkit_fanout(events: list[OrderPlaced], observers: Sequence[BusObserver] = ()) -> float:
     """The same fan-out through the Choreography bus on InMemoryTransport."""
     n = len(events)
-    bus = Choreography(InMemoryTransport(max_buffer=10_000))
+    bus = Choreography(InMemoryTransport(max_buffer=10_000), observers=observers)
     counts = dict.fromkeys(SERVICES, 0)
     done = asyncio.Event()
     for service in SERVICES:

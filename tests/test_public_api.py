@@ -39,6 +39,8 @@ def test_every_exported_name_resolves() -> None:
 
 def test_observability_exports_exactly_its_public_names() -> None:
     public = {n for n in dir(flowkit.observability) if not n.startswith(("_", "@"))}
+    # flowkit.observability.otel is a module of its own (it needs the otel extra).
+    public.discard("otel")
     assert set(flowkit.observability.__all__) == public
     assert {"JsonLogFormatter", "LogFormat", "TextLogFormatter", "setup_logging"} <= public
 
@@ -57,11 +59,18 @@ def test_observability_exports_the_flow_graph_lint_and_asyncapi() -> None:
     } <= set(flowkit.observability.__all__)
 
 
+def test_the_opentelemetry_module_exports_exactly_its_public_names() -> None:
+    import flowkit.observability.otel as otel
+
+    public = {n for n in dir(otel) if not n.startswith(("_", "@"))}
+    assert set(otel.__all__) == public == {"OpenTelemetry"}
+
+
 def test_importing_flowkit_imports_no_broker_or_database_client() -> None:
     code = (
         "import sys, flowkit, flowkit.transports, flowkit.stores; "
         "print(sorted(m for m in ('redis', 'aio_pika', 'nats', 'aiokafka', 'asyncpg', "
-        "'psycopg', 'trio') if m in sys.modules))"
+        "'psycopg', 'trio', 'opentelemetry') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

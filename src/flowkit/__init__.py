@@ -36,6 +36,7 @@ from .choreography import BusObserver as BusObserver
 from .choreography import Choreography as Choreography
 from .choreography import Context as Context
 from .choreography import Outbox as Outbox
+from .choreography import Outgoing as Outgoing
 from .orchestration import Orchestrator as Orchestrator
 from .orchestration import Outcome as Outcome
 from .orchestration import Parallel as Parallel
@@ -79,6 +80,7 @@ __all__ = [
     "OrchestratorNotStarted",
     "Outbox",
     "Outcome",
+    "Outgoing",
     "Parallel",
     "Remote",
     "RemoteError",

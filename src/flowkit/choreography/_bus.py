@@ -19,7 +19,7 @@ from ._dead_letters import DeadLetterBox
 from ._handlers import HandlerFunc, HandlerSpec, make_spec
 from ._lifecycle import Running
 from ._logging import HandlingLog
-from ._observe import BusObserver, notify
+from ._observe import BusObserver, Observed, Outgoing, notify, watching_now
 from ._outbox import Outbox
 from ._replies import Requests
 
@@ -479,8 +479,35 @@ class Choreography:
             TransportError: if the transport failed or could not take the
                 message in time.
         """
-        if self._running is None:
-            self._require_running()
+        running = self._running or self._require_running()
+        senders = running.senders
+        if not (senders and watching_now(senders)):
+            return await self._send(event, headers, correlation_id, causation_id, message_id)
+        outgoing = Outgoing.of(
+            event,
+            "publish",
+            headers=headers,
+            correlation_id=correlation_id,
+            causation_id=causation_id,
+            message_id=message_id,
+        )
+        with Observed(senders, "sending", outgoing):
+            return await self._send(
+                event,
+                outgoing.headers,
+                outgoing.correlation_id,
+                causation_id,
+                outgoing.message_id,
+            )
+
+    async def _send(
+        self,
+        event: Event,
+        headers: Mapping[str, str] | None,
+        correlation_id: str | None,
+        causation_id: str | None,
+        message_id: str | None,
+    ) -> Envelope:
         envelope, body = self._encode_event(
             event,
             headers=headers,
@@ -581,6 +608,7 @@ class Choreography:
             on_sent=(lambda envelope: notify(observers, "published", envelope))
             if observers
             else None,
+            senders=running.senders,
         )
 
     # -- dead letters ------------------------------------------------------------

@@ -46,7 +46,7 @@ from .._events import decode_envelope, decode_fields, envelope_of, new_message_i
 from ..stores._base import Claim, DeadLetter
 from ._context import Context
 from ._headers import REPLAY_OF, deadline_of
-from ._observe import notify
+from ._observe import Observed, notify, overriding
 from ._replies import send_accepted, send_failure, send_reply
 
 if TYPE_CHECKING:
@@ -220,6 +220,7 @@ class Consumer:
         self._inbox = store if spec.kind == "event" else None
         self._dead_letters = dead_letters
         self._observers = tuple(observers)
+        self._scopes = overriding(self._observers, "handling")
         self._cache = cache
         self._cached = cache.get
         self._max_size = max_message_size
@@ -412,12 +413,26 @@ class Consumer:
         self, delivery: Delivery, envelope: Envelope, message: Message, key: str | None
     ) -> bool:
         spec = self.spec
-        observers = self._observers
         ctx = (
             Context(self._bus, spec, envelope, delivery.attempt, key)
-            if spec.takes_context or observers
+            if spec.takes_context or self._observers
             else None
         )
+        if self._scopes and ctx is not None:
+            with Observed(self._scopes, "handling", ctx):
+                return await self._attempt(delivery, envelope, message, key, ctx)
+        return await self._attempt(delivery, envelope, message, key, ctx)
+
+    async def _attempt(
+        self,
+        delivery: Delivery,
+        envelope: Envelope,
+        message: Message,
+        key: str | None,
+        ctx: Context | None,
+    ) -> bool:
+        spec = self.spec
+        observers = self._observers
         started = time.monotonic() if observers else 0.0
         try:
             if observers:

@@ -13,6 +13,7 @@ from .._cancel import cancel_requested
 from .._exits import exit_stack
 from ..stores._outbox import has_outbox, outbox_of
 from ._consumer import Consumer, DecodeCache, Workers
+from ._observe import overriding
 from ._relay import Relay
 
 if TYPE_CHECKING:
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
     from ..transports._base import Subscription
     from ._bus import Choreography
     from ._handlers import HandlerSpec
+    from ._observe import BusObserver
 
 __all__ = ["Running"]
 
@@ -57,6 +59,8 @@ class Running:
         self._stack: AsyncExitStack | None = None
         self._task_group: TaskGroup | None = None
         self.relay: Relay | None = None
+        #: The observers that wrap each sending (see :meth:`BusObserver.sending`).
+        self.senders: tuple[BusObserver, ...] = ()
 
     @property
     def task_group(self) -> TaskGroup:
@@ -103,6 +107,7 @@ class Running:
             await stack.__aexit__(None, None, None)
             raise
         self._stack = stack
+        self.senders = overriding(bus.observers, "sending")
         bus._running = self
         for consumer, sub in loops:
             self._task_group.start_soon(consumer.run, sub, self.workers)

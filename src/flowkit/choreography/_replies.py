@@ -30,14 +30,16 @@ from ._headers import (
     REQUEST_ID,
     deadline_header,
 )
+from ._observe import Observed, Outgoing, watching_now
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping
+    from collections.abc import Callable, Mapping, Sequence
 
     from anyio.abc import TaskGroup
 
     from .._events import Command
     from ..transports._base import Delivery, Subscription, Transport
+    from ._observe import BusObserver
 
 __all__ = ["RemoteFailure", "Requests", "send_accepted", "send_failure", "send_reply"]
 
@@ -98,25 +100,94 @@ class Requests:
         causation_id: str | None,
         idempotency_key: str | None,
         on_sent: Callable[[Envelope], None] | None,
+        senders: Sequence[BusObserver] = (),
     ) -> R:
-        """Send ``command`` and wait for its reply (see :meth:`Choreography.request`)."""
+        """Send ``command`` and wait for its reply (see :meth:`Choreography.request`);
+        ``senders`` wrap the sending (see :meth:`BusObserver.sending`)."""
         if not timeout > 0:
             raise ValueError(f"timeout must be > 0 seconds, got {timeout}")
         await self._listen(transport, task_group)
         hdrs = dict(headers) if headers else {}
         if idempotency_key is not None:
             hdrs[IDEMPOTENCY_KEY] = idempotency_key
+        started = time.monotonic()
+        deadline = anyio.current_time() + timeout
+        if senders and watching_now(senders):
+            outgoing = Outgoing.of(
+                command,
+                "request",
+                headers=hdrs,
+                correlation_id=correlation_id,
+                causation_id=causation_id,
+                message_id=None,
+            )
+            with Observed(senders, "sending", outgoing):
+                envelope, pending = await self._send(
+                    transport,
+                    command,
+                    outgoing.headers,
+                    outgoing.correlation_id,
+                    causation_id,
+                    outgoing.message_id,
+                    timeout,
+                    deadline,
+                    on_sent,
+                )
+        else:
+            envelope, pending = await self._send(
+                transport,
+                command,
+                hdrs,
+                correlation_id,
+                causation_id,
+                None,
+                timeout,
+                deadline,
+                on_sent,
+            )
+        request_id = envelope.message_id
+        try:
+            # Past the deadline already (the publish was cut short), this waits not at all.
+            with anyio.CancelScope(deadline=deadline):
+                while pending.body is None and not pending.stopped:
+                    await pending.done.wait()
+                    pending.done = anyio.Event()
+        finally:
+            del self._pending[request_id]
+        if pending.stopped:
+            raise BusNotStarted(f"the bus stopped while waiting for the reply to {envelope.type}")
+        if pending.body is None:
+            raise _timeout(envelope, timeout, time.monotonic() - started, pending.attempts)
+        return _answer(pending.body, reply_type)
+
+    async def _send(
+        self,
+        transport: Transport,
+        command: Command[Any],
+        headers: dict[str, str],
+        correlation_id: str | None,
+        causation_id: str | None,
+        message_id: str | None,
+        timeout: float,
+        deadline: float,
+        on_sent: Callable[[Envelope], None] | None,
+    ) -> tuple[Envelope, _Pending]:
+        """Encode and publish a request, waiting for its reply from then on; the
+        publish is cut short at ``deadline``."""
         envelope, body = encode(
-            command, correlation_id=correlation_id, causation_id=causation_id, headers=hdrs
+            command,
+            correlation_id=correlation_id,
+            causation_id=causation_id,
+            headers=headers,
+            message_id=message_id,
         )
         if len(body) > self._max_message_size:
             raise MessageTooLarge(envelope.type, len(body), self._max_message_size)
         pending = _Pending()
         request_id = envelope.message_id
         self._pending[request_id] = pending
-        started = time.monotonic()
         try:
-            with anyio.move_on_after(timeout):
+            with anyio.CancelScope(deadline=deadline):
                 await transport.publish(
                     envelope.type,
                     body,
@@ -128,16 +199,10 @@ class Requests:
                 )
                 if on_sent is not None:
                     on_sent(envelope)
-                while pending.body is None and not pending.stopped:
-                    await pending.done.wait()
-                    pending.done = anyio.Event()
-        finally:
+        except BaseException:
             del self._pending[request_id]
-        if pending.stopped:
-            raise BusNotStarted(f"the bus stopped while waiting for the reply to {envelope.type}")
-        if pending.body is None:
-            raise _timeout(envelope, timeout, time.monotonic() - started, pending.attempts)
-        return _answer(pending.body, reply_type)
+            raise
+        return envelope, pending
 
     async def stop(self) -> None:
         """End every waiting request with :class:`~flowkit.BusNotStarted` and

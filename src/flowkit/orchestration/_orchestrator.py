@@ -119,7 +119,9 @@ class Orchestrator(Generic[InputT]):
     Args:
         store: where workflows are checkpointed.
         transport: carries remote steps' commands; needed only when the
-            orchestrator has :class:`Remote` steps (a bus is started on it).
+            orchestrator has :class:`Remote` steps (a bus is started on it,
+            watched by those ``observers`` that are also
+            :class:`~flowkit.BusObserver` instances, such as OpenTelemetry).
         bus: a running bus (anything with ``request``, such as a
             :class:`~flowkit.Choreography`) to send remote commands through,
             instead of ``transport``.
@@ -273,10 +275,14 @@ class Orchestrator(Generic[InputT]):
         try:
             await stack.enter_async_context(self._store)
             if self._plan.has_remote and self._bus is None:
-                from ..choreography import Choreography
+                from ..choreography import BusObserver, Choreography
 
                 assert self._transport is not None
-                bus = Choreography(self._transport)
+                # An observer of both kinds (OpenTelemetry) sees the remote steps' commands.
+                bus = Choreography(
+                    self._transport,
+                    observers=[o for o in self._observers if isinstance(o, BusObserver)],
+                )
                 await stack.enter_async_context(bus.run(services=[]))
                 self._engine.requester = bus
             self._slots = anyio.Semaphore(self._concurrency)
