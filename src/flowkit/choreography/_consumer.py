@@ -46,7 +46,7 @@ from .._events import decode_envelope, decode_fields, envelope_of, new_message_i
 from ..stores._base import Claim, DeadLetter
 from ._context import Context
 from ._headers import REPLAY_OF, deadline_of
-from ._observe import Observed, notify, overriding
+from ._observe import Observed, notify, overriding, watching_now
 from ._replies import send_accepted, send_failure, send_reply
 
 if TYPE_CHECKING:
@@ -335,7 +335,7 @@ class Consumer:
                 return False
             self._cache.put(body, decoded)
         message = decoded.message
-        if self._plain and not self._watched():
+        if self._plain and not watching_now(self._observers):
             # An event handler with no inbox, timeout, context or observer
             # watching: invoke and settle, nothing else to do.
             try:
@@ -367,17 +367,6 @@ class Consumer:
         finally:
             if key is not None:
                 self._handling.discard(key)
-
-    def _watched(self) -> bool:
-        """Whether an observer wants to hear about the message about to be handled."""
-        for observer in self._observers:
-            try:
-                if observer.watching():
-                    return True
-            except Exception:
-                logger.exception("bus observer %r failed in watching", observer)
-                return True
-        return False
 
     async def _claim(self, delivery: Delivery, envelope: Envelope) -> str | None:
         """Claim the message in the inbox; None if it must not be handled now

@@ -412,14 +412,45 @@ def _handling_attributes(ctx: Context) -> dict[str, AttributeValue]:
     }
 
 
-class _Sending:
-    """The span of one send, current while the message is encoded and sent."""
+class _Scope:
+    """A span current from ``__enter__`` to ``__exit__``, which ends it (failed
+    with the exception that left the scope, if any)."""
 
-    __slots__ = ("_observer", "_outgoing", "_span", "_token", "_tracer")
+    __slots__ = ("_handle", "_observer", "_span", "_token", "_tracer")
 
-    def __init__(self, observer: OpenTelemetry, tracer: trace.Tracer, outgoing: Outgoing) -> None:
+    def __init__(self, observer: OpenTelemetry, tracer: trace.Tracer) -> None:
         self._observer = observer
         self._tracer = tracer
+        self._handle: int | None = None
+
+    def _make_current(self, span: trace.Span, current: otel_context.Context) -> None:
+        self._span = span
+        self._token = otel_context.attach(current)
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        span = self._span
+        try:
+            if self._handle is not None:
+                self._observer._handles.pop(self._handle, None)
+            if exc is not None:
+                _record_error(span, exc)
+            span.end()
+        finally:
+            otel_context.detach(self._token)
+
+
+class _Sending(_Scope):
+    """The span of one send, current while the message is encoded and sent."""
+
+    __slots__ = ("_outgoing",)
+
+    def __init__(self, observer: OpenTelemetry, tracer: trace.Tracer, outgoing: Outgoing) -> None:
+        super().__init__(observer, tracer)
         self._outgoing = outgoing
 
     def __enter__(self) -> None:
@@ -435,36 +466,21 @@ class _Sending:
         }
         if outgoing.causation_id is not None:
             attributes["flowkit.causation_id"] = outgoing.causation_id
-        self._span = span = self._tracer.start_span(
+        span = self._tracer.start_span(
             f"{verb} {outgoing.type}", kind=SpanKind.PRODUCER, attributes=attributes
         )
         current = trace.set_span_in_context(span)
-        self._token = otel_context.attach(current)
+        self._make_current(span, current)
         self._observer.propagator.inject(outgoing.headers, context=current)
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        span = self._span
-        try:
-            if exc is not None:
-                _record_error(span, exc)
-            span.end()
-        finally:
-            otel_context.detach(self._token)
 
-
-class _Handling:
+class _Handling(_Scope):
     """The span of one handling, current while the handler runs and the message is settled."""
 
-    __slots__ = ("_ctx", "_observer", "_span", "_token", "_tracer")
+    __slots__ = ("_ctx",)
 
     def __init__(self, observer: OpenTelemetry, tracer: trace.Tracer, ctx: Context) -> None:
-        self._observer = observer
-        self._tracer = tracer
+        super().__init__(observer, tracer)
         self._ctx = ctx
 
     def __enter__(self) -> None:
@@ -481,26 +497,12 @@ class _Handling:
         attributes["flowkit.attempt"] = ctx.attempt
         if envelope.causation_id is not None:
             attributes["flowkit.causation_id"] = envelope.causation_id
-        self._span = span = self._tracer.start_span(
+        span = self._tracer.start_span(
             f"process {envelope.type}",
             context=parent,
             kind=SpanKind.CONSUMER,
             attributes=attributes,
         )
-        self._observer._handles[id(ctx)] = span
-        self._token = otel_context.attach(trace.set_span_in_context(span, parent))
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        span = self._span
-        try:
-            self._observer._handles.pop(id(self._ctx), None)
-            if exc is not None:
-                _record_error(span, exc)
-            span.end()
-        finally:
-            otel_context.detach(self._token)
+        self._handle = id(ctx)
+        self._observer._handles[self._handle] = span
+        self._make_current(span, trace.set_span_in_context(span, parent))
