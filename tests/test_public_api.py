@@ -59,11 +59,22 @@ def test_observability_exports_the_flow_graph_lint_and_asyncapi() -> None:
     } <= set(flowkit.observability.__all__)
 
 
-def test_the_opentelemetry_module_exports_exactly_its_public_names() -> None:
-    import flowkit.observability.otel as otel
-
-    public = {n for n in dir(otel) if not n.startswith(("_", "@"))}
-    assert set(otel.__all__) == public == {"OpenTelemetry"}
+def test_observability_exports_the_flow_trace_and_expectations() -> None:
+    assert {
+        "Expectation",
+        "FlowTrace",
+        "StalledFlow",
+        "TraceEntry",
+        "TraceOptions",
+        "TraceRecorder",
+        "TraceStore",
+        "find_stalled",
+        "load_flows",
+        "trace_json",
+        "trace_mermaid",
+        "trace_of",
+        "trace_text",
+    } <= set(flowkit.observability.__all__)
 
 
 def test_importing_flowkit_imports_no_broker_or_database_client() -> None:

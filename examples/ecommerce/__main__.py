@@ -17,7 +17,8 @@ from pathlib import Path
 
 import anyio
 
-from flowkit.stores import StateStore, from_url
+from flowkit.observability import load_flows, trace_of, trace_text
+from flowkit.stores import SQLiteStore, StateStore, from_url
 
 from .choreographed import run_choreography
 from .orchestrated import run_orchestration
@@ -38,6 +39,14 @@ def stores(
     return from_url(url, schema=schema), from_url(url, schema=schema), orders, f"schema {schema}"
 
 
+async def print_trace(store: StateStore | Path, flow_id: str) -> None:
+    """Print what the store's trace recorded of a flow, as ``flowkit trace`` does."""
+    opened = SQLiteStore(store) if isinstance(store, Path) else store
+    async with opened:
+        for flow in await load_flows(trace_of(opened), flow_id):
+            print(trace_text(flow))
+
+
 async def main(url: str | None) -> None:
     # flowkit logs retries and dead letters; show them beside what the services print.
     logging.basicConfig(level=logging.WARNING, format="  (%(levelname)s) %(message)s")
@@ -56,6 +65,9 @@ async def main(url: str | None) -> None:
                 f"dead letter: {letter.consumer} gave up on {letter.topic} "
                 f"after {letter.attempts} attempt(s): {letter.error_type}"
             )
+        print()
+        print("== What happened to o-2, as the store's trace recorded it (flowkit trace o-2) ==")
+        await print_trace(choreography_store, "o-2")
 
         print()
         print("== Orchestration: the order service runs the PlaceOrder saga ==")
@@ -77,6 +89,9 @@ async def main(url: str | None) -> None:
                 if t.error:
                     parts.append(f"error: {t.error}")
                 print("  " + "  ".join(parts))
+        print()
+        print("== The o-2 saga, as the store's trace recorded it (flowkit trace o-2) ==")
+        await print_trace(orchestration_store, "o-2")
 
 
 if __name__ == "__main__":

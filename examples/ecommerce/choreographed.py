@@ -39,7 +39,8 @@ def build_bus(world: World, store: StateStore | Path) -> tuple[Choreography, dic
 async def run_choreography(
     store: StateStore | Path, *, echo: bool = False, orders: Orders | None = None
 ) -> ChoreographyResult:
-    """Place two orders: one goes through with a flaky partner API, one has a bad email.
+    """Place two orders: o-1 goes through; o-2 has a bad email, and the partner
+    API fails twice on it before logistics books a partner.
 
     The order service saves each order and puts ``OrderPlaced`` in the bus's
     outbox in one transaction (``orders``: the database it writes to; by
@@ -56,7 +57,7 @@ async def run_choreography(
     bus, timelines = build_bus(world, store)
     transport = bus.transport
     assert isinstance(transport, InMemoryTransport)
-    world.fail("partner-api", times=2)  # logistics retries with backoff
+    world.fail("partner-api:o-2", times=2)  # logistics retries o-2 with backoff
     async with bus:
         await orders.place(
             bus,

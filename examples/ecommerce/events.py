@@ -5,8 +5,12 @@ from __future__ import annotations
 from flowkit import Command, Event, Message
 
 
-class OrderPlaced(Event):
-    """An order was placed by a user (published by the order service)."""
+class OrderPlaced(Event, correlate_by="order_id"):
+    """An order was placed by a user (published by the order service).
+
+    Its flow is named by its order id (``correlate_by``): ``flowkit trace o-2``
+    finds everything that happened because order o-2 was placed.
+    """
 
     order_id: str
     user_email: str

@@ -16,8 +16,10 @@ PARTNERS = ("RapidRoute", "ParcelPals", "SwiftShip")
 
 
 async def assign_partner(world: World, order_id: str, key: str) -> str:
-    """Book a delivery partner for the order (the partner API may be down)."""
+    """Book a delivery partner for the order (the partner API may be down, for
+    every order or for this one)."""
     world.check("partner-api")
+    world.check(f"partner-api:{order_id}")
     partner = PARTNERS[sum(map(ord, order_id)) % len(PARTNERS)]
     world.once(key, lambda: world.log(SERVICE, f"{partner} will deliver order {order_id}"))
     return partner

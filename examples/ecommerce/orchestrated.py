@@ -133,7 +133,9 @@ async def run_orchestration(store: StateStore | Path, *, echo: bool = False) -> 
         store = SQLiteStore(store)
     world = World(echo=echo)
     transport = InMemoryTransport()
-    services = Choreography(transport)  # the other services, answering commands
+    # The other services, answering commands; they keep their dead letters and
+    # their flow trace in the same store.
+    services = Choreography(transport, store=store)
     for service in (notification, seller, logistics):
         service.register(services, world)
     place_order = order_saga(world)

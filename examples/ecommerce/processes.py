@@ -302,16 +302,25 @@ async def dead_letters(store: Path) -> list[DeadLetter]:
         return await opened.list_dead_letters(limit=1000)
 
 
-async def place_orders(transport: str, orders: Iterable[OrderPlaced], *, pace: float = 0) -> int:
+async def place_orders(
+    transport: str, orders: Iterable[OrderPlaced], *, pace: float = 0, store: Path | None = None
+) -> int:
     """Publish ``OrderPlaced`` for each order, as the order service; returns how many.
 
     Args:
         transport: the broker URL.
         orders: the orders.
         pace: seconds to wait after each publish.
+        store: the SQLite file of the services' store: the publishes are
+            recorded in its flow trace (``flowkit trace o-2``).
     """
     count = 0
-    async with Choreography(from_url(transport)).run(services=[]) as publisher:
+    bus = Choreography(
+        from_url(transport),
+        store=SQLiteStore(store) if store is not None else None,
+        outbox_relay=False,  # the workers relay the outbox of this store
+    )
+    async with bus.run(services=[]) as publisher:
         for order in orders:
             await publisher.publish(order)
             count += 1
@@ -376,8 +385,8 @@ async def run_choreography(transport: str, workdir: Path, *, orders: int = 10) -
         )
         print("started " + ", ".join(f"{w.name} (pid {w.pid})" for w in started))
         placed = _orders(orders)
-        world.fail("partner-api", times=2)  # logistics retries through it
-        await place_orders(transport, placed)
+        world.fail("partner-api:o-2", times=2)  # logistics retries o-2 through it
+        await place_orders(transport, placed, store=store)
         print(f"published {len(placed)} orders")
         expected = set().union(*(choreography_effects(o) for o in placed))
         bad = sum("@" not in o.user_email for o in placed)

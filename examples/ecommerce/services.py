@@ -9,6 +9,9 @@
 The bus runs on ``$FLOWKIT_TRANSPORT`` with the store ``$FLOWKIT_STORE``
 (``--transport`` and ``--store`` replace them); the services act on the shared
 ledger ``$ECOMMERCE_LEDGER`` (:class:`~examples.ecommerce.ledger.SharedWorld`).
+The bus records every flow in the store's trace (``flowkit trace o-2 --store
+URL``) and expects each order to be confirmed to its customer within
+:data:`CONFIRMATION_WITHIN` (``flowkit stalled examples.ecommerce.services:bus``).
 The notification, seller and logistics services are the modules of the
 single-process demo, unchanged; the order history keeps its timelines in the
 ledger, where every process can read them.
@@ -17,6 +20,7 @@ ledger, where every process can read them.
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 from typing import TYPE_CHECKING
 
 from flowkit import Choreography
@@ -32,10 +36,14 @@ if TYPE_CHECKING:
 
     from .world import World
 
-__all__ = ["HISTORY", "bus", "history_line", "register_history", "world"]
+__all__ = ["CONFIRMATION_WITHIN", "HISTORY", "bus", "history_line", "register_history", "world"]
 
 HISTORY = (OrderPlaced, ConfirmationSent, ShipmentPrepared, PartnerAssigned)
 """The events the order history records."""
+
+CONFIRMATION_WITHIN = timedelta(seconds=2)
+"""How soon a placed order must be confirmed to its customer (a demo's
+deadline: the services answer in milliseconds)."""
 
 
 def history_line(order_id: str, event_type: str) -> str:
@@ -71,3 +79,6 @@ bus = Choreography(
 for _service in (notification, seller, logistics):
     _service.register(bus, world)
 register_history(bus, world)
+bus.expect(
+    OrderPlaced, leads_to=[ConfirmationSent], within=CONFIRMATION_WITHIN, name="order confirmed"
+)

@@ -13,9 +13,21 @@ import itertools
 import os
 import random
 import time
+import uuid
+from contextvars import ContextVar
 from datetime import UTC, datetime
-from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, ClassVar, Generic, NotRequired, TypeVar, get_args
+from types import MappingProxyType, UnionType
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    ClassVar,
+    Generic,
+    NotRequired,
+    TypeVar,
+    Union,
+    get_args,
+    get_origin,
+)
 
 from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
 from pydantic_core import to_json
@@ -28,13 +40,17 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
 
 __all__ = [
+    "FLOW",
     "Command",
     "Envelope",
     "Event",
     "Message",
+    "business_key",
     "decode",
     "decode_envelope",
+    "default_correlation",
     "encode",
+    "envelope_key",
     "new_message_id",
     "reply_type_of",
 ]
@@ -48,23 +64,60 @@ class Message(BaseModel):
 
         class OrderPlaced(Event, type_name="orders.OrderPlaced", version=2):
             order_id: str
+
+    ``correlate_by`` names the field that holds the message's business key
+    (a string, integer or UUID field). A message of that class that starts a
+    new flow (published without ``correlation_id=``, outside a workflow and a
+    handler's ``ctx.publish``) takes the field's value as its correlation id,
+    so that the flow can be found again by it (``flowkit trace o-2``); the
+    trace records the key of every such message::
+
+        class OrderPlaced(Event, correlate_by="order_id"):
+            order_id: str
+
+    Subclasses inherit the keyword; ``correlate_by=None`` turns it off.
     """
 
     model_config = ConfigDict(frozen=True)
 
     __flowkit_type__: ClassVar[str] = "Message"
     __flowkit_version__: ClassVar[int] = 1
+    __flowkit_correlate_by__: ClassVar[str | None] = None
 
     def __init_subclass__(
-        cls, *, type_name: str | None = None, version: int = 1, **kwargs: Any
+        cls,
+        *,
+        type_name: str | None = None,
+        version: int = 1,
+        correlate_by: str | object | None = ...,
+        **kwargs: Any,
     ) -> None:
         super().__init_subclass__(**kwargs)
         if type_name is not None and (not isinstance(type_name, str) or not type_name):
             raise DefinitionError(f"{cls.__qualname__}: type_name must be a non-empty string")
         if not isinstance(version, int) or version < 1:
             raise DefinitionError(f"{cls.__qualname__}: version must be an integer >= 1")
+        if (
+            correlate_by is not ...
+            and correlate_by is not None
+            and (not isinstance(correlate_by, str) or not correlate_by)
+        ):
+            raise DefinitionError(
+                f"{cls.__qualname__}: correlate_by must name a field, as a string "
+                f'(correlate_by="order_id"), not {correlate_by!r}'
+            )
         cls.__flowkit_type__ = type_name or cls.__name__
         cls.__flowkit_version__ = version
+        if correlate_by is not ...:
+            cls.__flowkit_correlate_by__ = correlate_by
+
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
+        # The fields are known only now, once pydantic has built the class.
+        super().__pydantic_init_subclass__(**kwargs)
+        field = cls.__flowkit_correlate_by__
+        if field is not None:
+            _check_business_key(cls, field)
 
 
 class Event(Message):
@@ -80,6 +133,73 @@ class Command(Message, Generic[R]):
     class ReserveStock(Command[StockReserved]):
         order_id: str
     """
+
+
+# Types whose values make a business key: their str() is the key.
+_KEY_TYPES: tuple[type, ...] = (str, int, uuid.UUID)
+
+
+def _check_business_key(cls: type[Message], field: str) -> None:
+    """Check at class definition that ``field`` can hold a message's business key.
+
+    Raises:
+        DefinitionError: naming the class, the field and the fix.
+    """
+    info = cls.model_fields.get(field)
+    if info is None:
+        known = ", ".join(cls.model_fields) or "none"
+        raise DefinitionError(
+            f"{cls.__qualname__}: correlate_by={field!r} names no field of the class "
+            f"(its fields: {known}); name the field that holds the business key, "
+            f"such as correlate_by={next(iter(cls.model_fields), 'order_id')!r}"
+        )
+    annotation = info.annotation
+    options = get_args(annotation) if get_origin(annotation) in (Union, UnionType) else ()
+    kinds = [a for a in options if a is not type(None)] if options else [annotation]
+    if not kinds or not all(
+        isinstance(a, type) and issubclass(a, _KEY_TYPES) and a is not bool for a in kinds
+    ):
+        raise DefinitionError(
+            f"{cls.__qualname__}: correlate_by={field!r} names a field of type "
+            f"{getattr(annotation, '__name__', annotation)!s}; a business key is a str, "
+            "int or UUID field (or None when unknown)"
+        )
+
+
+def business_key(message: Message) -> str | None:
+    """The business key of ``message`` (see ``correlate_by``), or None.
+
+    None when its class names no key, or the key field is None.
+    """
+    field = type(message).__flowkit_correlate_by__
+    if field is None:
+        return None
+    value = getattr(message, field, None)
+    if value is None:
+        return None
+    return value if isinstance(value, str) else str(value)
+
+
+def envelope_key(envelope: Envelope) -> str | None:
+    """The business key of the message an envelope carries, when the envelope
+    was built around the message (by :func:`encode` or a decode); else None."""
+    message = envelope._message
+    if message is None or type(message).__flowkit_correlate_by__ is None:
+        return None
+    return business_key(message)
+
+
+#: The flow that the messages sent from the current task belong to, when none
+#: is given: set by the saga engine while it runs a workflow (its id), so that
+#: whatever a step publishes or requests joins the workflow's flow.
+FLOW: ContextVar[str | None] = ContextVar("flowkit_flow", default=None)
+
+
+def default_correlation(message: Message, message_id: str) -> str:
+    """The flow a message sent without ``correlation_id`` belongs to: the running
+    workflow's (:data:`FLOW`), else a new one named by the message's business
+    key (``correlate_by``), else by its own id."""
+    return FLOW.get() or business_key(message) or message_id
 
 
 @functools.cache
@@ -181,7 +301,9 @@ class Envelope:
         message_id: unique and time-ordered (UUIDv7).
         type: the message's type name.
         version: the message's schema version.
-        correlation_id: shared by every message of one flow (the first message's id).
+        correlation_id: shared by every message of one flow: the workflow's id
+            for what a workflow sends, else the first message's business key
+            (see ``correlate_by``) or id, unless the sender gave one.
         causation_id: the id of the message whose handler published this one.
         occurred_at: when the message was created (UTC).
         headers: free string metadata.
@@ -270,7 +392,9 @@ def encode(
 
     Args:
         message: the message to send.
-        correlation_id: the flow it belongs to; a new flow (its own id) if omitted.
+        correlation_id: the flow it belongs to. If omitted: the running
+            workflow's id (:data:`FLOW`), else a new flow named by the
+            message's business key (``correlate_by``), else by its own id.
         causation_id: the id of the message that caused this one.
         headers: string metadata to carry.
         message_id: a given id (for idempotent re-sends); a new UUIDv7 if omitted.
@@ -280,6 +404,10 @@ def encode(
     """
     ms = _now_ms()
     cls = type(message)
+    if correlation_id is None:
+        correlation_id = FLOW.get() or (
+            None if cls.__flowkit_correlate_by__ is None else business_key(message)
+        )
     occurred, occurred_text = _timestamp(ms)
     if message_id is None:
         mid = _format_id(ms)

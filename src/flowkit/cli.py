@@ -18,6 +18,8 @@ the way ASGI servers take an app: a :class:`~flowkit.Choreography` for
     flowkit graph myshop.services:bus --format dot
     flowkit lint myshop.services:bus --external OrderPlaced
     flowkit asyncapi myshop.services:bus --title "My shop" --version 1.2.0
+    flowkit trace o-2 --store sqlite:///flowkit.db --mermaid
+    flowkit stalled myshop.services:bus --since 12h
 
 Exit status: 0 on success, 1 when flowkit failed, 2 for a command line (or a
 target object) that cannot be carried out; a worker stopped at once by a second
@@ -39,6 +41,7 @@ import anyio
 from ._cli.common import CommandFailed, UsageError, one_line
 from ._cli.dlq import list_letters, prune_letters, replay_letters
 from ._cli.graph import add_commands as add_graph_commands
+from ._cli.trace import add_commands as add_trace_commands
 from ._cli.worker import run_worker
 from ._cli.workflows import (
     STATUSES,
@@ -316,6 +319,7 @@ def _parser() -> argparse.ArgumentParser:
     _urls(wf_prune, transport=False)
     wf_prune.set_defaults(run=prune_workflows)
     add_graph_commands(commands)
+    add_trace_commands(commands, duration=_duration, count=_positive_int)
     return parser
 
 

@@ -25,9 +25,12 @@ from ._replies import Requests
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Mapping, Sequence
+    from datetime import timedelta
     from types import TracebackType
 
     from .._retry import Retry
+    from ..observability._trace import TraceOptions, TraceRecorder
+    from ..observability._trace_expect import Expectation, StalledFlow
     from ..stores._base import DeadLetter, StateStore
     from ..transports._base import Transport
 
@@ -85,9 +88,14 @@ class Choreography:
             one of them publishes at a time. False leaves it to other processes.
         outbox_lease: seconds the relay's lease holds: when the relay that
             publishes dies, another takes over at most this long after.
+        trace: record every publish and handling in the store's flow trace,
+            by correlation id, for ``flowkit trace`` and :meth:`expect`
+            (True: when the store keeps one, with the default
+            :class:`~flowkit.observability.TraceOptions`; False: never).
 
     Raises:
         ValueError: if a number is out of range.
+        DefinitionError: if ``trace`` is not a bool or TraceOptions.
     """
 
     def __init__(
@@ -102,6 +110,7 @@ class Choreography:
         observers: Sequence[BusObserver] = (),
         outbox_relay: bool = True,
         outbox_lease: float = 10.0,
+        trace: bool | TraceOptions = True,
     ) -> None:
         if stop_grace < 0:
             raise ValueError(f"stop_grace must be >= 0 seconds, got {stop_grace}")
@@ -130,6 +139,12 @@ class Choreography:
         self._running: Running | None = None
         self._dead_letters = DeadLetterBox(store)
         self._requests = Requests(max_message_size)
+        if not isinstance(trace, bool):
+            from ..observability._trace import check_trace_argument
+
+            check_trace_argument(trace)
+        self._trace = trace
+        self._expectations: tuple[Expectation, ...] = ()
 
     # -- declaration -----------------------------------------------------------
 
@@ -305,6 +320,77 @@ class Choreography:
         return self._outbox_lease
 
     @property
+    def trace(self) -> bool | TraceOptions:
+        """Whether (and how) the bus records its flows in its store's trace."""
+        return self._trace
+
+    @property
+    def trace_recorder(self) -> TraceRecorder | None:
+        """The recorder writing this running bus's trace (None: not running, or
+        not recording)."""
+        running = self._running
+        return running.recorder if running is not None else None
+
+    @property
+    def expectations(self) -> tuple[Expectation, ...]:
+        """The expectations declared with :meth:`expect`, in order."""
+        return self._expectations
+
+    def expect(
+        self,
+        first: type[Event],
+        *,
+        leads_to: Sequence[type[Event]],
+        within: timedelta | float,
+        on_stalled: Callable[[StalledFlow], object] | None = None,
+        name: str | None = None,
+    ) -> Expectation:
+        """Expect every flow that publishes ``first`` to reach one of ``leads_to`` in time.
+
+        ::
+
+            bus.expect(OrderPlaced, leads_to=[PartnerAssigned], within=timedelta(minutes=5))
+
+        A flow (all the messages of one correlation id) in which ``first`` was
+        published and none of ``leads_to`` followed within ``within`` is
+        reported once: a WARNING on the ``flowkit.trace`` logger,
+        ``on_stalled(flow)``, and a ``stalled`` entry in its trace;
+        ``flowkit stalled MODULE:bus`` lists such flows. The check reads the
+        flow trace in the store, so the events may be published by any
+        process sharing it; it runs in every process running handlers of this
+        bus with tracing on, and one of them reports each flow.
+
+        Args:
+            first: the event that starts the wait.
+            leads_to: the events any one of which ends it.
+            within: how long the flow has (a timedelta, or seconds).
+            on_stalled: called with each :class:`~flowkit.observability.StalledFlow`
+                this process reports: a plain function, or an async one
+                (given 30 s); what it raises is logged.
+            name: the expectation's name, unique on this bus
+                (``"OrderPlaced->PartnerAssigned"`` by default).
+
+        Returns:
+            The expectation.
+
+        Raises:
+            DefinitionError: if an argument is wrong, the name is taken, or
+                the bus is running.
+        """
+        from ..observability._trace_expect import make_expectation
+
+        if self._running is not None:
+            raise DefinitionError("cannot add an expectation while the bus is running")
+        expectation = make_expectation(first, leads_to, within, on_stalled, name)
+        if any(e.name == expectation.name for e in self._expectations):
+            raise DefinitionError(
+                f"this bus already has an expectation named {expectation.name!r}; "
+                "pass name=... to tell them apart"
+            )
+        self._expectations = (*self._expectations, expectation)
+        return expectation
+
+    @property
     def observers(self) -> tuple[BusObserver, ...]:
         """The observers watching this bus, its own DEBUG log first."""
         return self._observers
@@ -466,7 +552,10 @@ class Choreography:
         Args:
             event: the event.
             headers: string metadata carried in the envelope.
-            correlation_id: the flow it belongs to (a new flow if omitted).
+            correlation_id: the flow it belongs to. If omitted: the
+                workflow's id when a workflow's step sends it, else a new
+                flow named by the message's business key (``correlate_by``),
+                else by its own id.
             causation_id: the id of the message that caused it.
             message_id: a given id, to make a re-send idempotent.
 
@@ -575,7 +664,10 @@ class Choreography:
             command: the command; its class names the reply type.
             timeout: seconds to wait for the reply.
             headers: string metadata carried in the envelope.
-            correlation_id: the flow it belongs to (a new flow if omitted).
+            correlation_id: the flow it belongs to. If omitted: the
+                workflow's id when a workflow's step sends it, else a new
+                flow named by the message's business key (``correlate_by``),
+                else by its own id.
             causation_id: the id of the message that caused it.
             idempotency_key: passed to the handler as ``ctx.idempotency_key``.
 

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 
     from anyio.abc import TaskGroup
 
+    from ..observability._trace import TraceRecorder
     from ..stores._base import StateStore
     from ..transports._base import Subscription
     from ._bus import Choreography
@@ -59,6 +60,8 @@ class Running:
         self._stack: AsyncExitStack | None = None
         self._task_group: TaskGroup | None = None
         self.relay: Relay | None = None
+        #: The recorder of the flow trace, while the bus records one.
+        self.recorder: TraceRecorder | None = None
         #: The observers that wrap each sending (see :meth:`BusObserver.sending`).
         self.senders: tuple[BusObserver, ...] = ()
 
@@ -87,6 +90,14 @@ class Running:
             self.specs = tuple(
                 s for s in bus.handlers if self.services is None or s.service in self.services
             )
+            from ..observability._trace import recorder_for
+
+            # Expectations are checked where handlers run; the recorder watches first.
+            expected = bus.expectations if self.specs else ()
+            self.recorder = recorder_for(store, bus.trace, expectations=expected)
+            if self.recorder is not None:
+                await stack.enter_async_context(self.recorder)
+                bus._observers = (self.recorder, *bus._observers)
             loops: list[tuple[Consumer, Subscription]] = []
             for spec in self.specs:
                 consumer = Consumer(
@@ -104,6 +115,7 @@ class Running:
                     loops.append((consumer, await transport.subscribe(spec.topic, spec.consumer)))
             self._task_group = await stack.enter_async_context(anyio.create_task_group())
         except BaseException:
+            self._forget_recorder()
             await stack.__aexit__(None, None, None)
             raise
         self._stack = stack
@@ -112,7 +124,9 @@ class Running:
         for consumer, sub in loops:
             self._task_group.start_soon(consumer.run, sub, self.workers)
         if bus.outbox_relay and has_outbox(store):
-            self.relay = Relay(outbox_of(store), transport, lease=bus.outbox_lease)
+            self.relay = Relay(
+                outbox_of(store), transport, lease=bus.outbox_lease, observers=bus.observers
+            )
             bus.outbox.relay = self.relay
             self._task_group.start_soon(self.relay.run)
         retention = bus.inbox_retention
@@ -137,6 +151,7 @@ class Running:
             self.workers.stopping = True
             self._task_group.cancel_scope.cancel()
             self.bus._running = None
+            self._forget_recorder()
             if self.bus.outbox.relay is self.relay:
                 self.bus.outbox.relay = None
             self.cache.clear()
@@ -144,6 +159,12 @@ class Running:
                 await self.bus._requests.stop()
             await exit_stack(stack, exc_type, exc, tb)
         return False
+
+    def _forget_recorder(self) -> None:
+        """Take the trace recorder off the bus's observers (it stops with the stack)."""
+        recorder = self.recorder
+        if recorder is not None:
+            self.bus._observers = tuple(o for o in self.bus._observers if o is not recorder)
 
     async def _wind_down(self, *, cancelled: bool) -> None:
         """Stop taking messages, give busy handlers ``stop_grace`` seconds, then

@@ -83,7 +83,10 @@ class Outbox:
                 written (and reach each consumer in that order where the
                 transport declares ``ordered_by_key``).
             headers: string metadata carried in the envelope.
-            correlation_id: the flow it belongs to (a new flow if omitted).
+            correlation_id: the flow it belongs to. If omitted: the
+                workflow's id when a workflow's step sends it, else a new
+                flow named by the message's business key (``correlate_by``),
+                else by its own id.
             causation_id: the id of the message that caused it.
             message_id: a given id, to make a re-send idempotent.
 

@@ -26,13 +26,17 @@ from typing import TYPE_CHECKING
 import anyio
 
 from .._cancel import stops_work
+from .._errors import DecodeError
+from .._events import decode_envelope
 from .._redact import redact_url
+from ._observe import notify
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from ..stores._outbox import OutboxRow, OutboxStore, RelaySession
     from ..transports._base import Transport
+    from ._observe import BusObserver
 
 __all__ = ["LEASE_NAME", "Relay", "describe", "relay_owner"]
 
@@ -77,10 +81,18 @@ class Relay:
         lease: seconds the relay's lease holds; a relay that dies is taken
             over this long after its last renewal at most.
         batch: envelopes read at a time.
+        observers: told of each envelope published (``published``), as the
+            bus tells of its own publishes.
     """
 
     def __init__(
-        self, ops: OutboxStore, transport: Transport, *, lease: float = 10.0, batch: int = BATCH
+        self,
+        ops: OutboxStore,
+        transport: Transport,
+        *,
+        lease: float = 10.0,
+        batch: int = BATCH,
+        observers: Sequence[BusObserver] = (),
     ) -> None:
         self.owner = relay_owner()
         self.published = 0
@@ -89,6 +101,7 @@ class Relay:
         self._lease = lease
         self._batch = batch
         self._session: RelaySession | None = None
+        self._observers = tuple(observers)
         self._held = False
         self._stopping = False
         self._stop = anyio.Event()
@@ -222,6 +235,15 @@ class Relay:
             )
             await self._pause(min(backoff, max(renew_at - time.monotonic(), 0.0)))
 
+    def _published(self, body: bytes) -> None:
+        """Tell the observers of a published envelope (one that is not an
+        envelope was written by hand: there is nothing to tell)."""
+        try:
+            envelope = decode_envelope(body)
+        except DecodeError:
+            return
+        notify(self._observers, "published", envelope)
+
     async def _publish(
         self, rows: Sequence[OutboxRow], budget: float
     ) -> tuple[list[int], BaseException | None]:
@@ -249,6 +271,8 @@ class Relay:
                         failures.append(exc)
                         return
                     done.append(row.seq)
+                    if self._observers:
+                        self._published(row.body)
 
         if len(lanes) == 1:
             (only,) = lanes.values()

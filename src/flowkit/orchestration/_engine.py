@@ -29,7 +29,7 @@ from .._errors import (
     StepTimeout,
     WorkflowCancelled,
 )
-from .._events import Command, Message
+from .._events import FLOW, Command, Message
 from .._exits import leaves
 from ._context import StepContext
 from ._model import Outcome, WorkflowStatus
@@ -325,6 +325,7 @@ class Engine:
             run.clock = time.monotonic()
             if run.begun >= 0:  # a new run: its first stage was begun when it was created
                 self._tell_stage_started(run, run.begun)
+        flow = FLOW.set(run.id)  # what its steps publish or request joins the workflow's flow
         try:
             try:
                 await self._phases(run)
@@ -336,6 +337,7 @@ class Engine:
             raise
         finally:
             run.scope = None
+            FLOW.reset(flow)
         if self.observers:
             self._tell_workflow("workflow_finished", run)
         return run.to_outcome(self.plan.name_of)

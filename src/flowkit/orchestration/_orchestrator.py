@@ -43,6 +43,7 @@ if TYPE_CHECKING:
 
     from anyio.abc import TaskGroup
 
+    from ..observability._trace import TraceOptions, TraceRecorder
     from ..stores._base import StateStore, WorkflowRecord
     from ..transports._base import Transport
 
@@ -143,6 +144,11 @@ class Orchestrator(Generic[InputT]):
             (on by default; off, only :meth:`resume` takes them over).
         owner: the id this instance holds leases as (by default one per
             process: ``host:pid:random``).
+        trace: record every workflow, step and compensation in the store's
+            flow trace, under the workflow's id, for ``flowkit trace`` (True:
+            when the store keeps one, with the default
+            :class:`~flowkit.observability.TraceOptions`; False: never).
+            What a step publishes or requests joins the workflow's flow.
 
     Raises:
         DefinitionError: if the orchestrator has remote steps but neither
@@ -203,6 +209,7 @@ class Orchestrator(Generic[InputT]):
         lease: float = 30.0,
         recover: bool = True,
         owner: str | None = None,
+        trace: bool | TraceOptions = True,
     ) -> None:
         plan = getattr(type(self), "_plan", None)
         if plan is None:
@@ -258,6 +265,12 @@ class Orchestrator(Generic[InputT]):
         self.add_observer(StepLog())
         for observer in observers:
             self.add_observer(observer)
+        if not isinstance(trace, bool):
+            from ..observability._trace import check_trace_argument
+
+            check_trace_argument(trace)
+        self._trace = trace
+        self._recorder: TraceRecorder | None = None
         self._stack: AsyncExitStack | None = None
         self._tg: TaskGroup | None = None
         self._slots: anyio.Semaphore | None = None
@@ -274,6 +287,12 @@ class Orchestrator(Generic[InputT]):
         await stack.__aenter__()
         try:
             await stack.enter_async_context(self._store)
+            from ..observability._trace import recorder_for
+
+            self._recorder = recorder_for(self._store, self._trace)
+            if self._recorder is not None:
+                await stack.enter_async_context(self._recorder)
+                self.add_observer(self._recorder)
             if self._plan.has_remote and self._bus is None:
                 from ..choreography import BusObserver, Choreography
 
@@ -290,6 +309,7 @@ class Orchestrator(Generic[InputT]):
             self._keeping = anyio.CancelScope()
             self._tg.start_soon(self._keep, self._keeping)
         except BaseException:
+            self._forget_recorder()
             await stack.__aexit__(None, None, None)
             raise
         self._stack = stack
@@ -314,6 +334,14 @@ class Orchestrator(Generic[InputT]):
                 self._stack = None
                 self._tg = None
                 self._engine.requester = self._bus
+                self._forget_recorder()
+
+    def _forget_recorder(self) -> None:
+        """Take the trace recorder off the observers (it stops with the stack)."""
+        recorder, self._recorder = self._recorder, None
+        if recorder is not None:
+            self._observers = [o for o in self._observers if o is not recorder]
+            self._engine.observe(self._observers)
 
     async def _stop(self) -> None:
         """Give the running workflows ``stop_grace`` seconds, then stop the others

@@ -1,0 +1,158 @@
+"""``flowkit trace`` and ``flowkit stalled`` on the e-commerce example, on the
+in-memory transport with its records in SQLite files."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import TYPE_CHECKING
+
+import anyio
+import pytest
+
+from examples.ecommerce.choreographed import run_choreography
+from examples.ecommerce.orchestrated import run_orchestration
+from examples.ecommerce.services import CONFIRMATION_WITHIN
+from flowkit.cli import main
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+
+@pytest.fixture(scope="module")
+def shop(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, float]:
+    """The two demos, run once: their stores, and when they ended."""
+    tmp = tmp_path_factory.mktemp("shop")
+    choreography, orchestration = tmp / "choreography.db", tmp / "orchestration.db"
+    anyio.run(run_choreography, choreography)
+    anyio.run(run_orchestration, orchestration)
+    return choreography, orchestration, time.monotonic()
+
+
+def flowkit(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    status = main(list(args))
+    out = capsys.readouterr()
+    return status, out.out, out.err
+
+
+def test_trace_shows_the_choreographed_o2_flow(
+    shop: tuple[Path, Path, float], capsys: pytest.CaptureFixture[str]
+) -> None:
+    status, out, _ = flowkit(capsys, "trace", "o-2", "--store", f"sqlite:///{shop[0]}")
+    assert status == 0
+    assert out.startswith("flow o-2: ")
+    assert "business key o-2" in out
+    # the failed delivery partner and its retries
+    assert "logistics:assign-partner  handled at attempt 3" in out
+    assert "attempt 1: retried" in out and "ConnectionError: partner-api:o-2 is unavailable" in out
+    assert "attempt 2: retried" in out
+    # what logistics and the seller caused
+    assert "PartnerAssigned  published" in out and "by logistics:assign-partner" in out
+    assert "order-history:record-PartnerAssigned  handled" in out
+    # the dead letter, and where the flow stopped
+    assert "notification:confirm-order  DEAD-LETTERED after 1 attempt(s)" in out
+    stopped = out.split("where it stopped:")[1]
+    assert "notification:confirm-order  DEAD-LETTERED" in stopped
+    assert "flowkit.NonRetryableError: cannot email the customer of order o-2" in stopped
+    assert "not-an-email" not in out  # the payload's value stays out
+
+
+def test_trace_shows_the_orchestrated_o2_saga_with_its_compensations_in_order(
+    shop: tuple[Path, Path, float], capsys: pytest.CaptureFixture[str]
+) -> None:
+    status, out, _ = flowkit(capsys, "trace", "o-2", "--store", f"sqlite:///{shop[1]}")
+    assert status == 0
+    assert "workflow place-order o-2  COMPENSATED" in out
+    assert "step assign_partner  FAILED at attempt 1" in out
+    assert "AssignPartner  sent" in out
+    assert "logistics:assign  DEAD-LETTERED after 3 attempt(s)" in out
+    assert "attempt 2: retried" in out
+    order = [
+        out.index(f"compensation {i}: {step}")
+        for i, step in enumerate(("prepare_shipment", "charge_payment", "reserve_stock"), start=1)
+    ]
+    assert order == sorted(order)
+    assert "CancelShipment  sent" in out and "seller:cancel  handled" in out
+    assert "compensated, in order: prepare_shipment, charge_payment, reserve_stock" in out
+
+
+def test_trace_draws_mermaid_and_writes_json(
+    shop: tuple[Path, Path, float], capsys: pytest.CaptureFixture[str]
+) -> None:
+    store = f"sqlite:///{shop[1]}"
+    status, out, _ = flowkit(capsys, "trace", "o-2", "--store", store, "--mermaid")
+    assert status == 0
+    lines = out.splitlines()
+    assert lines[0] == "sequenceDiagram"
+    assert any(line.strip().endswith("as place-order") for line in lines)
+    assert any(line.strip().endswith("as logistics") for line in lines)
+    assert any("->>" in line and "AssignPartner (assign)" in line for line in lines)
+    assert any("--x" in line and "failure" in line for line in lines)
+    notes = [line for line in lines if "Note over" in line and "compensate " in line]
+    assert [n.split("compensate ")[1].split(":")[0] for n in notes] == [
+        "prepare_shipment",
+        "charge_payment",
+        "reserve_stock",
+    ]
+
+    status, out, _ = flowkit(capsys, "trace", "o-2", "--store", store, "--json")
+    assert status == 0
+    (flow,) = json.loads(out)
+    assert flow["correlation_id"] == "o-2" and not flow["truncated"]
+    (saga,) = flow["tree"]
+    assert saga["outcome"] == "compensated"
+    assert [s["step"] for s in saga["compensations"]] == [
+        "prepare_shipment",
+        "charge_payment",
+        "reserve_stock",
+    ]
+
+
+def test_trace_is_bounded_and_says_so(
+    shop: tuple[Path, Path, float], capsys: pytest.CaptureFixture[str]
+) -> None:
+    status, out, _ = flowkit(
+        capsys, "trace", "o-2", "--store", f"sqlite:///{shop[0]}", "--limit", "3"
+    )
+    assert status == 0
+    assert "(showing the first 3 of " in out and "--after " in out
+
+
+def test_trace_of_an_unknown_id_or_without_a_store_fails_clearly(
+    shop: tuple[Path, Path, float],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    status, _, err = flowkit(capsys, "trace", "o-404", "--store", f"sqlite:///{shop[0]}")
+    assert status == 1
+    assert "no flow in the trace has the correlation id, workflow id or business key 'o-404'" in err
+    monkeypatch.delenv("FLOWKIT_STORE", raising=False)
+    status, _, err = flowkit(capsys, "trace", "o-2")
+    assert status == 2 and "give the store holding the trace: --store URL" in err
+    status, _, err = flowkit(capsys, "trace", "o-2", "--store", "memory://")
+    assert status == 2 and "in memory" in err
+    status, _, err = flowkit(capsys, "trace", "o-2", "--store", f"sqlite:///{shop[0]}.missing")
+    assert status == 2 and "no such file" in err
+
+
+def test_stalled_lists_the_order_never_confirmed(
+    shop: tuple[Path, Path, float], capsys: pytest.CaptureFixture[str]
+) -> None:
+    wait = CONFIRMATION_WITHIN.total_seconds() - (time.monotonic() - shop[2]) + 0.2
+    if wait > 0:
+        time.sleep(wait)
+    store = f"sqlite:///{shop[0]}"
+    app = "examples.ecommerce.services:bus"
+    status, out, _ = flowkit(capsys, "stalled", app, "--store", store)
+    assert status == 0
+    lines = out.splitlines()
+    assert lines[0] == (
+        "order confirmed: 1 stalled flow(s) (ConfirmationSent expected within 2s of OrderPlaced)"
+    )
+    assert lines[1].split()[:3] == ["o-2", "OrderPlaced", "published"]
+    status, out, _ = flowkit(capsys, "stalled", app, "--store", store, "--json")
+    assert status == 0
+    (flow,) = json.loads(out)
+    assert (flow["expectation"], flow["correlation_id"]) == ("order confirmed", "o-2")
+    status, _, err = flowkit(capsys, "stalled", "tests.cli_app:bus", "--store", store)
+    assert status == 2 and "declares no expectations" in err
