@@ -15,6 +15,7 @@ import anyio.lowlevel
 import pytest
 
 from flowkit import (
+    BusObserver,
     Choreography,
     Context,
     DefinitionError,
@@ -45,6 +46,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
     from pathlib import Path
 
+    from flowkit.choreography._observe import Outgoing
     from flowkit.stores._trace import TraceRow
 
 pytestmark = pytest.mark.anyio
@@ -99,6 +101,21 @@ async def test_a_new_flow_is_named_by_its_business_key() -> None:
     assert plain.correlation_id == plain.message_id
 
 
+async def test_an_observer_wrapping_the_sending_sees_the_same_flow() -> None:
+    seen: list[str] = []
+
+    class Stamp(BusObserver):
+        def sending(self, outgoing: Outgoing) -> None:
+            seen.append(outgoing.correlation_id)
+
+    bus = Choreography(InMemoryTransport(), observers=[Stamp()])
+    async with run_in_memory(bus):
+        keyed = await bus.publish(OrderPlaced(order_id="o-8", email="a@b.c", total=1.0))
+        plain = await bus.publish(Unkeyed(n=1))
+    assert seen == ["o-8", plain.message_id]
+    assert keyed.correlation_id == "o-8"
+
+
 async def test_a_handler_publishes_in_its_message_flow() -> None:
     bus = Choreography(InMemoryTransport())
 
@@ -127,7 +144,7 @@ def test_correlate_by_is_checked_when_the_class_is_made() -> None:
 
     with pytest.raises(DefinitionError, match="must name a field, as a string"):
 
-        class Number(Event, correlate_by=3):  # type: ignore[call-arg]
+        class Number(Event, correlate_by=3):
             order_id: str
 
     class Inherited(OrderPlaced):

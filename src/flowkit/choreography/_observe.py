@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 from .._cancel import stops_work
-from .._events import new_message_id
+from .._events import default_correlation, new_message_id
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -61,13 +61,14 @@ class Outgoing:
         message_id: str | None,
     ) -> Outgoing:
         """What ``message`` will be sent as: its id made now if not given, and
-        the flow's id that of the message when it starts one."""
+        its flow's id as :func:`~flowkit._events.encode` gives it when none is
+        (the running workflow's, the message's business key, or its id)."""
         mid = message_id or new_message_id()
         return cls(
             message,
             getattr(type(message), "__flowkit_type__", type(message).__name__),
             mid,
-            correlation_id or mid,
+            correlation_id or default_correlation(message, mid),
             causation_id,
             dict(headers) if headers else {},
             via,
