@@ -439,7 +439,7 @@ async def test_providers_set_after_the_observer_was_made_are_used(
     monkeypatch: pytest.MonkeyPatch, telemetry: Telemetry
 ) -> None:
     """With no provider given it looks up the global ones, again while none is set."""
-    monkeypatch.setattr(_otel, "_LOOK_AGAIN", 0.0)
+    monkeypatch.setattr(_otel, "_LOOK_EVERY", 1)
     monkeypatch.setattr(trace, "get_tracer_provider", lambda: trace.ProxyTracerProvider())
     monkeypatch.setattr(metrics, "get_meter_provider", metrics.NoOpMeterProvider)
     otel = OpenTelemetry()

@@ -605,8 +605,9 @@ class Choreography:
             message_id=message_id,
         )
         await self._transport.publish(envelope.type, body)
-        if self._observers:
-            notify(self._observers, "published", envelope)
+        running = self._running
+        if running is not None and running.publishers:
+            notify(running.publishers, "published", envelope)
         return envelope
 
     def _encode_event(
@@ -686,7 +687,7 @@ class Choreography:
         if not isinstance(command, Command):
             raise TypeError(f"request() takes a Command, got {type(command).__name__}")
         reply_type: type[R] = reply_type_of(type(command))  # type: ignore[assignment]
-        observers = self._observers
+        observers = running.publishers
         return await self._requests.request(
             self._transport,
             running.task_group,

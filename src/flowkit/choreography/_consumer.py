@@ -256,12 +256,14 @@ class Consumer:
                     worker.busy = True
                     handled: list[Delivery] = []
                     first = 0.0
+                    # Asked once per batch: an idle observer costs one call per batch.
+                    watched = not self._plain or watching_now(self._observers)
                     try:
                         for delivery in deliveries:
                             if workers.stopping:
                                 break  # not handled: closing the subscription gives it back
                             try:
-                                if await handle(delivery):
+                                if await handle(delivery, watched):
                                     if not handled:
                                         first = time.monotonic()
                                     handled.append(delivery)
@@ -312,8 +314,13 @@ class Consumer:
 
     # -- the pipeline ------------------------------------------------------------
 
-    async def handle(self, delivery: Delivery) -> bool:
+    async def handle(self, delivery: Delivery, watched: bool = True) -> bool:
         """Take one delivery through decode, claim, invoke and settle.
+
+        Args:
+            delivery: the delivery.
+            watched: whether an observer watches (see :meth:`BusObserver.watching`);
+                if not, a plain handler is called directly.
 
         Returns:
             True if the message was handled: the caller acks it (with the rest
@@ -335,7 +342,7 @@ class Consumer:
                 return False
             self._cache.put(body, decoded)
         message = decoded.message
-        if self._plain and not watching_now(self._observers):
+        if self._plain and not watched:
             # An event handler with no inbox, timeout, context or observer
             # watching: invoke and settle, nothing else to do.
             try:

@@ -64,6 +64,8 @@ class Running:
         self.recorder: TraceRecorder | None = None
         #: The observers that wrap each sending (see :meth:`BusObserver.sending`).
         self.senders: tuple[BusObserver, ...] = ()
+        #: The observers told of each message sent (see :meth:`BusObserver.published`).
+        self.publishers: tuple[BusObserver, ...] = ()
 
     @property
     def task_group(self) -> TaskGroup:
@@ -120,6 +122,7 @@ class Running:
             raise
         self._stack = stack
         self.senders = overriding(bus.observers, "sending")
+        self.publishers = overriding(bus.observers, "published")
         bus._running = self
         for consumer, sub in loops:
             self._task_group.start_soon(consumer.run, sub, self.workers)

@@ -85,9 +85,12 @@ class BusObserver:
     """
 
     def watching(self) -> bool:
-        """Whether this observer wants to hear about the next message handled.
+        """Whether this observer wants to hear about the next messages handled or sent.
 
-        Asked once per message, before it is handled; True unless overridden.
+        Asked by each consumer before the batch of messages it took from its
+        transport (up to 64, one at a time for a handler with several
+        loops), and before each message sent by an observer that overrides
+        :meth:`sending`; True unless overridden.
         When no observer of a bus says True, a handler that takes no context
         and has no inbox or timeout is called directly, without the work done
         for observers (the bus's own DEBUG log says False while DEBUG is off).

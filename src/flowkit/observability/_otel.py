@@ -25,7 +25,6 @@ is, with the secrets of URLs in it masked.
 from __future__ import annotations
 
 import logging
-import time
 import traceback
 from typing import TYPE_CHECKING, Any
 
@@ -67,8 +66,8 @@ SCOPE = "flowkit"
 #: ended (a workflow or step whose end was never told, such as an observer
 #: added in the middle of a run).
 MAX_OPEN_SPANS = 10_000
-# How often to look again for providers set after this observer was made (seconds).
-_LOOK_AGAIN = 1.0
+# While a provider is missing, look again for one set since, every so many calls.
+_LOOK_EVERY = 256
 
 _SYSTEM = "flowkit"
 # OpenTelemetry's operation type and the span's verb, by the way a message is sent.
@@ -149,7 +148,7 @@ class OpenTelemetry(BusObserver, SagaObserver):
         self._tracer: trace.Tracer | None = None
         self._meter: metrics.Meter | None = None
         self._on = self._settled = False
-        self._next_look = 0.0
+        self._unlooked = 1  # calls until the next look: the first one looks
         self._handles: dict[int, trace.Span] = {}
         self._workflows: dict[tuple[str, str], trace.Span] = {}
         self._steps: dict[tuple[str, str, str, bool], trace.Span] = {}
@@ -189,13 +188,6 @@ class OpenTelemetry(BusObserver, SagaObserver):
         self._on = self._tracer is not None or self._meter is not None
         self._settled = self._tracer is not None and self._meter is not None
 
-    def _active(self) -> bool:
-        if not self._settled:
-            now = time.monotonic()
-            if now >= self._next_look:
-                self._next_look = now + _LOOK_AGAIN
-                self._look()
-        return self._on
 
     @property
     def propagator(self) -> TextMapPropagator:
@@ -205,15 +197,24 @@ class OpenTelemetry(BusObserver, SagaObserver):
     # -- the bus -------------------------------------------------------------------------
 
     def watching(self) -> bool:
-        """Whether a tracer or meter provider is set (the API alone records nothing)."""
+        """Whether a tracer or meter provider is set (the API alone records nothing).
+
+        While one is missing, the global providers are looked up again at the
+        first call and every 256 calls, so providers set after this observer
+        was made (and after the bus started) are used from then on.
+        """
         if self._settled:
             return True
-        return self._active()
+        self._unlooked -= 1
+        if self._unlooked <= 0:
+            self._unlooked = _LOOK_EVERY
+            self._look()
+        return self._on
 
     def _tracing(self) -> trace.Tracer | None:
         """The tracer, if a tracer provider is set."""
         tracer = self._tracer
-        if tracer is None and self._active():
+        if tracer is None and self.watching():
             tracer = self._tracer
         return tracer
 
