@@ -18,6 +18,7 @@ BENCHMARKS: dict[str, list[str]] = {
     "bench_checkpoint": [],
     "bench_outbox": [],
     "bench_otel": [],
+    "bench_trace": [],
 }
 
 

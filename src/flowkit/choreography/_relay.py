@@ -29,7 +29,7 @@ from .._cancel import stops_work
 from .._errors import DecodeError
 from .._events import decode_envelope
 from .._redact import redact_url
-from ._observe import notify
+from ._observe import notify, watching_now
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -82,7 +82,8 @@ class Relay:
             over this long after its last renewal at most.
         batch: envelopes read at a time.
         observers: told of each envelope published (``published``), as the
-            bus tells of its own publishes.
+            bus tells of its own publishes, when one of them is watching
+            (the body is decoded for them only then).
     """
 
     def __init__(
@@ -259,6 +260,7 @@ class Relay:
         done: list[int] = []
         failures: list[BaseException] = []
         publish = self._transport.publish
+        observers = self._observers
 
         async def lane(ordered: list[OutboxRow], limiter: anyio.CapacityLimiter) -> None:
             async with limiter:
@@ -271,7 +273,7 @@ class Relay:
                         failures.append(exc)
                         return
                     done.append(row.seq)
-                    if self._observers:
+                    if observers and watching_now(observers):
                         self._published(row.body)
 
         if len(lanes) == 1:

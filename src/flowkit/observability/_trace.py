@@ -32,8 +32,8 @@ import anyio
 import anyio.lowlevel
 
 from .._cancel import stops_work
-from .._errors import DecodeError, DefinitionError, StoreError
-from .._events import FLOW, decode_envelope, envelope_key
+from .._errors import DecodeError, DefinitionError
+from .._events import FLOW, business_key, decode_envelope, envelope_key
 from .._redact import MASK, redact_url
 from ..choreography._observe import BusObserver
 from ..orchestration._observe import SagaObserver
@@ -66,9 +66,11 @@ CLOSE_WITHIN = 5.0
 #: Seconds between two warnings about dropped or unwritten entries.
 WARN_EVERY = 30.0
 
+_now = time.time
+
 # What the current task is doing, for the entries of what it publishes: the
-# handling it runs (set in ``before_handle``, cleared once it is settled), the
-# step it runs (set around the step's call).
+# handling it runs (set in ``before_handle``; a consumer's task publishes
+# nothing between two handlings), the step it runs (set around the step's call).
 _HANDLING: ContextVar[Context | None] = ContextVar("flowkit_trace_handling", default=None)
 _STEP: ContextVar[StepContext | None] = ContextVar("flowkit_trace_step", default=None)
 
@@ -239,12 +241,20 @@ class TraceRecorder(BusObserver, SagaObserver):
     def _push(self, row: TraceRow) -> None:
         buffer = self._buffer
         if len(buffer) >= self._capacity:
-            self.dropped += 1  # the deque drops the oldest
-            self._unreported_drops += 1
+            self._overflow()
         buffer.append(row)
         if len(buffer) >= self._flush_size and not self._waking:
-            self._waking = True
-            self._wake.set()
+            self._wake_up()
+
+    def _overflow(self) -> None:
+        """The buffer is full: the entry about to come pushes the oldest out."""
+        self.dropped += 1
+        self._unreported_drops += 1
+
+    def _wake_up(self) -> None:
+        """Enough entries wait: write them now."""
+        self._waking = True
+        self._wake.set()
 
     @property
     def waiting(self) -> int:
@@ -252,11 +262,21 @@ class TraceRecorder(BusObserver, SagaObserver):
         return len(self._buffer)
 
     async def flush(self) -> None:
-        """Write what waits now (the recorder does it on its own; useful in tests)."""
+        """Write what waits now (the recorder does it on its own; useful in tests).
+
+        What comes meanwhile waits for the next flush: written as it comes, it
+        would go in batches of a few entries.
+        """
         buffer = self._buffer
-        while buffer:
-            count = min(len(buffer), WRITE_BATCH)
-            rows = [buffer.popleft() for _ in range(count)]
+        left = len(buffer)
+        while left and buffer:
+            count = min(len(buffer), left, WRITE_BATCH)
+            left -= count
+            if count == len(buffer):
+                rows = list(buffer)
+                buffer.clear()
+            else:
+                rows = [buffer.popleft() for _ in range(count)]
             try:
                 await self.trace.add(rows)
             except Exception as exc:
@@ -355,8 +375,14 @@ class TraceRecorder(BusObserver, SagaObserver):
         while True:
             try:
                 removed = await self._prune_once()
-            except StoreError as exc:
-                logger.warning("could not prune the flow trace (%s); trying again later", exc)
+            except Exception as exc:  # never the bus's failure: the trace waits
+                if stops_work(exc):
+                    raise
+                logger.warning(
+                    "could not prune the flow trace (%s: %s); trying again later",
+                    type(exc).__name__,
+                    redact_error(exc),
+                )
             else:
                 if removed:
                     logger.debug("pruned %d flow trace entries", removed)
@@ -373,6 +399,9 @@ class TraceRecorder(BusObserver, SagaObserver):
 
     # -- the bus -------------------------------------------------------------------
 
+    # ``published`` and ``handled`` come for every message: they build the row
+    # and push it inline, with nothing looked up twice.
+
     def published(self, envelope: Envelope) -> None:
         service = handler = workflow = workflow_id = step = detail = None
         handling = _HANDLING.get()
@@ -386,62 +415,77 @@ class TraceRecorder(BusObserver, SagaObserver):
                     detail = "compensation"
             else:
                 workflow_id = FLOW.get()
-        self._push(
-            (
-                time.time(),
-                envelope.correlation_id,
-                "publish",
-                "published",
-                envelope.message_id,
-                envelope.causation_id,
-                envelope.type,
-                service,
-                handler,
-                workflow,
-                workflow_id,
-                step,
-                None,
-                None,
-                None,
-                None,
-                envelope_key(envelope),
-                detail,
-            )
+        message = envelope._message
+        row = (
+            _now(),
+            envelope.correlation_id,
+            "publish",
+            "published",
+            envelope.message_id,
+            envelope.causation_id,
+            envelope.type,
+            service,
+            handler,
+            workflow,
+            workflow_id,
+            step,
+            None,
+            None,
+            None,
+            None,
+            None
+            if message is None or type(message).__flowkit_correlate_by__ is None
+            else business_key(message),
+            detail,
         )
+        buffer = self._buffer
+        if len(buffer) >= self._capacity:
+            self._overflow()
+        buffer.append(row)
+        if len(buffer) >= self._flush_size and not self._waking:
+            self._wake_up()
 
     def before_handle(self, ctx: Context) -> None:
         _HANDLING.set(ctx)
 
     def handled(self, ctx: Context, duration: float) -> None:
-        _HANDLING.set(None)
+        # _HANDLING keeps this context until the task's next handling: nothing
+        # is published in between, and clearing it would cost every handling.
         envelope = ctx.envelope
-        self._push(
-            (
-                time.time(),
-                envelope.correlation_id,
-                "handle",
-                "handled",
-                envelope.message_id,
-                envelope.causation_id,
-                envelope.type,
-                ctx.service,
-                ctx.handler,
-                None,
-                None,
-                None,
-                ctx.attempt,
-                duration,
-                None,
-                None,
-                envelope_key(envelope),
-                None,
-            )
+        message = envelope._message
+        spec = ctx._spec
+        row = (
+            _now(),
+            envelope.correlation_id,
+            "handle",
+            "handled",
+            envelope.message_id,
+            envelope.causation_id,
+            envelope.type,
+            spec.service,
+            spec.name,
+            None,
+            None,
+            None,
+            ctx.attempt,
+            duration,
+            None,
+            None,
+            None
+            if message is None or type(message).__flowkit_correlate_by__ is None
+            else business_key(message),
+            None,
         )
+        buffer = self._buffer
+        if len(buffer) >= self._capacity:
+            self._overflow()
+        buffer.append(row)
+        if len(buffer) >= self._flush_size and not self._waking:
+            self._wake_up()
 
     def attempt_failed(
         self, ctx: Context, error: BaseException, duration: float, *, will_retry: bool
     ) -> None:
-        _HANDLING.set(None)
         envelope = ctx.envelope
         key = envelope_key(envelope)
         try:

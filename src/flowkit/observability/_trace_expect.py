@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 import anyio
 
 from .._cancel import stops_work
-from .._errors import DefinitionError, StoreError
+from .._errors import DefinitionError
 from .._events import Event
 
 if TYPE_CHECKING:
@@ -161,6 +161,12 @@ def make_expectation(
     return Expectation(name, start, ends, delay, on_stalled)
 
 
+def _redacted(exc: BaseException) -> str | None:
+    from ._trace import redact_error
+
+    return redact_error(exc)
+
+
 def _stalled_flow(expectation: Expectation, entry: TraceEntry) -> StalledFlow:
     return StalledFlow(
         expectation=expectation.name,
@@ -291,12 +297,15 @@ async def watch(
                     if len(found) < PAGE or found[-1].published_at <= since:
                         break
                     since = found[-1].published_at
-            except StoreError as exc:
+            except Exception as exc:  # never the bus's failure: checked again later
+                if stops_work(exc):
+                    raise
                 logger.warning(
-                    "could not check expectation %r against the flow trace (%s); "
+                    "could not check expectation %r against the flow trace (%s: %s); "
                     "trying again later",
                     expectation.name,
-                    exc,
+                    type(exc).__name__,
+                    _redacted(exc),
                 )
                 continue  # the same window again next time
             checked[expectation.name] = until

@@ -40,10 +40,12 @@ def _limit(value: int, what: str) -> int:
 class MemoryTrace:
     """The trace kept in a MemoryStore's memory, safe to share between tasks and threads.
 
-    Entries are kept in the order they were added; each flow, workflow and
-    business key has the list of what it names, so that every lookup is a
-    dictionary read. What is kept is bounded by the recorder's retention and
-    ``max_entries`` (it prunes and caps the store).
+    Entries are kept in the order they were added. They are indexed (each
+    flow, workflow, business key and published type has the list of what it
+    names, so that every lookup is a dictionary read) when the trace is next
+    read, pruned or capped, not as they come: adding a batch costs little
+    more than storing it. What is kept is bounded by the recorder's retention
+    and ``max_entries`` (it prunes and caps the store).
     """
 
     def __init__(self, check_open: Callable[[], None]) -> None:
@@ -55,25 +57,37 @@ class MemoryTrace:
         self._workflows: dict[str, dict[str, int]] = {}  # workflow id -> flows, last seq
         self._keys: dict[str, dict[str, int]] = {}  # business key -> flows, last seq
         self._published: dict[str, list[int]] = {}  # message type -> its publish entries
+        self._unindexed: list[range] = []  # the seqs added since the indexes were made
 
     def __len__(self) -> int:
         return len(self._rows)
 
     async def add(self, rows: Sequence[TraceRow]) -> None:
-        """Append entries."""
+        """Append entries (indexed when the trace is next read)."""
         self._check_open()
-        for row in rows:
-            if len(row) != len(TRACE_COLUMNS):
-                raise StoreError(f"a trace row has {len(TRACE_COLUMNS)} values, not {len(row)}")
+        width = len(TRACE_COLUMNS)
+        if rows and set(map(len, rows)) != {width}:
+            raise StoreError(f"a trace row has {width} values")
         with self._lock:
-            for row in rows:
-                self._append(tuple(row))  # type: ignore[arg-type]
+            self._append(rows)
         await checkpoint()
 
-    def _append(self, row: TraceRow) -> None:
-        self._seq += 1
-        seq = self._seq
-        self._rows[seq] = row
+    def _append(self, rows: Sequence[TraceRow]) -> None:
+        seqs = range(self._seq + 1, self._seq + 1 + len(rows))
+        self._seq += len(rows)
+        self._rows.update(zip(seqs, rows, strict=True))
+        self._unindexed.append(seqs)
+
+    def _index(self) -> None:
+        """Index the entries added since the last time (under the lock)."""
+        for seqs in self._unindexed:
+            for seq in seqs:
+                row = self._rows.get(seq)
+                if row is not None:  # not pruned meanwhile
+                    self._index_row(seq, row)
+        self._unindexed.clear()
+
+    def _index_row(self, seq: int, row: TraceRow) -> None:
         flow = row[_CORRELATION]
         self._flows.setdefault(flow, []).append(seq)
         workflow_id = row[_WORKFLOW_ID]
@@ -92,6 +106,7 @@ class MemoryTrace:
         self._check_open()
         most = _limit(limit, "limit")
         with self._lock:
+            self._index()
             seqs = self._flows.get(correlation_id, [])
             start = 0
             if after is not None:
@@ -104,6 +119,7 @@ class MemoryTrace:
         """How many entries a flow has."""
         self._check_open()
         with self._lock:
+            self._index()
             counted = len(self._flows.get(correlation_id, ()))
         await checkpoint()
         return counted
@@ -113,6 +129,7 @@ class MemoryTrace:
         self._check_open()
         most = _limit(limit, "limit")
         with self._lock:
+            self._index()
             found = [value] if value in self._flows else []
             for named in (self._workflows.get(value, {}), self._keys.get(value, {})):
                 for flow, _ in sorted(named.items(), key=lambda item: -item[1]):
@@ -137,6 +154,7 @@ class MemoryTrace:
         low, high = since.timestamp(), until.timestamp()
         wanted = frozenset(expected)
         with self._lock:
+            self._index()
             firsts: dict[str, tuple[int, TraceRow]] = {}
             for seq in self._published.get(first, ()):
                 row = self._rows[seq]
@@ -162,11 +180,13 @@ class MemoryTrace:
         """Add a ``stalled`` entry unless the flow has one for ``name``."""
         self._check_open()
         with self._lock:
+            self._index()
             for seq in self._flows.get(correlation_id, ()):
                 kept = self._rows[seq]
                 if kept[_KIND] == "stalled" and kept[_DETAIL] == name:
                     return False
-            self._append(tuple(row))  # type: ignore[arg-type]
+            self._append([row])
+            self._index()
         await checkpoint()
         return True
 
@@ -178,6 +198,7 @@ class MemoryTrace:
             raise StoreError("older_than must be a timezone-aware datetime")
         cutoff = older_than.astimezone(UTC).timestamp()
         with self._lock:
+            self._index()
             old: list[int] = []
             for seq, row in self._rows.items():
                 if row[_AT] < cutoff:
@@ -196,6 +217,7 @@ class MemoryTrace:
         most = _limit(limit, "limit")
         keep = _limit(max_entries, "max_entries")
         with self._lock:
+            self._index()
             extra = min(len(self._rows) - keep, most)
             old = list(self._rows)[:extra] if extra > 0 else []
             self._remove(old)
