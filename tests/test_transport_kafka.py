@@ -1,10 +1,12 @@
-"""The Kafka transport: the conformance suite on a Kafka-protocol broker, and what is Kafka's own.
+"""The Kafka transport: what is Kafka's own, on a Kafka-protocol broker (what every
+broker transport does alike is in ``test_transport_brokers.py``).
 
 The broker comes from ``FLOWKIT_KAFKA_URL`` (Tansu, a Kafka-protocol broker, in
 ``scripts/brokers.sh``); without it every test skips, unless
 ``FLOWKIT_REQUIRE_BROKERS=1`` makes them fail. Each test names its topics under a
 prefix of its own. A consumer group's first join takes about five seconds on Tansu,
-so the tests that wait on one allow for it.
+so the tests that wait on one allow for it (``KAFKA.wait``), and transports use a
+short session (``KAFKA.options``).
 """
 
 from __future__ import annotations
@@ -15,132 +17,48 @@ import os
 import socket
 import subprocess
 import time
-import uuid
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import anyio
 import anyio.to_thread
 import pytest
 
-from flowkit._errors import TransportError
-from flowkit.testing._transport_suite import TRANSPORT_CHECKS
-from flowkit.transports._base import Capabilities, Delivery, Subscription
-
-from .brokers import kafka_url as kafka_url
+from ._transport_util import free_port, nothing, receive, unique_name
+from .brokers import KAFKA, fixtures_for, kafka_servers, unavailable
+from .brokers import make as make
+from .brokers import prefix as prefix
+from .brokers import url as url
 
 try:
     from aiokafka import AIOKafkaConsumer
-    from aiokafka.admin import AIOKafkaAdminClient
 
     from flowkit.transports import from_url
     from flowkit.transports._kafka import KafkaTransport
     from flowkit.transports._kafka._client import kafka_name
     from flowkit.transports._kafka._delivery import KafkaDelivery
 except ModuleNotFoundError as exc:  # pragma: no cover - depends on the environment
-    if exc.name != "aiokafka" or os.environ.get("FLOWKIT_REQUIRE_BROKERS") == "1":
-        raise
-    pytest.skip(
-        "the Kafka tests need aiokafka: pip install 'flowkit[kafka]'", allow_module_level=True
-    )
+    KAFKA.skip_module(exc)
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable, Iterator
+    from collections.abc import Callable, Iterator
     from pathlib import Path
+
+    from flowkit.transports._base import Delivery
 
 pytestmark = pytest.mark.anyio
 
-# Tansu lets a group's join wait about half the session timeout, and a member that left
-# stay until its session expires: the tests use short sessions (Apache Kafka refuses
-# those below 6 s unless group.min.session.timeout.ms says otherwise).
-_SESSION = 1.5
-# A receive that waits on a join allows for it.
-_JOIN = 20.0
+_SESSION = KAFKA.options["session_timeout"]
+_JOIN = KAFKA.wait
 
 
-@pytest.fixture(params=["asyncio"])
-def anyio_backend(request: pytest.FixtureRequest) -> str:
-    """aiokafka runs on asyncio only."""
-    return str(request.param)
-
-
-async def topics_under(url: str, prefix: str) -> list[str]:
-    """The Kafka topics whose names start with ``prefix``."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=url.removeprefix("kafka://").split("?")[0])
-    await admin.start()
-    try:
-        return sorted(t for t in await admin.list_topics() if t.startswith(f"{prefix}.."))
-    finally:
-        await admin.close()
-
-
-async def delete_topics_under(url: str, prefix: str) -> None:
-    """Delete the Kafka topics a test made."""
-    names = await topics_under(url, prefix)
-    if names:
-        admin = AIOKafkaAdminClient(bootstrap_servers=url.removeprefix("kafka://").split("?")[0])
-        await admin.start()
-        try:
-            await admin.delete_topics(names)
-        finally:
-            await admin.close()
-
-
-@pytest.fixture
-async def prefix(kafka_url: str) -> AsyncIterator[str]:
-    """A topic prefix of the test's own; its topics are deleted afterwards."""
-    name = f"flowkit-test-{uuid.uuid4().hex[:10]}"
-    yield name
-    await delete_topics_under(kafka_url, name)
-
-
-@pytest.fixture
-def make(kafka_url: str, prefix: str) -> Callable[..., KafkaTransport]:
-    """Makes transports on the test broker under the test's prefix."""
-
-    def make(**options: Any) -> KafkaTransport:
-        options.setdefault("session_timeout", _SESSION)
-        return KafkaTransport(kafka_url, prefix=prefix, **options)
-
-    return make
-
-
-def _name(kind: str) -> str:
-    return f"{kind}-{uuid.uuid4().hex[:8]}"
-
-
-async def _receive(subscription: Subscription, timeout: float = _JOIN) -> Delivery:
-    with anyio.fail_after(timeout):
-        return await subscription.receive()
-
-
-async def _nothing(subscription: Subscription, window: float) -> None:
-    with anyio.move_on_after(window):
-        delivery = await subscription.receive()
-        raise AssertionError(f"unexpected delivery {delivery.body!r} (attempt {delivery.attempt})")
-
-
-# -- the contract --------------------------------------------------------------
-
-
-@pytest.mark.parametrize("name", sorted(TRANSPORT_CHECKS))
-async def test_conformance(name: str, make: Callable[..., KafkaTransport]) -> None:
-    await TRANSPORT_CHECKS[name](make, delay_tolerance=0.5)
-
-
-async def test_capabilities(make: Callable[..., KafkaTransport]) -> None:
-    assert make().capabilities == Capabilities(
-        crosses_processes=True,
-        native_delay=False,
-        ordered_by_key=False,
-        max_message_size=1_000_000,
-    )
+broker, anyio_backend = fixtures_for(KAFKA)
 
 
 # -- URLs, credentials, TLS -------------------------------------------------------
 
 
-def test_from_url_opens_a_kafka_transport(kafka_url: str) -> None:
-    transport = from_url(f"{kafka_url}?prefix=abc&partitions=2&session_timeout=3")
+def test_from_url_opens_a_kafka_transport(url: str) -> None:
+    transport = from_url(f"{url}?prefix=abc&partitions=2&session_timeout=3")
     assert isinstance(transport, KafkaTransport)
     assert transport.prefix == "abc"
     assert transport._partitions == 2
@@ -176,66 +94,51 @@ def test_the_password_never_shows() -> None:
     assert "s3cret" not in str(info.value)
 
 
-async def test_an_unreachable_broker_fails_without_the_password() -> None:
-    transport = KafkaTransport("kafka://alice:s3cret@127.0.0.1:9", connect_timeout=1)
-    with pytest.raises(TransportError) as info:
-        async with transport:
-            pass
-    assert "s3cret" not in str(info.value)
-
-
-@pytest.mark.parametrize("anyio_backend", ["trio"])
-async def test_trio_is_refused_clearly(kafka_url: str) -> None:
-    with pytest.raises(TransportError, match="asyncio only"):
-        async with KafkaTransport(kafka_url):
-            pass
-
-
 # -- what is Kafka's own ----------------------------------------------------------
 
 
 async def test_a_non_durable_group_deletes_its_topics(
-    make: Callable[..., KafkaTransport], kafka_url: str, prefix: str
+    make: Callable[..., KafkaTransport], url: str, prefix: str
 ) -> None:
-    inbox = _name("inbox")
+    inbox = unique_name("inbox")
     async with make() as transport:
         subscription = await transport.subscribe(inbox, inbox, durable=False)
-        assert len(await topics_under(kafka_url, prefix)) == 2
+        assert len(await KAFKA.names(url, prefix)) == 2
         await transport.publish(inbox, b"reply")
-        delivery = await _receive(subscription)
+        delivery = await receive(subscription, _JOIN)
         await delivery.nack(5)
         await subscription.aclose()
-        assert await topics_under(kafka_url, prefix) == []
+        assert await KAFKA.names(url, prefix) == []
 
 
 async def test_a_new_group_starts_at_the_end_before_its_first_join(
     make: Callable[..., KafkaTransport],
 ) -> None:
-    topic, group = _name("topic"), _name("group")
+    topic, group = unique_name("topic"), unique_name("group")
     async with make() as transport:
-        first = await transport.subscribe(topic, _name("other"))
+        first = await transport.subscribe(topic, unique_name("other"))
         await transport.publish(topic, b"before")
         subscription = await transport.subscribe(topic, group)
         await transport.publish(topic, b"after")
-        delivery = await _receive(subscription)
+        delivery = await receive(subscription, _JOIN)
         assert delivery.body == b"after"
         await delivery.ack()
-        await _nothing(subscription, 0.5)
+        await nothing(subscription, 0.5)
         await subscription.aclose()
         await first.aclose()
 
 
 async def test_a_process_joining_a_group_whose_members_have_not_committed_subscribes(
-    make: Callable[..., KafkaTransport], kafka_url: str, prefix: str
+    make: Callable[..., KafkaTransport], url: str, prefix: str
 ) -> None:
     """Kafka refuses the new group's start-at-end commit once the group has a member:
     the subscription opens all the same (the member set the offsets before joining)."""
-    topic, group = _name("topic"), _name("group")
+    topic, group = unique_name("topic"), unique_name("group")
     async with make() as transport:
         await transport.publish(topic, b"before")
         member = AIOKafkaConsumer(
             group_id=kafka_name(prefix, topic, group),
-            bootstrap_servers=kafka_url.removeprefix("kafka://").split("?")[0],
+            bootstrap_servers=kafka_servers(url),
             enable_auto_commit=False,
             session_timeout_ms=int(_SESSION * 1000),
             heartbeat_interval_ms=int(_SESSION * 1000 / 3),
@@ -261,7 +164,7 @@ async def test_offsets_stop_at_the_oldest_unsettled_record(
     make: Callable[..., KafkaTransport],
 ) -> None:
     """With several deliveries out at once, an unsettled one is never committed past."""
-    topic, group = _name("topic"), _name("group")
+    topic, group = unique_name("topic"), unique_name("group")
     async with make() as transport:
         subscription = await transport.subscribe(topic, group)
         for i in range(5):
@@ -276,11 +179,11 @@ async def test_offsets_stop_at_the_oldest_unsettled_record(
         assert await transport.backlog(topic, group) == 1
     async with make() as transport:
         subscription = await transport.subscribe(topic, group)
-        again = await _receive(subscription)
+        again = await receive(subscription, _JOIN)
         assert again.body == b"1"
         assert again.attempt == 2
         await again.ack()
-        await _nothing(subscription, 0.5)
+        await nothing(subscription, 0.5)
         assert await transport.backlog(topic, group) == 0
         await subscription.aclose()
 
@@ -288,14 +191,14 @@ async def test_offsets_stop_at_the_oldest_unsettled_record(
 async def test_keys_pick_partitions_and_keep_their_order(
     make: Callable[..., KafkaTransport],
 ) -> None:
-    topic, group = _name("topic"), _name("group")
+    topic, group = unique_name("topic"), unique_name("group")
     async with make(partitions=4) as transport:
         subscription = await transport.subscribe(topic, group)
         for i in range(40):
             await transport.publish(topic, b"%d" % i, key=f"k{i % 4}")
         seen: dict[str, list[int]] = {}
         for _ in range(40):
-            delivery = await _receive(subscription)
+            delivery = await receive(subscription, _JOIN)
             assert isinstance(delivery, KafkaDelivery)
             assert delivery.key is not None
             seen.setdefault(delivery.key.decode(), []).append(int(delivery.body))
@@ -321,10 +224,7 @@ def _tansu() -> str:
         )
     )
     if not found:
-        message = "this test starts a broker of its own: run `scripts/brokers.sh start kafka`"
-        if os.environ.get("FLOWKIT_REQUIRE_BROKERS") == "1":
-            pytest.fail(message)
-        pytest.skip(message)
+        unavailable("this test starts a broker of its own: run `scripts/brokers.sh start kafka`")
     return found[0]
 
 
@@ -334,9 +234,7 @@ class _Broker:
     def __init__(self, directory: Path) -> None:
         self.binary = _tansu()
         self.directory = directory
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
+        self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -374,14 +272,15 @@ class _Broker:
 
 
 @pytest.fixture
-def broker(tmp_path: Path) -> Iterator[_Broker]:
+def own_broker(tmp_path: Path) -> Iterator[_Broker]:
+    """A broker of the test's own, stopped afterwards."""
     server = _Broker(tmp_path)
     server.start()
     yield server
     server.stop()
 
 
-async def test_the_transport_comes_back_after_the_broker_restarts(broker: _Broker) -> None:
+async def test_the_transport_comes_back_after_the_broker_restarts(own_broker: _Broker) -> None:
     """A publish waits for the broker; the consumer joins its group again; what is
     published once it has is delivered.
 
@@ -391,22 +290,22 @@ async def test_the_transport_comes_back_after_the_broker_restarts(broker: _Broke
     the partition's end offset but never fetched (by any consumer): it is not
     asserted on here.
     """
-    topic, group = _name("topic"), _name("group")
+    topic, group = unique_name("topic"), unique_name("group")
     transport = KafkaTransport(
-        broker.url, prefix="restart", session_timeout=_SESSION, publish_timeout=30
+        own_broker.url, prefix="restart", session_timeout=_SESSION, publish_timeout=30
     )
     async with transport:
         subscription = await transport.subscribe(topic, group)
         await transport.publish(topic, b"before")
-        delivery = await _receive(subscription)
+        delivery = await receive(subscription, _JOIN)
         assert delivery.body == b"before"
         await delivery.ack()
-        broker.stop()
+        own_broker.stop()
         await anyio.sleep(1)
 
         async def restart_later() -> None:
             await anyio.sleep(2)
-            await anyio.to_thread.run_sync(broker.start)
+            await anyio.to_thread.run_sync(own_broker.start)
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(restart_later)
@@ -420,7 +319,7 @@ async def test_the_transport_comes_back_after_the_broker_restarts(broker: _Broke
         await delivery.ack()
         await subscription.aclose()
         # A new subscription on the restarted broker works as on the first.
-        again = await transport.subscribe(topic, _name("group"))
+        again = await transport.subscribe(topic, unique_name("group"))
         await transport.publish(topic, b"new")
-        assert (await _receive(again)).body == b"new"
+        assert (await receive(again, _JOIN)).body == b"new"
         await again.aclose()
