@@ -19,7 +19,7 @@ from ._dead_letters import DeadLetterBox
 from ._handlers import HandlerFunc, HandlerSpec, make_spec
 from ._lifecycle import Running
 from ._logging import HandlingLog
-from ._observe import BusObserver, Observed, Outgoing, notify, watching_now
+from ._observe import BusObserver, notify, send_observed, watching_now
 from ._outbox import Outbox
 from ._replies import Requests
 
@@ -570,24 +570,18 @@ class Choreography:
         """
         running = self._running or self._require_running()
         senders = running.senders
-        if not (senders and watching_now(senders)):
+        if not (senders and watching_now(senders)):  # the hot path: no observer wraps it
             return await self._send(event, headers, correlation_id, causation_id, message_id)
-        outgoing = Outgoing.of(
+        return await send_observed(
+            senders,
             event,
             "publish",
+            lambda hdrs, flow, mid: self._send(event, hdrs, flow, causation_id, mid),
             headers=headers,
             correlation_id=correlation_id,
             causation_id=causation_id,
             message_id=message_id,
         )
-        with Observed(senders, "sending", outgoing):
-            return await self._send(
-                event,
-                outgoing.headers,
-                outgoing.correlation_id,
-                causation_id,
-                outgoing.message_id,
-            )
 
     async def _send(
         self,

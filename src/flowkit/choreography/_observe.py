@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, TypeVar
 
 from .._cancel import stops_work
 from .._events import default_correlation, new_message_id
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping, Sequence
+    from collections.abc import Awaitable, Callable, Mapping, Sequence
     from contextlib import AbstractContextManager
     from types import TracebackType
 
@@ -18,7 +18,19 @@ if TYPE_CHECKING:
     from ..stores._base import DeadLetter
     from ._context import Context
 
-__all__ = ["BusObserver", "Observed", "Outgoing", "notify", "overriding", "watching_now"]
+__all__ = [
+    "BusObserver",
+    "Observed",
+    "Outgoing",
+    "notify",
+    "overriding",
+    "send_observed",
+    "watching_now",
+]
+
+T = TypeVar("T")
+#: How a message is sent (see :attr:`Outgoing.via`).
+Via = Literal["publish", "request", "outbox"]
 
 logger = logging.getLogger("flowkit.bus")
 
@@ -47,13 +59,13 @@ class Outgoing:
     correlation_id: str
     causation_id: str | None
     headers: dict[str, str]
-    via: Literal["publish", "request", "outbox"]
+    via: Via
 
     @classmethod
     def of(
         cls,
         message: Message,
-        via: Literal["publish", "request", "outbox"],
+        via: Via,
         *,
         headers: Mapping[str, str] | None,
         correlation_id: str | None,
@@ -164,6 +176,34 @@ def watching_now(observers: Sequence[BusObserver]) -> bool:
             logger.exception("bus observer %r failed in watching", observer)
             return True
     return False
+
+
+async def send_observed(
+    senders: Sequence[BusObserver],
+    message: Message,
+    via: Via,
+    send: Callable[[Mapping[str, str] | None, str | None, str | None], Awaitable[T]],
+    *,
+    headers: Mapping[str, str] | None,
+    correlation_id: str | None,
+    causation_id: str | None,
+    message_id: str | None,
+) -> T:
+    """Send ``message`` with ``send(headers, correlation_id, message_id)``, inside
+    the context managers that those of ``senders`` watching now return from
+    :meth:`BusObserver.sending` (with the headers, flow and id they saw)."""
+    if not (senders and watching_now(senders)):
+        return await send(headers, correlation_id, message_id)
+    outgoing = Outgoing.of(
+        message,
+        via,
+        headers=headers,
+        correlation_id=correlation_id,
+        causation_id=causation_id,
+        message_id=message_id,
+    )
+    with Observed(senders, "sending", outgoing):
+        return await send(outgoing.headers, outgoing.correlation_id, outgoing.message_id)
 
 
 def overriding(observers: Sequence[BusObserver], method: str) -> tuple[BusObserver, ...]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ..stores._outbox import outbox_of
-from ._observe import Observed, Outgoing, overriding, watching_now
+from ._observe import overriding, send_observed
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -105,29 +105,17 @@ class Outbox:
         if key is not None and not isinstance(key, str):
             raise TypeError(f"key must be a string or None, not {type(key).__name__}")
         running = self._bus._running
-        senders = running.senders if running else overriding(self._bus.observers, "sending")
-        if senders and watching_now(senders):
-            outgoing = Outgoing.of(
-                event,
-                "outbox",
-                headers=headers,
-                correlation_id=correlation_id,
-                causation_id=causation_id,
-                message_id=message_id,
-            )
-            with Observed(senders, "sending", outgoing):
-                return await self._insert(
-                    ops,
-                    conn,
-                    event,
-                    key,
-                    outgoing.headers,
-                    outgoing.correlation_id,
-                    causation_id,
-                    outgoing.message_id,
-                )
-        return await self._insert(
-            ops, conn, event, key, headers, correlation_id, causation_id, message_id
+        return await send_observed(
+            running.senders if running else overriding(self._bus.observers, "sending"),
+            event,
+            "outbox",
+            lambda hdrs, flow, mid: self._insert(
+                ops, conn, event, key, hdrs, flow, causation_id, mid
+            ),
+            headers=headers,
+            correlation_id=correlation_id,
+            causation_id=causation_id,
+            message_id=message_id,
         )
 
     async def _insert(

@@ -30,7 +30,7 @@ from ._headers import (
     REQUEST_ID,
     deadline_header,
 )
-from ._observe import Observed, Outgoing, watching_now
+from ._observe import send_observed
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
@@ -112,39 +112,18 @@ class Requests:
             hdrs[IDEMPOTENCY_KEY] = idempotency_key
         started = time.monotonic()
         deadline = anyio.current_time() + timeout
-        if senders and watching_now(senders):
-            outgoing = Outgoing.of(
-                command,
-                "request",
-                headers=hdrs,
-                correlation_id=correlation_id,
-                causation_id=causation_id,
-                message_id=None,
-            )
-            with Observed(senders, "sending", outgoing):
-                envelope, pending = await self._send(
-                    transport,
-                    command,
-                    outgoing.headers,
-                    outgoing.correlation_id,
-                    causation_id,
-                    outgoing.message_id,
-                    timeout,
-                    deadline,
-                    on_sent,
-                )
-        else:
-            envelope, pending = await self._send(
-                transport,
-                command,
-                hdrs,
-                correlation_id,
-                causation_id,
-                None,
-                timeout,
-                deadline,
-                on_sent,
-            )
+        envelope, pending = await send_observed(
+            senders,
+            command,
+            "request",
+            lambda hdrs, flow, mid: self._send(
+                transport, command, hdrs, flow, causation_id, mid, timeout, deadline, on_sent
+            ),
+            headers=hdrs,
+            correlation_id=correlation_id,
+            causation_id=causation_id,
+            message_id=None,
+        )
         request_id = envelope.message_id
         try:
             # Past the deadline already (the publish was cut short), this waits not at all.
@@ -164,7 +143,7 @@ class Requests:
         self,
         transport: Transport,
         command: Command[Any],
-        headers: dict[str, str],
+        headers: Mapping[str, str] | None,
         correlation_id: str | None,
         causation_id: str | None,
         message_id: str | None,
