@@ -409,7 +409,8 @@ class StateStore(Protocol):
         """Extend ``owner``'s leases on these workflows to ``lease`` seconds from now.
 
         A lease that ran out but that nobody claimed is renewed too. The
-        version does not change.
+        version does not change. Here and in :meth:`release_workflows`, one
+        string passed as ``workflow_ids`` is one id.
 
         Returns:
             For each workflow ``owner`` still holds, whether a cancel was

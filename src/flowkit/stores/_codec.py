@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 __all__ = [
     "MAX_LEASE",
     "claim_limit",
+    "claimant_lease",
     "decode_state",
     "encode_history",
     "encode_state",
@@ -25,6 +26,7 @@ __all__ = [
     "prune_limit",
     "status_tuple",
     "utc",
+    "workflow_id_list",
 ]
 
 #: The longest lease given, in seconds (about 31 years).
@@ -118,6 +120,26 @@ def owner_lease(owner: str | None, lease: float | None) -> float | None:
     if lease is None:
         raise StoreError("a workflow written with an owner needs lease=<seconds>")
     return lease_seconds(lease)
+
+
+def claimant_lease(owner: str, lease: float) -> float:
+    """The lease ``owner`` takes by a claim or a renewal.
+
+    Raises:
+        StoreError: if ``owner`` is not a non-empty string or ``lease`` not a
+            positive number.
+    """
+    held = owner_lease(owner, lease)
+    if held is None:
+        raise StoreError(f"a workflow's owner must be a non-empty string, not {owner!r}")
+    return held
+
+
+def workflow_id_list(workflow_ids: Collection[str] | str) -> list[str]:
+    """The distinct ids of ``workflow_ids``, in order; one string is one id."""
+    if isinstance(workflow_ids, str):
+        return [workflow_ids]
+    return list(dict.fromkeys(workflow_ids))
 
 
 def claim_limit(limit: int) -> int:

@@ -21,6 +21,7 @@ from .._errors import ConcurrencyConflict, NotFound, StoreError, WorkflowNotFoun
 from ._base import UNFINISHED, Claim, DeadLetter, WorkflowRecord
 from ._codec import (
     claim_limit,
+    claimant_lease,
     decode_state,
     encode_state,
     lease_seconds,
@@ -29,6 +30,7 @@ from ._codec import (
     prune_limit,
     status_tuple,
     utc,
+    workflow_id_list,
 )
 
 if TYPE_CHECKING:
@@ -443,7 +445,7 @@ class MemoryStore:
         limit: int = 100,
         exclude: Collection[str] = (),
     ) -> list[WorkflowRecord]:
-        held = owner_lease(owner, lease)
+        held = claimant_lease(owner, lease)
         most = claim_limit(limit)
         skip = frozenset(exclude)
         await checkpoint()
@@ -465,7 +467,7 @@ class MemoryStore:
     async def claim_workflow(
         self, workflow_id: str, owner: str, *, lease: float
     ) -> WorkflowRecord | None:
-        held = owner_lease(owner, lease)
+        held = claimant_lease(owner, lease)
         await checkpoint()
         now = datetime.now(UTC)
         with self._lock:
@@ -480,13 +482,13 @@ class MemoryStore:
     async def renew_leases(
         self, owner: str, workflow_ids: Collection[str], *, lease: float
     ) -> dict[str, bool]:
-        held = owner_lease(owner, lease)
+        held = claimant_lease(owner, lease)
         await checkpoint()
         now = datetime.now(UTC)
         kept: dict[str, bool] = {}
         with self._lock:
             self._check_open()
-            for workflow_id in workflow_ids:
+            for workflow_id in workflow_id_list(workflow_ids):
                 stored = self._workflows.get(workflow_id)
                 if stored is not None and stored.owner == owner and stored.status in UNFINISHED:
                     stored.hold(owner, held, now)
@@ -497,7 +499,7 @@ class MemoryStore:
         await checkpoint()
         with self._lock:
             self._check_open()
-            for workflow_id in workflow_ids:
+            for workflow_id in workflow_id_list(workflow_ids):
                 stored = self._workflows.get(workflow_id)
                 if stored is not None and stored.owner == owner:
                     stored.hold(None, None, datetime.now(UTC))

@@ -1334,6 +1334,35 @@ async def _check_workflow_renew_and_release(factory: _Factory) -> None:
 
 
 @_check
+async def _check_workflow_claims_need_an_owner_and_take_one_id_as_one(factory: _Factory) -> None:
+    """Claims and renewals refuse a missing owner; one string passed for ids is one id."""
+    name, owner = _name("name"), _name("owner")
+    async with factory() as store:
+        a, _ = await store.create_workflow(_owned(name, owner), lease=_OWNER_LEASE)
+        nobody: Any = None
+        await _expect_raises(
+            StoreError,
+            lambda: store.claim_workflows(name, nobody, lease=_OWNER_LEASE),
+            "claim_workflows with owner=None",
+        )
+        await _expect_raises(
+            StoreError,
+            lambda: store.claim_workflow(a.id, nobody, lease=_OWNER_LEASE),
+            "claim_workflow with owner=None",
+        )
+        await _expect_raises(
+            StoreError,
+            lambda: store.renew_leases(nobody, [a.id], lease=_OWNER_LEASE),
+            "renew_leases with owner=None",
+        )
+        renewed = await store.renew_leases(owner, a.id, lease=_OWNER_LEASE)
+        _expect(renewed == {a.id: False}, f"renew_leases of one id as a string: {renewed}")
+        await store.release_workflows(owner, a.id)
+        released = await store.load_workflow(a.id)
+        _expect(released.owner is None, "release_workflows of one id as a string kept its owner")
+
+
+@_check
 async def _check_workflow_lapsed_lease_is_renewed_if_unclaimed(factory: _Factory) -> None:
     name, owner = _name("name"), _name("owner")
     async with factory() as store:

@@ -10,6 +10,7 @@ from ..._errors import StoreError
 from ..._redact import redact_url
 from .._codec import (
     claim_limit,
+    claimant_lease,
     encode_history,
     encode_state,
     lease_seconds,
@@ -18,6 +19,7 @@ from .._codec import (
     prune_limit,
     status_tuple,
     utc,
+    workflow_id_list,
 )
 from .._rows import saved_record
 from . import _ops as ops
@@ -40,19 +42,6 @@ __all__ = ["PostgresStore"]
 T = TypeVar("T")
 
 logger = logging.getLogger("flowkit.stores")
-
-
-def _held(owner: str, lease: float) -> float:
-    """The seconds of the lease ``owner`` takes.
-
-    Raises:
-        StoreError: if ``owner`` is not a non-empty string or ``lease`` not a
-            positive number.
-    """
-    held = owner_lease(owner, lease)
-    if held is None:
-        raise StoreError(f"a workflow's owner must be a non-empty string, not {owner!r}")
-    return held
 
 
 class PostgresStore:
@@ -292,7 +281,7 @@ class PostgresStore:
         """One ``UPDATE`` claims the rows a subquery picks ``FOR UPDATE SKIP
         LOCKED``, so concurrent claimers, in any process, never claim one
         workflow twice."""
-        held = _held(owner, lease)
+        held = claimant_lease(owner, lease)
         most = claim_limit(limit)
         skip = [exclude] if isinstance(exclude, str) else list(exclude)
         rows = await self._run(ops.claim_workflows, name, owner, held, most, skip)
@@ -301,19 +290,19 @@ class PostgresStore:
     async def claim_workflow(
         self, workflow_id: str, owner: str, *, lease: float
     ) -> WorkflowRecord | None:
-        held = _held(owner, lease)
+        held = claimant_lease(owner, lease)
         row = await self._run(ops.claim_workflow, workflow_id, owner, held)
         return None if row is None else workflow_from_row(row)
 
     async def renew_leases(
         self, owner: str, workflow_ids: Collection[str], *, lease: float
     ) -> dict[str, bool]:
-        held = _held(owner, lease)
-        ids = [workflow_ids] if isinstance(workflow_ids, str) else list(workflow_ids)
+        held = claimant_lease(owner, lease)
+        ids = workflow_id_list(workflow_ids)
         return await self._run(ops.renew_leases, owner, ids, held)
 
     async def release_workflows(self, owner: str, workflow_ids: Collection[str]) -> None:
-        ids = [workflow_ids] if isinstance(workflow_ids, str) else list(workflow_ids)
+        ids = workflow_id_list(workflow_ids)
         await self._run(ops.release_workflows, owner, ids)
 
     async def request_cancel(self, workflow_id: str) -> WorkflowRecord:

@@ -38,6 +38,7 @@ import anyio
 from ..._errors import StoreError
 from .._codec import (
     claim_limit,
+    claimant_lease,
     encode_history,
     encode_state,
     lease_seconds,
@@ -46,6 +47,7 @@ from .._codec import (
     prune_limit,
     status_tuple,
     utc,
+    workflow_id_list,
 )
 from .._rows import UnreadableRow, saved_record
 from . import _ops as ops
@@ -434,36 +436,32 @@ class SQLiteStore:
         database's write lock: stores sharing the file, in this process or
         others, never claim one workflow twice. A claimed record whose row
         cannot be read is left out (and logged)."""
-        held = owner_lease(owner, lease)
+        held = claimant_lease(owner, lease)
         most = claim_limit(limit)
         skip = [exclude] if isinstance(exclude, str) else list(exclude)
-        rows = await self._call(
-            ops.claim_workflows, name, owner, cast("float", held), most, skip, write=True
-        )
+        rows = await self._call(ops.claim_workflows, name, owner, held, most, skip, write=True)
         return self._readable(rows, workflow_from_row)
 
     async def claim_workflow(
         self, workflow_id: str, owner: str, *, lease: float
     ) -> WorkflowRecord | None:
-        held = owner_lease(owner, lease)
-        row = await self._call(
-            ops.claim_workflow, workflow_id, owner, cast("float", held), write=True
-        )
+        held = claimant_lease(owner, lease)
+        row = await self._call(ops.claim_workflow, workflow_id, owner, held, write=True)
         return None if row is None else workflow_from_row(row)
 
     async def renew_leases(
         self, owner: str, workflow_ids: Collection[str], *, lease: float
     ) -> dict[str, bool]:
         """One statement renews any number of ids."""
-        held = owner_lease(owner, lease)
-        ids = list(dict.fromkeys(workflow_ids))
+        held = claimant_lease(owner, lease)
+        ids = workflow_id_list(workflow_ids)
         if not ids:
             return {}
-        rows = await self._call(ops.renew_leases, owner, ids, cast("float", held), write=True)
+        rows = await self._call(ops.renew_leases, owner, ids, held, write=True)
         return {workflow_id: bool(cancel) for workflow_id, cancel in rows}
 
     async def release_workflows(self, owner: str, workflow_ids: Collection[str]) -> None:
-        ids = list(dict.fromkeys(workflow_ids))
+        ids = workflow_id_list(workflow_ids)
         if ids:
             await self._call(ops.release_workflows, owner, ids, write=True)
 
