@@ -188,7 +188,6 @@ class OpenTelemetry(BusObserver, SagaObserver):
         self._on = self._tracer is not None or self._meter is not None
         self._settled = self._tracer is not None and self._meter is not None
 
-
     @property
     def propagator(self) -> TextMapPropagator:
         """The propagator writing and reading the trace context in headers."""
