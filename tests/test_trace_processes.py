@@ -23,6 +23,7 @@ from flowkit.stores import SQLiteStore
 from flowkit.transports import from_url
 
 from .brokers import redis_url as redis_url
+from .test_processes import _forget_redis
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -54,14 +55,7 @@ async def workers(redis_url: str, tmp_path: Path) -> AsyncIterator[Workers]:
         yield running
     finally:
         await running.stop()
-        from redis.asyncio import Redis
-
-        client = Redis.from_url(redis_url)
-        try:
-            async for key in client.scan_iter(match=f"{prefix}:*", count=1000):
-                await client.delete(key)
-        finally:
-            await client.aclose()
+        await _forget_redis(redis_url, prefix)
 
 
 async def flowkit(workers: Workers, *args: str) -> str:

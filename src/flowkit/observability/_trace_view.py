@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from ..choreography._context import derive_message_id
+from ..stores._trace import TRACE_COLUMNS
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -708,24 +709,7 @@ def _entry_json(entry: TraceEntry) -> dict[str, Any]:
         "kind": entry.kind,
         "outcome": entry.outcome,
         **{
-            name: value
-            for name in (
-                "message_id",
-                "causation_id",
-                "message_type",
-                "service",
-                "handler",
-                "workflow",
-                "workflow_id",
-                "step",
-                "attempt",
-                "duration",
-                "error_type",
-                "error",
-                "key",
-                "detail",
-            )
-            if (value := getattr(entry, name)) is not None
+            name: value for name in TRACE_COLUMNS[4:] if (value := getattr(entry, name)) is not None
         },
     }
 

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import threading
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Final
 
 from anyio.lowlevel import checkpoint
 
 from .._errors import StoreError
-from ._trace import TRACE_COLUMNS, entry_of
+from ._trace import TRACE_COLUMNS, aware, check_report, entry_of, positive, stalled_window
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
+    from datetime import datetime
 
     from ._trace import TraceEntry, TraceRow
 
@@ -29,12 +29,6 @@ _DETAIL: Final = 17
 #: Entries come about in time order (one process records them, a batch at a
 #: time): a prune stops at the first entry this much newer than its cutoff.
 _SLACK = 60.0
-
-
-def _limit(value: int, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise StoreError(f"{what} must be a positive integer, not {value!r}")
-    return value
 
 
 class MemoryTrace:
@@ -104,7 +98,7 @@ class MemoryTrace:
     ) -> list[TraceEntry]:
         """A flow's entries in the order they were added."""
         self._check_open()
-        most = _limit(limit, "limit")
+        most = positive(limit, "limit")
         with self._lock:
             self._index()
             seqs = self._flows.get(correlation_id, [])
@@ -127,7 +121,7 @@ class MemoryTrace:
     async def find(self, value: str, *, limit: int = 20) -> list[str]:
         """The flows ``value`` names, as a correlation id, a workflow id or a business key."""
         self._check_open()
-        most = _limit(limit, "limit")
+        most = positive(limit, "limit")
         with self._lock:
             self._index()
             found = [value] if value in self._flows else []
@@ -150,9 +144,9 @@ class MemoryTrace:
     ) -> list[TraceEntry]:
         """Flows in which ``first`` was published but nothing of ``expected`` followed in time."""
         self._check_open()
-        most = _limit(limit, "limit")
-        low, high = since.timestamp(), until.timestamp()
-        wanted = frozenset(expected)
+        types, start, end, most = stalled_window(expected, since, until, limit)
+        low, high = start.timestamp(), end.timestamp()
+        wanted = frozenset(types)
         with self._lock:
             self._index()
             firsts: dict[str, tuple[int, TraceRow]] = {}
@@ -179,6 +173,7 @@ class MemoryTrace:
     async def report(self, name: str, correlation_id: str, row: TraceRow) -> bool:
         """Add a ``stalled`` entry unless the flow has one for ``name``."""
         self._check_open()
+        check_report(name, correlation_id, row)
         with self._lock:
             self._index()
             for seq in self._flows.get(correlation_id, ()):
@@ -193,10 +188,8 @@ class MemoryTrace:
     async def prune(self, older_than: datetime, *, limit: int = 10_000) -> int:
         """Remove entries recorded before ``older_than``, the oldest first."""
         self._check_open()
-        most = _limit(limit, "limit")
-        if older_than.tzinfo is None:
-            raise StoreError("older_than must be a timezone-aware datetime")
-        cutoff = older_than.astimezone(UTC).timestamp()
+        most = positive(limit, "limit")
+        cutoff = aware(older_than, "older_than").timestamp()
         with self._lock:
             self._index()
             old: list[int] = []
@@ -214,8 +207,8 @@ class MemoryTrace:
     async def cap(self, max_entries: int, *, limit: int = 10_000) -> int:
         """Remove the oldest entries beyond the newest ``max_entries``."""
         self._check_open()
-        most = _limit(limit, "limit")
-        keep = _limit(max_entries, "max_entries")
+        most = positive(limit, "limit")
+        keep = positive(max_entries, "max_entries")
         with self._lock:
             self._index()
             extra = min(len(self._rows) - keep, most)

@@ -33,8 +33,12 @@ __all__ = [
     "TraceEntry",
     "TraceRow",
     "TraceStore",
+    "aware",
+    "check_report",
     "entry_of",
     "has_trace",
+    "positive",
+    "stalled_window",
     "trace_of",
 ]
 
@@ -249,6 +253,59 @@ class TraceStore(Protocol):
         """Remove the oldest entries beyond the newest ``max_entries`` (an
         estimate may be used), ``limit`` at most; returns how many went."""
         ...
+
+
+# -- what every implementation checks of its arguments ---------------------------------
+
+
+def positive(value: object, what: str) -> int:
+    """``value``, checked to be a positive integer.
+
+    Raises:
+        StoreError: naming ``what`` and the value.
+    """
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise StoreError(f"{what} must be a positive integer, not {value!r}")
+    return value
+
+
+def aware(value: datetime, what: str) -> datetime:
+    """``value`` in UTC, checked to be timezone-aware.
+
+    Raises:
+        StoreError: naming ``what``.
+    """
+    if value.tzinfo is None:
+        raise StoreError(f"{what} must be a timezone-aware datetime")
+    return value.astimezone(UTC)
+
+
+def stalled_window(
+    expected: Sequence[str], since: datetime, until: datetime, limit: int
+) -> tuple[list[str], datetime, datetime, int]:
+    """The arguments of :meth:`TraceStore.stalled`, checked.
+
+    Raises:
+        StoreError: if no type is expected, a time is naive, or ``limit`` is
+            not a positive integer.
+    """
+    if not expected:
+        raise StoreError("stalled() needs at least one expected message type")
+    return list(expected), aware(since, "since"), aware(until, "until"), positive(limit, "limit")
+
+
+def check_report(name: str, correlation_id: str, row: TraceRow) -> None:
+    """Check that ``row`` is the ``stalled`` entry of ``correlation_id`` naming ``name``.
+
+    Raises:
+        StoreError: if it is not.
+    """
+    if len(row) != len(TRACE_COLUMNS) or (row[1], row[2], row[17]) != (
+        correlation_id,
+        "stalled",
+        name,
+    ):
+        raise StoreError("report() takes the flow's 'stalled' entry naming the expectation")
 
 
 def _none(store: object) -> StoreError:

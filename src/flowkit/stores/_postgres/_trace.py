@@ -11,8 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import asyncpg  # type: ignore[import-untyped,import-not-found,unused-ignore]
 
-from ..._errors import StoreError
-from .._trace import TRACE_COLUMNS, entry_of
+from .._trace import TRACE_COLUMNS, aware, check_report, entry_of, positive, stalled_window
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Sequence
@@ -46,12 +45,6 @@ _ONE = ", ".join(
 
 def _table(tables: Tables) -> str:
     return f"{tables.quoted}.flowkit_trace"
-
-
-def _limit(value: int, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise StoreError(f"{what} must be a positive integer, not {value!r}")
-    return value
 
 
 def _clean(value: object) -> object:
@@ -207,7 +200,7 @@ class PostgresTrace:
         self, correlation_id: str, *, limit: int = 1000, after: int | None = None
     ) -> list[TraceEntry]:
         """A flow's entries in the order they were stored."""
-        rows = await self._run(trace_read, correlation_id, _limit(limit, "limit"), after or 0)
+        rows = await self._run(trace_read, correlation_id, positive(limit, "limit"), after or 0)
         return [_entry(row) for row in rows]
 
     async def count(self, correlation_id: str) -> int:
@@ -217,7 +210,7 @@ class PostgresTrace:
 
     async def find(self, value: str, *, limit: int = 20) -> list[str]:
         """The flows ``value`` names, as a correlation id, a workflow id or a business key."""
-        found: list[str] = await self._run(trace_find, value, _limit(limit, "limit"))
+        found: list[str] = await self._run(trace_find, value, positive(limit, "limit"))
         return found
 
     async def stalled(
@@ -231,39 +224,25 @@ class PostgresTrace:
         limit: int = 100,
     ) -> list[TraceEntry]:
         """Flows in which ``first`` was published but nothing of ``expected`` followed in time."""
-        if not expected:
-            raise StoreError("stalled() needs at least one expected message type")
-        for value, what in ((since, "since"), (until, "until")):
-            if value.tzinfo is None:
-                raise StoreError(f"{what} must be a timezone-aware datetime")
-        rows = await self._run(
-            trace_stalled,
-            first,
-            list(expected),
-            float(within),
-            since,
-            until,
-            _limit(limit, "limit"),
-        )
+        types, start, end, most = stalled_window(expected, since, until, limit)
+        rows = await self._run(trace_stalled, first, types, float(within), start, end, most)
         return [_entry(row) for row in rows]
 
     async def report(self, name: str, correlation_id: str, row: TraceRow) -> bool:
         """Add a ``stalled`` entry unless the flow has one for ``name`` (atomic)."""
-        if row[1] != correlation_id or row[2] != "stalled" or row[17] != name:
-            raise StoreError("report() takes the flow's 'stalled' entry naming the expectation")
+        check_report(name, correlation_id, row)
         done: bool = await self._run(trace_report, row)
         return done
 
     async def prune(self, older_than: datetime, *, limit: int = 10_000) -> int:
         """Remove entries recorded before ``older_than``, the oldest first."""
-        if older_than.tzinfo is None:
-            raise StoreError("older_than must be a timezone-aware datetime")
-        removed: int = await self._run(trace_prune, older_than, _limit(limit, "limit"))
+        cutoff = aware(older_than, "older_than")
+        removed: int = await self._run(trace_prune, cutoff, positive(limit, "limit"))
         return removed
 
     async def cap(self, max_entries: int, *, limit: int = 10_000) -> int:
         """Remove the oldest entries beyond the newest ``max_entries``."""
         removed: int = await self._run(
-            trace_cap, _limit(max_entries, "max_entries"), _limit(limit, "limit")
+            trace_cap, positive(max_entries, "max_entries"), positive(limit, "limit")
         )
         return removed

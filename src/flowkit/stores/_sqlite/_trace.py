@@ -12,11 +12,9 @@ from __future__ import annotations
 
 import sqlite3
 from contextlib import contextmanager, suppress
-from datetime import UTC
 from typing import TYPE_CHECKING, Any
 
-from ..._errors import StoreError
-from .._trace import TRACE_COLUMNS, entry_of
+from .._trace import TRACE_COLUMNS, aware, check_report, entry_of, positive, stalled_window
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Iterator, Sequence
@@ -32,18 +30,6 @@ __all__ = ["SQLiteTrace"]
 _COLUMNS = ", ".join(TRACE_COLUMNS)
 _INSERT = f"INSERT INTO flowkit_trace ({_COLUMNS}) VALUES ({', '.join('?' * len(TRACE_COLUMNS))})"
 _SELECT = f"SELECT seq, {_COLUMNS} FROM flowkit_trace"
-
-
-def _limit(value: int, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise StoreError(f"{what} must be a positive integer, not {value!r}")
-    return value
-
-
-def _seconds(value: datetime, what: str) -> float:
-    if value.tzinfo is None:
-        raise StoreError(f"{what} must be a timezone-aware datetime")
-    return value.astimezone(UTC).timestamp()
 
 
 def _missing(exc: sqlite3.OperationalError) -> bool:
@@ -202,7 +188,7 @@ class SQLiteTrace:
     ) -> list[TraceEntry]:
         """A flow's entries in the order they were stored."""
         rows = await self._call(
-            trace_read, correlation_id, _limit(limit, "limit"), after or 0, write=False
+            trace_read, correlation_id, positive(limit, "limit"), after or 0, write=False
         )
         return [entry_of(int(row[0]), row[1:]) for row in rows]
 
@@ -213,7 +199,9 @@ class SQLiteTrace:
 
     async def find(self, value: str, *, limit: int = 20) -> list[str]:
         """The flows ``value`` names, as a correlation id, a workflow id or a business key."""
-        found: list[str] = await self._call(trace_find, value, _limit(limit, "limit"), write=False)
+        found: list[str] = await self._call(
+            trace_find, value, positive(limit, "limit"), write=False
+        )
         return found
 
     async def stalled(
@@ -227,31 +215,32 @@ class SQLiteTrace:
         limit: int = 100,
     ) -> list[TraceEntry]:
         """Flows in which ``first`` was published but nothing of ``expected`` followed in time."""
-        if not expected:
-            raise StoreError("stalled() needs at least one expected message type")
+        types, start, end, most = stalled_window(expected, since, until, limit)
         rows = await self._call(
             trace_stalled,
             first,
-            list(expected),
+            types,
             float(within),
-            _seconds(since, "since"),
-            _seconds(until, "until"),
-            _limit(limit, "limit"),
+            start.timestamp(),
+            end.timestamp(),
+            most,
             write=False,
         )
         return [entry_of(int(row[0]), row[1:]) for row in rows]
 
     async def report(self, name: str, correlation_id: str, row: TraceRow) -> bool:
         """Add a ``stalled`` entry unless the flow has one for ``name`` (atomic)."""
-        if row[1] != correlation_id or row[2] != "stalled" or row[17] != name:
-            raise StoreError("report() takes the flow's 'stalled' entry naming the expectation")
+        check_report(name, correlation_id, row)
         done: bool = await self._call(trace_report, row, write=True)
         return done
 
     async def prune(self, older_than: datetime, *, limit: int = 10_000) -> int:
         """Remove entries recorded before ``older_than``, the oldest first."""
         removed: int = await self._call(
-            trace_prune, _seconds(older_than, "older_than"), _limit(limit, "limit"), write=True
+            trace_prune,
+            aware(older_than, "older_than").timestamp(),
+            positive(limit, "limit"),
+            write=True,
         )
         return removed
 
@@ -259,8 +248,8 @@ class SQLiteTrace:
         """Remove the oldest entries beyond the newest ``max_entries``."""
         removed: int = await self._call(
             trace_cap,
-            _limit(max_entries, "max_entries"),
-            _limit(limit, "limit"),
+            positive(max_entries, "max_entries"),
+            positive(limit, "limit"),
             write=True,
         )
         return removed
