@@ -218,11 +218,11 @@ class OpenTelemetry(BusObserver, SagaObserver):
         return tracer
 
     def sending(self, outgoing: Outgoing) -> _Sending | None:
-        tracer = self._tracer or self._tracing()
+        tracer = self._tracing()
         return None if tracer is None else _Sending(self, tracer, outgoing)
 
     def handling(self, ctx: Context) -> _Handling | None:
-        tracer = self._tracer or self._tracing()
+        tracer = self._tracing()
         return None if tracer is None else _Handling(self, tracer, ctx)
 
     def handled(self, ctx: Context, duration: float) -> None:
