@@ -3,6 +3,14 @@
 Broker transports are imported on first use (``from flowkit.transports import
 RedisTransport``, or :func:`from_url`), so ``import flowkit`` never imports a
 broker client.
+
+The contract is ``_base.py``; ``_memory.py`` is the in-memory transport, and
+each broker has a package (``_redis``, ``_rabbitmq``, ``_nats``, ``_kafka``).
+What they share stands beside the contract, one module each: opening and
+closing (``_lifecycle.py``), the pauses before trying again (``_backoff.py``),
+the options a URL gives (``_options.py``), headers on the wire
+(``_headers.py``), and a client's errors made flowkit's (``_translate.py``).
+``_url.py`` finds the transport a URL names.
 """
 
 from typing import Any

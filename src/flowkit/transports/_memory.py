@@ -14,17 +14,18 @@ import logging
 from collections import deque
 from itertools import count
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Self
+from typing import TYPE_CHECKING
 
 import anyio
 from anyio.lowlevel import checkpoint
 
 from .._errors import TransportClosed, TransportError
 from ._base import Capabilities
+from ._headers import NO_HEADERS
+from ._lifecycle import ClosesOnExit, Reentrant
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
-    from types import TracebackType
 
     from ._base import Delivery, Subscription
 
@@ -36,8 +37,6 @@ logger = logging.getLogger("flowkit.transport.memory")
 # A receive or publish that never has to wait still yields to the event loop
 # once every _CHECKPOINT_MASK + 1 calls, so a busy task cannot starve the others.
 _CHECKPOINT_MASK = 63
-
-_NO_HEADERS: Mapping[str, str] = MappingProxyType({})
 
 
 class _Message:
@@ -218,7 +217,7 @@ class _MemoryDelivery:
         )
 
 
-class _MemorySubscription:
+class _MemorySubscription(ClosesOnExit):
     """A consumer attached to one group."""
 
     __slots__ = ("_closed", "_group", "_in_flight", "_limit", "_receives")
@@ -333,24 +332,13 @@ class _MemorySubscription:
         """Detach the consumer; unacked deliveries go back to the front of the group."""
         self._close(give_back=True)
 
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self._close(give_back=True)
-
     def __repr__(self) -> str:
         group = self._group
         state = "closed" if self._closed else "open"
         return f"<InMemoryTransport subscription {group.topic!r}/{group.name!r} {state}>"
 
 
-class InMemoryTransport:
+class InMemoryTransport(Reentrant[_State]):
     """A transport that keeps every message in the memory of the current process.
 
     It follows the whole transport contract: fan-out to groups, competing
@@ -381,17 +369,16 @@ class InMemoryTransport:
             is not positive.
     """
 
-    __slots__ = ("_entered", "_max_buffer", "_publish_timeout", "_publishes", "_state")
+    __slots__ = ("_max_buffer", "_publish_timeout", "_publishes")
 
     def __init__(self, *, max_buffer: int = 10_000, publish_timeout: float = 10.0) -> None:
         if max_buffer < 1:
             raise ValueError(f"max_buffer must be at least 1, not {max_buffer}")
         if not publish_timeout > 0:
             raise ValueError(f"publish_timeout must be > 0 seconds, not {publish_timeout}")
+        super().__init__()
         self._max_buffer = max_buffer
         self._publish_timeout = publish_timeout
-        self._state: _State | None = None
-        self._entered = 0
         self._publishes = 0
 
     @property
@@ -416,7 +403,7 @@ class InMemoryTransport:
         delay, and those delivered but neither acked nor nacked. Zero means
         every consumer is done with everything published so far.
         """
-        state = self._state
+        state = self._connection
         if state is None:
             return 0
         return sum(group.backlog() for group in state.groups.values())
@@ -427,10 +414,7 @@ class InMemoryTransport:
         Raises:
             TransportClosed: if the transport is not open.
         """
-        state = self._state
-        if state is None:
-            raise TransportClosed("the transport is not open")
-        found = state.groups.get((topic, group))
+        found = self._open().groups.get((topic, group))
         return found.backlog() if found is not None else 0
 
     async def publish(
@@ -460,9 +444,7 @@ class InMemoryTransport:
             TransportClosed: if the transport is not open, or closes while waiting.
             TransportError: if a group stayed full for ``publish_timeout`` seconds.
         """
-        state = self._state
-        if state is None:
-            raise TransportClosed("the transport is not open")
+        state = self._open()
         self._publishes += 1
         if not self._publishes & _CHECKPOINT_MASK:
             await checkpoint()
@@ -485,7 +467,7 @@ class InMemoryTransport:
         message = _Message(
             topic,
             body if type(body) is bytes else bytes(body),
-            MappingProxyType(dict(headers)) if headers else _NO_HEADERS,
+            MappingProxyType(dict(headers)) if headers else NO_HEADERS,
         )
         for each in groups:
             each.ready.append(message)
@@ -545,9 +527,7 @@ class InMemoryTransport:
         Raises:
             TransportClosed: if the transport is not open.
         """
-        state = self._state
-        if state is None:
-            raise TransportClosed("the transport is not open")
+        state = self._open()
         key = (topic, group)
         target = state.groups.get(key)
         if target is None:
@@ -557,17 +537,15 @@ class InMemoryTransport:
         target.subscriptions.add(subscription)
         return subscription
 
-    async def aclose(self) -> None:
-        """Close the transport and every subscription on it, and drop every message.
+    async def _connect(self) -> _State:
+        """A new, empty state: opening waits for nothing, on any event loop."""
+        return _State()
+
+    async def _disconnect(self, state: _State) -> None:
+        """Drop every message, and close every subscription without giving back.
 
         Blocked receivers and publishers raise :class:`~flowkit.TransportClosed`.
-        Closing a closed transport is a no-op.
         """
-        state = self._state
-        self._state = None
-        self._entered = 0
-        if state is None or state.closed:
-            return
         state.closed = True
         dropped = sum(group.backlog() for group in state.groups.values())
         if dropped:
@@ -584,26 +562,8 @@ class InMemoryTransport:
                 subscription._close(give_back=False)
             group.wake_all()
 
-    async def __aenter__(self) -> Self:
-        if self._state is None:
-            self._state = _State()
-        self._entered += 1
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if self._entered > 1:
-            self._entered -= 1
-        else:
-            await self.aclose()
-
     def __repr__(self) -> str:
-        state = "open" if self._state is not None else "closed"
         return (
             f"<InMemoryTransport max_buffer={self._max_buffer} "
-            f"publish_timeout={self._publish_timeout} {state}>"
+            f"publish_timeout={self._publish_timeout} {self._status}>"
         )

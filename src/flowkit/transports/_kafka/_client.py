@@ -1,30 +1,28 @@
-"""The connection to a Kafka-protocol broker: URLs, names, and translating errors.
+"""The connection to a Kafka-protocol broker: URLs, names, and telling errors apart.
 
-Every error of aiokafka that leaves the transport becomes a
-:class:`~flowkit.TransportError` (chained with ``from exc``), and every URL it
-shows is redacted, so a password never reaches a log, a repr or an error.
+:data:`RECOVERABLE` are the errors retried until the broker is back or a
+rebalance ends; every error of aiokafka that leaves the transport goes through
+:func:`translate` (see ``transports/_translate.py``).
 """
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import re
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import unquote, urlsplit
 
 from aiokafka import errors as kafka_errors
 from aiokafka.helpers import create_ssl_context
 
-from ..._errors import TransportError
 from ..._redact import redact_url
+from .._options import URLOptions, split_options
+from .._translate import translator
 
 __all__ = [
     "RECOVERABLE",
-    "Backoff",
     "Settings",
-    "check_asyncio",
     "kafka_errors",
     "kafka_name",
     "parse_url",
@@ -68,51 +66,14 @@ _LEGAL = re.compile(r"^[A-Za-z0-9._-]+$")
 _MAX_NAME = 249
 
 
-class Backoff:
-    """Growing pauses between attempts: 50 ms, doubled each time, at most 2 s."""
-
-    __slots__ = ("_next",)
-
-    FIRST = 0.05
-    LAST = 2.0
-
-    def __init__(self) -> None:
-        self._next = self.FIRST
-
-    def reset(self) -> None:
-        """Start again from the shortest pause."""
-        self._next = self.FIRST
-
-    async def sleep(self) -> None:
-        """Wait the next pause."""
-        pause = self._next
-        self._next = min(pause * 2, self.LAST)
-        await asyncio.sleep(pause)
-
-
 @dataclass(slots=True)
 class Settings:
-    """What a URL says: the brokers, the client's security options, the transport's own."""
+    """What a URL says: the brokers, the transport's own options, the client's
+    security options."""
 
     bootstrap: list[str]
+    own: URLOptions
     client: dict[str, Any] = field(default_factory=dict)
-    own: dict[str, str] = field(default_factory=dict)
-
-
-def check_asyncio() -> None:
-    """Fail clearly when called outside asyncio (aiokafka needs it).
-
-    Raises:
-        TransportError: if no asyncio event loop is running (trio, for one).
-    """
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        raise TransportError(
-            "KafkaTransport runs on asyncio only: aiokafka does not run on trio or any "
-            "other event loop. Run the bus with anyio's asyncio backend, or use another "
-            "transport"
-        ) from None
 
 
 def parse_url(url: str) -> Settings:
@@ -141,15 +102,13 @@ def parse_url(url: str) -> Settings:
     hosts = [host if ":" in host else f"{host}:9092" for host in netloc.split(",") if host]
     if not hosts:
         raise ValueError(f"a Kafka URL names at least one broker: {where!r}")
-    settings = Settings(hosts)
+    _, own, others = split_options(url, _OWN)
+    settings = Settings(hosts, own)
     security: dict[str, str] = {}
-    for name, value in parse_qsl(parts.query, keep_blank_values=True):
-        if name in _OWN:
-            settings.own[name] = value
-        elif name in _SECURITY:
-            security[name] = value
-        else:
+    for name, value in others:
+        if name not in _SECURITY:
             raise ValueError(f"unknown Kafka URL option {name!r} in {where!r}")
+        security[name] = value
     tls = parts.scheme == "kafkas"
     protocol = security.get("security_protocol", "").upper()
     if not protocol:
@@ -190,19 +149,5 @@ def kafka_name(*parts: str) -> str:
     return f"{cleaned}-{digest}"
 
 
-def translate(exc: BaseException, doing: str) -> TransportError:
-    """A :class:`~flowkit.TransportError` for an aiokafka error, its URLs redacted.
-
-    The error is chained to ``exc`` already (its ``__cause__``).
-
-    Args:
-        exc: the error raised by aiokafka (or by the socket under it).
-        doing: what the transport was doing, for the message ("publish to ...").
-
-    Returns:
-        The error to raise.
-    """
-    detail = redact_url(str(exc)) or type(exc).__name__
-    error = TransportError(f"Kafka {doing} failed: {type(exc).__name__}: {detail}")
-    error.__cause__ = exc
-    return error
+#: A :class:`~flowkit.TransportError` for an error of aiokafka, its URLs redacted.
+translate = translator("Kafka")

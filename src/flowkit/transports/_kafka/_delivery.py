@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import logging
 import time
-from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
+
+from .._headers import NO_HEADERS
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -37,7 +38,6 @@ ATTEMPT = "flowkit.attempt"
 DUE = "flowkit.due"
 SENT = "flowkit.sent"
 _OWN_HEADERS = frozenset({ATTEMPT, DUE, SENT})
-_NO_HEADERS: Mapping[str, str] = MappingProxyType({})
 
 
 def encode_headers(headers: Mapping[str, str] | None) -> list[tuple[str, bytes]]:
@@ -60,7 +60,7 @@ def decode_headers(
         it was sent (0: not said).
     """
     if not raw:
-        return _NO_HEADERS, 0, 0, 0
+        return NO_HEADERS, 0, 0, 0
     headers: dict[str, str] = {}
     attempts = due = sent = 0
     damaged = False
@@ -85,7 +85,7 @@ def decode_headers(
             damaged = True
     if damaged:
         logger.warning("record %s has headers that are not UTF-8 text or numbers", where)
-    return (headers or _NO_HEADERS), attempts, due, sent
+    return (headers or NO_HEADERS), attempts, due, sent
 
 
 class KafkaDelivery:

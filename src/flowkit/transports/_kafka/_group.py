@@ -38,18 +38,19 @@ import heapq
 import logging
 import time
 from collections import deque
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.structs import OffsetAndMetadata
 
 from ..._errors import TransportClosed, TransportError
-from ._client import Backoff, kafka_errors, translate
+from .._backoff import Backoff
+from .._lifecycle import ClosesOnExit
+from ._client import kafka_errors, translate
 from ._delivery import ATTEMPT, DUE, KafkaDelivery, decode_headers, encode_headers
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
-    from types import TracebackType
 
     from .._base import Delivery
     from ._transport import Connection
@@ -75,6 +76,18 @@ _GROUP_LIVE = (
     kafka_errors.IllegalGenerationError,
     kafka_errors.RebalanceInProgressError,
 )
+
+
+def _take(delivery: KafkaDelivery) -> bool:
+    """Settle ``delivery`` for its subscription (it holds it no more); False if it
+    was settled already (a second ack or nack is a no-op)."""
+    if delivery._settled:
+        return False
+    delivery._settled = True
+    holder = delivery._holder
+    if holder is not None:
+        holder.held.pop(delivery, None)
+    return True
 
 
 class Track:
@@ -349,13 +362,8 @@ class Group:
     # -- settling ----------------------------------------------------------------------
 
     def ack(self, delivery: KafkaDelivery) -> None:
-        if delivery._settled:
-            return
-        delivery._settled = True
-        holder = delivery._holder
-        if holder is not None:
-            holder.held.pop(delivery, None)
-        self._settle(delivery)
+        if _take(delivery):
+            self._settle(delivery)
 
     def _settle(self, delivery: KafkaDelivery) -> None:
         track = delivery._track
@@ -366,12 +374,9 @@ class Group:
             self._commit_task = asyncio.get_running_loop().create_task(self._commit_soon())
 
     async def nack(self, delivery: KafkaDelivery, delay: float) -> None:
-        if delivery._settled:
+        if not _take(delivery):
             return
-        delivery._settled = True
         holder = delivery._holder
-        if holder is not None:
-            holder.held.pop(delivery, None)
         if not delivery._track.live:
             # Its partition went to another consumer, which reads it again: a no-op.
             return
@@ -615,7 +620,7 @@ class Group:
         )
 
 
-class KafkaSubscription:
+class KafkaSubscription(ClosesOnExit):
     """A consumer attached to one group of one topic (sharing the group's Kafka consumer)."""
 
     __slots__ = ("_group", "_receives", "closed", "held")
@@ -682,14 +687,3 @@ class KafkaSubscription:
             group.wake()
             return
         await group.connection.close_group(group, held)
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()

@@ -7,29 +7,23 @@ import contextlib
 import logging
 import os
 import socket
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from ..._errors import TransportClosed, TransportError
 from ..._redact import redact_url
+from .._backoff import Backoff
 from .._base import Capabilities
-from ._client import (
-    RECOVERABLE,
-    Backoff,
-    check_asyncio,
-    kafka_errors,
-    kafka_name,
-    parse_url,
-    translate,
-)
+from .._lifecycle import AsyncioReentrant, subscriptions_of
+from .._translate import cannot_connect
+from ._client import RECOVERABLE, kafka_errors, kafka_name, parse_url, translate
 from ._delivery import encode_headers
 from ._group import Group, KafkaSubscription
 
 if TYPE_CHECKING:
     from collections.abc import Coroutine, Mapping, Sequence
-    from types import TracebackType
 
     from .._base import Subscription
     from ._delivery import KafkaDelivery
@@ -249,7 +243,7 @@ class Connection:
             logger.warning("could not delete topics %s: %s", names, redact_url(str(exc)))
 
 
-class KafkaTransport:
+class KafkaTransport(AsyncioReentrant[Connection]):
     """A transport on a Kafka-protocol broker.
 
     Layout, for a topic ``T`` and a group ``G`` (``prefix`` first, parts
@@ -313,6 +307,10 @@ class KafkaTransport:
             option is out of range.
     """
 
+    _ASYNCIO_ONLY = (
+        "KafkaTransport runs on asyncio only: aiokafka does not run on trio or any other event loop"
+    )
+
     def __init__(
         self,
         url: str,
@@ -329,16 +327,13 @@ class KafkaTransport:
         where = redact_url(url)
         settings = parse_url(url)
         own = settings.own
-        try:
-            prefix = own.get("prefix", prefix)
-            partitions = int(own.get("partitions", partitions))
-            prefetch = int(own.get("prefetch", prefetch))
-            publish_timeout = float(own.get("publish_timeout", publish_timeout))
-            connect_timeout = float(own.get("connect_timeout", connect_timeout))
-            session_timeout = float(own.get("session_timeout", session_timeout))
-            fetch_wait = float(own.get("fetch_wait", fetch_wait))
-        except ValueError as exc:
-            raise ValueError(f"a transport option in {where!r} is not a number: {exc}") from None
+        prefix = own.text("prefix", prefix)
+        partitions = own.integer("partitions", partitions)
+        prefetch = own.integer("prefetch", prefetch)
+        publish_timeout = own.number("publish_timeout", publish_timeout)
+        connect_timeout = own.number("connect_timeout", connect_timeout)
+        session_timeout = own.number("session_timeout", session_timeout)
+        fetch_wait = own.number("fetch_wait", fetch_wait)
         if not prefix:
             raise ValueError("prefix must not be empty")
         if partitions < 1 or prefetch < 1:
@@ -348,6 +343,7 @@ class KafkaTransport:
         if not 0 < fetch_wait <= 10:
             raise ValueError(f"fetch_wait must be > 0 and at most 10 seconds, not {fetch_wait}")
         settings.client.update(kafka_options or {})
+        super().__init__()
         self._settings = settings
         self._where = where
         self._prefix = prefix
@@ -358,9 +354,6 @@ class KafkaTransport:
         self._session_timeout = session_timeout
         self._fetch_wait = fetch_wait
         self._client_id = f"flowkit-{socket.gethostname()}-{os.getpid()}"
-        self._connection: Connection | None = None
-        self._entered = 0
-        self._lock: asyncio.Lock | None = None
 
     @property
     def capabilities(self) -> Capabilities:
@@ -371,12 +364,6 @@ class KafkaTransport:
     def prefix(self) -> str:
         """The start of every Kafka topic and group the transport names."""
         return self._prefix
-
-    def _open(self) -> Connection:
-        connection = self._connection
-        if connection is None:
-            raise TransportClosed("the transport is not open")
-        return connection
 
     async def publish(
         self,
@@ -481,27 +468,15 @@ class KafkaTransport:
         target.subscriptions.add(subscription)
         return subscription
 
-    async def aclose(self) -> None:
-        """Close the transport and every subscription on it.
-
-        What the subscriptions held is published again or left to its offset;
-        blocked receivers raise :class:`~flowkit.TransportClosed`. Closing a
-        closed transport is a no-op.
-        """
-        connection = self._connection
-        self._connection = None
-        self._entered = 0
-        if connection is None or connection.closed:
-            return
+    async def _disconnect(self, connection: Connection) -> None:
+        """Close every subscription, once the groups being opened are: what they
+        held is published again or left to its offset. Then the producer and the
+        admin client."""
         try:
             for opening in list(connection.opening.values()):
                 with contextlib.suppress(BaseException):
                     await opening
-            subscriptions = [
-                subscription
-                for group in list(connection.groups.values())
-                for subscription in list(group.subscriptions)
-            ]
+            subscriptions = subscriptions_of(connection.groups.values())
             await asyncio.gather(
                 *(subscription.aclose() for subscription in subscriptions),
                 *connection.leaving.values(),
@@ -516,16 +491,6 @@ class KafkaTransport:
                 await asyncio.wait_for(connection.producer.stop(), self._publish_timeout)
             with contextlib.suppress(Exception):
                 await connection.admin.close()
-
-    async def __aenter__(self) -> Self:
-        check_asyncio()
-        if self._lock is None:
-            self._lock = asyncio.Lock()
-        async with self._lock:
-            if self._connection is None:
-                self._connection = await self._connect()
-            self._entered += 1
-        return self
 
     async def _connect(self) -> Connection:
         settings = self._settings
@@ -552,23 +517,8 @@ class KafkaTransport:
                 await producer.stop()
             with contextlib.suppress(Exception):
                 await admin.close()
-            raise TransportError(
-                f"could not connect to Kafka at {self._where}: {type(exc).__name__}: "
-                f"{redact_url(str(exc))}"
-            ) from exc
+            raise cannot_connect("Kafka", self._where, exc) from exc
         return Connection(self, producer, admin)
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if self._entered > 1:
-            self._entered -= 1
-        else:
-            await self.aclose()
-
     def __repr__(self) -> str:
-        state = "open" if self._connection is not None else "closed"
-        return f"<KafkaTransport url={self._where!r} prefix={self._prefix!r} {state}>"
+        return f"<KafkaTransport url={self._where!r} prefix={self._prefix!r} {self._status}>"

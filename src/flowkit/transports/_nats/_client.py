@@ -1,9 +1,9 @@
-"""The connection to NATS: names, options, opening the client, translating errors.
+"""The connection to NATS: names, options, opening the client, telling its errors apart.
 
-Every error of nats-py that leaves the transport becomes a
-:class:`~flowkit.TransportError` (chained with ``from exc``), and every URL it
-shows is redacted, so a password or a token never reaches a log, a repr or an
-error.
+:data:`RECOVERABLE` are the errors retried until the server is back; every
+error of nats-py that leaves the transport goes through :func:`translate`
+(see ``transports/_translate.py``), so a password or a token never reaches a
+log, a repr or an error.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import hashlib
 import logging
 import re
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import nats.errors
 import nats.js.errors
@@ -21,6 +20,8 @@ from nats.aio.client import Client
 
 from ..._errors import TransportError
 from ..._redact import redact_url
+from .._options import URLOptions, split_options
+from .._translate import cannot_connect, translator
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -28,11 +29,10 @@ if TYPE_CHECKING:
 __all__ = [
     "RECOVERABLE",
     "Client",
-    "check_asyncio",
     "encode_name",
     "js_error_code",
     "open_client",
-    "split_options",
+    "own_options",
     "translate",
 ]
 
@@ -70,22 +70,6 @@ _PLAIN = re.compile(r"[A-Za-z0-9-]+")
 _MAX_NAME = 120
 
 
-def check_asyncio() -> None:
-    """Fail clearly when called outside asyncio (nats-py needs it).
-
-    Raises:
-        TransportError: if no asyncio event loop is running (trio, for one).
-    """
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        raise TransportError(
-            "NATSTransport runs on asyncio only: nats-py does not run on trio or any "
-            "other event loop. Run the bus with anyio's asyncio backend, or use another "
-            "transport"
-        ) from None
-
-
 def encode_name(name: str) -> str:
     """A topic or group name as a subject token and part of a JetStream name.
 
@@ -110,25 +94,16 @@ def encode_name(name: str) -> str:
     return encoded
 
 
-def split_options(url: str) -> tuple[str, dict[str, str]]:
+def own_options(url: str) -> tuple[str, URLOptions]:
     """Take the transport's own options out of a URL's query string.
 
     Returns:
-        The URL without its query (nats-py reads none), and the options as written.
+        The URL without its query (nats-py reads none), and the options.
 
     Raises:
         ValueError: for a query parameter the transport does not know.
     """
-    parts = urlsplit(url)
-    if not parts.query:
-        return url, {}
-    ours: dict[str, str] = {}
-    unknown: list[tuple[str, str]] = []
-    for name, value in parse_qsl(parts.query, keep_blank_values=True):
-        if name in TRANSPORT_OPTIONS:
-            ours[name] = value
-        else:
-            unknown.append((name, value))
+    without, options, unknown = split_options(url, TRANSPORT_OPTIONS)
     if unknown:
         names = ", ".join(sorted({name for name, _ in unknown}))
         raise ValueError(
@@ -136,25 +111,11 @@ def split_options(url: str) -> tuple[str, dict[str, str]]:
             f"it knows {', '.join(sorted(TRANSPORT_OPTIONS))} (pass nats-py's own "
             f"options with nats_options=)"
         )
-    return urlunsplit(parts._replace(query=urlencode([]))), ours
+    return without, options
 
 
-def translate(exc: BaseException, doing: str) -> TransportError:
-    """A :class:`~flowkit.TransportError` for a nats-py error, its URLs redacted.
-
-    The error is chained to ``exc`` already (its ``__cause__``).
-
-    Args:
-        exc: the error raised by nats-py (or by the socket under it).
-        doing: what the transport was doing, for the message.
-
-    Returns:
-        The error to raise.
-    """
-    detail = redact_url(str(exc)) or type(exc).__name__
-    error = TransportError(f"NATS {doing} failed: {type(exc).__name__}: {detail}")
-    error.__cause__ = exc
-    return error
+#: A :class:`~flowkit.TransportError` for an error of nats-py, its URLs redacted.
+translate = translator("NATS")
 
 
 def js_error_code(exc: BaseException) -> int | None:
@@ -221,9 +182,7 @@ async def open_client(
         )
     except Exception as exc:
         await _close_quietly(client)
-        raise TransportError(
-            f"could not connect to NATS at {where}: {type(exc).__name__}: {redact_url(str(exc))}"
-        ) from exc
+        raise cannot_connect("NATS", where, exc) from exc
     try:
         await client.jetstream().account_info()
     except Exception as exc:

@@ -15,10 +15,10 @@ strings are delivered as no headers, and a WARNING says so.
 
 from __future__ import annotations
 
-import json
 import logging
-from types import MappingProxyType
 from typing import TYPE_CHECKING
+
+from .._headers import NO_HEADERS, headers_from_json, headers_to_json
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -48,8 +48,6 @@ KEY_HEADER = "Flowkit-Key"
 ACK = b"+ACK"
 NAK = b"-NAK"
 
-_NO_HEADERS: Mapping[str, str] = MappingProxyType({})
-
 
 class NATSDelivery:
     """One delivery of a JetStream message to one subscription."""
@@ -63,7 +61,7 @@ class NATSDelivery:
         self.body: bytes = msg.data
         raw = msg.headers
         self.headers: Mapping[str, str] = (
-            decode_headers(raw.get(HEADERS_HEADER), msg.reply) if raw else _NO_HEADERS
+            decode_headers(raw.get(HEADERS_HEADER), msg.reply) if raw else NO_HEADERS
         )
         # How many times this message has been delivered to this group, this time included.
         self.attempt: int = attempt_of(msg.reply)
@@ -113,27 +111,22 @@ class NATSDelivery:
 
 def encode_headers(headers: Mapping[str, str]) -> str:
     """The ``Flowkit-Headers`` header: a compact JSON object, ASCII only."""
-    return json.dumps(dict(headers), separators=(",", ":"))
+    return headers_to_json(headers, ascii_only=True)
 
 
 def decode_headers(value: str | None, reply: str | None) -> Mapping[str, str]:
     """The flowkit headers of a message, from its ``Flowkit-Headers`` header."""
     if value is None:
-        return _NO_HEADERS
-    try:
-        headers = json.loads(value)
-    except ValueError:
-        headers = None
-    if isinstance(headers, dict) and all(
-        isinstance(k, str) and isinstance(v, str) for k, v in headers.items()
-    ):
+        return NO_HEADERS
+    headers = headers_from_json(value)
+    if headers is not None:
         return headers
     logger.warning(
         "JetStream message %s has a Flowkit-Headers header that is not a JSON object of "
         "strings: delivered without headers",
         reply,
     )
-    return _NO_HEADERS
+    return NO_HEADERS
 
 
 def attempt_of(reply: str | None) -> int:

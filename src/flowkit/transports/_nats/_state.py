@@ -29,6 +29,7 @@ from nats.js.api import (
 )
 
 from ..._errors import TransportClosed, TransportError
+from .._backoff import Backoff
 from ._client import RECOVERABLE, encode_name, js_error_code, translate
 
 if TYPE_CHECKING:
@@ -151,7 +152,7 @@ class Group:
         )
         loop = asyncio.get_running_loop()
         deadline = loop.time() + options.timeout
-        pause = 0.05
+        backoff = Backoff()
         while True:
             try:
                 try:
@@ -169,12 +170,11 @@ class Group:
                 if self.connection.closed:
                     raise TransportClosed("the transport is closed") from exc
                 again = isinstance(exc, RECOVERABLE) or js_error_code(exc) == STREAM_NOT_FOUND
-                if not again or loop.time() + pause > deadline:
+                if not again or loop.time() + backoff.pause > deadline:
                     raise translate(
                         exc, f"creating group {self.name!r} of topic {self.topic!r}"
                     ) from exc
-                await asyncio.sleep(pause)
-                pause = min(pause * 2, 2.0)
+                await backoff.sleep()
 
     async def remove(self) -> None:
         """Delete the group's consumer, and the topic's stream if no group is left."""
@@ -296,7 +296,7 @@ class Connection:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         attempt_timeout = max(2.0, timeout / 4)
-        pause = 0.05
+        backoff = Backoff()
         client = self.client
         acks = self._acks
         message_id = f"{self._ack_inbox}{next(self._next_token)}"
@@ -319,10 +319,9 @@ class Connection:
             except RECOVERABLE as exc:
                 if self.closed:
                     raise TransportClosed("the transport is closed") from exc
-                if loop.time() + pause >= deadline:
+                if loop.time() + backoff.pause >= deadline:
                     raise translate(exc, f"publish to {subject!r}") from exc
-                await asyncio.sleep(pause)
-                pause = min(pause * 2, 2.0)
+                await backoff.sleep()
                 continue
             finally:
                 timer.cancel()

@@ -15,19 +15,20 @@ import contextlib
 import logging
 import math
 from collections import deque
-from typing import TYPE_CHECKING, Self
+from typing import TYPE_CHECKING
 
 import nats.errors
 import nats.js.errors
 
 from ..._errors import TransportClosed, TransportError
+from .._backoff import Backoff
+from .._lifecycle import ClosesOnExit
 from ._client import RECOVERABLE, js_error_code, translate
 from ._delivery import ACK, GROUP_HEADER, NAK, NATSDelivery
 from ._state import CONSUMER_NOT_FOUND, STREAM_NOT_FOUND
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
-    from types import TracebackType
 
     from nats.aio.msg import Msg
     from nats.aio.subscription import Subscription as NATSInbox
@@ -45,7 +46,7 @@ PULL_EXPIRES = 1.0
 PULL_GRACE = 2.0
 
 
-class NATSSubscription:
+class NATSSubscription(ClosesOnExit):
     """A consumer of one group: a pull request loop feeding a bounded buffer."""
 
     __slots__ = (
@@ -103,17 +104,7 @@ class NATSSubscription:
         Raises:
             TransportClosed: once the subscription or its transport is closed.
         """
-        buffer = self._buffer
-        while True:
-            if self._closed:
-                raise TransportClosed("the subscription is closed")
-            if buffer:
-                delivery = NATSDelivery(self, buffer.popleft())
-                self._held.add(delivery)
-                self._room.set()
-                return delivery
-            self._arrived.clear()
-            await self._arrived.wait()
+        return (await self.receive_many(1))[0]
 
     async def receive_many(self, limit: int) -> Sequence[Delivery]:
         """Wait for at least one delivery, and return up to ``limit`` of those buffered.
@@ -216,7 +207,7 @@ class NATSSubscription:
         progress_every = connection.options.ack_wait / 3
         loop = asyncio.get_running_loop()
         next_progress = loop.time() + progress_every
-        pause = 0.05
+        backoff = Backoff()
         inbox = self._inbox
         assert inbox is not None
         while not self._closing:
@@ -230,8 +221,7 @@ class NATSSubscription:
                     await group.create()
                 except TransportError as exc:
                     logger.warning("%s; trying again", exc)
-                    await asyncio.sleep(pause)
-                    pause = min(pause * 2, 2.0)
+                    await backoff.sleep()
                     self._missing = True
                     continue
             room = prefetch - len(self._buffer)
@@ -250,10 +240,9 @@ class NATSSubscription:
                 if connection.closed:
                     return
                 logger.debug("pull request failed: %s", exc)
-                await asyncio.sleep(pause)
-                pause = min(pause * 2, 2.0)
+                await backoff.sleep()
                 continue
-            pause = 0.05
+            backoff.reset()
             expiry = loop.time() + PULL_EXPIRES + PULL_GRACE
             while not self._done.is_set() and not self._closing:
                 now = loop.time()
@@ -271,8 +260,7 @@ class NATSSubscription:
                         self._done.wait(), max(0.01, min(expiry, next_progress) - now)
                     )
             if self._missing:
-                await asyncio.sleep(pause)
-                pause = min(pause * 2, 2.0)
+                await backoff.sleep()
 
     async def _check_consumer(self) -> None:
         group = self._group
@@ -357,17 +345,6 @@ class NATSSubscription:
                             group.topic,
                             exc,
                         )
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"

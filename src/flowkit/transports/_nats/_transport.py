@@ -8,7 +8,7 @@ import json
 import logging
 import math
 import re
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any
 
 import nats.js.errors
 from nats.js.api import StorageType
@@ -16,22 +16,14 @@ from nats.js.api import StorageType
 from ..._errors import TransportClosed
 from ..._redact import redact_url
 from .._base import Capabilities
-from ._client import (
-    RECOVERABLE,
-    check_asyncio,
-    encode_name,
-    js_error_code,
-    open_client,
-    split_options,
-    translate,
-)
+from .._lifecycle import AsyncioReentrant, subscriptions_of
+from ._client import RECOVERABLE, encode_name, js_error_code, open_client, own_options, translate
 from ._delivery import GROUP_HEADER, HEADERS_HEADER, KEY_HEADER, encode_headers
 from ._state import CONSUMER_NOT_FOUND, STREAM_NOT_FOUND, Connection, Options
 from ._subscription import NATSSubscription
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
-    from types import TracebackType
 
     from .._base import Subscription
 
@@ -47,7 +39,7 @@ _SCHEMES = ("nats://", "tls://")
 _PREFIX = re.compile(r"[A-Za-z0-9-]+")
 
 
-class NATSTransport:
+class NATSTransport(AsyncioReentrant[Connection]):
     """A transport on NATS JetStream, shared by every process that uses one server.
 
     Layout, for a topic ``T`` and a consumer group ``G`` (``prefix`` first; a
@@ -129,15 +121,11 @@ class NATSTransport:
             option is out of range.
     """
 
-    __slots__ = (
-        "_connect_timeout",
-        "_connection",
-        "_entered",
-        "_lock",
-        "_nats_options",
-        "_options",
-        "_url",
+    _ASYNCIO_ONLY = (
+        "NATSTransport runs on asyncio only: nats-py does not run on trio or any other event loop"
     )
+
+    __slots__ = ("_connect_timeout", "_nats_options", "_options", "_url")
 
     def __init__(
         self,
@@ -155,18 +143,14 @@ class NATSTransport:
         where = redact_url(url)
         if not url.startswith(_SCHEMES):
             raise ValueError(f"NATSTransport needs a nats:// or tls:// URL, not {where!r}")
-        url, in_url = split_options(url)
-        try:
-            prefix = in_url.get("prefix", prefix)
-            prefetch = int(in_url.get("prefetch", prefetch))
-            ack_wait = float(in_url.get("ack_wait", ack_wait))
-            publish_timeout = float(in_url.get("publish_timeout", publish_timeout))
-            connect_timeout = float(in_url.get("connect_timeout", connect_timeout))
-            storage = in_url.get("storage", storage)
-            if "max_len" in in_url:
-                max_len = int(in_url["max_len"]) if in_url["max_len"] else None
-        except ValueError as exc:
-            raise ValueError(f"a transport option in {where!r} is not a number: {exc}") from None
+        url, in_url = own_options(url)
+        prefix = in_url.text("prefix", prefix)
+        prefetch = in_url.integer("prefetch", prefetch)
+        ack_wait = in_url.number("ack_wait", ack_wait)
+        publish_timeout = in_url.number("publish_timeout", publish_timeout)
+        connect_timeout = in_url.number("connect_timeout", connect_timeout)
+        storage = in_url.text("storage", storage)
+        max_len = in_url.limit("max_len", max_len)
         if not _PREFIX.fullmatch(prefix):
             raise ValueError(f"prefix must be letters, digits and '-', not {prefix!r}")
         if prefetch < 1:
@@ -181,6 +165,7 @@ class NATSTransport:
             raise ValueError(f"max_len must be at least 1 (or None), not {max_len}")
         if "servers" in (nats_options or {}):
             raise ValueError("give the servers in the URL, not in nats_options")
+        super().__init__()
         self._url = url
         self._options = Options(
             where=where,
@@ -193,9 +178,6 @@ class NATSTransport:
         )
         self._connect_timeout = connect_timeout
         self._nats_options = dict(nats_options or {})
-        self._connection: Connection | None = None
-        self._entered = 0
-        self._lock: asyncio.Lock | None = None
 
     @property
     def capabilities(self) -> Capabilities:
@@ -216,12 +198,6 @@ class NATSTransport:
     def prefix(self) -> str:
         """The start of every stream name and subject the transport uses."""
         return self._options.prefix
-
-    def _open(self) -> Connection:
-        connection = self._connection
-        if connection is None:
-            raise TransportClosed("the transport is not open")
-        return connection
 
     async def publish(
         self,
@@ -249,9 +225,7 @@ class NATSTransport:
             TransportError: if JetStream refused the message, or it could not
                 be stored within ``publish_timeout``.
         """
-        connection = self._connection
-        if connection is None:
-            raise TransportClosed("the transport is not open")
+        connection = self._open()
         nats_headers: dict[str, str] | None = None
         if headers:
             nats_headers = {HEADERS_HEADER: encode_headers(headers)}
@@ -330,23 +304,10 @@ class NATSTransport:
         target.subscriptions.add(subscription)
         return subscription
 
-    async def aclose(self) -> None:
-        """Close the transport and every subscription on it.
-
-        Each subscription gives back what it held; blocked receivers and
-        waiting publishers raise :class:`~flowkit.TransportClosed`. Closing a
-        closed transport is a no-op.
-        """
-        connection = self._connection
-        self._connection = None
-        self._entered = 0
-        if connection is None or connection.closed:
-            return
-        subscriptions = [
-            subscription
-            for group in list(connection.groups.values())
-            for subscription in list(group.subscriptions)
-        ]
+    async def _disconnect(self, connection: Connection) -> None:
+        """Close every subscription (each gives back what it held), then the client,
+        once what it has to send is sent."""
+        subscriptions = subscriptions_of(connection.groups.values())
         try:
             await asyncio.gather(*(subscription.aclose() for subscription in subscriptions))
         finally:
@@ -355,16 +316,6 @@ class NATSTransport:
                 await connection.client.flush(timeout=math.ceil(self._options.timeout))
             with contextlib.suppress(Exception):
                 await connection.client.close()
-
-    async def __aenter__(self) -> Self:
-        check_asyncio()
-        if self._lock is None:
-            self._lock = asyncio.Lock()
-        async with self._lock:
-            if self._connection is None:
-                self._connection = await self._connect()
-            self._entered += 1
-        return self
 
     async def _connect(self) -> Connection:
         holder: list[Connection] = []
@@ -389,19 +340,6 @@ class NATSTransport:
         holder.append(connection)
         return connection
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if self._entered > 1:
-            self._entered -= 1
-        else:
-            await self.aclose()
-
     def __repr__(self) -> str:
-        state = "open" if self._connection is not None else "closed"
-        return (
-            f"<NATSTransport url={self._options.where!r} prefix={self._options.prefix!r} {state}>"
-        )
+        options = self._options
+        return f"<NATSTransport url={options.where!r} prefix={options.prefix!r} {self._status}>"

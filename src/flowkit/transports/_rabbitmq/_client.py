@@ -7,8 +7,8 @@ subscription has a channel of its own (its prefetch).
 
 When the connection is lost, a task opens it again with a growing pause
 (50 ms to 2 s) and tells the subscriptions to consume again. Every error of
-aiormq that leaves the transport becomes a :class:`~flowkit.TransportError`
-(chained with ``from exc``), its URLs redacted.
+aiormq that leaves the transport goes through :func:`translate` (see
+``transports/_translate.py``).
 """
 
 from __future__ import annotations
@@ -16,13 +16,14 @@ from __future__ import annotations
 import asyncio
 import logging
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import aiormq
 from aiormq import exceptions as amqp_errors
 
 from ..._errors import TransportClosed, TransportError
 from ..._redact import redact_url
+from .._backoff import Backoff
+from .._translate import cannot_connect, translator
 from ._frames import FrameBatcher
 
 if TYPE_CHECKING:
@@ -34,10 +35,9 @@ if TYPE_CHECKING:
 __all__ = [
     "CLOSING",
     "LOST",
+    "TRANSPORT_OPTIONS",
     "Link",
     "amqp_errors",
-    "check_asyncio",
-    "split_options",
     "translate",
 ]
 
@@ -61,53 +61,9 @@ LOST: tuple[type[BaseException], ...] = (
 # What closing a channel or a connection may raise, besides a lost connection.
 CLOSING: tuple[type[BaseException], ...] = (TimeoutError, amqp_errors.AMQPError, *LOST)
 
-_FIRST_PAUSE = 0.05
-_LAST_PAUSE = 2.0
 
-
-def check_asyncio() -> None:
-    """Fail clearly when called outside asyncio (aiormq needs it).
-
-    Raises:
-        TransportError: if no asyncio event loop is running (trio, for one).
-    """
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        raise TransportError(
-            "RabbitMQTransport runs on asyncio only: aio-pika and aiormq do not run on "
-            "trio or any other event loop. Run the bus with anyio's asyncio backend, or "
-            "use another transport"
-        ) from None
-
-
-def split_options(url: str) -> tuple[str, dict[str, str]]:
-    """Take the transport's own options out of a URL's query string.
-
-    Returns:
-        The URL without those options (what aiormq reads: ``heartbeat``,
-        ``cafile``...), and the options as written.
-    """
-    parts = urlsplit(url)
-    if not parts.query:
-        return url, {}
-    ours: dict[str, str] = {}
-    theirs: list[tuple[str, str]] = []
-    for name, value in parse_qsl(parts.query, keep_blank_values=True):
-        if name in TRANSPORT_OPTIONS:
-            ours[name] = value
-        else:
-            theirs.append((name, value))
-    return urlunsplit(parts._replace(query=urlencode(theirs))), ours
-
-
-def translate(exc: BaseException, doing: str) -> TransportError:
-    """A :class:`~flowkit.TransportError` for an aiormq error, its URLs redacted,
-    chained to ``exc``."""
-    detail = redact_url(str(exc)) or type(exc).__name__
-    error = TransportError(f"RabbitMQ {doing} failed: {type(exc).__name__}: {detail}")
-    error.__cause__ = exc
-    return error
+#: A :class:`~flowkit.TransportError` for an error of aiormq, its URLs redacted.
+translate = translator("RabbitMQ")
 
 
 def is_not_found(exc: BaseException) -> bool:
@@ -160,10 +116,7 @@ class Link:
         try:
             await self._connect()
         except Exception as exc:
-            raise TransportError(
-                f"could not connect to RabbitMQ at {self.where}: {type(exc).__name__}: "
-                f"{redact_url(str(exc))}"
-            ) from exc
+            raise cannot_connect("RabbitMQ", self.where, exc) from exc
         self._watcher = asyncio.create_task(self._watch())
 
     async def _connect(self) -> None:
@@ -213,14 +166,13 @@ class Link:
                 self.where,
                 redact_url(repr(reason)) if reason is not None else "closed",
             )
-            pause = _FIRST_PAUSE
+            backoff = Backoff()
             while not self.closed:
                 try:
                     await self._connect()
                 except Exception as exc:
                     logger.debug("reconnecting to %s failed: %r", self.where, exc)
-                    await asyncio.sleep(pause)
-                    pause = min(pause * 2, _LAST_PAUSE)
+                    await backoff.sleep()
                     continue
                 break
             if self.closed:
@@ -310,7 +262,7 @@ class Link:
                 if self.closed:
                     raise TransportClosed("the transport is closed") from exc
                 logger.debug("%s on %s: %r; retrying", doing, self.where, exc)
-            await asyncio.sleep(_FIRST_PAUSE)
+            await asyncio.sleep(Backoff.FIRST)
             if loop.time() >= deadline:
                 raise TransportError(
                     f"RabbitMQ {doing} on {self.where}: no reply within {timeout:g}s"

@@ -18,17 +18,17 @@ import asyncio
 import logging
 import secrets
 from collections import deque
-from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any
 
 from pamqp.commands import Basic
 
 from ..._errors import TransportClosed, TransportError
+from .._headers import NO_HEADERS, read_count
+from .._lifecycle import ClosesOnExit
 from ._client import CLOSING
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
-    from types import TracebackType
 
     from aiormq.abc import AbstractChannel, DeliveredMessage
 
@@ -55,7 +55,6 @@ _BROKER_HEADERS = frozenset(
         "x-last-death-reason",
     }
 )
-_NO_HEADERS: Mapping[str, str] = MappingProxyType({})
 # A receive that never has to wait still yields to the event loop once every
 # _CHECKPOINT_MASK + 1 calls, so a busy task cannot starve the others.
 _CHECKPOINT_MASK = 63
@@ -102,12 +101,9 @@ class RabbitMQDelivery:
         was given back by the server already: acking it is a no-op (it is
         delivered again).
         """
-        if self._settled:
+        if not self._take():
             return
-        self._settled = True
-        subscription = self._subscription
-        subscription._held.pop(self, None)
-        link = subscription._transport._link
+        link = self._subscription._transport._connection
         if link is not None and not self._channel.is_closed:
             link.frames.ack(self._channel, self._tag)
         # Else the connection is gone: the server gave the message back.
@@ -130,11 +126,9 @@ class RabbitMQDelivery:
             TransportClosed: if the transport closed meanwhile (the server
                 gives the message back).
         """
-        if self._settled:
+        if not self._take():
             return
-        self._settled = True
         subscription = self._subscription
-        subscription._held.pop(self, None)
         channel = self._channel
         if channel.is_closed:
             return
@@ -150,14 +144,23 @@ class RabbitMQDelivery:
                 subscription.queue,
                 exc,
             )
-            link = subscription._transport._link
+            link = subscription._transport._connection
             if link is not None and not channel.is_closed:
                 link.frames.nack(channel, self._tag)
             return
-        link = subscription._transport._link
+        link = subscription._transport._connection
         if link is not None and not channel.is_closed:
             link.frames.ack(channel, self._tag)
         # Else given back by the server: delivered twice, never lost.
+
+    def _take(self) -> bool:
+        """Settle this delivery for its subscription (it holds it no more); False if
+        it was settled already (a second ack or nack is a no-op)."""
+        if self._settled:
+            return False
+        self._settled = True
+        self._subscription._held.pop(self, None)
+        return True
 
     def __repr__(self) -> str:
         return (
@@ -172,15 +175,15 @@ def _decode(message: DeliveredMessage) -> tuple[Mapping[str, str], int]:
     before = 1 if getattr(deliver, "redelivered", False) else 0
     raw = message.header.properties.headers
     if not raw:
-        return _NO_HEADERS, before
+        return NO_HEADERS, before
     headers: dict[str, str] = {}
     carried = 0
     for name, value in raw.items():
         if name in _BROKER_HEADERS:
             if name == "x-delivery-count":
-                before = _count(value)
+                before = read_count(value)
         elif name == ATTEMPT_HEADER:
-            carried = _count(value)
+            carried = read_count(value)
         elif isinstance(value, str):
             headers[name] = value
         elif isinstance(value, (bytes, bytearray)):
@@ -190,14 +193,7 @@ def _decode(message: DeliveredMessage) -> tuple[Mapping[str, str], int]:
     return headers, carried + before
 
 
-def _count(value: Any) -> int:
-    try:
-        return max(0, int(value))
-    except (TypeError, ValueError):
-        return 0
-
-
-class RabbitMQSubscription:
+class RabbitMQSubscription(ClosesOnExit):
     """A consumer attached to one group's queue."""
 
     __slots__ = (
@@ -287,7 +283,7 @@ class RabbitMQSubscription:
         whole connection was lost, the reconnection does it.)"""
         if self._closed or channel is not self._channel:
             return
-        link = self._transport._link
+        link = self._transport._connection
         if link is None or link.closed or link.connection is None or link.connection.is_closed:
             return
         logger.warning("the consumer of %r stopped; consuming again", self.queue)
@@ -389,17 +385,6 @@ class RabbitMQSubscription:
             except (TransportError, TransportClosed) as exc:
                 # Exclusive and auto-delete: gone with its consumer or its connection anyway.
                 logger.debug("deleting the queue %r: %r", self.queue, exc)
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"

@@ -6,20 +6,22 @@ import asyncio
 import hashlib
 import logging
 import math
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any
 
 from pamqp.commands import Basic
 
 from ..._errors import TransportClosed, TransportError
 from ..._redact import redact_url
+from .._backoff import Backoff
 from .._base import Capabilities
-from ._client import LOST, Link, amqp_errors, check_asyncio, split_options, translate
+from .._lifecycle import AsyncioReentrant
+from .._options import split_options
+from ._client import LOST, TRANSPORT_OPTIONS, Link, amqp_errors, translate
 from ._subscription import RabbitMQSubscription
 
 if TYPE_CHECKING:
     import ssl
     from collections.abc import Mapping
-    from types import TracebackType
 
     import aiormq
     from aiormq.abc import AbstractChannel
@@ -83,7 +85,7 @@ def _delay_ms(delay: float) -> int:
     return int(-(-ms // scale) * scale)
 
 
-class RabbitMQTransport:
+class RabbitMQTransport(AsyncioReentrant[Link]):
     """A transport on RabbitMQ (AMQP 0-9-1), shared by every process that uses one server.
 
     Layout, for a topic ``T`` whose first dot-separated word is ``F`` and a
@@ -165,12 +167,14 @@ class RabbitMQTransport:
             option is out of range.
     """
 
+    _ASYNCIO_ONLY = (
+        "RabbitMQTransport runs on asyncio only: aio-pika and aiormq do not run on "
+        "trio or any other event loop"
+    )
+
     __slots__ = (
         "_connect_timeout",
         "_delay_queues",
-        "_entered",
-        "_link",
-        "_lock",
         "_prefetch",
         "_prefix",
         "_publish_timeout",
@@ -196,15 +200,12 @@ class RabbitMQTransport:
         where = redact_url(url)
         if not url.startswith(_SCHEMES):
             raise ValueError(f"RabbitMQTransport needs an amqp:// or amqps:// URL, not {where!r}")
-        url, in_url = split_options(url)
-        try:
-            prefix = in_url.get("prefix", prefix)
-            queue_type = in_url.get("queue_type", queue_type)
-            prefetch = int(in_url.get("prefetch", prefetch))
-            publish_timeout = float(in_url.get("publish_timeout", publish_timeout))
-            connect_timeout = float(in_url.get("connect_timeout", connect_timeout))
-        except ValueError as exc:
-            raise ValueError(f"a transport option in {where!r} is not a number: {exc}") from None
+        url, in_url, _ = split_options(url, TRANSPORT_OPTIONS)
+        prefix = in_url.text("prefix", prefix)
+        queue_type = in_url.text("queue_type", queue_type)
+        prefetch = in_url.integer("prefetch", prefetch)
+        publish_timeout = in_url.number("publish_timeout", publish_timeout)
+        connect_timeout = in_url.number("connect_timeout", connect_timeout)
         if not prefix or not set(prefix) <= _PLAIN or len(prefix) > 64:
             raise ValueError(f"prefix must be 1 to 64 letters, digits or '-_.@,/ ', not {prefix!r}")
         if not 1 <= prefetch <= 65535:
@@ -213,6 +214,7 @@ class RabbitMQTransport:
             raise ValueError(f"queue_type must be 'quorum' or 'classic', not {queue_type!r}")
         if not publish_timeout > 0 or not connect_timeout > 0:
             raise ValueError("publish_timeout and connect_timeout must be > 0 seconds")
+        super().__init__()
         self._url = url
         self._where = where
         self._prefix = prefix
@@ -221,9 +223,6 @@ class RabbitMQTransport:
         self._publish_timeout = publish_timeout
         self._connect_timeout = connect_timeout
         self._ssl_context = ssl_context
-        self._link: Link | None = None
-        self._entered = 0
-        self._lock: asyncio.Lock | None = None
         self._subscriptions: dict[tuple[str, str], set[RabbitMQSubscription]] = {}
         # Delay queues declared, by group: name -> the loop time of the declare.
         self._delay_queues: dict[tuple[str, str], dict[str, float]] = {}
@@ -247,12 +246,6 @@ class RabbitMQTransport:
         """The name of the topic exchange of a topic's family (its first word)."""
         family = _escape(topic.split(".", 1)[0])
         return _safe(f"{self._prefix}:{family}", _MAX_EXCHANGE_NAME)
-
-    def _open(self) -> Link:
-        link = self._link
-        if link is None or link.closed:
-            raise TransportClosed("the transport is not open")
-        return link
 
     # -- publishing ---------------------------------------------------------------------
 
@@ -337,7 +330,7 @@ class RabbitMQTransport:
                     raise TransportClosed("the transport is closed") from exc
                 if loop.time() >= deadline:
                     raise translate(exc, f"publish to {what!r}") from exc
-                await asyncio.sleep(0.05)
+                await asyncio.sleep(Backoff.FIRST)
                 continue
             if not isinstance(confirm, Basic.Ack):
                 raise TransportError(
@@ -500,7 +493,7 @@ class RabbitMQTransport:
         retried with a growing pause until it works, the subscription or the
         transport closes, or the connection is lost (the reconnection then
         starts it again)."""
-        link = self._link
+        link = self._connection
         if link is None:
             return
         task = asyncio.get_running_loop().create_task(self._consume_again(link, subscription))
@@ -509,7 +502,7 @@ class RabbitMQTransport:
 
     async def _consume_again(self, link: Link, subscription: RabbitMQSubscription) -> None:
         generation = link.generation
-        pause = 0.05
+        backoff = Backoff()
         while not (subscription.closed or link.closed) and link.generation == generation:
             connection = link.connection
             if connection is None or connection.is_closed:
@@ -520,8 +513,7 @@ class RabbitMQTransport:
                 await subscription.consume(self._prefetch, loop.time() + self._publish_timeout)
             except Exception as exc:
                 logger.debug("consuming %r again failed: %r", subscription.queue, exc)
-                await asyncio.sleep(pause)
-                pause = min(2 * pause, 2.0)
+                await backoff.sleep()
                 continue
             return
 
@@ -547,18 +539,9 @@ class RabbitMQTransport:
 
     # -- opening and closing ------------------------------------------------------------
 
-    async def aclose(self) -> None:
-        """Close the transport and every subscription on it.
-
-        Each subscription gives back what it held; blocked receivers and
-        waiting publishers raise :class:`~flowkit.TransportClosed`. Closing a
-        closed transport is a no-op.
-        """
-        link = self._link
-        self._link = None
-        self._entered = 0
-        if link is None or link.closed:
-            return
+    async def _disconnect(self, link: Link) -> None:
+        """Close every subscription (the server gives back what each held), the
+        tasks consuming again, then the connection."""
         subscriptions = [s for group in self._subscriptions.values() for s in group]
         try:
             await asyncio.gather(*(s.aclose() for s in subscriptions), return_exceptions=True)
@@ -571,35 +554,16 @@ class RabbitMQTransport:
             await asyncio.gather(*tasks, return_exceptions=True)
             await link.close()
 
-    async def __aenter__(self) -> Self:
-        check_asyncio()
-        if self._lock is None:
-            self._lock = asyncio.Lock()
-        async with self._lock:
-            if self._link is None:
-                link = Link(
-                    self._url,
-                    where=self._where,
-                    connect_timeout=self._connect_timeout,
-                    ssl_context=self._ssl_context,
-                )
-                await link.open()
-                link.on_reconnect.append(self._resume)
-                self._link = link
-            self._entered += 1
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if self._entered > 1:
-            self._entered -= 1
-        else:
-            await self.aclose()
+    async def _connect(self) -> Link:
+        link = Link(
+            self._url,
+            where=self._where,
+            connect_timeout=self._connect_timeout,
+            ssl_context=self._ssl_context,
+        )
+        await link.open()
+        link.on_reconnect.append(self._resume)
+        return link
 
     def __repr__(self) -> str:
-        state = "open" if self._link is not None else "closed"
-        return f"<RabbitMQTransport url={self._where!r} prefix={self._prefix!r} {state}>"
+        return f"<RabbitMQTransport url={self._where!r} prefix={self._prefix!r} {self._status}>"

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..._errors import TransportClosed, TransportError
 from ..._redact import redact_url
+from .._backoff import Backoff
 from ._client import RECOVERABLE, redis_errors, translate
 from ._scripts import Scripts
 
@@ -31,31 +32,9 @@ if TYPE_CHECKING:
 
     from ._client import Redis
 
-__all__ = ["Backoff", "Batcher"]
+__all__ = ["Batcher"]
 
 logger = logging.getLogger("flowkit.transport.redis")
-
-
-class Backoff:
-    """Growing pauses between attempts: 50 ms, doubled each time, at most 2 s."""
-
-    __slots__ = ("_next",)
-
-    FIRST = 0.05
-    LAST = 2.0
-
-    def __init__(self) -> None:
-        self._next = self.FIRST
-
-    def reset(self) -> None:
-        """Start again from the shortest pause."""
-        self._next = self.FIRST
-
-    async def sleep(self) -> None:
-        """Wait the next pause."""
-        pause = self._next
-        self._next = min(pause * 2, self.LAST)
-        await asyncio.sleep(pause)
 
 
 # One queued command: its arguments, what it does (for errors), the future of

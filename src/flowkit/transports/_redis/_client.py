@@ -1,15 +1,13 @@
-"""The connection to Redis: opening the client, and translating its errors.
+"""The connection to Redis: opening the client, and telling its errors apart.
 
-Every error of redis-py that leaves the transport becomes a
-:class:`~flowkit.TransportError` (chained with ``from exc``), and every URL it
-shows is redacted, so a password never reaches a log, a repr or an error.
+:data:`RECOVERABLE` are the errors retried until the server is back; every
+error of redis-py that leaves the transport goes through :func:`translate`
+(see ``transports/_translate.py``).
 """
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from redis import exceptions as redis_errors
 from redis.asyncio import Redis
@@ -18,15 +16,15 @@ from redis.backoff import NoBackoff
 
 from ..._errors import TransportError
 from ..._redact import redact_url
+from .._translate import cannot_connect, translator
 
 __all__ = [
     "RECOVERABLE",
+    "TRANSPORT_OPTIONS",
     "Redis",
-    "check_asyncio",
     "is_missing_group",
     "open_client",
     "redis_errors",
-    "split_options",
     "translate",
 ]
 
@@ -49,65 +47,8 @@ RECOVERABLE: tuple[type[Exception], ...] = (
 _MIN_VERSION = (7, 0)
 
 
-def check_asyncio() -> None:
-    """Fail clearly when called outside asyncio (redis-py's client needs it).
-
-    Raises:
-        TransportError: if no asyncio event loop is running (trio, for one).
-    """
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        raise TransportError(
-            "RedisTransport runs on asyncio only: redis-py's asyncio client does not "
-            "run on trio or any other event loop. Run the bus with anyio's asyncio "
-            "backend, or use another transport"
-        ) from None
-
-
-def split_options(url: str) -> tuple[str, dict[str, str]]:
-    """Take the transport's own options out of a URL's query string.
-
-    ``redis://host/0?claim_idle=5&socket_keepalive=true`` gives
-    ``redis://host/0?socket_keepalive=true`` (what redis-py reads) and
-    ``{"claim_idle": "5"}``.
-
-    Returns:
-        The URL without those options, and the options as written.
-    """
-    parts = urlsplit(url)
-    if not parts.query:
-        return url, {}
-    ours: dict[str, str] = {}
-    theirs: list[tuple[str, str]] = []
-    for name, value in parse_qsl(parts.query, keep_blank_values=True):
-        if name in TRANSPORT_OPTIONS:
-            ours[name] = value
-        else:
-            theirs.append((name, value))
-    if not ours:
-        return url, {}
-    return urlunsplit(parts._replace(query=urlencode(theirs))), ours
-
-
-def translate(exc: BaseException, doing: str) -> TransportError:
-    """A :class:`~flowkit.TransportError` for a redis-py error, its URLs redacted.
-
-    The error is chained to ``exc`` already (its ``__cause__``), for the
-    errors handed to a waiting caller rather than raised where ``exc`` was
-    caught.
-
-    Args:
-        exc: the error raised by redis-py (or by the socket under it).
-        doing: what the transport was doing, for the message ("publish to ...").
-
-    Returns:
-        The error to raise.
-    """
-    detail = redact_url(str(exc)) or type(exc).__name__
-    error = TransportError(f"Redis {doing} failed: {type(exc).__name__}: {detail}")
-    error.__cause__ = exc
-    return error
+#: A :class:`~flowkit.TransportError` for an error of redis-py, its URLs redacted.
+translate = translator("Redis")
 
 
 def is_missing_group(exc: BaseException) -> bool:
@@ -165,9 +106,7 @@ async def open_client(
         info = await client.info("server")
     except Exception as exc:
         await client.aclose()
-        raise TransportError(
-            f"could not connect to Redis at {where}: {type(exc).__name__}: {redact_url(str(exc))}"
-        ) from exc
+        raise cannot_connect("Redis", where, exc) from exc
     version = _version(info)
     if version < _MIN_VERSION:
         await client.aclose()

@@ -14,10 +14,10 @@ are delivered as no headers, and a WARNING names the entry each time.
 
 from __future__ import annotations
 
-import json
 import logging
-from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
+
+from .._headers import NO_HEADERS, headers_from_json, headers_to_json, read_count
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -34,8 +34,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger("flowkit.transport.redis")
-
-_NO_HEADERS: Mapping[str, str] = MappingProxyType({})
 
 # Which stream an entry was read from.
 TOPIC_STREAM = 1
@@ -105,8 +103,8 @@ class RedisDelivery:
 
 
 def encode_headers(headers: Mapping[str, str]) -> bytes:
-    """The ``headers`` field of an entry: a compact JSON object."""
-    return json.dumps(dict(headers), ensure_ascii=False, separators=(",", ":")).encode()
+    """The ``headers`` field of an entry: a compact JSON object, UTF-8."""
+    return headers_to_json(headers, ascii_only=False).encode()
 
 
 def read_entries(
@@ -135,11 +133,11 @@ def read_entries(
             continue  # deleted while pending: nothing left to deliver
         if len(fields) == 2 and fields[0] == b"body":
             out.append(
-                RedisDelivery(subscription, source, entry_id, fields[1], _NO_HEADERS, deliveries)
+                RedisDelivery(subscription, source, entry_id, fields[1], NO_HEADERS, deliveries)
             )
             continue
         body: bytes | None = None
-        headers = _NO_HEADERS
+        headers = NO_HEADERS
         before = 0
         for index in range(0, len(fields) - 1, 2):
             name = fields[index]
@@ -149,7 +147,7 @@ def read_entries(
             elif name == b"headers":
                 headers = _headers(value, stream, entry_id)
             elif name == b"attempt":
-                before = _count(value)
+                before = read_count(value)
         if body is None:
             logger.warning(
                 "entry %s of Redis stream %r has no body field: delivered with an empty body",
@@ -175,13 +173,8 @@ def publish_order(delivery: RedisDelivery) -> tuple[int, int, int]:
 
 
 def _headers(value: bytes, stream: bytes, entry_id: bytes) -> Mapping[str, str]:
-    try:
-        headers = json.loads(value)
-    except ValueError:
-        headers = None
-    if isinstance(headers, dict) and all(
-        isinstance(k, str) and isinstance(v, str) for k, v in headers.items()
-    ):
+    headers = headers_from_json(value)
+    if headers is not None:
         return headers
     logger.warning(
         "entry %s of Redis stream %r has headers that are not a JSON object of strings: "
@@ -189,11 +182,4 @@ def _headers(value: bytes, stream: bytes, entry_id: bytes) -> Mapping[str, str]:
         entry_id.decode(),
         stream.decode(errors="replace"),
     )
-    return _NO_HEADERS
-
-
-def _count(value: bytes) -> int:
-    try:
-        return max(0, int(value))
-    except ValueError:
-        return 0
+    return NO_HEADERS

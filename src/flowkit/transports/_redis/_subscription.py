@@ -35,11 +35,12 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any
 
 from ..._errors import TransportClosed, TransportError
 from ..._redact import redact_url
-from ._batcher import Backoff
+from .._backoff import Backoff
+from .._lifecycle import ClosesOnExit
 from ._client import RECOVERABLE, is_missing_group, redis_errors, translate
 from ._delivery import OWN_STREAM, TOPIC_STREAM, RedisDelivery, publish_order, read_entries
 from ._scripts import Scripts
@@ -47,7 +48,6 @@ from ._state import MOVE_MAX
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
-    from types import TracebackType
 
     from .._base import Delivery
     from ._state import Connection, Group
@@ -62,7 +62,7 @@ _CHECKPOINT_MASK = 63
 _MISSING = object()
 
 
-class RedisSubscription:
+class RedisSubscription(ClosesOnExit):
     """A consumer attached to one group of one topic."""
 
     __slots__ = (
@@ -481,17 +481,6 @@ class RedisSubscription:
             return
         if given and not remove:
             connection.retention.note(group.own, int(given))
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     def __repr__(self) -> str:
         group = self._group

@@ -7,14 +7,16 @@ import logging
 import os
 import secrets
 import socket
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
 from ..._errors import TransportClosed
 from ..._redact import redact_url
 from .._base import Capabilities
+from .._lifecycle import AsyncioReentrant, subscriptions_of
+from .._options import split_options
 from ._batcher import Batcher
-from ._client import check_asyncio, open_client, redis_errors, split_options, translate
+from ._client import TRANSPORT_OPTIONS, open_client, redis_errors, translate
 from ._delivery import encode_headers
 from ._scripts import Scripts
 from ._state import Connection, Options
@@ -22,7 +24,6 @@ from ._subscription import RedisSubscription
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
-    from types import TracebackType
 
     from .._base import Subscription
 
@@ -41,7 +42,7 @@ _CAPABILITIES = Capabilities(
 _SCHEMES = ("redis://", "rediss://", "unix://")
 
 
-class RedisTransport:
+class RedisTransport(AsyncioReentrant[Connection]):
     """A transport on Redis Streams, shared by every process that uses one server.
 
     Layout, for a topic ``T`` and a consumer group ``G`` (``prefix`` first):
@@ -130,12 +131,14 @@ class RedisTransport:
             option is out of range.
     """
 
+    _ASYNCIO_ONLY = (
+        "RedisTransport runs on asyncio only: redis-py's asyncio client does not run on "
+        "trio or any other event loop"
+    )
+
     __slots__ = (
         "_claim_idle",
         "_connect_timeout",
-        "_connection",
-        "_entered",
-        "_lock",
         "_max_len",
         "_prefetch",
         "_prefix",
@@ -162,7 +165,7 @@ class RedisTransport:
             raise ValueError(
                 f"RedisTransport needs a redis://, rediss:// or unix:// URL, not {where!r}"
             )
-        url, in_url = split_options(url)
+        url, in_url, _ = split_options(url, TRANSPORT_OPTIONS)
         fixed = {"decode_responses", "protocol"} & (
             set(redis_options or ()) | set(parse_qs(urlsplit(url).query))
         )
@@ -171,16 +174,12 @@ class RedisTransport:
                 f"RedisTransport sets {', '.join(sorted(fixed))} itself (it reads raw "
                 f"RESP2 replies); leave it out of the URL and of redis_options: {where!r}"
             )
-        try:
-            prefix = in_url.get("prefix", prefix)
-            prefetch = int(in_url.get("prefetch", prefetch))
-            claim_idle = float(in_url.get("claim_idle", claim_idle))
-            if "max_len" in in_url:
-                max_len = int(in_url["max_len"]) if in_url["max_len"] else None
-            publish_timeout = float(in_url.get("publish_timeout", publish_timeout))
-            connect_timeout = float(in_url.get("connect_timeout", connect_timeout))
-        except ValueError as exc:
-            raise ValueError(f"a transport option in {where!r} is not a number: {exc}") from None
+        prefix = in_url.text("prefix", prefix)
+        prefetch = in_url.integer("prefetch", prefetch)
+        claim_idle = in_url.number("claim_idle", claim_idle)
+        max_len = in_url.limit("max_len", max_len)
+        publish_timeout = in_url.number("publish_timeout", publish_timeout)
+        connect_timeout = in_url.number("connect_timeout", connect_timeout)
         if not prefix:
             raise ValueError("prefix must not be empty")
         if prefetch < 1:
@@ -191,6 +190,7 @@ class RedisTransport:
             raise ValueError(f"max_len must be at least 1 (or None), not {max_len}")
         if not publish_timeout > 0 or not connect_timeout > 0:
             raise ValueError("publish_timeout and connect_timeout must be > 0 seconds")
+        super().__init__()
         self._url = url
         self._where = where
         self._prefix = prefix
@@ -200,9 +200,6 @@ class RedisTransport:
         self._publish_timeout = publish_timeout
         self._connect_timeout = connect_timeout
         self._redis_options = dict(redis_options or {})
-        self._connection: Connection | None = None
-        self._entered = 0
-        self._lock: asyncio.Lock | None = None
 
     @property
     def capabilities(self) -> Capabilities:
@@ -213,12 +210,6 @@ class RedisTransport:
     def prefix(self) -> str:
         """The start of every key the transport writes."""
         return self._prefix
-
-    def _open(self) -> Connection:
-        connection = self._connection
-        if connection is None:
-            raise TransportClosed("the transport is not open")
-        return connection
 
     async def publish(
         self,
@@ -247,9 +238,7 @@ class RedisTransport:
             TransportError: if Redis refused the message, or it could not be
                 sent within ``publish_timeout``.
         """
-        connection = self._connection
-        if connection is None:
-            raise TransportClosed("the transport is not open")
+        connection = self._open()
         prefix = self._prefix
         stream = (f"{prefix}:{topic}" if group is None else f"{prefix}:{topic}:to:{group}").encode()
         if type(body) is not bytes:
@@ -329,23 +318,10 @@ class RedisTransport:
         target.subscriptions.add(subscription)
         return subscription
 
-    async def aclose(self) -> None:
-        """Close the transport and every subscription on it.
-
-        Each subscription gives back what it held; blocked receivers and
-        waiting publishers raise :class:`~flowkit.TransportClosed`. Closing a
-        closed transport is a no-op.
-        """
-        connection = self._connection
-        self._connection = None
-        self._entered = 0
-        if connection is None or connection.closed:
-            return
-        subscriptions = [
-            subscription
-            for group in list(connection.groups.values())
-            for subscription in list(group.subscriptions)
-        ]
+    async def _disconnect(self, connection: Connection) -> None:
+        """Close every subscription (each gives back what it held), the
+        background tasks, the queue of commands and the client."""
+        subscriptions = subscriptions_of(connection.groups.values())
         try:
             await asyncio.gather(*(subscription.aclose() for subscription in subscriptions))
         finally:
@@ -360,16 +336,6 @@ class RedisTransport:
                 tasks.append(flusher)
             await asyncio.gather(*tasks, return_exceptions=True)
             await connection.client.aclose()
-
-    async def __aenter__(self) -> Self:
-        check_asyncio()
-        if self._lock is None:
-            self._lock = asyncio.Lock()
-        async with self._lock:
-            if self._connection is None:
-                self._connection = await self._connect()
-            self._entered += 1
-        return self
 
     async def _connect(self) -> Connection:
         client = await open_client(
@@ -394,17 +360,5 @@ class RedisTransport:
         batcher = Batcher(client, where=self._where, timeout=self._publish_timeout)
         return Connection(client, batcher, options, f"{socket.gethostname()}:{os.getpid()}")
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if self._entered > 1:
-            self._entered -= 1
-        else:
-            await self.aclose()
-
     def __repr__(self) -> str:
-        state = "open" if self._connection is not None else "closed"
-        return f"<RedisTransport url={self._where!r} prefix={self._prefix!r} {state}>"
+        return f"<RedisTransport url={self._where!r} prefix={self._prefix!r} {self._status}>"
