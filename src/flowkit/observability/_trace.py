@@ -240,21 +240,19 @@ class TraceRecorder(BusObserver, SagaObserver):
 
     def _push(self, row: TraceRow) -> None:
         buffer = self._buffer
-        if len(buffer) >= self._capacity:
-            self._overflow()
+        if len(buffer) >= self._flush_size:
+            self._full()
         buffer.append(row)
-        if len(buffer) >= self._flush_size and not self._waking:
-            self._wake_up()
 
-    def _overflow(self) -> None:
-        """The buffer is full: the entry about to come pushes the oldest out."""
-        self.dropped += 1
-        self._unreported_drops += 1
-
-    def _wake_up(self) -> None:
-        """Enough entries wait: write them now."""
-        self._waking = True
-        self._wake.set()
+    def _full(self) -> None:
+        """Enough entries wait to be written now; if the buffer holds no more, the
+        entry about to come pushes the oldest out (counted)."""
+        if len(self._buffer) >= self._capacity:
+            self.dropped += 1
+            self._unreported_drops += 1
+        if not self._waking:
+            self._waking = True
+            self._wake.set()
 
     @property
     def waiting(self) -> int:
@@ -439,11 +437,9 @@ class TraceRecorder(BusObserver, SagaObserver):
             detail,
         )
         buffer = self._buffer
-        if len(buffer) >= self._capacity:
-            self._overflow()
+        if len(buffer) >= self._flush_size:
+            self._full()
         buffer.append(row)
-        if len(buffer) >= self._flush_size and not self._waking:
-            self._wake_up()
 
     def before_handle(self, ctx: Context) -> None:
         _HANDLING.set(ctx)
@@ -477,11 +473,9 @@ class TraceRecorder(BusObserver, SagaObserver):
             None,
         )
         buffer = self._buffer
-        if len(buffer) >= self._capacity:
-            self._overflow()
+        if len(buffer) >= self._flush_size:
+            self._full()
         buffer.append(row)
-        if len(buffer) >= self._flush_size and not self._waking:
-            self._wake_up()
 
     def attempt_failed(
         self, ctx: Context, error: BaseException, duration: float, *, will_retry: bool
