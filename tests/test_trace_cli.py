@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from typing import TYPE_CHECKING
 
 import anyio
@@ -12,8 +13,13 @@ import pytest
 
 from examples.ecommerce.choreographed import run_choreography
 from examples.ecommerce.orchestrated import run_orchestration
+from examples.ecommerce.order_service import PostgresOrders
 from examples.ecommerce.services import CONFIRMATION_WITHIN
 from flowkit.cli import main
+from flowkit.stores import from_url
+
+from .brokers import drop_schema
+from .brokers import postgres_url as postgres_url
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -156,3 +162,20 @@ def test_stalled_lists_the_order_never_confirmed(
     assert (flow["expectation"], flow["correlation_id"]) == ("order confirmed", "o-2")
     status, _, err = flowkit(capsys, "stalled", "tests.cli_app:bus", "--store", store)
     assert status == 2 and "declares no expectations" in err
+
+
+def test_trace_reads_a_postgresql_store(
+    postgres_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    schema = f"flowkit_trace_{uuid.uuid4().hex[:8]}"
+    try:
+        store = from_url(postgres_url, schema=schema)
+        orders = PostgresOrders(postgres_url, schema)
+        anyio.run(lambda: run_choreography(store, orders=orders), backend="asyncio")
+        url = f"{postgres_url}{'&' if '?' in postgres_url else '?'}schema={schema}"
+        status, out, _ = flowkit(capsys, "trace", "o-2", "--store", url)
+        assert status == 0
+        assert "logistics:assign-partner  handled at attempt 3" in out
+        assert "notification:confirm-order  DEAD-LETTERED after 1 attempt(s)" in out
+    finally:
+        anyio.run(drop_schema, postgres_url, schema, backend="asyncio")

@@ -131,6 +131,19 @@ async def _check_trace_entries_round_trip(trace: TraceStore) -> None:
 
 
 @_trace_check
+async def _check_trace_keeps_any_text(trace: TraceStore) -> None:
+    # A hand-made id or an error message may hold what a database text refuses
+    # (PostgreSQL text holds no NUL): the entry is kept, with a stand-in for it.
+    flow = _id("flow")
+    await trace.add([_row(flow, message_id="m\x00x", error="a\x00b \U0001f600", key="k\x00")])
+    (entry,) = await trace.read(flow)
+    _expect(
+        (entry.message_id or "").startswith("m") and (entry.error or "").endswith("\U0001f600"),
+        f"an entry with a NUL character came back as {entry!r}",
+    )
+
+
+@_trace_check
 async def _check_trace_read_pages(trace: TraceStore) -> None:
     flow = _id("flow")
     await trace.add([_row(flow, message_id=f"m-{i}") for i in range(25)])
