@@ -11,13 +11,13 @@ has no trace: reading it finds nothing.
 from __future__ import annotations
 
 import sqlite3
-from contextlib import contextmanager, suppress
 from typing import TYPE_CHECKING, Any
 
 from .._trace import TRACE_COLUMNS, aware, check_report, entry_of, positive, stalled_window
+from ._ops import _atomic
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Iterator, Sequence
+    from collections.abc import Awaitable, Callable, Sequence
     from datetime import datetime
 
     from .._trace import TraceEntry, TraceRow
@@ -37,26 +37,11 @@ def _missing(exc: sqlite3.OperationalError) -> bool:
     return "no such table" in str(exc)
 
 
-@contextmanager
-def _atomic(conn: sqlite3.Connection) -> Iterator[None]:
-    """All the statements kept, or none: the writer's transaction is shared."""
-    conn.execute("SAVEPOINT flowkit_trace")
-    try:
-        yield
-    except BaseException:
-        if conn.in_transaction:
-            with suppress(sqlite3.Error):
-                conn.execute("ROLLBACK TO flowkit_trace")
-                conn.execute("RELEASE flowkit_trace")
-        raise
-    conn.execute("RELEASE flowkit_trace")
-
-
 # -- the operations, run on the writer thread ----------------------------------------
 
 
 def trace_add(conn: sqlite3.Connection, rows: Sequence[TraceRow]) -> None:
-    with _atomic(conn):
+    with _atomic(conn):  # all the rows, or none: the writer's transaction is shared
         conn.executemany(_INSERT, rows)
 
 
