@@ -110,14 +110,14 @@ async def main(n: int, repeat: int) -> None:
         "target_ratio": TARGET,
     }
     for name in stores:
-        off, on = rates[name, False], rates[name, True]
-        ratio = statistics.median(y / x for x, y in zip(off, on, strict=True))
+        untraced, traced = rates[name, False], rates[name, True]
+        ratio = statistics.median(y / x for x, y in zip(untraced, traced, strict=True))
         cpu_off, cpu_on = cpu[name, False], cpu[name, True]
         cpu_ratio = statistics.median(y / x for x, y in zip(cpu_off, cpu_on, strict=True))
         rows.append(
             {
                 "variant": f"{name}, trace off",
-                "events_per_s": statistics.median(off),
+                "events_per_s": statistics.median(untraced),
                 "ratio": 1.0,
                 "cpu_ratio": 1.0,
             }
@@ -125,12 +125,12 @@ async def main(n: int, repeat: int) -> None:
         rows.append(
             {
                 "variant": f"{name}, trace on",
-                "events_per_s": statistics.median(on),
+                "events_per_s": statistics.median(traced),
                 "ratio": ratio,
                 "cpu_ratio": cpu_ratio,
             }
         )
-        notes[f"{name}_ratios"] = [round(y / x, 3) for x, y in zip(off, on, strict=True)]
+        notes[f"{name}_ratios"] = [round(y / x, 3) for x, y in zip(untraced, traced, strict=True)]
         notes[f"{name}_cpu_ratios"] = [
             round(y / x, 3) for x, y in zip(cpu_off, cpu_on, strict=True)
         ]
