@@ -15,13 +15,18 @@ from examples.ecommerce.choreographed import run_choreography
 from examples.ecommerce.orchestrated import run_orchestration
 from examples.ecommerce.order_service import PostgresOrders
 from examples.ecommerce.services import CONFIRMATION_WITHIN
+from flowkit import Choreography, Event
 from flowkit.cli import main
-from flowkit.stores import from_url
+from flowkit.observability import load_flows, trace_mermaid, trace_of
+from flowkit.stores import MemoryStore, from_url
+from flowkit.transports import InMemoryTransport
 
 from .brokers import drop_schema
 from .brokers import postgres_url as postgres_url
+from .test_observability_graph import mmdc as mmdc
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from pathlib import Path
 
 
@@ -179,3 +184,48 @@ def test_trace_reads_a_postgresql_store(
         assert "notification:confirm-order  DEAD-LETTERED after 1 attempt(s)" in out
     finally:
         anyio.run(drop_schema, postgres_url, schema, backend="asyncio")
+
+
+def test_the_mermaid_traces_render_with_the_mermaid_cli(
+    shop: tuple[Path, Path, float],
+    capsys: pytest.CaptureFixture[str],
+    mmdc: Callable[[str], str],
+) -> None:
+    for store, labels in (
+        (shop[0], ("OrderPlaced (confirm-order)", "order-history")),
+        (shop[1], ("AssignPartner (assign)", "compensate reserve_stock: succeeded")),
+    ):
+        status, out, _ = flowkit(
+            capsys, "trace", "o-2", "--store", f"sqlite:///{store}", "--mermaid"
+        )
+        assert status == 0
+        svg = mmdc(out)
+        for label in labels:
+            assert label in svg
+
+
+class Odd(Event, type_name='orders."odd"<1>#2'):
+    n: int
+
+
+def test_odd_names_render_in_a_mermaid_trace(mmdc: Callable[[str], str]) -> None:
+    async def flow() -> str:
+        store = MemoryStore()
+        bus = Choreography(InMemoryTransport(), store=store)
+
+        @bus.on(Odd, service="a-b.c_d", name='h "1" <x>; y')
+        async def handle(event: Odd) -> None:
+            raise ValueError("a: b; c # d")
+
+        async with bus:
+            envelope = await bus.publish(Odd(n=1))
+            await bus.wait_idle(10)
+        async with store:
+            (found,) = await load_flows(trace_of(store), envelope.correlation_id)
+        return trace_mermaid(found)
+
+    text = anyio.run(flow)
+    assert '#lt;1#gt;#35;2 (h "1" #lt;x#gt;#59; y)' in text
+    svg = mmdc(text)
+    assert "a-b.c_d" in svg and "ValueError" in svg
+    assert 'orders."odd"&lt;1&gt;#2 (h "1" &lt;x&gt;; y)' in svg

@@ -609,12 +609,16 @@ def trace_text(flow: FlowTrace) -> str:
 
 # -- Mermaid ---------------------------------------------------------------------------
 
-_UNSAFE = re.compile(r"[;#\n\r]+")
+_LINES = re.compile(r"[\n\r]+")
 _ID = re.compile(r"[^A-Za-z0-9_]")
+# What Mermaid would read as syntax or markup, written as its entity codes.
+_ENTITIES = {"#": "#35;", ";": "#59;", "<": "#lt;", ">": "#gt;"}
 
 
 def _label(text: str) -> str:
-    return _UNSAFE.sub(" ", text).strip() or "?"
+    """``text`` as a Mermaid label: on one line, its syntax characters escaped."""
+    text = _LINES.sub(" ", text).strip() or "?"
+    return "".join(_ENTITIES.get(char, char) for char in text)
 
 
 class _Participants:
