@@ -45,6 +45,13 @@ def test_observability_exports_exactly_its_public_names() -> None:
     assert {"JsonLogFormatter", "LogFormat", "TextLogFormatter", "setup_logging"} <= public
 
 
+def test_the_opentelemetry_module_exports_exactly_its_public_names() -> None:
+    import flowkit.observability.otel as otel
+
+    public = {n for n in dir(otel) if not n.startswith(("_", "@"))}
+    assert set(otel.__all__) == public == {"OpenTelemetry"}
+
+
 def test_observability_exports_the_flow_graph_lint_and_asyncapi() -> None:
     assert {
         "ASYNCAPI_VERSION",
