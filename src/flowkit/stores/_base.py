@@ -354,6 +354,20 @@ class StateStore(Protocol):
         """
         ...
 
+    async def count_workflows(self) -> dict[tuple[str, str], int]:
+        """How many workflow records each orchestrator has in each status.
+
+        One grouped read of an index that holds both columns, so a dashboard
+        or a command line can show the totals without listing the records.
+        It still reads one index entry per record: it costs milliseconds per
+        hundred thousand records, not a constant.
+
+        Returns:
+            ``{(name, status): count}`` for every pair with at least one
+            record; a pair without records is absent.
+        """
+        ...
+
     # -- ownership -----------------------------------------------------------
 
     async def claim_workflows(

@@ -11,6 +11,7 @@ import itertools
 import logging
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Self
@@ -433,6 +434,15 @@ class MemoryStore:
             if limit is not None:
                 found = found[: max(limit, 0)]
             return [stored.record(workflow_id) for _, workflow_id, stored in found]
+
+    async def count_workflows(self) -> dict[tuple[str, str], int]:
+        """Counted by one pass over the records, under the store's lock."""
+        await checkpoint()
+        with self._lock:
+            self._check_open()
+            return dict(
+                Counter((stored.name, stored.status) for stored in self._workflows.values())
+            )
 
     # -- ownership -----------------------------------------------------------
 

@@ -1449,6 +1449,69 @@ async def _check_workflow_list_pages_by_cursor(factory: _Factory) -> None:
 
 
 @_check
+async def _check_workflow_list_pages_of_several_statuses(factory: _Factory) -> None:
+    name, other = _name("name"), _name("name")
+    first, second, third = _name("RUNNING"), _name("FAILED"), _name("DONE")
+    async with factory() as store:
+        made = [
+            await _created_apart(store, _workflow(name, status))
+            for status in (first, second, third, second, first, first, third, second)
+        ]
+        await store.create_workflow(_workflow(other, first))  # another name: never listed
+        statuses = [second, first]
+        wanted = [r.id for r in made if r.status in statuses]
+        for size in (1, 2, 3, 10):
+            seen: list[str] = []
+            after: str | None = None
+            for _ in range(len(made) + 1):
+                page = await store.list_workflows(
+                    status=statuses, name=name, limit=size, after=after
+                )
+                _expect(len(page) <= size, f"a page of {size} held {len(page)} records")
+                if not page:
+                    break
+                seen.extend(_ids(page))
+                after = page[-1].cursor
+            _expect(
+                seen == wanted,
+                f"paging status={statuses} by {size} listed {seen}, not {wanted} (oldest first)",
+            )
+        one = made[2]
+        got = _ids(await store.list_workflows(status=[third, second], name=name, after=one.cursor))
+        expected = [r.id for r in made[3:] if r.status in (third, second)]
+        _expect(got == expected, f"listing after a cursor without a limit gave {got}")
+
+
+@_check
+async def _check_workflow_count_by_name_and_status(factory: _Factory) -> None:
+    name, other = _name("name"), _name("name")
+    running, done = _name("RUNNING"), _name("DONE")
+    async with factory() as store:
+        for record_name, status in ((name, running), (name, running), (name, done), (other, done)):
+            await store.create_workflow(_workflow(record_name, status))
+
+        async def counts() -> dict[tuple[str, str], int]:
+            got = await store.count_workflows()
+            _expect(isinstance(got, dict), f"count_workflows returned {_short(got)}, not a dict")
+            return {key: count for key, count in got.items() if key[0] in (name, other)}
+
+        got = await counts()
+        expected = {(name, running): 2, (name, done): 1, (other, done): 1}
+        _expect(got == expected, f"count_workflows gave {got}, not {expected}")
+        listed = await store.list_workflows(name=name, status=running, limit=1)
+        await store.save_workflow(WorkflowRecord(listed[0].id, name, done, {}, listed[0].version))
+        got = await counts()
+        expected = {(name, running): 1, (name, done): 2, (other, done): 1}
+        _expect(got == expected, f"after a status change, count_workflows gave {got}")
+        await anyio.sleep(0.01)
+        removed = await store.prune_workflows(datetime.now(UTC), statuses=[done], name=name)
+        _expect(removed == 2, f"prune_workflows removed {removed} record(s), not 2")
+        got = await counts()
+        expected = {(name, running): 1, (other, done): 1}
+        _expect(got == expected, f"after a prune, count_workflows gave {got} (no zero counts)")
+
+
+@_check
 async def _check_workflow_prune_removes_history(factory: _Factory) -> None:
     name = _name("name")
     record = WorkflowRecord(

@@ -28,6 +28,7 @@ __all__ = [
     "add_dead_letter",
     "claim_workflow",
     "claim_workflows",
+    "count_workflows",
     "create_workflow",
     "delete_dead_letter",
     "get_dead_letter",
@@ -376,6 +377,10 @@ async def _workflow_row(conn: Connection, tables: Tables, workflow_id: str) -> R
     return row
 
 
+#: The most statuses a page is read for one status at a time (see list_workflows).
+_MERGED_STATUSES = 8
+
+
 async def list_workflows(
     conn: Connection,
     tables: Tables,
@@ -385,26 +390,61 @@ async def list_workflows(
     after: tuple[datetime, str] | None,
 ) -> list[Row]:
     """The rows of the matching records, oldest first by ``(created_at, id)``,
-    after that pair when ``after`` is one (all when ``limit`` is None)."""
+    after that pair when ``after`` is one (all when ``limit`` is None).
+
+    A page of one status (and name) is read in order from the index on
+    ``(status, created_at, id)`` (or ``(name, status, created_at, id)``). A
+    page of several statuses reads each one's first rows that way, merged by
+    a ``Merge Append``, instead of sorting every record of those statuses.
+    """
+    if statuses is not None and not statuses:
+        return []
     clauses: list[str] = []
     params: list[object] = []
-    if statuses is not None:
-        if not statuses:
-            return []
-        params.append(statuses)
-        clauses.append(f"status = ANY(${len(params)}::text[])")
     if name is not None:
         params.append(name)
         clauses.append(f"name = ${len(params)}")
     if after is not None:
         params.extend(after)
         clauses.append(f"(created_at, id) > (${len(params) - 1}::timestamptz, ${len(params)})")
-    where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
-    sql = f"SELECT {WORKFLOW_COLUMNS} FROM {tables.workflows}{where} ORDER BY created_at, id"
+    order = "ORDER BY created_at, id"
+    one_at_a_time = statuses is not None and (
+        len(statuses) == 1 or (limit is not None and len(statuses) <= _MERGED_STATUSES)
+    )
+    if statuses is not None and one_at_a_time:
+        branches = []
+        for status in statuses:
+            params.append(status)
+            where = " AND ".join([f"status = ${len(params)}", *clauses])
+            branches.append(f"SELECT {WORKFLOW_COLUMNS} FROM {tables.workflows} WHERE {where}")
+        if len(branches) == 1:
+            sql = f"{branches[0]} {order}"
+        else:
+            params.append(limit)
+            sql = " UNION ALL ".join(
+                f"({branch} {order} LIMIT ${len(params)})" for branch in branches
+            )
+            sql = f"SELECT * FROM ({sql}) AS page {order}"
+    else:
+        if statuses is not None:
+            params.append(statuses)
+            clauses.append(f"status = ANY(${len(params)}::text[])")
+        where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+        sql = f"SELECT {WORKFLOW_COLUMNS} FROM {tables.workflows}{where} {order}"
     if limit is not None:
         params.append(limit)
         sql += f" LIMIT ${len(params)}"
     return list(await conn.fetch(sql, *params))
+
+
+async def count_workflows(conn: Connection, tables: Tables) -> list[Row]:
+    """``(name, status, count)`` of every pair that has records, grouped along
+    the claim index on ``(name, status, lease_until)``."""
+    return list(
+        await conn.fetch(
+            f"SELECT name, status, count(*) AS count FROM {tables.workflows} GROUP BY name, status"
+        )
+    )
 
 
 # -- ownership --------------------------------------------------------------------------

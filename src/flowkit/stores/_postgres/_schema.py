@@ -152,6 +152,18 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE UNIQUE INDEX flowkit_trace_stalled "
         "ON {s}.flowkit_trace (correlation_id, detail) WHERE kind = 'stalled'",
     ),
+    (
+        # Pages of a listing filtered by status, by name, or by both, read in
+        # the listing's own order (created_at, id) straight from an index, with
+        # no sort; the last one also holds what count_workflows groups by.
+        "DROP INDEX {s}.flowkit_workflows_status",
+        "DROP INDEX {s}.flowkit_workflows_name",
+        "CREATE INDEX flowkit_workflows_status_page "
+        "ON {s}.flowkit_workflows (status, created_at, id)",
+        "CREATE INDEX flowkit_workflows_name_page ON {s}.flowkit_workflows (name, created_at, id)",
+        "CREATE INDEX flowkit_workflows_name_status_page "
+        "ON {s}.flowkit_workflows (name, status, created_at, id)",
+    ),
 )
 
 #: The schema version this code writes; a database with a newer one is refused.

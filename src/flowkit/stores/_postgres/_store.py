@@ -267,6 +267,11 @@ class PostgresStore:
         rows = await self._run(ops.list_workflows, statuses, name, wanted, start)
         return [workflow_from_row(row) for row in rows]
 
+    async def count_workflows(self) -> dict[tuple[str, str], int]:
+        """One ``GROUP BY`` over the index on ``(name, status, lease_until)``."""
+        rows = await self._run(ops.count_workflows)
+        return {(row["name"], row["status"]): int(row["count"]) for row in rows}
+
     # -- ownership -----------------------------------------------------------
 
     async def claim_workflows(

@@ -33,6 +33,7 @@ __all__ = [
     "add_dead_letter",
     "claim_workflow",
     "claim_workflows",
+    "count_workflows",
     "create_workflow",
     "delete_dead_letter",
     "get_dead_letter",
@@ -385,6 +386,10 @@ def load_workflow(
     return row, cast("list[HistoryRow]", history)
 
 
+#: The most statuses a page is read for one status at a time (see list_workflows).
+_MERGED_STATUSES = 8
+
+
 def list_workflows(
     conn: sqlite3.Connection,
     statuses: tuple[str, ...] | None,
@@ -394,26 +399,61 @@ def list_workflows(
     offset: int,
 ) -> list[WorkflowRow]:
     """The rows of the matching records by (created_at, id), from the
-    ``offset``-th of those after ``after``."""
+    ``offset``-th of those after ``after``.
+
+    A page of one status (and name) is read in order from the index on
+    ``(status, created_at, id)`` (or ``(name, status, created_at, id)``). A
+    page of several statuses reads each one's first rows that way and merges
+    them, instead of sorting every record of those statuses.
+    """
+    if statuses is not None and not statuses:
+        return []
     clauses: list[str] = []
     params: list[object] = []
-    if statuses is not None:
-        if not statuses:
-            return []
-        clauses.append(f"status IN ({', '.join('?' * len(statuses))})")
-        params.extend(statuses)
     if name is not None:
         clauses.append("name = ?")
         params.append(name)
     if after is not None:
         clauses.append("(created_at, id) > (?, ?)")
         params.extend(after)
-    where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
-    sql = f"SELECT {WORKFLOW_COLUMNS} FROM flowkit_workflows{where} ORDER BY created_at, id"
+    order = "ORDER BY created_at, id"
+    if statuses is not None and (
+        len(statuses) == 1 or (limit is not None and len(statuses) <= _MERGED_STATUSES)
+    ):
+        branch = f"SELECT {WORKFLOW_COLUMNS} FROM flowkit_workflows WHERE " + " AND ".join(
+            ["status = ?", *clauses]
+        )
+        if len(statuses) == 1:
+            sql = f"{branch} {order}"
+            params = [statuses[0], *params]
+        else:
+            most = cast("int", limit) + offset
+            sql = (
+                " UNION ALL ".join(f"SELECT * FROM ({branch} {order} LIMIT ?)" for _ in statuses)
+                + f" {order}"
+            )
+            params = [value for status in statuses for value in (status, *params, most)]
+    else:
+        if statuses is not None:
+            clauses.append(f"status IN ({', '.join('?' * len(statuses))})")
+            params.extend(statuses)
+        where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+        sql = f"SELECT {WORKFLOW_COLUMNS} FROM flowkit_workflows{where} {order}"
     if limit is not None or offset:
         sql += " LIMIT ? OFFSET ?"
         params.extend((-1 if limit is None else limit, offset))
     return cast("list[WorkflowRow]", conn.execute(sql, params).fetchall())
+
+
+def count_workflows(conn: sqlite3.Connection) -> list[tuple[str, str, int]]:
+    """``(name, status, count)`` of every pair that has records: one pass over
+    the claim index, which holds both columns (no table row is read)."""
+    return cast(
+        "list[tuple[str, str, int]]",
+        conn.execute(
+            "SELECT name, status, COUNT(*) FROM flowkit_workflows GROUP BY name, status"
+        ).fetchall(),
+    )
 
 
 def claim_workflows(

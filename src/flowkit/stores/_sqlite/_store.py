@@ -421,6 +421,11 @@ class SQLiteStore:
             max(limit, 0),
         )
 
+    async def count_workflows(self) -> dict[tuple[str, str], int]:
+        """One ``GROUP BY`` reads the index on ``(name, status, ...)`` alone."""
+        rows = await self._call(ops.count_workflows, write=False)
+        return {(name, status): count for name, status, count in rows}
+
     # -- ownership -----------------------------------------------------------
 
     async def claim_workflows(
