@@ -84,11 +84,20 @@ def test_observability_exports_the_flow_trace_and_expectations() -> None:
     } <= set(flowkit.observability.__all__)
 
 
+def test_ui_exports_the_app_factory_alone() -> None:
+    """flowkit.ui is a module of its own (it needs the ui extra)."""
+    import flowkit.ui as ui
+
+    assert ui.__all__ == ["create_app"]
+    assert {n for n in dir(ui) if not n.startswith(("_", "@"))} == {"create_app"}
+
+
 def test_importing_flowkit_imports_no_broker_or_database_client() -> None:
     code = (
         "import sys, flowkit, flowkit.transports, flowkit.stores; "
         "print(sorted(m for m in ('redis', 'aio_pika', 'nats', 'aiokafka', 'asyncpg', "
-        "'psycopg', 'trio', 'opentelemetry') if m in sys.modules))"
+        "'psycopg', 'trio', 'opentelemetry', 'starlette', 'uvicorn', 'jinja2') "
+        "if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

@@ -1,6 +1,10 @@
 """`make demo`: the order workflow, choreographed then orchestrated, on the embedded
 default (in-memory transport, SQLite store).
 
+The records stay in one SQLite file afterwards (``flowkit-demo/ecommerce.db`` in the
+system's temporary directory, replaced by the next run), and the demo ends by
+printing the ``flowkit ui`` command that opens the dashboard on it.
+
 ``python -m examples.ecommerce --store postgresql://user@host/db`` keeps the
 records in PostgreSQL instead, in a new schema of their own (``make
 demo-postgres`` starts a throwaway server and does this).
@@ -17,6 +21,7 @@ from pathlib import Path
 
 import anyio
 
+from flowkit._redact import redact_url
 from flowkit.observability import load_flows, trace_of, trace_text
 from flowkit.stores import SQLiteStore, StateStore, from_url
 
@@ -24,14 +29,20 @@ from .choreographed import run_choreography
 from .orchestrated import run_orchestration
 from .order_service import Orders, PostgresOrders
 
+#: Where ``make demo`` keeps its records, for the dashboard to open afterwards.
+DEMO_DIR = Path(tempfile.gettempdir()) / "flowkit-demo"
+
 
 def stores(
-    url: str | None, tmp: Path
+    url: str | None, folder: Path
 ) -> tuple[StateStore | Path, StateStore | Path, Orders | None, str]:
-    """The stores of the two demos, the order service's database, and where they
-    are, in words."""
+    """The stores of the two demos (one database, so that one dashboard shows both),
+    the order service's database, and where they are, in words."""
     if url is None:
-        return tmp / "choreography.db", tmp / "orchestration.db", None, "SQLite files"
+        database = folder / "ecommerce.db"
+        for stale in folder.glob("ecommerce.db*"):
+            stale.unlink()  # the previous run's records (and its WAL files)
+        return database, database, None, "SQLite files"
     if "schema=" in url:
         raise SystemExit("--store: the demo picks its own schema; leave ?schema= out")
     schema = time.strftime("flowkit_demo_%Y%m%d_%H%M%S_") + secrets.token_hex(2)
@@ -39,19 +50,34 @@ def stores(
     return from_url(url, schema=schema), from_url(url, schema=schema), orders, f"schema {schema}"
 
 
-async def print_trace(store: StateStore | Path, flow_id: str) -> None:
-    """Print what the store's trace recorded of a flow, as ``flowkit trace`` does."""
+def dashboard_command(url: str | None, store: StateStore | Path, where: str) -> str:
+    """The ``flowkit ui`` command that opens the dashboard on the demo's records
+    (a PostgreSQL URL without its password)."""
+    if isinstance(store, Path):
+        return f"flowkit ui --store sqlite:///{store}"
+    schema = where.removeprefix("schema ")
+    return f"flowkit ui --store '{redact_url(url or '')}?schema={schema}'"
+
+
+async def print_trace(store: StateStore | Path, flow_id: str, *, workflow: bool = False) -> None:
+    """Print what the store's trace recorded of a flow, as ``flowkit trace`` does
+    (with ``workflow``, only the flow of the workflow with this id)."""
     opened = SQLiteStore(store) if isinstance(store, Path) else store
     async with opened:
         for flow in await load_flows(trace_of(opened), flow_id):
-            print(trace_text(flow))
+            if not workflow or any(e.workflow_id == flow_id for e in flow.entries):
+                print(trace_text(flow))
 
 
-async def main(url: str | None) -> None:
+async def main(url: str | None, folder: Path | None = None) -> None:
+    """Run both demos; keep the SQLite records in ``folder`` (a temporary
+    directory removed at the end when None)."""
     # flowkit logs retries and dead letters; show them beside what the services print.
     logging.basicConfig(level=logging.WARNING, format="  (%(levelname)s) %(message)s")
     with tempfile.TemporaryDirectory() as tmp:
-        choreography_store, orchestration_store, orders, where = stores(url, Path(tmp))
+        kept = Path(tmp) if folder is None else folder
+        kept.mkdir(parents=True, exist_ok=True)
+        choreography_store, orchestration_store, orders, where = stores(url, kept)
         print(f"(records kept in {where})")
         print("== Choreography: every service reacts to OrderPlaced on its own ==")
         print("(the order service saves each order and its OrderPlaced in one transaction,")
@@ -91,7 +117,11 @@ async def main(url: str | None) -> None:
                 print("  " + "  ".join(parts))
         print()
         print("== The o-2 saga, as the store's trace recorded it (flowkit trace o-2) ==")
-        await print_trace(orchestration_store, "o-2")
+        await print_trace(orchestration_store, "o-2", workflow=True)
+        if folder is not None or url is not None:
+            print()
+            print("== Look at it all in the dashboard (pip install 'flowkit[ui]') ==")
+            print(f"  {dashboard_command(url, orchestration_store, where)}")
 
 
 if __name__ == "__main__":
@@ -101,4 +131,4 @@ if __name__ == "__main__":
         metavar="URL",
         help="a postgresql:// URL to keep the records in (default: temporary SQLite files)",
     )
-    anyio.run(main, parser.parse_args().store)
+    anyio.run(main, parser.parse_args().store, DEMO_DIR)

@@ -20,6 +20,7 @@ the way ASGI servers take an app: a :class:`~flowkit.Choreography` for
     flowkit asyncapi myshop.services:bus --title "My shop" --version 1.2.0
     flowkit trace o-2 --store sqlite:///flowkit.db --mermaid
     flowkit stalled myshop.services:bus --since 12h
+    flowkit ui --store sqlite:///flowkit.db --transport redis://localhost --module myshop.services
 
 Exit status: 0 on success, 1 when flowkit failed, 2 for a command line (or a
 target object) that cannot be carried out; a worker stopped at once by a second
@@ -42,6 +43,7 @@ from ._cli.common import CommandFailed, UsageError, one_line
 from ._cli.dlq import list_letters, prune_letters, replay_letters
 from ._cli.graph import add_commands as add_graph_commands
 from ._cli.trace import add_commands as add_trace_commands
+from ._cli.ui import add_commands as add_ui_commands
 from ._cli.worker import run_worker
 from ._cli.workflows import (
     STATUSES,
@@ -320,6 +322,7 @@ def _parser() -> argparse.ArgumentParser:
     wf_prune.set_defaults(run=prune_workflows)
     add_graph_commands(commands)
     add_trace_commands(commands, duration=_duration, count=_positive_int)
+    add_ui_commands(commands)
     return parser
 
 

@@ -1,0 +1,198 @@
+"""The dashboard over HTTP, in-process, on a store seeded by the e-commerce demo."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+import anyio
+import httpx
+import pytest
+
+from examples.ecommerce.choreographed import run_choreography
+from examples.ecommerce.orchestrated import run_orchestration
+from flowkit.stores import DeadLetter, SQLiteStore
+from flowkit.ui import create_app
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+    from pathlib import Path
+
+pytestmark = pytest.mark.anyio
+
+TOKEN = "correct horse battery"
+
+
+@pytest.fixture(scope="module")
+def demo_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A SQLite file holding both e-commerce demos' records."""
+    path = tmp_path_factory.mktemp("ui") / "ecommerce.db"
+
+    async def seed() -> None:
+        await run_choreography(path)
+        await run_orchestration(path)
+
+    anyio.run(seed)
+    return path
+
+
+async def _client(app: object) -> AsyncIterator[httpx.AsyncClient]:
+    async with app.router.lifespan_context(app):  # type: ignore[attr-defined]
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app),  # type: ignore[arg-type]
+            base_url="http://127.0.0.1",
+        ) as client:
+            yield client
+
+
+@pytest.fixture
+async def client(demo_db: Path) -> AsyncIterator[httpx.AsyncClient]:
+    async for c in _client(create_app(SQLiteStore(demo_db))):
+        yield c
+
+
+def _csrf(page: str) -> str:
+    match = re.search(r'name="csrf-token" content="([^"]+)"', page)
+    assert match is not None
+    return match.group(1)
+
+
+def _text(page: str) -> str:
+    return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", page))
+
+
+async def test_the_workflow_list_shows_the_demo_orders(client: httpx.AsyncClient) -> None:
+    page = await client.get("/workflows")
+    assert page.status_code == 200
+    for order in ("o-1", "o-2", "o-3"):
+        assert f'href="/workflows/{order}"' in page.text
+    failed = await client.get("/workflows", params={"status": "COMPENSATED"})
+    assert 'href="/workflows/o-2"' in failed.text and 'href="/workflows/o-1"' not in failed.text
+    bad = await client.get("/workflows", params={"status": "NOPE"})
+    assert bad.status_code == 400 and "unknown status" in bad.text
+
+
+async def test_the_list_is_paginated_by_cursor(demo_db: Path) -> None:
+    from flowkit.ui import _workflows
+
+    store = SQLiteStore(demo_db)
+    async with store:
+        rows, cursor = await _workflows.list_page(
+            store, status=None, name=None, after=None, limit=2
+        )
+        assert [r.id for r in rows] == ["o-1", "o-2"] and cursor is not None
+        rest, end = await _workflows.list_page(store, status=None, name=None, after=cursor, limit=2)
+        assert [r.id for r in rest] == ["o-3"] and end is None
+
+
+async def test_a_workflow_page_shows_its_compensations_in_order(client: httpx.AsyncClient) -> None:
+    page = await client.get("/workflows/o-2")
+    assert page.status_code == 200
+    text = _text(page.text)
+    assert "COMPENSATED" in text
+    assert "prepare_shipment → charge_payment → reserve_stock" in text
+    events = re.findall(r'data-event="(\w+)" data-step="(\w+)"', page.text)
+    compensated = [step for event, step in events if event == "step_compensated"]
+    assert compensated == ["prepare_shipment", "charge_payment", "reserve_stock"]
+    assert "partner-api is unavailable" in text
+    assert '"order_id": "o-2"' in page.text.replace("&#34;", '"')
+    missing = await client.get("/workflows/nope")
+    assert missing.status_code == 404
+
+
+async def test_flows_are_found_by_order_id(client: httpx.AsyncClient) -> None:
+    page = await client.get("/flows", params={"q": "o-2"})
+    text = _text(page.text)
+    assert "OrderPlaced" in text and "notification:confirm-order" in text
+    assert 'class="handling failure"' in page.text  # the dead-lettered handling stands out
+    assert "sequenceDiagram" in page.text
+    nothing = await client.get("/flows", params={"q": "no-such-order"})
+    assert "No flow in the trace" in nothing.text
+
+
+async def test_dead_letters_are_grouped_with_reason_and_body(client: httpx.AsyncClient) -> None:
+    page = await client.get("/dead-letters")
+    text = _text(page.text)
+    assert "notification:confirm-order" in text and "not an address" in text
+    assert "ada" not in text or "&#34;user_email&#34;" in page.text  # the body is shown
+    assert "Replaying needs the broker" in text
+
+
+async def test_changes_need_the_csrf_token(client: httpx.AsyncClient) -> None:
+    refused = await client.post("/dead-letters/delete", data={"id": "x"})
+    assert refused.status_code == 403
+    page = await client.get("/dead-letters")
+    replay = await client.post(
+        "/dead-letters/replay", data={"id": "x"}, headers={"x-csrf-token": _csrf(page.text)}
+    )
+    assert replay.status_code == 409 and "--transport" in replay.json()["message"]
+
+
+async def test_delete_removes_a_dead_letter(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "letters.db")
+    async with store:
+        for n in (1, 2):
+            await store.add_dead_letter(
+                DeadLetter(
+                    id=f"d-{n}",
+                    consumer="billing:charge",
+                    topic="OrderPlaced",
+                    body=b'{"card": "4242"}',
+                    headers={},
+                    error_type="ValueError",
+                    error="ValueError: bad card",
+                    attempts=3,
+                    failed_at=datetime.now(UTC),
+                )
+            )
+    async for client in _client(create_app(SQLiteStore(tmp_path / "letters.db"))):
+        page = await client.get("/dead-letters")
+        assert page.text.count('data-letter="d-') == 2 and "bad card" in page.text
+        csrf = {"x-csrf-token": _csrf(page.text)}
+        done = await client.post("/dead-letters/delete", data={"id": "d-1"}, headers=csrf)
+        assert done.json() == {"ok": True, "message": "deleted 1 dead letter(s)"}
+        again = await client.post("/dead-letters/delete", data={"id": "d-1"}, headers=csrf)
+        assert again.status_code == 404
+        page = await client.get("/dead-letters")
+        assert 'data-letter="d-1"' not in page.text and 'data-letter="d-2"' in page.text
+
+
+async def test_cancel_asks_the_running_workflow_only(client: httpx.AsyncClient) -> None:
+    page = await client.get("/workflows/o-2")
+    csrf = {"x-csrf-token": _csrf(page.text)}
+    done = await client.post("/workflows/o-2/action", data={"action": "cancel"}, headers=csrf)
+    assert done.status_code == 409 and "nothing to cancel" in done.json()["message"]
+    retry = await client.post(
+        "/workflows/o-2/action", data={"action": "retry_forward"}, headers=csrf
+    )
+    assert retry.status_code == 409 and "--module" in retry.json()["message"]
+
+
+async def test_a_token_is_asked_for(demo_db: Path) -> None:
+    async for client in _client(create_app(SQLiteStore(demo_db), token=TOKEN)):
+        page = await client.get("/workflows/o-2")
+        assert page.status_code == 303 and page.headers["location"].startswith("/login")
+        wrong = await client.post("/login", data={"token": "not it at all"})
+        assert wrong.status_code == 401 and "That is not the token" in wrong.text
+        post = await client.post("/dead-letters/delete", data={"id": "x"})
+        assert post.status_code == 401
+        login = await client.post("/login?next=/workflows/o-2", data={"token": TOKEN})
+        assert login.status_code == 303 and login.headers["location"] == "/workflows/o-2"
+        page = await client.get("/workflows/o-2")
+        assert page.status_code == 200 and "COMPENSATED" in page.text
+
+
+def test_a_short_token_is_refused(demo_db: Path) -> None:
+    with pytest.raises(ValueError, match="at least 8"):
+        create_app(SQLiteStore(demo_db), token="short")
+
+
+async def test_the_graph_needs_a_module(client: httpx.AsyncClient, demo_db: Path) -> None:
+    assert (await client.get("/graph")).status_code == 404
+    async for graphed in _client(
+        create_app(SQLiteStore(demo_db), module="examples.ecommerce.services:bus")
+    ):
+        page = await graphed.get("/graph")
+        assert page.status_code == 200
+        assert "notification" in page.text and "flowchart" in page.text
