@@ -51,7 +51,7 @@ docs: $(STAMP)
 $(BENCH_STAMP): pyproject.toml benchmarks/requirements.txt
 	test -x $(BENCH_VENV)/bin/python || $(PYTHON) -m venv $(BENCH_VENV)
 	$(BENCH_VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(BENCH_VENV)/bin/python -m pip install --quiet -e . -r benchmarks/requirements.txt
+	$(BENCH_VENV)/bin/python -m pip install --quiet -e '.[ui]' -r benchmarks/requirements.txt
 	touch $(BENCH_STAMP)
 
 # The Redis and PostgreSQL benchmarks run against servers of their own (brokers.sh starts

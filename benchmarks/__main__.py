@@ -19,6 +19,7 @@ BENCHMARKS: dict[str, list[str]] = {
     "bench_outbox": [],
     "bench_otel": [],
     "bench_trace": [],
+    "bench_ui": [],
 }
 
 
