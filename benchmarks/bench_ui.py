@@ -47,12 +47,12 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import anyio
-from pydantic import BaseModel
 
 from flowkit.orchestration import Orchestrator, Step, StepContext
 from flowkit.stores import DeadLetter, MemoryStore, PostgresStore, SQLiteStore
 
 from ._report import report
+from .bench_orchestrator import Done, Order, reserve, ship
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Iterator
@@ -78,25 +78,11 @@ BATCH = 5_000
 # -- the records --------------------------------------------------------------------------
 
 
-class Order(BaseModel):
-    order_id: str
-    amount: int
-
-
-class Done(BaseModel):
-    step: str
-    value: int
-
-
-async def reserve(ctx: StepContext, order: Order) -> Done:
-    return Done(step="reserve", value=order.amount)
-
-
 async def release(ctx: StepContext, order: Order) -> None:
     return None
 
 
-async def charge(ctx: StepContext, order: Order) -> Done:
+async def charge_or_decline(ctx: StepContext, order: Order) -> Done:
     if order.amount < 0:
         raise ValueError("card declined")
     return Done(step="charge", value=order.amount + 1)
@@ -106,15 +92,11 @@ async def refund(ctx: StepContext, order: Order) -> None:
     return None
 
 
-async def ship(ctx: StepContext, order: Order) -> Done:
-    return Done(step="ship", value=order.amount + 2)
-
-
 class Checkout(Orchestrator[Order]):
     name = "bench.checkout"
     steps = (
         Step(reserve, compensate=release),
-        Step(charge, compensate=refund),
+        Step(charge_or_decline, name="charge", compensate=refund),
         Step(ship),
     )
 
