@@ -196,3 +196,15 @@ async def test_the_graph_needs_a_module(client: httpx.AsyncClient, demo_db: Path
         page = await graphed.get("/graph")
         assert page.status_code == 200
         assert "notification" in page.text and "flowchart" in page.text
+
+
+def test_the_command_refuses_another_host_without_a_token(
+    demo_db: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from flowkit.cli import main
+
+    assert main(["ui", "--store", f"sqlite:///{demo_db}", "--host", "0.0.0.0"]) == 2
+    err = capsys.readouterr().err
+    assert "--host 0.0.0.0 exposes the dashboard" in err and "--token" in err
+    assert main(["ui", "--store", f"sqlite:///{demo_db}.missing"]) == 2
+    assert "no such file" in capsys.readouterr().err

@@ -25,7 +25,7 @@ import pytest
 from examples.ecommerce.choreographed import run_choreography
 from examples.ecommerce.orchestrated import run_orchestration
 from flowkit.stores import SQLiteStore
-from flowkit.transports import from_url
+from flowkit.transports import InMemoryTransport, from_url
 
 from .brokers import REQUIRE_BROKERS
 from .brokers import redis_url as redis_url
@@ -76,7 +76,7 @@ async def _seed(db: Path, transport_url: str) -> None:
         with anyio.fail_after(20):
             while not await bus.dead_letters():
                 await anyio.sleep(0.1)
-    bus.use(transport=ui_app.InMemoryTransport())
+    bus.use(transport=InMemoryTransport())
 
 
 def _started(command: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
