@@ -20,6 +20,7 @@ def test_top_level_exports_exactly_the_public_names() -> None:
         "stores",
         "testing",
         "transports",
+        "ui",
     }
     assert set(flowkit.__all__) == public | {"__version__"}
 
