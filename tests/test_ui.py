@@ -208,3 +208,33 @@ def test_the_command_refuses_another_host_without_a_token(
     assert "--host 0.0.0.0 exposes the dashboard" in err and "--token" in err
     assert main(["ui", "--store", f"sqlite:///{demo_db}.missing"]) == 2
     assert "no such file" in capsys.readouterr().err
+
+
+async def test_retry_buttons_run_the_workflow_again(tmp_path: Path) -> None:
+    from tests import ui_retry_app as app
+
+    path = tmp_path / "retry.db"
+    app.CARRIER["up"] = app.REFUNDS["up"] = False
+    async with app.ShipSaga(SQLiteStore(path), recover=False) as ship:
+        assert (await ship.run(app.Order(n=1), workflow_id="s-1")).status.value == "FAILED"
+    async with app.RefundSaga(SQLiteStore(path), recover=False) as refund:
+        assert (await refund.run(app.Order(n=2), workflow_id="r-1")).status.value == "FAILED"
+    app.CARRIER["up"] = app.REFUNDS["up"] = True
+    ui = create_app(SQLiteStore(path), module="tests.ui_retry_app")
+    async for client in _client(ui):
+        page = await client.get("/workflows/s-1")
+        csrf = {"x-csrf-token": _csrf(page.text)}
+        wrong = await client.post(
+            "/workflows/s-1/action", data={"action": "retry_compensation"}, headers=csrf
+        )
+        assert wrong.status_code == 409
+        forward = await client.post(
+            "/workflows/s-1/action", data={"action": "retry_forward"}, headers=csrf
+        )
+        assert forward.status_code == 200 and "s-1 is COMPLETED" in forward.json()["message"]
+        back = await client.post(
+            "/workflows/r-1/action", data={"action": "retry_compensation"}, headers=csrf
+        )
+        assert back.status_code == 200 and "r-1 is COMPENSATED" in back.json()["message"]
+        shown = _text((await client.get("/workflows/s-1")).text)
+        assert "COMPLETED" in shown
