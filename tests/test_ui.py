@@ -67,6 +67,9 @@ async def test_the_workflow_list_shows_the_demo_orders(client: httpx.AsyncClient
     assert page.status_code == 200
     for order in ("o-1", "o-2", "o-3"):
         assert f'href="/workflows/{order}"' in page.text
+    # The counts by orchestrator and status: o-1 completed, o-2 and o-3 compensated.
+    assert 'href="/workflows?name=place-order&amp;status=COMPLETED">1</a>' in page.text
+    assert 'href="/workflows?name=place-order&amp;status=COMPENSATED">2</a>' in page.text
     failed = await client.get("/workflows", params={"status": "COMPENSATED"})
     assert 'href="/workflows/o-2"' in failed.text and 'href="/workflows/o-1"' not in failed.text
     bad = await client.get("/workflows", params={"status": "NOPE"})
