@@ -6,6 +6,7 @@ On the e-commerce example and on the crafted flows of tests/graph_app.py
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -17,6 +18,7 @@ import sys
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from xml.etree import ElementTree
 
 import pydot
 import pytest
@@ -34,7 +36,7 @@ from flowkit import (
 )
 from flowkit.choreography import _context
 from flowkit.cli import main
-from flowkit.observability import LintFinding, flow_graph, lint
+from flowkit.observability import LintFinding, flow_graph, graph_svg, lint
 from flowkit.stores import MemoryStore, SQLiteStore
 from flowkit.transports import InMemoryTransport
 
@@ -176,7 +178,7 @@ class Odder(Event, type_name="orders.odd_1_2"):
 def test_names_with_any_characters_give_valid_distinct_identifiers() -> None:
     bus = Choreography(InMemoryTransport())
 
-    @bus.on(Odd, service="a-b.c_d", emits=[Odder], name='h "1" <x>')
+    @bus.on(Odd, service="a-b.c_d", emits=[Odder], name='h "1" <x> & y')
     async def first(event: Odd) -> None:
         pass
 
@@ -187,11 +189,107 @@ def test_names_with_any_characters_give_valid_distinct_identifiers() -> None:
     graph = flow_graph(bus)
     nodes, edges = check_mermaid(graph.mermaid())
     assert sorted(nodes.values()) == sorted(
-        ['h "1" <x>', "h_1_x", 'orders."odd"<1>#2 \\ end', "orders.odd_1_2"]
+        ['h "1" <x> & y', "h_1_x", 'orders."odd"<1>#2 \\ end', "orders.odd_1_2"]
     )
     assert len(edges) == 4
     (dot,) = parse_dot(graph.dot())
     assert sorted(unquote_dot(n.get("label")) for n in all_nodes(dot)) == sorted(nodes.values())
+    # the picture escapes them too, and draws the cycle: each node once, each edge once
+    text = graph.svg()
+    assert "<x>" not in text and "&amp;" in text
+    svg_nodes, svg_edges = svg_parts(text)
+    assert {key: svg_label(node) for key, node in svg_nodes.items()} == nodes
+    assert len(svg_edges) == 4
+
+
+# -- the picture -------------------------------------------------------------------------
+
+SVG = "{http://www.w3.org/2000/svg}"
+
+
+def svg_parts(
+    text: str,
+) -> tuple[dict[str, ElementTree.Element], list[ElementTree.Element]]:
+    """The node groups of an SVG drawing, by id, and its edge paths, in order."""
+    root = ElementTree.fromstring(text)
+    assert root.tag == f"{SVG}svg"
+    nodes = {
+        g.get("data-id", ""): g
+        for g in root.iter(f"{SVG}g")
+        if "node" in g.get("class", "").split()
+    }
+    edges = [p for p in root.iter(f"{SVG}path") if p.get("class") == "edge"]
+    return nodes, edges
+
+
+def svg_label(node: ElementTree.Element) -> str:
+    (label,) = [t for t in node.iter(f"{SVG}text") if t.get("class") == "label"]
+    return label.text or ""
+
+
+def svg_box(node: ElementTree.Element) -> tuple[float, float, float, float]:
+    """(left, top, right, bottom) of a node's shape."""
+    shape = next(e for e in node if e.tag in (f"{SVG}rect", f"{SVG}polygon"))
+    if shape.tag == f"{SVG}rect":
+        x, y = float(shape.get("x", "")), float(shape.get("y", ""))
+        return x, y, x + float(shape.get("width", "")), y + float(shape.get("height", ""))
+    points = [tuple(map(float, p.split(","))) for p in shape.get("points", "").split()]
+    xs, ys = [p[0] for p in points], [p[1] for p in points]
+    return min(xs), min(ys), max(xs), max(ys)
+
+
+def test_the_svg_graph_has_a_box_per_node_and_a_path_per_edge() -> None:
+    bus, saga = ecommerce()
+    graph = flow_graph(bus, orchestrators=[saga])
+    mermaid_nodes, mermaid_edges = check_mermaid(graph.mermaid())
+    text = graph.svg()
+    assert text == graph_svg(graph)
+    nodes, edges = svg_parts(text)
+    assert {key: svg_label(node) for key, node in nodes.items()} == mermaid_nodes
+    kinds = {key: node.get("class") for key, node in nodes.items()}
+    assert kinds["ev__OrderPlaced"] == "node event"
+    assert kinds["cm__AssignPartner"] == "node command"
+    assert kinds["hd__logistics__assign"] == "node handler"
+    assert kinds["wf0__assign_5f_partner"] == "node step"
+    # a handler is drawn under its service's name, a step under its orchestrator's
+    captions = {
+        key: [t.text for t in node.iter(f"{SVG}text") if t.get("class") == "caption"]
+        for key, node in nodes.items()
+    }
+    assert captions["hd__logistics__assign"] == ["logistics"]
+    assert captions["wf0__assign_5f_partner"] == ["place-order · parallel"]
+    assert captions["ev__OrderPlaced"] == []
+    ends = [(p.get("data-source"), p.get("data-target")) for p in edges]
+    assert len(ends) == len(mermaid_edges)
+    assert set(ends) == {(source, target) for source, target, _ in mermaid_edges}
+    dashed = {
+        (p.get("data-source"), p.get("data-target")) for p in edges if p.get("stroke-dasharray")
+    }
+    assert dashed == {(s, t) for s, t, label in mermaid_edges if label == "compensate"}
+    # every arrow points right (the example has no cycle), and no two boxes overlap
+    boxes = {key: svg_box(node) for key, node in nodes.items()}
+    for source, target in ends:
+        assert boxes[source or ""][2] < boxes[target or ""][0], (source, target)
+    for (a, one), (b, other) in itertools.combinations(boxes.items(), 2):
+        apart = one[2] <= other[0] or other[2] <= one[0] or one[3] <= other[1] or other[3] <= one[1]
+        assert apart, (a, b)
+    root = ElementTree.fromstring(text)
+    width, height = float(root.get("width", "")), float(root.get("height", ""))
+    assert root.get("viewBox") == f"0 0 {root.get('width')} {root.get('height')}"
+    assert all(box[2] <= width and box[3] <= height for box in boxes.values())
+    legend = [g for g in root.iter(f"{SVG}g") if g.get("class") == "legend"]
+    assert len(legend) == 1
+    assert {t.text for t in legend[0].iter(f"{SVG}text")} >= {"event", "command", "handler", "step"}
+
+
+def test_the_svg_graph_is_the_same_whatever_the_order_of_declaration() -> None:
+    bus, saga = ecommerce()
+    other, _ = ecommerce(register_in_reverse=True)
+    graph = flow_graph(bus, orchestrators=[saga])
+    assert graph.svg() == flow_graph(other, orchestrators=[saga]).svg() == graph.svg()
+    assert flow_graph().svg() == flow_graph().svg()
+    _, edges = svg_parts(flow_graph().svg())
+    assert edges == []
 
 
 def test_flow_graph_refuses_what_it_cannot_draw() -> None:
@@ -392,6 +490,10 @@ def test_flowkit_graph_prints_mermaid_or_dot(capsys: pytest.CaptureFixture[str])
     status, out, _ = run_cli(capsys, "graph", "tests.graph_app:bus", "--format", "dot")
     assert status == 0
     assert out == flow_graph(graph_app.bus, orchestrators=[graph_app.Checkout]).dot()
+    status, out, _ = run_cli(capsys, "graph", "tests.graph_app:bus", "--format", "svg")
+    assert status == 0
+    assert out == flow_graph(graph_app.bus, orchestrators=[graph_app.Checkout]).svg()
+    ElementTree.fromstring(out)
     # an orchestrator alone, as a class
     status, out, _ = run_cli(capsys, "graph", "tests.graph_app:Checkout")
     assert status == 0 and "subgraph wf0" in out and "hd__" not in out.split("subgraph wf0")[0]

@@ -63,6 +63,7 @@ def test_observability_exports_the_flow_graph_lint_and_asyncapi() -> None:
         "StepNode",
         "asyncapi_document",
         "flow_graph",
+        "graph_svg",
         "lint",
     } <= set(flowkit.observability.__all__)
 

@@ -199,6 +199,10 @@ async def test_the_graph_needs_a_module(client: httpx.AsyncClient, demo_db: Path
         page = await graphed.get("/graph")
         assert page.status_code == 200
         assert "notification" in page.text and "flowchart" in page.text
+        # the picture, inline, before the tables
+        assert '<svg xmlns="http://www.w3.org/2000/svg" class="flow-graph"' in page.text
+        assert page.text.index("<svg") < page.text.index("<table")
+        assert 'data-id="hd__notification__confirm_2d_order"' in page.text
 
 
 def test_the_command_refuses_another_host_without_a_token(

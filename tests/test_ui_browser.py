@@ -204,3 +204,10 @@ def test_the_dashboard_in_a_browser(
 
     page.goto(f"{url}/graph")
     expect(page.locator("h1")).to_have_text("Flow graph")
+    # the graph drawn: a box per handler, in a box that scrolls sideways
+    picture = page.locator("#graph svg.flow-graph")
+    expect(picture).to_be_visible()
+    expect(picture.locator('g.node.handler[data-id="hd__seller__prepare"]')).to_contain_text(
+        "prepare"
+    )
+    page.locator("#graph").screenshot(path=artifacts / "dashboard-graph.png")

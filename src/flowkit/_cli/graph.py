@@ -111,14 +111,17 @@ def add_commands(commands: argparse._SubParsersAction[P]) -> None:
     """Add ``graph``, ``lint`` and ``asyncapi`` to the ``flowkit`` command."""
     graph = commands.add_parser(
         "graph",
-        help="draw the services, events, commands and orchestrators as Mermaid or DOT",
+        help="draw the services, events, commands and orchestrators as Mermaid, DOT or SVG",
         description="Draw the flows the code declares: services and their handlers, the "
         "events they take and emit (emits=), the commands they answer, and orchestrators' "
         "steps. Reads the declarations only.",
     )
     graph.add_argument("targets", nargs="+", metavar="TARGET", help=TARGET_HELP)
     graph.add_argument(
-        "--format", choices=("mermaid", "dot"), default="mermaid", help="mermaid (default) or dot"
+        "--format",
+        choices=("mermaid", "dot", "svg"),
+        default="mermaid",
+        help="mermaid (default), dot, or svg (a picture, drawn without Graphviz)",
     )
     graph.set_defaults(run=draw_graph)
 
@@ -167,10 +170,11 @@ def _split(values: Iterable[str] | None) -> list[str]:
 
 
 async def draw_graph(args: argparse.Namespace) -> int:
-    """``flowkit graph``: print the flow graph as Mermaid or DOT."""
+    """``flowkit graph``: print the flow graph as Mermaid, DOT or SVG."""
     targets = load_targets(args.targets)
     graph = flow_graph(*targets.buses, orchestrators=targets.orchestrators)
-    sys.stdout.write(graph.dot() if args.format == "dot" else graph.mermaid())
+    drawings = {"mermaid": graph.mermaid, "dot": graph.dot, "svg": graph.svg}
+    sys.stdout.write(drawings[args.format]())
     return 0
 
 

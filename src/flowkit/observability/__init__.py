@@ -12,6 +12,7 @@ from ._graph import HandlerNode as HandlerNode
 from ._graph import OrchestratorNode as OrchestratorNode
 from ._graph import StepNode as StepNode
 from ._graph import flow_graph as flow_graph
+from ._graph_svg import graph_svg as graph_svg
 from ._lint import LintFinding as LintFinding
 from ._lint import lint as lint
 from ._logs import JsonLogFormatter as JsonLogFormatter
@@ -49,6 +50,7 @@ __all__ = [
     "asyncapi_document",
     "find_stalled",
     "flow_graph",
+    "graph_svg",
     "lint",
     "load_flows",
     "setup_logging",

@@ -223,6 +223,12 @@ class FlowGraph:
         lines.append("}")
         return "\n".join(lines) + "\n"
 
+    def svg(self) -> str:
+        """The graph drawn as an SVG picture; see :func:`~flowkit.observability.graph_svg`."""
+        from ._graph_svg import graph_svg
+
+        return graph_svg(self)
+
     def _layout(self) -> Iterator[_Item]:
         """What both drawings show but the edges, in order: each service's
         box of handlers, the events, the commands, each orchestrator's box
