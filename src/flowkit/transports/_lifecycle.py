@@ -26,6 +26,7 @@ lists what ``_disconnect`` has to close.
 from __future__ import annotations
 
 import asyncio
+from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING, ClassVar, Generic, Protocol, Self, TypeVar
 
 from .._errors import TransportClosed, TransportError
@@ -76,7 +77,7 @@ def subscriptions_of(groups: Iterable[_Group]) -> list[Subscription]:
     return [subscription for group in list(groups) for subscription in list(group.subscriptions)]
 
 
-class Reentrant(Generic[C]):
+class Reentrant(ABC, Generic[C]):
     """The open state of a transport entered several times: opened by the first
     ``async with``, closed by the last exit or by :meth:`aclose`.
 
@@ -92,13 +93,13 @@ class Reentrant(Generic[C]):
         self._connection: C | None = None
         self._entered = 0
 
+    @abstractmethod
     async def _connect(self) -> C:
         """Open: what the new opening holds (the transport gives it)."""
-        raise NotImplementedError
 
+    @abstractmethod
     async def _disconnect(self, connection: C) -> None:
         """Close what ``connection`` holds (the transport gives it)."""
-        raise NotImplementedError
 
     def _open(self) -> C:
         """What the current opening holds.
@@ -183,14 +184,14 @@ class AsyncioReentrant(Reentrant[C]):
         return self
 
 
-class ClosesOnExit:
+class ClosesOnExit(ABC):
     """A subscription's ``async with``: leaving it closes the subscription (``aclose()``)."""
 
     __slots__ = ()
 
+    @abstractmethod
     async def aclose(self) -> None:
         """Detach the consumer (the subscription gives it)."""
-        raise NotImplementedError
 
     async def __aenter__(self) -> Self:
         return self
