@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import threading
-from typing import TYPE_CHECKING, Final
+from itertools import islice
+from typing import TYPE_CHECKING, Final, cast
 
 from anyio.lowlevel import checkpoint
 
@@ -11,7 +12,7 @@ from .._errors import StoreError
 from ._trace import TRACE_COLUMNS, aware, check_report, entry_of, positive, stalled_window
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Callable, Iterator, Sequence
     from datetime import datetime
 
     from ._trace import TraceEntry, TraceRow
@@ -31,6 +32,92 @@ _DETAIL: Final = 17
 _SLACK = 60.0
 
 
+class _Rows:
+    """The kept rows by seq, a list per column (read as :data:`TraceRow` tuples).
+
+    A tuple per entry kept alive counts, for the garbage collector, as one more
+    object allocated and never freed, and runs its collections (the full ones
+    included) more often the more entries are kept. Kept in columns, the
+    recorder's tuples are freed once stored, and what a million entries add to
+    the collector's count is the lists' few objects.
+
+    Seqs are consecutive from ``_first``; a removed row is marked in ``_alive``
+    and its values let go, the removed rows at the front are trimmed.
+    """
+
+    __slots__ = ("_alive", "_columns", "_first", "_live")
+
+    def __init__(self) -> None:
+        self._first = 1
+        self._columns: tuple[list[object], ...] = tuple([] for _ in TRACE_COLUMNS)
+        self._alive = bytearray()
+        self._live = 0
+
+    def __len__(self) -> int:
+        return self._live
+
+    def __iter__(self) -> Iterator[int]:
+        """The seqs kept, oldest first."""
+        first = self._first
+        return (first + i for i, alive in enumerate(self._alive) if alive)
+
+    def extend(self, first: int, rows: Sequence[TraceRow]) -> None:
+        """Keep ``rows`` as the seqs from ``first`` on (the seqs that follow the last)."""
+        if not rows:
+            return
+        if first != self._first + len(self._alive):
+            raise ValueError(f"trace seq {first} does not follow the kept rows")
+        for column, values in zip(self._columns, zip(*rows, strict=True), strict=True):
+            column.extend(values)
+        self._alive.extend(b"\x01" * len(rows))
+        self._live += len(rows)
+
+    def _at(self, seq: int) -> int:
+        i = seq - self._first
+        return i if 0 <= i < len(self._alive) and self._alive[i] else -1
+
+    def get(self, seq: int) -> TraceRow | None:
+        i = self._at(seq)
+        if i < 0:
+            return None
+        return cast("TraceRow", tuple(column[i] for column in self._columns))
+
+    def __getitem__(self, seq: int) -> TraceRow:
+        row = self.get(seq)
+        if row is None:
+            raise KeyError(seq)
+        return row
+
+    def value(self, seq: int, column: int) -> object:
+        """One value of a kept row."""
+        i = self._at(seq)
+        if i < 0:
+            raise KeyError(seq)
+        return self._columns[column][i]
+
+    def pop(self, seq: int) -> TraceRow:
+        """Remove a row (trim the front with :meth:`trim`)."""
+        row = self[seq]
+        i = seq - self._first
+        self._alive[i] = 0
+        for column in self._columns:
+            column[i] = None
+        self._live -= 1
+        return row
+
+    def trim(self) -> None:
+        """Let go of the removed rows at the front."""
+        alive = self._alive
+        gone = alive.find(1)
+        if gone < 0:
+            gone = len(alive)
+        if gone:
+            del alive[:gone]
+            for column in self._columns:
+                del column[:gone]
+            self._first += gone
+
+
 class MemoryTrace:
     """The trace kept in a MemoryStore's memory, safe to share between tasks and threads.
 
@@ -46,7 +133,7 @@ class MemoryTrace:
         self._check_open = check_open
         self._lock = threading.Lock()
         self._seq = 0
-        self._rows: dict[int, TraceRow] = {}
+        self._rows = _Rows()
         self._flows: dict[str, list[int]] = {}
         self._workflows: dict[str, dict[str, int]] = {}  # workflow id -> flows, last seq
         self._keys: dict[str, dict[str, int]] = {}  # business key -> flows, last seq
@@ -69,7 +156,7 @@ class MemoryTrace:
     def _append(self, rows: Sequence[TraceRow]) -> None:
         seqs = range(self._seq + 1, self._seq + 1 + len(rows))
         self._seq += len(rows)
-        self._rows.update(zip(seqs, rows, strict=True))
+        self._rows.extend(seqs.start, rows)
         self._unindexed.append(seqs)
 
     def _index(self) -> None:
@@ -161,8 +248,8 @@ class MemoryTrace:
                     continue
                 deadline = row[_AT] + within
                 if not any(
-                    self._rows[other][_MESSAGE_TYPE] in wanted
-                    and self._rows[other][_AT] <= deadline
+                    self._rows.value(other, _MESSAGE_TYPE) in wanted
+                    and cast("float", self._rows.value(other, _AT)) <= deadline
                     for other in self._flows[flow]
                 ):
                     found.append((row[_AT], seq, row))
@@ -193,12 +280,13 @@ class MemoryTrace:
         with self._lock:
             self._index()
             old: list[int] = []
-            for seq, row in self._rows.items():
-                if row[_AT] < cutoff:
+            for seq in self._rows:
+                at = cast("float", self._rows.value(seq, _AT))
+                if at < cutoff:
                     old.append(seq)
                     if len(old) >= most:
                         break
-                elif row[_AT] > cutoff + _SLACK:
+                elif at > cutoff + _SLACK:
                     break  # entries are added about in time order: the rest is newer
             self._remove(old)
         await checkpoint()
@@ -212,7 +300,7 @@ class MemoryTrace:
         with self._lock:
             self._index()
             extra = min(len(self._rows) - keep, most)
-            old = list(self._rows)[:extra] if extra > 0 else []
+            old = list(islice(self._rows, extra)) if extra > 0 else []
             self._remove(old)
         await checkpoint()
         return len(old)
@@ -221,6 +309,7 @@ class MemoryTrace:
         """Forget the entries of ``seqs`` and, with their last entry, what names their flows."""
         gone = set(seqs)
         removed = [self._rows.pop(seq) for seq in seqs]
+        self._rows.trim()
         for flow in {row[_CORRELATION] for row in removed}:
             left = [seq for seq in self._flows[flow] if seq not in gone]
             if left:
