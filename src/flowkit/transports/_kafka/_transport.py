@@ -43,6 +43,8 @@ _CAPABILITIES = Capabilities(
 # The most bytes of records the producer sends to one partition in one batch: the
 # publishes of 100 concurrent senders go in one.
 _BATCH_SIZE = 128 * 1024
+# The most Kafka topic names a transport keeps worked out (forgotten all at once beyond).
+_NAMES_KEPT = 1024
 # Kafka's error code for a topic that exists already.
 _TOPIC_EXISTS = 36
 
@@ -158,7 +160,7 @@ class Connection:
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.timeout
-        backoff = Backoff()
+        backoff: Backoff | None = None
         while True:
             if self.closed:
                 raise TransportClosed("the transport is closed")
@@ -186,6 +188,8 @@ class Connection:
                 raise translate(failure, f"publish to {topic!r}") from failure
             if loop.time() >= deadline:
                 raise translate(failure, f"publish to {topic!r}") from failure
+            if backoff is None:
+                backoff = Backoff()
             await backoff.sleep()
 
     async def group(self, topic: str, name: str, durable: bool) -> Group:
@@ -354,6 +358,9 @@ class KafkaTransport(AsyncioReentrant[Connection]):
         self._session_timeout = session_timeout
         self._fetch_wait = fetch_wait
         self._client_id = f"flowkit-{socket.gethostname()}-{os.getpid()}"
+        # The Kafka topic of each (topic, group) published to, not worked out again
+        # at each publish.
+        self._names: dict[tuple[str, str | None], str] = {}
 
     @property
     def capabilities(self) -> Capabilities:
@@ -392,11 +399,16 @@ class KafkaTransport(AsyncioReentrant[Connection]):
                 not be sent within ``publish_timeout``.
         """
         connection = self._open()
-        name = (
-            kafka_name(self._prefix, topic)
-            if group is None
-            else kafka_name(self._prefix, topic, group)
-        )
+        names = self._names
+        name = names.get((topic, group))
+        if name is None:
+            if len(names) >= _NAMES_KEPT:
+                names.clear()
+            name = names[topic, group] = (
+                kafka_name(self._prefix, topic)
+                if group is None
+                else kafka_name(self._prefix, topic, group)
+            )
         await connection.send(
             name,
             bytes(body),
