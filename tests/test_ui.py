@@ -221,7 +221,7 @@ async def test_retry_buttons_run_the_workflow_again(tmp_path: Path) -> None:
     from tests import ui_retry_app as app
 
     path = tmp_path / "retry.db"
-    app.CARRIER["up"] = app.REFUNDS["up"] = False
+    app.CARRIER["up"] = app.REFUNDS["up"] = app.CARRIER["slow"] = False
     async with app.ShipSaga(SQLiteStore(path), recover=False) as ship:
         assert (await ship.run(app.Order(n=1), workflow_id="s-1")).status.value == "FAILED"
     async with app.RefundSaga(SQLiteStore(path), recover=False) as refund:
@@ -245,3 +245,35 @@ async def test_retry_buttons_run_the_workflow_again(tmp_path: Path) -> None:
         assert back.status_code == 200 and "r-1 is COMPENSATED" in back.json()["message"]
         shown = _text((await client.get("/workflows/s-1")).text)
         assert "COMPLETED" in shown
+
+
+async def test_a_retry_that_outlasts_its_wait_is_left_to_the_services(tmp_path: Path) -> None:
+    from tests import ui_retry_app as app
+
+    path = tmp_path / "slow.db"
+    app.CARRIER["up"] = app.CARRIER["slow"] = False
+    async with app.ShipSaga(SQLiteStore(path), recover=False) as ship:
+        assert (await ship.run(app.Order(n=1), workflow_id="s-2")).status.value == "FAILED"
+    app.CARRIER["up"] = app.CARRIER["slow"] = True
+    try:
+        ui = create_app(SQLiteStore(path), module="tests.ui_retry_app", retry_wait=0.5)
+        async for client in _client(ui):
+            page = await client.get("/workflows/s-2")
+            csrf = {"x-csrf-token": _csrf(page.text)}
+            with anyio.fail_after(10):
+                reply = await client.post(
+                    "/workflows/s-2/action", data={"action": "retry_forward"}, headers=csrf
+                )
+            assert reply.status_code == 200
+            assert "still running after 0.5s" in reply.json()["message"]
+    finally:
+        app.CARRIER["slow"] = False
+    async with SQLiteStore(path) as store:
+        left = await store.load_workflow("s-2")
+    # Stopped here; a service's orchestrator takes it over when the lease runs out.
+    assert left.status == "RUNNING" and left.lease_until is not None
+
+
+def test_retry_wait_must_be_positive(demo_db: Path) -> None:
+    with pytest.raises(ValueError, match="retry_wait"):
+        create_app(SQLiteStore(demo_db), retry_wait=0)

@@ -1,12 +1,14 @@
 """Orchestrators for the dashboard's retry tests: a step past the pivot that fails
-until ``CARRIER["up"]`` is set, and a compensation that fails until
-``REFUNDS["up"]`` is set."""
+until ``CARRIER["up"]`` is set (and hangs while ``CARRIER["slow"]`` is), and a
+compensation that fails until ``REFUNDS["up"]`` is set."""
 
 from __future__ import annotations
 
+import anyio
+
 from flowkit import Event, NonRetryableError, Orchestrator, Step, StepContext
 
-CARRIER = {"up": False}
+CARRIER = {"up": False, "slow": False}
 REFUNDS = {"up": False}
 
 
@@ -26,6 +28,8 @@ async def refund(ctx: StepContext, order: Order) -> None:
 async def ship(ctx: StepContext, order: Order) -> str:
     if not CARRIER["up"]:
         raise NonRetryableError("the carrier refused the parcel")
+    if CARRIER["slow"]:
+        await anyio.sleep(60)
     return "shipped"
 
 

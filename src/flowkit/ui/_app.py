@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, quote
 
+import anyio
+
 from .._errors import FlowkitError, MissingDependency, NotFound, WorkflowNotFound
 from ..orchestration import WorkflowStatus
 
@@ -60,6 +62,7 @@ class _State:
         self.targets = targets
         self.guard = guard
         self.bus: Choreography | None = None
+        self.retry_wait = 30.0
         self.env = Environment(
             loader=FileSystemLoader(_HERE / "templates"),
             autoescape=select_autoescape(["html"]),
@@ -88,6 +91,7 @@ def create_app(
     transport: Transport | None = None,
     module: str | None = None,
     token: str | None = None,
+    retry_wait: float = 30.0,
 ) -> Starlette:
     """The dashboard as an ASGI application, to serve with any ASGI server.
 
@@ -103,16 +107,24 @@ def create_app(
             orchestrator classes retry workflows forward or backward.
         token: the token the login page asks for (at least 8 characters); None
             needs no login, for a dashboard bound to this machine only.
+        retry_wait: the longest, in seconds, a retry button runs the workflow
+            before answering; a workflow still running then is stopped here,
+            for the orchestrator's own processes to take over once its lease
+            runs out.
 
     Returns:
         The Starlette application.
 
     Raises:
-        ValueError: for a token shorter than 8 characters, or a module that
-            cannot be loaded (the message says why).
+        ValueError: for a token shorter than 8 characters, a ``retry_wait``
+            that is not positive, or a module that cannot be loaded (the
+            message says why).
     """
+    if not retry_wait > 0:
+        raise ValueError(f"retry_wait must be > 0 seconds, not {retry_wait!r}")
     targets = _targets(module) if module is not None else None
     state = _State(store, transport, targets, Guard(token))
+    state.retry_wait = float(retry_wait)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -300,12 +312,21 @@ async def _workflow_action(state: _State, request: Request) -> Response:
         orchestrator = cls(state.store, transport=state.transport, recover=False)
     except FlowkitError as exc:
         return _reply(False, f"{exc} (start the dashboard with --transport)", 409)
+    outcome: Outcome | None = None
     try:
         async with orchestrator:
             run: Callable[[str], Awaitable[Outcome]] = getattr(orchestrator, action)
-            outcome = await run(workflow_id)
+            with anyio.move_on_after(state.retry_wait):
+                outcome = await run(workflow_id)
     except FlowkitError as exc:
         return _reply(False, f"{type(exc).__name__}: {exc}", 409)
+    if outcome is None:
+        return _reply(
+            True,
+            f"{workflow_id} was still running after {state.retry_wait:g}s: it is left "
+            "RUNNING, for the orchestrator's own processes to take over once its lease "
+            "runs out",
+        )
     return _reply(True, f"{workflow_id} is {outcome.status.value}")
 
 
