@@ -16,7 +16,7 @@ import argparse
 import asyncio
 import statistics
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from flowkit import Choreography, Event
 from flowkit._events import decode, encode
@@ -83,10 +83,10 @@ def codec_only(events: list[OrderPlaced]) -> float:
     return len(events) / (time.perf_counter() - start)
 
 
-async def flowkit_fanout(events: list[OrderPlaced], observers: Sequence[BusObserver] = ()) -> float:
-    """The same fan-out through the Choreography bus on InMemoryTransport."""
-    n = len(events)
-    bus = Choreography(InMemoryTransport(max_buffer=10_000), observers=observers)
+def fanout_bus(n: int, **options: Any) -> tuple[Choreography, asyncio.Event]:
+    """A bus on InMemoryTransport (``options`` go to Choreography) whose services
+    each handle OrderPlaced, and the event set once each has handled ``n``."""
+    bus = Choreography(InMemoryTransport(max_buffer=10_000), **options)
     counts = dict.fromkeys(SERVICES, 0)
     done = asyncio.Event()
     for service in SERVICES:
@@ -97,6 +97,13 @@ async def flowkit_fanout(events: list[OrderPlaced], observers: Sequence[BusObser
             if counts[service] == n and all(c == n for c in counts.values()):
                 done.set()
 
+    return bus, done
+
+
+async def flowkit_fanout(events: list[OrderPlaced], observers: Sequence[BusObserver] = ()) -> float:
+    """The same fan-out through the Choreography bus on InMemoryTransport."""
+    n = len(events)
+    bus, done = fanout_bus(n, observers=observers)
     async with bus:
         start = time.perf_counter()
         for event in events:

@@ -29,12 +29,10 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from flowkit import Choreography
 from flowkit.stores import MemoryStore, SQLiteStore
-from flowkit.transports import InMemoryTransport
 
 from ._report import report
-from .bench_bus import SERVICES, OrderPlaced, payloads
+from .bench_bus import SERVICES, OrderPlaced, fanout_bus, payloads
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -51,17 +49,7 @@ async def fanout(
     clock and of CPU time, and the recorder's counts (written, dropped,
     failed) when tracing."""
     n = len(events)
-    bus = Choreography(InMemoryTransport(max_buffer=10_000), store=store, trace=trace)
-    counts = dict.fromkeys(SERVICES, 0)
-    done = asyncio.Event()
-    for service in SERVICES:
-
-        @bus.on(OrderPlaced, service=service, name="handle")
-        async def handle(event: OrderPlaced, service: str = service) -> None:
-            counts[service] += 1
-            if counts[service] == n and all(c == n for c in counts.values()):
-                done.set()
-
+    bus, done = fanout_bus(n, store=store, trace=trace)
     async with bus:
         recorder = bus.trace_recorder
         start, cpu = time.perf_counter(), time.process_time()
