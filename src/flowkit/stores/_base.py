@@ -108,6 +108,11 @@ class WorkflowRecord:
         history: the workflow's history entries (JSON arrays), oldest first.
             :meth:`StateStore.load_workflow` returns them all; every other
             method returns records without them. Written, they are appended.
+        wake_at: for a ``WAITING`` workflow, when it is due (UTC; None: only a
+            message wakes it). See :mod:`flowkit.stores._waits`.
+        wait_for: for a ``WAITING`` workflow, the mailbox channel it waits on
+            (None for a timer).
+        wait_key: the key within ``wait_for`` (None for a timer).
     """
 
     id: str
@@ -121,6 +126,9 @@ class WorkflowRecord:
     lease_until: datetime | None = None
     cancel_requested: bool = False
     history: Sequence[Sequence[Any]] = ()
+    wake_at: datetime | None = None
+    wait_for: str | None = None
+    wait_key: str | None = None
 
     @property
     def cursor(self) -> str:
@@ -405,8 +413,9 @@ class StateStore(Protocol):
     async def claim_workflow(
         self, workflow_id: str, owner: str, *, lease: float
     ) -> WorkflowRecord | None:
-        """Take the lease of one unfinished workflow if it is free (no owner, an
-        expired lease, or held by ``owner`` itself); its version is incremented.
+        """Take the lease of one unfinished workflow (``WAITING`` ones included,
+        due or not) if it is free (no owner, an expired lease, or held by
+        ``owner`` itself); its version is incremented.
 
         Returns:
             The claimed record (without history), or None if the workflow is
@@ -420,7 +429,8 @@ class StateStore(Protocol):
     async def renew_leases(
         self, owner: str, workflow_ids: Collection[str], *, lease: float
     ) -> dict[str, bool]:
-        """Extend ``owner``'s leases on these workflows to ``lease`` seconds from now.
+        """Extend ``owner``'s leases on these unfinished workflows (``WAITING``
+        ones included) to ``lease`` seconds from now.
 
         A lease that ran out but that nobody claimed is renewed too. The
         version does not change. Here and in :meth:`release_workflows`, one
@@ -441,10 +451,11 @@ class StateStore(Protocol):
         ...
 
     async def request_cancel(self, workflow_id: str) -> WorkflowRecord:
-        """Ask the owner of a ``RUNNING`` workflow to cancel it: sets its
-        ``cancel_requested`` flag, which the owner sees in its next
-        :meth:`renew_leases` or :meth:`save_workflow`. The version does not
-        change. A workflow that is not ``RUNNING`` is left as it is.
+        """Ask the owner of a ``RUNNING`` or ``WAITING`` workflow to cancel it: sets
+        its ``cancel_requested`` flag, which the owner sees in its next
+        :meth:`renew_leases` or :meth:`save_workflow`; a ``WAITING`` workflow
+        is made due now, so that a process wakes it to cancel it. The version
+        does not change. A workflow in another status is left as it is.
 
         Returns:
             The record after the request (without history).

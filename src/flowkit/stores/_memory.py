@@ -20,6 +20,7 @@ from anyio.lowlevel import checkpoint
 
 from .._errors import ConcurrencyConflict, NotFound, StoreError, WorkflowNotFound
 from ._base import UNFINISHED, Claim, DeadLetter, WorkflowRecord
+from ._waits import WAITING
 from ._codec import (
     claim_limit,
     claimant_lease,
@@ -39,8 +40,12 @@ if TYPE_CHECKING:
     from types import TracebackType
 
     from ._memory_trace import MemoryTrace
+    from ._memory_waits import MemoryWaits
 
 __all__ = ["MemoryStore"]
+
+#: The statuses a single claim or a renewal takes: the unfinished ones.
+_CLAIMABLE = (*UNFINISHED, WAITING)
 
 logger = logging.getLogger("flowkit.stores")
 
@@ -67,6 +72,9 @@ class _StoredWorkflow:
     owner: str | None = None
     lease_until: datetime | None = None
     cancel_requested: bool = False
+    wake_at: datetime | None = None
+    wait_for: str | None = None
+    wait_key: str | None = None
 
     def record(
         self,
@@ -90,6 +98,9 @@ class _StoredWorkflow:
             history=tuple(decode_state(e, "history entry") for e in self.history)
             if history
             else (),
+            wake_at=self.wake_at,
+            wait_for=self.wait_for,
+            wait_key=self.wait_key,
         )
 
     def hold(self, owner: str | None, lease: float | None, now: datetime) -> None:
@@ -99,15 +110,39 @@ class _StoredWorkflow:
             None if owner is None or lease is None else now + timedelta(seconds=lease)
         )
 
-    def free_for(self, owner: str, now: datetime, exclude: Collection[str], wid: str) -> bool:
-        """Whether ``owner`` may claim this workflow now."""
-        if self.status not in UNFINISHED or wid in exclude:
+    def free_for(
+        self,
+        owner: str,
+        now: datetime,
+        exclude: Collection[str],
+        wid: str,
+        statuses: Collection[str] = UNFINISHED,
+    ) -> bool:
+        """Whether ``owner`` may claim this workflow now (if its status is one of
+        ``statuses``)."""
+        if self.status not in statuses or wid in exclude:
             return False
+        return self.unheld_for(owner, now)
+
+    def unheld_for(self, owner: str, now: datetime) -> bool:
+        """Whether nobody but ``owner`` holds a live lease on it."""
         return (
             self.owner is None
             or self.owner == owner
             or (self.lease_until is not None and self.lease_until <= now)
         )
+
+    def wait(self, record: WorkflowRecord, now: datetime, pending: bool) -> None:
+        """Keep what a record waits for (nothing unless it is WAITING); due now
+        when a cancel or a message (``pending``) is waiting for it."""
+        if self.status != WAITING:
+            self.wake_at = self.wait_for = self.wait_key = None
+            return
+        self.wait_for, self.wait_key = record.wait_for, record.wait_key
+        due = self.cancel_requested or pending
+        self.wake_at = now if due else (None if record.wake_at is None else utc(
+            record.wake_at, "wake_at"
+        ))
 
 
 def _history_json(entries: Sequence[Sequence[Any]]) -> list[str]:
@@ -193,6 +228,7 @@ class MemoryStore:
         self._letters: dict[str, tuple[int, DeadLetter]] = {}
         self._workflows: dict[str, _StoredWorkflow] = {}
         self._trace: MemoryTrace | None = None
+        self._waits: MemoryWaits | None = None
 
     def __repr__(self) -> str:
         state = "open" if self._open else "closed"
@@ -365,6 +401,7 @@ class MemoryStore:
                 history=history,
             )
             stored.hold(record.owner, held, now)
+            stored.wait(record, now, self._pending(record))
             self._workflows[record.id] = stored
         return stored.record(record.id, state=record.state), True
 
@@ -394,8 +431,9 @@ class MemoryStore:
             stored.updated_at = now
             stored.history.extend(entries)
             stored.hold(record.owner, held, now)
-            if record.status != "RUNNING":
+            if record.status not in ("RUNNING", WAITING):
                 stored.cancel_requested = False
+            stored.wait(record, now, self._pending(record))
             return stored.record(record.id, state=record.state)
 
     async def load_workflow(self, workflow_id: str) -> WorkflowRecord:
@@ -483,7 +521,7 @@ class MemoryStore:
         with self._lock:
             self._check_open()
             stored = self._stored(workflow_id)
-            if not stored.free_for(owner, now, (), workflow_id):
+            if not stored.free_for(owner, now, (), workflow_id, _CLAIMABLE):
                 return None
             stored.hold(owner, held, now)
             stored.version += 1
@@ -500,7 +538,7 @@ class MemoryStore:
             self._check_open()
             for workflow_id in workflow_id_list(workflow_ids):
                 stored = self._workflows.get(workflow_id)
-                if stored is not None and stored.owner == owner and stored.status in UNFINISHED:
+                if stored is not None and stored.owner == owner and stored.status in _CLAIMABLE:
                     stored.hold(owner, held, now)
                     kept[workflow_id] = stored.cancel_requested
         return kept
@@ -519,8 +557,10 @@ class MemoryStore:
         with self._lock:
             self._check_open()
             stored = self._stored(workflow_id)
-            if stored.status == "RUNNING":
+            if stored.status in ("RUNNING", WAITING):
                 stored.cancel_requested = True
+                if stored.status == WAITING:
+                    stored.wake_at = datetime.now(UTC)
             return stored.record(workflow_id)
 
     async def prune_workflows(
@@ -558,6 +598,25 @@ class MemoryStore:
             if self._trace is None:
                 self._trace = MemoryTrace(self._check_open)
             return self._trace
+
+    # -- waits -----------------------------------------------------------------
+
+    def wait_ops(self) -> MemoryWaits:
+        """The waiting workflows and the mailbox kept in this store's memory (see
+        :mod:`flowkit.stores._waits`)."""
+        from ._memory_waits import MemoryWaits
+
+        with self._lock:
+            if self._waits is None:
+                self._waits = MemoryWaits(self._lock, self._check_open, self._workflows)
+            return self._waits
+
+    def _pending(self, record: WorkflowRecord) -> bool:
+        """Whether a message no consumer took waits for ``record`` (under the lock)."""
+        if record.status != WAITING or record.wait_for is None or record.wait_key is None:
+            return False
+        waits = self._waits
+        return waits is not None and waits.pending(record.name, record.wait_for, record.wait_key)
 
     # -- lifecycle -----------------------------------------------------------
 

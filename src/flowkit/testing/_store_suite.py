@@ -1583,5 +1583,7 @@ async def _check_enter_is_counted(factory: _Factory) -> None:
             )
 
 
-# The checks of the flow trace, for the stores that keep one, in a module of their own.
+# The checks of the flow trace and of the waits, for the stores that keep them, in
+# modules of their own.
 from . import _trace_suite as _trace_suite  # noqa: E402
+from . import _wait_suite as _wait_suite  # noqa: E402
