@@ -20,7 +20,6 @@ from anyio.lowlevel import checkpoint
 
 from .._errors import ConcurrencyConflict, NotFound, StoreError, WorkflowNotFound
 from ._base import UNFINISHED, Claim, DeadLetter, WorkflowRecord
-from ._waits import WAITING
 from ._codec import (
     claim_limit,
     claimant_lease,
@@ -34,6 +33,7 @@ from ._codec import (
     utc,
     workflow_id_list,
 )
+from ._waits import WAITING
 
 if TYPE_CHECKING:
     from collections.abc import Collection, Mapping, Sequence
@@ -140,9 +140,9 @@ class _StoredWorkflow:
             return
         self.wait_for, self.wait_key = record.wait_for, record.wait_key
         due = self.cancel_requested or pending
-        self.wake_at = now if due else (None if record.wake_at is None else utc(
-            record.wake_at, "wake_at"
-        ))
+        self.wake_at = (
+            now if due else (None if record.wake_at is None else utc(record.wake_at, "wake_at"))
+        )
 
 
 def _history_json(entries: Sequence[Sequence[Any]]) -> list[str]:

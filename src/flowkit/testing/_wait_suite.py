@@ -245,9 +245,7 @@ async def _check_wait_delivery_wakes_the_waiting(store: StateStore, waits: WaitS
 
 
 @_wait_check
-async def _check_wait_early_message_makes_the_wait_due(
-    store: StateStore, waits: WaitStore
-) -> None:
+async def _check_wait_early_message_makes_the_wait_due(store: StateStore, waits: WaitStore) -> None:
     name, channel, key = _id("name"), "signal:Approval", _id("key")
     await waits.deliver(name, channel, key, _id("message"), {"ok": True})
     record = await _running(store, name)
@@ -282,7 +280,8 @@ async def _check_wait_delivered_once_taken_once(store: StateStore, waits: WaitSt
     c = await waits.take(name, channel, key, "wf-c:step")
     _expect(c is None, f"a third consumer got a message already taken: {c}")
     _expect(await waits.drop(name, "wf-a:step") == 1, "drop did not remove the taken message")
-    _expect(await waits.take(name, channel, key, "wf-a:step") is None, "a dropped message came back")
+    dropped = await waits.take(name, channel, key, "wf-a:step")
+    _expect(dropped is None, "a dropped message came back")
     _expect(await waits.take(name, "event:E.k", _id("key"), "x") is None, "an empty key gave mail")
 
 
@@ -313,9 +312,7 @@ async def _check_wait_cancel_request_makes_due(store: StateStore, waits: WaitSto
     claimed = await waits.claim_due(name, _id("owner"), lease=_LEASE)
     _expect([r.id for r in claimed] == [waiting.id], "a cancel request did not make the wait due")
     _expect(claimed[0].cancel_requested, "the claimed record lost its cancel request")
-    parked = await store.save_workflow(
-        _waiting(claimed[0], wake_at=_now() + timedelta(days=1))
-    )
+    parked = await store.save_workflow(_waiting(claimed[0], wake_at=_now() + timedelta(days=1)))
     _expect(
         parked.cancel_requested and _close(parked.wake_at, _now()),
         f"a wait saved with a pending cancel is not due now: {parked}",
@@ -346,7 +343,7 @@ async def _check_wait_prune(store: StateStore, waits: WaitStore) -> None:
         await waits.deliver(name, channel, f"k{n}", _id("message"), {"n": n})
     await _expect_raises(
         StoreError,
-        lambda: waits.prune(datetime(2030, 1, 1)),  # noqa: DTZ001
+        lambda: waits.prune(datetime(2030, 1, 1)),
         "prune with a naive datetime",
     )
     removed = await waits.prune(_now() + timedelta(seconds=1), limit=2)
@@ -379,6 +376,6 @@ async def _check_wait_bad_input_refused(store: StateStore, waits: WaitStore) -> 
     record = await _running(store, name)
     await _expect_raises(
         StoreError,
-        lambda: store.save_workflow(_waiting(record, wake_at=datetime(2030, 1, 1))),  # noqa: DTZ001
+        lambda: store.save_workflow(_waiting(record, wake_at=datetime(2030, 1, 1))),
         "saving a naive wake_at",
     )
