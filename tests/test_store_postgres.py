@@ -221,6 +221,7 @@ async def test_schema_version_table_and_concurrent_openers(postgres_url: str, sc
         "flowkit_history",
         "flowkit_inbox",
         "flowkit_leases",
+        "flowkit_mailbox",
         "flowkit_outbox",
         "flowkit_schema_version",
         "flowkit_trace",

@@ -8,7 +8,9 @@ The package is laid out by job:
 * ``_ops``: the SQL operations, each run on one pooled connection;
 * ``_pool``: the connection pool, the event loop check, and asyncpg errors
   translated into :class:`~flowkit.StoreError`;
-* ``_store``: the public :class:`PostgresStore`.
+* ``_store``: the public :class:`PostgresStore`;
+* ``_outbox``, ``_trace``, ``_waits``: the transactional outbox, the flow
+  trace, and the waiting workflows with their mailbox, each with its own SQL.
 
 Importing this package imports asyncpg.
 """

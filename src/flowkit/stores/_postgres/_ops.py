@@ -4,8 +4,9 @@ An operation is a coroutine function ``op(conn, tables, *args)``; its name
 names it in errors (``PostgreSQL save_workflow failed: ...``). Each runs in
 autocommit mode: its one modifying statement is atomic on its own (a save
 appends its history in that statement, through a ``WITH`` clause), and the
-reads that may follow it only explain its outcome; creating a workflow with
-its first history entries is the one short transaction. Times are the
+reads that may follow it only explain its outcome. The short transactions are
+creating a workflow with its first history entries, and writing a workflow
+that waits on a mailbox channel (see :func:`wait_lock`). Times are the
 server's (``now()``), so the clocks of the processes sharing a database never
 disagree.
 """
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..._errors import ConcurrencyConflict, NotFound, WorkflowNotFound
 from .._base import UNFINISHED, Claim
+from .._waits import WAITING
 from ._rows import LETTER_COLUMNS, WORKFLOW_COLUMNS
 
 if TYPE_CHECKING:
@@ -45,6 +47,7 @@ __all__ = [
     "renew_leases",
     "request_cancel",
     "save_workflow",
+    "wait_lock",
 ]
 
 Row = Any  # an asyncpg.Record: a mapping of column names to values
@@ -240,8 +243,55 @@ async def prune_dead_letters(
 # the highest, read from the primary key's index: a save's cost does not grow
 # with the history.
 
+
+def _array(statuses: tuple[str, ...]) -> str:
+    """Statuses as a SQL array literal (they are constants, never input)."""
+    return "ARRAY[" + ", ".join(f"'{status}'" for status in statuses) + "]::text[]"
+
+
 #: The statuses whose workflows have an owner, as a SQL array literal.
-_UNFINISHED = "ARRAY[" + ", ".join(f"'{status}'" for status in UNFINISHED) + "]::text[]"
+_UNFINISHED = _array(UNFINISHED)
+#: The statuses a claim of one workflow and a renewal take: those and WAITING.
+_CLAIMABLE = _array((*UNFINISHED, WAITING))
+#: The statuses a cancel request flags (and keeps through a save).
+_CANCELLABLE = _array(("RUNNING", WAITING))
+
+# A WAITING record is due at once (``wake_at`` now) when a message no consumer
+# took is kept on its channel and key. Under READ COMMITTED, a delivery and a
+# WAITING save of one (name, channel, key) running at once could each miss the
+# other: the save's EXISTS does not see the message not yet committed, the
+# delivery's UPDATE does not see the row not yet WAITING. Both take one
+# transaction-scoped advisory lock on the (name, channel, key) first, in a
+# statement of its own, so that the second one's statements start after the
+# first committed and see what it wrote. The transactions are READ COMMITTED
+# whatever the server's default (a snapshot taken before the lock would miss
+# it again). A checkpoint that does not wait on a channel takes no lock: it is
+# the one statement it always was.
+
+
+def wait_lock(name: str, channel: str, key: str) -> str:
+    """The SQL call taking the advisory lock of the waits on ``(name, channel,
+    key)`` (each an SQL expression) until the transaction ends."""
+    return (
+        f"pg_advisory_xact_lock(hashtextextended("
+        f"{name} || chr(31) || {channel} || chr(31) || {key}, 0))"
+    )
+
+
+def _wake(tables: Tables, at: str, *, cancel: bool, pending: tuple[str, str, str] | None) -> str:
+    """The SQL of a WAITING record's ``wake_at``: now when its cancel is
+    requested (``cancel``) or a message no consumer took is kept on ``pending``
+    (its name, channel and key as SQL expressions), else ``at``."""
+    due: list[str] = ["cancel_requested"] if cancel else []
+    if pending is not None:
+        name, channel, key = pending
+        due.append(
+            f"EXISTS (SELECT 1 FROM {tables.mailbox} AS m WHERE m.name = {name} "
+            f"AND m.channel = {channel} AND m.key = {key} AND m.consumer IS NULL)"
+        )
+    if not due:
+        return f"{at}::timestamptz"
+    return f"CASE WHEN {' OR '.join(due)} THEN now() ELSE {at}::timestamptz END"
 
 
 async def create_workflow(
@@ -254,15 +304,27 @@ async def create_workflow(
     owner: str | None,
     lease: float | None,
     history: list[str],
+    wake_at: datetime | None = None,
+    wait_for: str | None = None,
+    wait_key: str | None = None,
 ) -> tuple[Row, bool]:
     """Insert a record at version 1 with its first history entries (one
-    transaction), or return the row that has its id."""
-    async with conn.transaction():
+    transaction), or return the row that has its id.
+
+    A WAITING record keeps ``wake_at``, ``wait_for`` and ``wait_key`` (the
+    caller passes None for any other status), and is due now when a message no
+    consumer took is kept on its channel and key.
+    """
+    waits = status == WAITING and wait_for is not None and wait_key is not None
+    wake = _wake(tables, "$7", cancel=False, pending=("$2", "$8", "$9") if waits else None)
+    async with conn.transaction(isolation="read_committed" if waits else None):
+        if waits:
+            await conn.execute(f"SELECT {wait_lock('$1', '$2', '$3')}", name, wait_for, wait_key)
         row = await conn.fetchrow(
             f"INSERT INTO {tables.workflows} (id, name, status, version, state, created_at, "
-            "updated_at, owner, lease_until, cancel_requested) "
+            "updated_at, owner, lease_until, cancel_requested, wake_at, wait_for, wait_key) "
             "VALUES ($1, $2, $3, 1, $4::jsonb, now(), now(), $5, "
-            "now() + make_interval(secs => $6), false) "
+            f"now() + make_interval(secs => $6), false, {wake}, $8, $9) "
             f"ON CONFLICT (id) DO NOTHING RETURNING {WORKFLOW_COLUMNS}",
             workflow_id,
             name,
@@ -270,6 +332,9 @@ async def create_workflow(
             state,
             owner,
             lease,
+            wake_at,
+            wait_for,
+            wait_key,
         )
         if row is not None:
             # Entries left by a record removed by hand are not this one's.
@@ -286,14 +351,18 @@ async def create_workflow(
     return await _workflow_row(conn, tables, workflow_id), False
 
 
-#: The part of a save's ``UPDATE`` that writes the record, ``$1`` to ``$6``.
+#: A save's ``UPDATE`` of the record, ``$1`` to ``$6`` (``$7`` to ``$9`` the
+#: wait of a WAITING one): ``{wait}`` sets the wait's columns, ``{more}`` adds
+#: them to what it returns.
 _SAVE_UPDATE = (
-    "UPDATE {w} SET status = $2, state = $3::jsonb, version = version + 1, "
+    "UPDATE {w} AS w SET status = $2, state = $3::jsonb, version = version + 1, "
     "updated_at = now(), owner = $5, lease_until = now() + make_interval(secs => $6), "
-    "cancel_requested = ($2 = 'RUNNING' AND cancel_requested) "
+    f"cancel_requested = ($2 = ANY({_CANCELLABLE}) AND cancel_requested), {{wait}} "
     "WHERE id = $1 AND version = $4 "
-    "RETURNING name, created_at, updated_at, owner, lease_until, cancel_requested"
+    "RETURNING name, created_at, updated_at, owner, lease_until, cancel_requested{more}"
 )
+#: What a save of any status but WAITING writes of the wait: nothing.
+_NO_WAIT = "wake_at = NULL, wait_for = NULL, wait_key = NULL"
 
 
 async def save_workflow(
@@ -306,32 +375,63 @@ async def save_workflow(
     owner: str | None,
     lease: float | None,
     history: list[str],
+    wake_at: datetime | None = None,
+    wait_for: str | None = None,
+    wait_key: str | None = None,
 ) -> Row:
     """Write a record read at ``version`` and append ``history`` to its own, in
-    one statement; return its name, times, owner and cancel request.
+    one statement; return its name, times, owner and cancel request (and, for a
+    WAITING record, its ``wake_at``, ``wait_for`` and ``wait_key``).
+
+    A WAITING record keeps its wait (the caller passes None for any other
+    status), due now when its cancel is requested or a message no consumer
+    took is kept on its channel and key; a record waiting on a channel is
+    written in a transaction holding that channel's :func:`wait_lock`.
 
     Raises:
         ConcurrencyConflict: if the stored version is another.
         WorkflowNotFound: if no record has this id.
     """
-    update = _SAVE_UPDATE.format(w=tables.workflows)
     args: list[object] = [workflow_id, status, state, version, owner, lease]
+    waits = False
+    if status == WAITING:
+        waits = wait_for is not None and wait_key is not None
+        args += [wake_at, wait_for, wait_key]
+        wake = _wake(tables, "$7", cancel=True, pending=("w.name", "$8", "$9") if waits else None)
+        update = _SAVE_UPDATE.format(
+            w=tables.workflows,
+            wait=f"wake_at = {wake}, wait_for = $8, wait_key = $9",
+            more=", wake_at, wait_for, wait_key",
+        )
+    else:
+        update = _SAVE_UPDATE.format(w=tables.workflows, wait=_NO_WAIT, more="")
     if history:
         # The entries are inserted only when the update matched (joined with
         # its one returned row), numbered on from the highest stored.
+        args.append(history)
         sql = (
             f"WITH saved AS ({update}), appended AS ("
             f"INSERT INTO {tables.history} (workflow_id, seq, entry) "
             "SELECT $1, last.seq + h.n, h.entry::jsonb FROM saved, "
             f"(SELECT COALESCE(max(seq), -1) AS seq FROM {tables.history} "
             "WHERE workflow_id = $1) AS last, "
-            "unnest($7::text[]) WITH ORDINALITY AS h(entry, n)) "
+            f"unnest(${len(args)}::text[]) WITH ORDINALITY AS h(entry, n)) "
             "SELECT * FROM saved"
         )
-        args.append(history)
     else:
         sql = update
-    row = await conn.fetchrow(sql, *args)
+    if waits:
+        async with conn.transaction(isolation="read_committed"):
+            # The stored name (a save keeps it) names the lock; no row, no lock.
+            await conn.execute(
+                f"SELECT {wait_lock('name', '$2', '$3')} FROM {tables.workflows} WHERE id = $1",
+                workflow_id,
+                wait_for,
+                wait_key,
+            )
+            row = await conn.fetchrow(sql, *args)
+    else:
+        row = await conn.fetchrow(sql, *args)
     if row is not None:
         return row
     stored = await conn.fetchval(
@@ -489,7 +589,8 @@ async def claim_workflows(
 async def claim_workflow(
     conn: Connection, tables: Tables, workflow_id: str, owner: str, lease: float
 ) -> Row | None:
-    """Take the lease of one unfinished record that is free (or ``owner``'s own).
+    """Take the lease of one unfinished record (WAITING included) that is free
+    (or ``owner``'s own).
 
     Returns:
         Its row, or None if it is finished or held by another live owner.
@@ -500,7 +601,7 @@ async def claim_workflow(
     row = await conn.fetchrow(
         f"UPDATE {tables.workflows} SET owner = $2, "
         "lease_until = now() + make_interval(secs => $3), version = version + 1 "
-        f"WHERE id = $1 AND status = ANY({_UNFINISHED}) "
+        f"WHERE id = $1 AND status = ANY({_CLAIMABLE}) "
         "AND (owner IS NULL OR lease_until <= now() OR owner = $2) "
         f"RETURNING {WORKFLOW_COLUMNS}",
         workflow_id,
@@ -516,11 +617,11 @@ async def claim_workflow(
 async def renew_leases(
     conn: Connection, tables: Tables, owner: str, workflow_ids: list[str], lease: float
 ) -> dict[str, bool]:
-    """Extend ``owner``'s leases on these unfinished records; map each one
-    renewed to its cancel request."""
+    """Extend ``owner``'s leases on these unfinished records (WAITING
+    included); map each one renewed to its cancel request."""
     rows = await conn.fetch(
         f"UPDATE {tables.workflows} SET lease_until = now() + make_interval(secs => $3) "
-        f"WHERE owner = $1 AND id = ANY($2::text[]) AND status = ANY({_UNFINISHED}) "
+        f"WHERE owner = $1 AND id = ANY($2::text[]) AND status = ANY({_CLAIMABLE}) "
         "RETURNING id, cancel_requested",
         owner,
         workflow_ids,
@@ -542,14 +643,16 @@ async def release_workflows(
 
 
 async def request_cancel(conn: Connection, tables: Tables, workflow_id: str) -> Row:
-    """Flag a ``RUNNING`` record for cancellation; return its row, flagged or not.
+    """Flag a ``RUNNING`` or ``WAITING`` record for cancellation, a WAITING one
+    due now; return its row, flagged or not.
 
     Raises:
         WorkflowNotFound: if no record has this id.
     """
     row = await conn.fetchrow(
-        f"UPDATE {tables.workflows} SET cancel_requested = true "
-        f"WHERE id = $1 AND status = 'RUNNING' RETURNING {WORKFLOW_COLUMNS}",
+        f"UPDATE {tables.workflows} SET cancel_requested = true, "
+        f"wake_at = CASE WHEN status = '{WAITING}' THEN now() ELSE wake_at END "
+        f"WHERE id = $1 AND status = ANY({_CANCELLABLE}) RETURNING {WORKFLOW_COLUMNS}",
         workflow_id,
     )
     if row is not None:

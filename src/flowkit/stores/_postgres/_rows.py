@@ -13,16 +13,21 @@ from typing import TYPE_CHECKING, Any
 from .._base import DeadLetter, WorkflowRecord
 from .._codec import decode_state, utc
 from .._rows import UnreadableRow, json_object, letter_headers, letter_values
+from .._waits import WAITING, Mail
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
+    from datetime import datetime
 
 __all__ = [
     "LETTER_COLUMNS",
+    "MAIL_COLUMNS",
     "WORKFLOW_COLUMNS",
     "history_from_text",
     "letter_args",
     "letter_from_row",
+    "mail_from_row",
+    "wait_args",
     "workflow_from_row",
 ]
 
@@ -34,8 +39,10 @@ LETTER_COLUMNS = (
 #: The columns of a workflow row, ``state`` as JSON text.
 WORKFLOW_COLUMNS = (
     "id, name, status, version, state::text AS state, created_at, updated_at, "
-    "owner, lease_until, cancel_requested"
+    "owner, lease_until, cancel_requested, wake_at, wait_for, wait_key"
 )
+#: The columns of a mailbox row, ``body`` as JSON text.
+MAIL_COLUMNS = "message_id, body::text AS body, created_at"
 
 
 def letter_args(letter: DeadLetter) -> tuple[Any, ...]:
@@ -46,6 +53,19 @@ def letter_args(letter: DeadLetter) -> tuple[Any, ...]:
             JSON-serializable.
     """
     return letter_values(letter, utc(letter.failed_at, "DeadLetter.failed_at"))
+
+
+def wait_args(record: WorkflowRecord) -> tuple[datetime | None, str | None, str | None]:
+    """The ``wake_at``, ``wait_for`` and ``wait_key`` a record is written with:
+    its own when it is WAITING, all None otherwise.
+
+    Raises:
+        StoreError: if a WAITING record's ``wake_at`` is naive.
+    """
+    if record.status != WAITING:
+        return None, None, None
+    wake_at = None if record.wake_at is None else utc(record.wake_at, "wake_at")
+    return wake_at, record.wait_for, record.wait_key
 
 
 def letter_from_row(row: Mapping[str, Any]) -> DeadLetter:
@@ -88,6 +108,22 @@ def workflow_from_row(
         lease_until=row["lease_until"],
         cancel_requested=row["cancel_requested"],
         history=history,
+        wake_at=row["wake_at"],
+        wait_for=row["wait_for"],
+        wait_key=row["wait_key"],
+    )
+
+
+def mail_from_row(row: Mapping[str, Any]) -> Mail:
+    """The mailbox message a row keeps (:data:`MAIL_COLUMNS`).
+
+    Raises:
+        UnreadableRow: if its body is not a JSON object.
+    """
+    return Mail(
+        id=row["message_id"],
+        body=json_object(row["body"], "mailbox message", row["message_id"], "body"),
+        created_at=row["created_at"],
     )
 
 

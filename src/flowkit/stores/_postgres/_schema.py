@@ -164,6 +164,37 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE INDEX flowkit_workflows_name_status_page "
         "ON {s}.flowkit_workflows (name, status, created_at, id)",
     ),
+    (
+        # Waiting workflows: when one is due, and the mailbox channel and key it
+        # waits on (all NULL unless its status is WAITING). The due ones of a
+        # name are found, soonest first, and the waits on a channel and key
+        # are woken, through indexes holding the WAITING rows alone.
+        "ALTER TABLE {s}.flowkit_workflows ADD COLUMN wake_at timestamptz",
+        "ALTER TABLE {s}.flowkit_workflows ADD COLUMN wait_for text",
+        "ALTER TABLE {s}.flowkit_workflows ADD COLUMN wait_key text",
+        "CREATE INDEX flowkit_workflows_wake ON {s}.flowkit_workflows (name, wake_at) "
+        "WHERE status = 'WAITING'",
+        "CREATE INDEX flowkit_workflows_wait ON {s}.flowkit_workflows (name, wait_for, wait_key) "
+        "WHERE status = 'WAITING'",
+        # The mailbox: each message delivered to a (name, channel, key), kept
+        # once per message id until the consumer that took it drops it, or it
+        # is pruned by age. ``seq`` orders the messages of a key.
+        """CREATE TABLE {s}.flowkit_mailbox (
+            seq bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            name text NOT NULL,
+            channel text NOT NULL,
+            key text NOT NULL,
+            message_id text NOT NULL,
+            body jsonb NOT NULL,
+            created_at timestamptz NOT NULL DEFAULT now(),
+            consumer text,
+            UNIQUE (name, channel, key, message_id)
+        )""",
+        "CREATE INDEX flowkit_mailbox_take ON {s}.flowkit_mailbox (name, channel, key, seq)",
+        "CREATE INDEX flowkit_mailbox_created_at ON {s}.flowkit_mailbox (created_at, seq)",
+        "CREATE INDEX flowkit_mailbox_consumer ON {s}.flowkit_mailbox (name, consumer) "
+        "WHERE consumer IS NOT NULL",
+    ),
 )
 
 #: The schema version this code writes; a database with a newer one is refused.
@@ -225,6 +256,11 @@ class Tables:
     def leases(self) -> str:
         """The named lease table."""
         return f"{self.quoted}.flowkit_leases"
+
+    @property
+    def mailbox(self) -> str:
+        """The mailbox table of the waits."""
+        return f"{self.quoted}.flowkit_mailbox"
 
     @property
     def versions(self) -> str:

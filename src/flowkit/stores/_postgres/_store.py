@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from typing import TYPE_CHECKING, Any, Self, TypeVar
 
@@ -22,9 +23,10 @@ from .._codec import (
     workflow_id_list,
 )
 from .._rows import saved_record
+from .._waits import WAITING
 from . import _ops as ops
 from ._pool import check_asyncio, create_pool, describe, translated
-from ._rows import history_from_text, letter_args, letter_from_row, workflow_from_row
+from ._rows import history_from_text, letter_args, letter_from_row, wait_args, workflow_from_row
 from ._schema import Tables, migrate
 
 if TYPE_CHECKING:
@@ -36,6 +38,7 @@ if TYPE_CHECKING:
     from ._outbox import PostgresOutbox
     from ._pool import Connection, Pool
     from ._trace import PostgresTrace
+    from ._waits import PostgresWaits
 
 __all__ = ["PostgresStore"]
 
@@ -73,6 +76,10 @@ class PostgresStore:
     claim is one ``INSERT ... ON CONFLICT DO UPDATE`` statement, so exactly one
     of any number of concurrent claimers, in any process, wins. Times are the
     database server's clock.
+
+    It keeps waiting workflows and their mailbox (:meth:`wait_ops`, see
+    :mod:`flowkit.stores._waits`), the flow trace (:meth:`trace_ops`) and a
+    transactional outbox (:meth:`outbox_ops`).
 
     The DSN's password never shows in an error, a log or the ``repr``.
     """
@@ -202,6 +209,7 @@ class PostgresStore:
         """Insert-or-return-existing is one ``INSERT ... ON CONFLICT DO NOTHING``;
         the history entries are inserted in the same transaction."""
         held = owner_lease(record.owner, lease)
+        wait = wait_args(record)
         state = encode_state(record.state)
         history = encode_history(record.history, arrays=True)
         row, created = await self._run(
@@ -213,6 +221,7 @@ class PostgresStore:
             record.owner,
             held,
             history,
+            *wait,
         )
         return workflow_from_row(row), created
 
@@ -224,8 +233,12 @@ class PostgresStore:
         lease: float | None = None,
     ) -> WorkflowRecord:
         """One statement updates the record ``WHERE id = $1 AND version = $2``
-        and, only if it matched, appends ``history``."""
+        and, only if it matched, appends ``history``. A WAITING record that
+        waits on a mailbox channel is written in a short transaction that first
+        takes an advisory lock on that channel and key, as a delivery to it
+        does (see :mod:`flowkit.stores._postgres._waits`)."""
         held = owner_lease(record.owner, lease)
+        wait = wait_args(record)
         state = encode_state(record.state)
         entries = encode_history(history, arrays=True)
         row = await self._run(
@@ -237,8 +250,9 @@ class PostgresStore:
             record.owner,
             held,
             entries,
+            *wait,
         )
-        return saved_record(
+        saved = saved_record(
             record,
             name=row["name"],
             created_at=row["created_at"],
@@ -246,6 +260,11 @@ class PostgresStore:
             owner=row["owner"],
             lease_until=row["lease_until"],
             cancel_requested=row["cancel_requested"],
+        )
+        if record.status != WAITING:
+            return saved
+        return dataclasses.replace(
+            saved, wake_at=row["wake_at"], wait_for=row["wait_for"], wait_key=row["wait_key"]
         )
 
     async def load_workflow(self, workflow_id: str) -> WorkflowRecord:
@@ -341,6 +360,13 @@ class PostgresStore:
         from ._trace import PostgresTrace
 
         return PostgresTrace(self._run)
+
+    def wait_ops(self) -> PostgresWaits:
+        """The waiting workflows and the mailbox kept in this schema (see
+        :mod:`flowkit.stores._waits`)."""
+        from ._waits import PostgresWaits
+
+        return PostgresWaits(self._run)
 
     # -- lifecycle -----------------------------------------------------------
 
