@@ -25,6 +25,7 @@ from ._errors import StepTimeout as StepTimeout
 from ._errors import StoreError as StoreError
 from ._errors import TransportClosed as TransportClosed
 from ._errors import TransportError as TransportError
+from ._errors import WaitTimeout as WaitTimeout
 from ._errors import WorkflowCancelled as WorkflowCancelled
 from ._errors import WorkflowNotFound as WorkflowNotFound
 from ._events import Command as Command
@@ -42,9 +43,12 @@ from .orchestration import Outcome as Outcome
 from .orchestration import Parallel as Parallel
 from .orchestration import Remote as Remote
 from .orchestration import SagaObserver as SagaObserver
+from .orchestration import Sleep as Sleep
 from .orchestration import Step as Step
 from .orchestration import StepContext as StepContext
 from .orchestration import StepEvent as StepEvent
+from .orchestration import WaitForEvent as WaitForEvent
+from .orchestration import WaitForSignal as WaitForSignal
 from .orchestration import WorkflowEvent as WorkflowEvent
 from .orchestration import WorkflowInfo as WorkflowInfo
 from .orchestration import WorkflowStatus as WorkflowStatus
@@ -88,6 +92,7 @@ __all__ = [
     "ResultNotAvailable",
     "Retry",
     "SagaObserver",
+    "Sleep",
     "Step",
     "StepContext",
     "StepEvent",
@@ -95,6 +100,9 @@ __all__ = [
     "StoreError",
     "TransportClosed",
     "TransportError",
+    "WaitForEvent",
+    "WaitForSignal",
+    "WaitTimeout",
     "WorkflowCancelled",
     "WorkflowEvent",
     "WorkflowInfo",

@@ -31,6 +31,7 @@ __all__ = [
     "StoreError",
     "TransportClosed",
     "TransportError",
+    "WaitTimeout",
     "WorkflowCancelled",
     "WorkflowNotFound",
 ]
@@ -206,6 +207,14 @@ class DeadlineExceeded(FlowkitError, TimeoutError):
     """A workflow was still running when its ``deadline`` passed.
 
     Recorded as the workflow's error; the workflow is then compensated.
+    """
+
+
+class WaitTimeout(FlowkitError, TimeoutError):
+    """A workflow's wait for an event or a signal ran past its ``timeout``.
+
+    Recorded as the wait step's error; the workflow then follows the wait's
+    ``on_timeout`` policy (compensate by default).
     """
 
 

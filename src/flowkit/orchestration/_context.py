@@ -10,13 +10,15 @@ from ._model import _lookup
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Mapping
 
-    from .._events import Message
+    from .._events import Event, Message
     from ._declare import Remote, Step
+    from ._waits import WaitForEvent, WaitForSignal
 
 __all__ = ["StepContext"]
 
 R = TypeVar("R")
 RM = TypeVar("RM", bound="Message")
+RE = TypeVar("RE", bound="Event")
 
 _logger = logging.getLogger("flowkit.orchestration")
 
@@ -98,6 +100,10 @@ class StepContext:
     def result(self, step: Step[Any, R]) -> R: ...
     @overload
     def result(self, step: Remote[RM]) -> RM: ...
+    @overload
+    def result(self, step: WaitForEvent[RE]) -> RE: ...
+    @overload
+    def result(self, step: WaitForSignal[RM]) -> RM: ...
     @overload
     def result(self, step: str) -> Any: ...
     def result(self, step: object) -> Any:

@@ -17,6 +17,7 @@ from .._errors import DefinitionError
 from .._events import Command, Message, reply_type_of
 from .._retry import Retry
 from ._context import StepContext
+from ._waits import Sleep, WaitForEvent, WaitForSignal, WaitSpec, wait_spec
 
 __all__ = ["Parallel", "Remote", "Step"]
 
@@ -236,6 +237,11 @@ class Parallel:
         for member in steps:
             if isinstance(member, Parallel):
                 raise DefinitionError("Parallel groups do not nest")
+            if isinstance(member, Sleep | WaitForEvent | WaitForSignal):
+                raise DefinitionError(
+                    f"{member!r} cannot be part of a Parallel group: a wait is a step of "
+                    "its own in the steps list"
+                )
             if not isinstance(member, Step | Remote):
                 raise DefinitionError(f"Parallel() takes Step or Remote, got {member!r}")
             if member.pivot:
@@ -272,7 +278,8 @@ class StepSpec:
     retry: Retry
     compensation_retry: Retry
     pivot: bool
-    declared: Step[Any, Any] | Remote[Any]
+    declared: Step[Any, Any] | Remote[Any] | Sleep | WaitForEvent[Any] | WaitForSignal[Any]
+    wait: WaitSpec | None = None
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -289,6 +296,26 @@ class Plan:
     refs: Mapping[int, str | None]
     pivot: str | None
     has_remote: bool
+    waits: tuple[StepSpec, ...] = ()
+
+    @property
+    def signal_waits(self) -> dict[type[Message], list[StepSpec]]:
+        """The signal waits, by signal class."""
+        found: dict[type[Message], list[StepSpec]] = {}
+        for spec in self.waits:
+            wait = spec.wait
+            if wait is not None and wait.kind == "signal" and wait.message_type is not None:
+                found.setdefault(wait.message_type, []).append(spec)
+        return found
+
+    @property
+    def event_waits(self) -> dict[str, StepSpec]:
+        """One event wait per mailbox channel (the waits of one channel share it)."""
+        return {
+            spec.wait.channel: spec
+            for spec in self.waits
+            if spec.wait is not None and spec.wait.kind == "event" and spec.wait.channel
+        }
 
     def name_of(self, ref: object) -> str:
         """The step name a reference (name, function or declaration) stands for."""
@@ -549,6 +576,7 @@ def compile_plan(
     refs: dict[int, str | None] = {}
     pivot: str | None = None
     has_remote = False
+    waits: list[StepSpec] = []
 
     def add_ref(obj: object, name: str) -> None:
         # the objects stay alive: the specs hold the declarations, which hold the functions
@@ -556,13 +584,25 @@ def compile_plan(
         refs[key] = name if refs.get(key, name) == name else None
 
     for index, entry in enumerate(steps):
+        if isinstance(entry, Sleep | WaitForEvent | WaitForSignal):
+            spec = _compile_wait(entry, owner, input_type, len(stages), step_retry)
+            if spec.name in by_name:
+                raise DefinitionError(
+                    f"{owner} declares two steps named {spec.name!r}; give one a name=..."
+                )
+            by_name[spec.name] = spec
+            add_ref(entry, spec.name)
+            waits.append(spec)
+            stages.append((spec,))
+            continue
         if isinstance(entry, Parallel):
             members: tuple[Step[Any, Any] | Remote[Any], ...] = entry.steps
         elif isinstance(entry, Step | Remote):
             members = (entry,)
         else:
             raise DefinitionError(
-                f"{owner}.steps[{index}] must be a Step, Remote or Parallel, got {entry!r}"
+                f"{owner}.steps[{index}] must be a Step, Remote, Parallel, Sleep, "
+                f"WaitForEvent or WaitForSignal, got {entry!r}"
             )
         compiled: list[StepSpec] = []
         for declared in members:
@@ -632,4 +672,32 @@ def compile_plan(
         refs=refs,
         pivot=pivot,
         has_remote=has_remote,
+        waits=tuple(waits),
+    )
+
+
+def _compile_wait(
+    wait: Sleep | WaitForEvent[Any] | WaitForSignal[Any],
+    owner: str,
+    input_type: Any,
+    stage: int,
+    step_retry: Retry,
+) -> StepSpec:
+    default, spec = wait_spec(wait, input_type, owner)
+    name = _check_name(wait.name or default, f"the step name of {wait!r}")
+    assert name is not None
+    dump: Callable[[Any], Any] | None = None
+    load: Callable[[Any], Any] = _none
+    if spec.message_type is not None:
+        dump, load = _codec(spec.message_type, f"step {name!r}")
+    return StepSpec(
+        name=name,
+        stage=stage,
+        action=Action(fn=None, command=None, build=None, timeout=None, dump=dump, load=load),
+        compensation=None,
+        retry=step_retry,
+        compensation_retry=step_retry,
+        pivot=False,
+        declared=wait,
+        wait=spec,
     )

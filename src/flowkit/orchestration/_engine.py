@@ -35,6 +35,7 @@ from ._context import StepContext
 from ._model import Outcome, WorkflowStatus
 from ._observe import SagaObserver, StepEvent, WorkflowEvent
 from ._state import error_of, step_error
+from ._waiting import Parked, Waiting
 
 if TYPE_CHECKING:
     import builtins
@@ -44,7 +45,7 @@ if TYPE_CHECKING:
     from ._declare import Action, Plan, StepSpec
     from ._state import Run, StepState
 
-__all__ = ["Engine", "Halted", "Requester", "Superseded", "unwrap"]
+__all__ = ["Engine", "Halted", "Parked", "Requester", "Superseded", "unwrap"]
 
 logger = logging.getLogger("flowkit.orchestration")
 
@@ -95,7 +96,7 @@ def unwrap(group: BaseExceptionGroup[BaseException]) -> BaseException:
         if not isinstance(exc, cancelled | Exception):
             return exc  # a simulated crash, KeyboardInterrupt, ...
     for exc in found:
-        if isinstance(exc, Superseded | Halted):
+        if isinstance(exc, Superseded | Halted | Parked):
             return exc
     for exc in found:
         if not isinstance(exc, cancelled):
@@ -155,6 +156,7 @@ class Engine:
         self.observers: tuple[SagaObserver, ...] = ()
         self.interceptors: tuple[SagaObserver, ...] = ()
         self.crashed: type[BaseException] | None = None
+        self.waiting = Waiting(self, None, lambda due: None)
 
     # -- observers and stopping ---------------------------------------------------------
 
@@ -317,8 +319,10 @@ class Engine:
         Raises:
             Halted: if :meth:`halt` stopped it (it stays unfinished).
             Superseded: if another process saved it meanwhile.
+            Parked: if it was saved ``WAITING`` (a wait step is not due yet).
         """
         self.check_crash()
+        run.wake()
         observed = bool(self.observers)
         if observed:
             self._tell_workflow("workflow_started", run)
@@ -373,7 +377,11 @@ class Engine:
         store (a save may have been cut too) and turn back."""
         cancelled = run.cancel_requested
         record = await self.store.load_workflow(run.id)
+        owner = run.owner
         run.load(record)
+        if run.owner is None:  # a park was cut short: the run is still this process's
+            run.owner = owner
+        run.wake()
         if run.status is not _RUNNING:
             return
         run.cancel_requested = False
@@ -403,13 +411,17 @@ class Engine:
         count = len(stages)
         index = run.next_stage()
         while index < count:
-            if run.begun != index:
-                run.begin_stage(index)
-                await self.save(run)
-                if self.observers:
-                    self._tell_stage_started(run, index)
             stage = stages[index]
-            if len(stage) == 1:
+            if run.begun != index:
+                waiting = stage[0].wait is not None and run.steps[stage[0].name].status == "waiting"
+                run.begin_stage(index)
+                if not waiting:  # a woken wait saves when it knows what it does
+                    await self.save(run)
+                    if self.observers:
+                        self._tell_stage_started(run, index)
+            if stage[0].wait is not None:
+                ok = await self.waiting.run(run, stage[0])
+            elif len(stage) == 1:
                 ok = await self._run_step(run, stage[0], False)
             else:
                 ok = await self._run_group(run, stage)
@@ -428,6 +440,15 @@ class Engine:
                     self._tell_step("step_succeeded", run, run.steps[stage[0].name], False)
                 if index < count:
                     self._tell_stage_started(run, index)
+
+    def context(self, run: Run, name: str, attempt: int) -> StepContext:
+        """The context of a forward step's attempt."""
+        return self._context(run, name, attempt, False)
+
+    def tell_failed(self, run: Run, state: StepState, failure: BaseException) -> None:
+        """Report a forward step's last failed attempt to the observers."""
+        if self.observers:
+            self._tell_step("step_failed", run, state, False, error=failure)
 
     def _context(self, run: Run, name: str, attempt: int, compensating: bool) -> StepContext:
         return StepContext(
@@ -522,7 +543,7 @@ class Engine:
                     failure,
                 )
                 if not shared:
-                    self._give_up(run, spec)
+                    self.give_up(run, spec)
                     await self.save(run)
                 if self.observers:
                     self._tell_step("step_failed", run, state, False, error=failure)
@@ -557,7 +578,7 @@ class Engine:
             if self.observers:
                 self._tell_step("step_started", run, state, False)
 
-    def _give_up(self, run: Run, spec: StepSpec) -> None:
+    def give_up(self, run: Run, spec: StepSpec) -> None:
         """A forward step failed for good: turn back, or fail past the pivot."""
         error = run.steps[spec.name].error
         assert error is not None
@@ -590,7 +611,7 @@ class Engine:
             if state.interrupt():
                 run.event("step_interrupted", spec.name, state.attempts)
                 interrupted.append(state)
-        self._give_up(run, failed[0])
+        self.give_up(run, failed[0])
         await self.save(run)
         if self.observers:
             for state in interrupted:

@@ -12,9 +12,10 @@ if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Mapping
     from datetime import datetime
 
-    from .._events import Message
+    from .._events import Event, Message
     from ._context import StepContext
     from ._declare import Remote, Step
+    from ._waits import WaitForEvent, WaitForSignal
 
 __all__ = [
     "Outcome",
@@ -28,16 +29,21 @@ __all__ = [
 
 R = TypeVar("R")
 RM = TypeVar("RM", bound="Message")
+RE = TypeVar("RE", bound="Event")
 
 
 class WorkflowStatus(StrEnum):
     """Where a workflow is.
 
-    ``RUNNING`` and ``COMPENSATING`` are unfinished: :meth:`Orchestrator.resume`
-    continues them after a restart. The other three are final.
+    ``RUNNING``, ``WAITING`` and ``COMPENSATING`` are unfinished:
+    :meth:`Orchestrator.resume` continues them after a restart. The other three
+    are final.
 
     Attributes:
         RUNNING: running its forward steps.
+        WAITING: waiting for a timer, an event or a signal (a ``Sleep``,
+            ``WaitForEvent`` or ``WaitForSignal`` step); stored, held by no
+            process, woken by whichever process runs its orchestrator.
         COMPENSATING: a step failed (or the workflow was cancelled or ran past its
             deadline); the compensations of the steps that acted are running, in
             reverse order.
@@ -50,6 +56,7 @@ class WorkflowStatus(StrEnum):
     """
 
     RUNNING = "RUNNING"
+    WAITING = "WAITING"
     COMPENSATING = "COMPENSATING"
     COMPLETED = "COMPLETED"
     COMPENSATED = "COMPENSATED"
@@ -64,15 +71,25 @@ class WorkflowStatus(StrEnum):
 _FINISHED = frozenset({WorkflowStatus.COMPLETED, WorkflowStatus.COMPENSATED, WorkflowStatus.FAILED})
 
 StepStatus = Literal[
-    "pending", "running", "retrying", "succeeded", "failed", "timed_out", "interrupted"
+    "pending",
+    "running",
+    "retrying",
+    "succeeded",
+    "failed",
+    "timed_out",
+    "interrupted",
+    "waiting",
+    "expired",
 ]
 """A forward step's status.
 
 ``pending`` (not started), ``running`` (an attempt started; after a crash it may
 have acted), ``retrying`` (an attempt failed, the next one is due), ``succeeded``,
-``failed`` (its last attempt raised), ``timed_out`` (its last attempt ran past its
-timeout; it may have acted) and ``interrupted`` (stopped by a failing sibling,
-``cancel()`` or the deadline; it may have acted).
+``failed`` (its last attempt raised, or its wait ran out), ``timed_out`` (its last
+attempt ran past its timeout; it may have acted), ``interrupted`` (stopped by a
+failing sibling, ``cancel()`` or the deadline; it may have acted), ``waiting`` (a
+wait step, waiting) and ``expired`` (a wait that ran out with
+``on_timeout="continue"``: done, without a result).
 """
 
 CompensationStatus = Literal["running", "retrying", "compensated", "failed"]
@@ -142,9 +159,14 @@ class Outcome:
     @overload
     def result(self, step: Remote[RM]) -> RM: ...
     @overload
+    def result(self, step: WaitForEvent[RE]) -> RE: ...
+    @overload
+    def result(self, step: WaitForSignal[RM]) -> RM: ...
+    @overload
     def result(self, step: str) -> Any: ...
     def result(self, step: object) -> Any:
-        """The result of one step, typed as the step's return annotation.
+        """The result of one step, typed as the step's return annotation (for a
+        wait, the event or signal it took).
 
         Args:
             step: the step's function, its ``Step``/``Remote`` declaration or its name.
@@ -169,7 +191,10 @@ class Transition:
             ``step_timed_out``, ``step_interrupted``, ``compensating``,
             ``compensation_started``, ``step_compensated``, ``compensation_failed``,
             ``cancel_requested``, ``deadline_exceeded``, ``compensation_retried``,
-            ``forward_retried``, ``completed``, ``compensated`` or ``failed``.
+            ``forward_retried``, ``waiting`` (a wait step began to wait; its detail
+            says for what and until when), ``woken`` (a process took the waiting
+            workflow up again), ``wait_timed_out``, ``completed``,
+            ``compensated`` or ``failed``.
         step: the step concerned, if any.
         attempt: the attempt number, for step and compensation events.
         error: the error, for failures (``Type: message``).
@@ -236,6 +261,10 @@ class WorkflowInfo:
             or None when nobody does.
         lease_until: when that lease runs out, unless renewed (UTC).
         cancel_requested: whether a cancellation was asked of its owner.
+        waiting_for: for a ``WAITING`` workflow, what it waits for (``timer``,
+            ``event SellerAccepted``, ``signal RefundApproved``).
+        wake_at: for a ``WAITING`` workflow, when its timer or timeout is due
+            (UTC; None: only the event or signal wakes it).
     """
 
     id: str
@@ -254,6 +283,8 @@ class WorkflowInfo:
     owner: str | None = None
     lease_until: datetime | None = None
     cancel_requested: bool = False
+    waiting_for: str | None = None
+    wake_at: datetime | None = None
 
     @property
     def cursor(self) -> str:

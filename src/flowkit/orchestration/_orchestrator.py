@@ -16,26 +16,29 @@ from functools import partial
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, Self, TypeVar
 
 import anyio
+from pydantic_core import to_json
 
 from .._errors import (
     ConcurrencyConflict,
     DefinitionError,
     InvalidWorkflowState,
+    MessageTooLarge,
     OrchestratorNotStarted,
     StoreError,
     WorkflowCancelled,
     WorkflowNotFound,
 )
-from .._events import new_message_id
+from .._events import Message, new_message_id
 from .._exits import exit_stack
 from .._retry import Retry
 from ._declare import Parallel, Plan, Remote, Step, compile_plan
-from ._engine import Engine, Halted, Requester, Superseded, unwrap
+from ._engine import Engine, Halted, Parked, Requester, Superseded, unwrap
 from ._leases import LeaseKeeper, driving, process_owner
 from ._logging import StepLog
 from ._model import Outcome, WorkflowInfo, WorkflowStatus
 from ._observe import SagaObserver
 from ._state import Run, error_of
+from ._waiting import Waiting
 
 if TYPE_CHECKING:
     from collections.abc import Collection, Iterable, Sequence
@@ -45,7 +48,10 @@ if TYPE_CHECKING:
 
     from ..observability._trace import TraceOptions, TraceRecorder
     from ..stores._base import StateStore, WorkflowRecord
+    from ..stores._waits import WaitStore
     from ..transports._base import Transport
+    from ._waits import Sleep, WaitForEvent, WaitForSignal
+    from ._waker import Waker
 
 __all__ = ["Orchestrator"]
 
@@ -57,6 +63,10 @@ _EPOCH = datetime.fromtimestamp(0, UTC)
 _FINISHED = frozenset(
     {WorkflowStatus.COMPLETED.value, WorkflowStatus.COMPENSATED.value, WorkflowStatus.FAILED.value}
 )
+#: The largest signal, as JSON (bytes).
+MAX_SIGNAL_SIZE = 1024 * 1024
+#: The statuses in which a workflow goes forward (and may be cancelled).
+_FORWARD = (WorkflowStatus.RUNNING, WorkflowStatus.WAITING)
 
 
 def _input_type_of(cls: type) -> Any:
@@ -106,9 +116,17 @@ class Orchestrator(Generic[InputT]):
     the lease and another took the workflow over) stops that workflow: its
     next checkpoint would fail.
 
+    A workflow can wait, durably: a :class:`Sleep` (a timer), a
+    :class:`WaitForEvent` (an event from the bus matching the workflow) or a
+    :class:`WaitForSignal` (:meth:`signal`) in its steps saves it ``WAITING``
+    in the store, held by no process, until it is due; any process running
+    the orchestrator then takes it up. A wait that runs out follows its
+    ``on_timeout`` policy (compensate, fail, or continue).
+
     Class attributes:
-        steps: the steps, in order: :class:`Step`, :class:`Remote` and
-            :class:`Parallel` groups.
+        steps: the steps, in order: :class:`Step`, :class:`Remote`,
+            :class:`Parallel` groups and waits (:class:`Sleep`,
+            :class:`WaitForEvent`, :class:`WaitForSignal`).
         name: the name under which workflows are recorded (the class name by
             default). Keep it stable: ``resume`` finds workflows by it.
         deadline: seconds a workflow may run forward before it is stopped and
@@ -140,8 +158,10 @@ class Orchestrator(Generic[InputT]):
             (renewed every third of it): after a crash, its workflows are
             taken over within about one and a half leases. Longer than any
             pause of the process (a garbage collection, a blocked event loop).
-        recover: take over free workflows every half lease while started
-            (on by default; off, only :meth:`resume` takes them over).
+        recover: take over free workflows every half lease, and waiting
+            workflows when they are due, while started (on by default; off,
+            only :meth:`resume` takes over free ones and this instance wakes
+            none: a process that only reads or signals).
         owner: the id this instance holds leases as (by default one per
             process: ``host:pid:random``).
         trace: record every workflow, step and compensation in the store's
@@ -149,16 +169,27 @@ class Orchestrator(Generic[InputT]):
             when the store keeps one, with the default
             :class:`~flowkit.observability.TraceOptions`; False: never).
             What a step publishes or requests joins the workflow's flow.
+        wait_poll: the longest time, in seconds, between two looks in the
+            store for waiting workflows made due by another process (a
+            signal or an event it received); timers are watched to the
+            millisecond, and what this process delivers wakes at once.
+        mailbox_retention: seconds an event or signal that no wait took is
+            kept in the store's mailbox (7 days; None: until a wait takes it).
 
     Raises:
         DefinitionError: if the orchestrator has remote steps but neither
             ``transport`` nor ``bus``, ``concurrency`` is below 1,
             ``stop_grace`` is negative, ``lease`` is not a positive number of
-            seconds, ``owner`` is an empty string, or an observer is not a
-            :class:`SagaObserver`.
+            seconds, ``owner`` is an empty string, an observer is not a
+            :class:`SagaObserver`, or the orchestrator waits for events and
+            recovers but has no ``transport`` to receive them from.
     """
 
-    steps: ClassVar[Sequence[Step[Any, Any] | Remote[Any] | Parallel]]
+    steps: ClassVar[
+        Sequence[
+            Step[Any, Any] | Remote[Any] | Parallel | Sleep | WaitForEvent[Any] | WaitForSignal[Any]
+        ]
+    ]
     name: ClassVar[str] = "Orchestrator"
     deadline: ClassVar[float | None] = None
     step_retry: ClassVar[Retry] = Retry.never()
@@ -210,6 +241,8 @@ class Orchestrator(Generic[InputT]):
         recover: bool = True,
         owner: str | None = None,
         trace: bool | TraceOptions = True,
+        wait_poll: float = 1.0,
+        mailbox_retention: float | None = 7 * 24 * 3600.0,
     ) -> None:
         plan = getattr(type(self), "_plan", None)
         if plan is None:
@@ -238,6 +271,19 @@ class Orchestrator(Generic[InputT]):
             raise DefinitionError(f"lease must be a positive number of seconds, got {lease!r}")
         if owner is not None and (not isinstance(owner, str) or not owner):
             raise DefinitionError(f"owner must be a non-empty string, got {owner!r}")
+        for what, value in (("wait_poll", wait_poll), ("mailbox_retention", mailbox_retention)):
+            if (value is not None or what == "wait_poll") and (
+                isinstance(value, bool)
+                or not isinstance(value, int | float)
+                or not 0 < value < math.inf
+            ):
+                raise DefinitionError(f"{what} must be a positive number of seconds, got {value!r}")
+        if plan.event_waits and transport is None and recover:
+            waited = sorted({w.wait.what for w in plan.waits if w.wait and w.wait.kind == "event"})
+            raise DefinitionError(
+                f"{plan.owner} waits for {', '.join(waited)}: pass transport=... to receive "
+                "them (or recover=False for a process that runs none of its workflows)"
+            )
         self._store = store
         self._transport = transport
         self._bus = bus
@@ -260,6 +306,11 @@ class Orchestrator(Generic[InputT]):
         )
         self._freed = anyio.Event()  # set when a run leaves this instance
         self._keeping: anyio.CancelScope | None = None
+        self._recovers = bool(recover)
+        self._wait_poll = float(wait_poll)
+        self._mailbox_retention = None if mailbox_retention is None else float(mailbox_retention)
+        self._waits: WaitStore | None = None
+        self._waker: Waker | None = None
         self._engine.requester = bus
         self._observers: list[SagaObserver] = []
         self.add_observer(StepLog())
@@ -304,6 +355,8 @@ class Orchestrator(Generic[InputT]):
                 )
                 await stack.enter_async_context(bus.run(services=[]))
                 self._engine.requester = bus
+            if self._plan.waits:
+                await self._open_waits(stack)
             self._slots = anyio.Semaphore(self._concurrency)
             self._tg = await stack.enter_async_context(anyio.create_task_group())
             self._keeping = anyio.CancelScope()
@@ -376,9 +429,63 @@ class Orchestrator(Generic[InputT]):
         if halted and self._engine.crashed is None:
             await self._give_up_leases(halted)
 
+    async def _open_waits(self, stack: AsyncExitStack) -> None:
+        """Find the store's waits, start the waker, and subscribe to the waited events."""
+        from ..stores._waits import waits_of
+        from ._waker import Waker
+
+        try:
+            self._waits = waits = waits_of(self._store)
+        except StoreError as exc:
+            raise DefinitionError(f"{self._plan.owner} has wait steps, but {exc}") from None
+        self._engine.waiting = Waiting(self._engine, waits, self._due)
+        if not self._recovers:
+            return
+        self._waker = Waker(
+            waits,
+            self.name,
+            self._owner,
+            self._lease,
+            poll=self._wait_poll,
+            retention=self._mailbox_retention,
+            free=lambda: self._concurrency - len(self._running),
+            exclude=lambda: driving(self._owner) | self._unreadable,
+            start=self._start_claimed,
+            freed=self._slot_freed,
+        )
+        if self._plan.event_waits and self._transport is not None:
+            from ..choreography import BusObserver, Choreography
+            from ._wait_events import subscribe
+
+            events = Choreography(
+                self._transport,
+                store=self._store,
+                observers=[o for o in self._observers if isinstance(o, BusObserver)],
+                trace=self._trace,
+            )
+            subscribe(events, self._plan, self.name, self._deliver)
+            await stack.enter_async_context(events)
+
+    def _due(self, at: datetime | None) -> None:
+        """A workflow of this instance was parked, due at ``at``."""
+        if self._waker is not None:
+            self._waker.due(at)
+
+    async def _deliver(self, channel: str, key: str, message_id: str, body: Any) -> bool:
+        """Keep a message for the waits on ``channel`` and ``key``; True if it woke
+        a waiting workflow (this process then takes it up at once)."""
+        assert self._waits is not None
+        delivery = await self._waits.deliver(self.name, channel, key, message_id, body)
+        if delivery.woken:
+            self._due(datetime.now(UTC))
+        return bool(delivery.woken)
+
     async def _keep(self, scope: anyio.CancelScope) -> None:
         with scope:
-            await self._keeper.keep()
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._keeper.keep)
+                if self._waker is not None:
+                    tg.start_soon(self._waker.run)
 
     async def _give_up_leases(self, workflow_ids: list[str]) -> None:
         """Let another process take the stopped workflows at once (a rolling deploy)."""
@@ -567,7 +674,8 @@ class Orchestrator(Generic[InputT]):
 
         Returns:
             The outcomes of the workflows continued by this instance (those it
-            had taken over already included), oldest first.
+            had taken over already included), oldest first; a workflow that
+            reached a wait and waits has none yet, and is left out.
 
         Raises:
             OrchestratorNotStarted: outside ``async with`` (or while leaving it).
@@ -579,12 +687,14 @@ class Orchestrator(Generic[InputT]):
         async def one(run: Run, *, active: bool) -> None:
             try:
                 if active:
-                    outcome = await self._wait_active(run)
+                    outcome = await self._wait_active(run, wait_parked=False)
                 else:
-                    outcome = await self._drive(run, poll_if_superseded=False)
+                    outcome = await self._drive(run, poll_if_superseded=False, wait_parked=False)
                 outcomes.append((run.created_at, run.id, outcome))
             except Superseded:
                 pass  # another process took it over
+            except Parked:
+                pass  # it waits: its outcome comes when it is woken
             except OrchestratorNotStarted:
                 if not self._stopping:
                     raise
@@ -597,6 +707,9 @@ class Orchestrator(Generic[InputT]):
                     if not run.fresh and run.outcome is None:
                         tg.start_soon(partial(one, run, active=True))
                 while runs := await self._claim_free(self._concurrency):
+                    for run in runs:
+                        tg.start_soon(partial(one, run, active=False))
+                while runs := await self._claim_due(self._concurrency):
                     for run in runs:
                         tg.start_soon(partial(one, run, active=False))
         except BaseExceptionGroup as group:
@@ -614,6 +727,11 @@ class Orchestrator(Generic[InputT]):
             limit=limit,
             exclude=driving(self._owner) | self._unreadable,
         )
+        return await self._adopt_all(records, "workflow_resumed")
+
+    async def _adopt_all(self, records: Sequence[WorkflowRecord], event: str) -> list[Run]:
+        """Register claimed records as runs of this instance, each with ``event`` in
+        its history; a record that cannot be read is logged and kept aside."""
         runs = []
         for record in records:
             try:
@@ -629,10 +747,36 @@ class Orchestrator(Generic[InputT]):
                 continue
             if run.id in self._running:
                 continue  # registered meanwhile
-            run.event("workflow_resumed")
+            waiting = run.waiting_step()
+            run.event(event, None if waiting is None else waiting.spec.name)
             self._register(run)
             runs.append(run)
         return runs
+
+    async def _claim_due(self, limit: int) -> list[Run]:
+        """Claim up to ``limit`` due waiting workflows and register them as runs."""
+        if self._waits is None:
+            return []
+        records = await self._waits.claim_due(
+            self.name,
+            self._owner,
+            lease=self._lease,
+            limit=limit,
+            exclude=driving(self._owner) | self._unreadable,
+        )
+        return await self._adopt_all(records, "woken")
+
+    async def _start_claimed(self, records: list[WorkflowRecord]) -> None:
+        """Continue, in the background, the due waiting workflows the waker claimed."""
+        runs = await self._adopt_all(records, "woken")
+        tg = self._tg
+        if tg is None or self._stopping:
+            for run in runs:
+                self._release(run)
+            await self._give_up_leases([run.id for run in runs])
+            return
+        for run in runs:
+            tg.start_soon(self._background, run, name=f"{self.name}:{run.id}")
 
     async def _recover(self) -> bool:
         """Take over free workflows, as many as there are free slots, and run them
@@ -743,7 +887,8 @@ class Orchestrator(Generic[InputT]):
     async def cancel(self, workflow_id: str) -> Outcome:
         """Stop a workflow and compensate what it did.
 
-        A running step is interrupted (it may have acted, so it is compensated).
+        A running step is interrupted (it may have acted, so it is compensated);
+        a ``WAITING`` workflow stops waiting and is compensated here.
         If the workflow finishes before the cancellation takes effect, its
         outcome is returned as it is. A workflow that another live process
         runs is cancelled there: the request is left in the store, that
@@ -785,7 +930,7 @@ class Orchestrator(Generic[InputT]):
             raise InvalidWorkflowState(f"workflow {workflow_id!r} is {status}{hint}")
         run = Run(self._plan, workflow_id, None, None, None)
         run.load(record)
-        if run.status is WorkflowStatus.RUNNING and run.pivot_done:
+        if run.status in _FORWARD and run.pivot_done:
             raise InvalidWorkflowState(
                 f"workflow {workflow_id!r} is past its pivot {self._plan.pivot!r} "
                 "and cannot be cancelled"
@@ -795,11 +940,11 @@ class Orchestrator(Generic[InputT]):
             claimed = await self._store.claim_workflow(workflow_id, self._owner, lease=self._lease)
         if claimed is None:
             # another live process runs it (or it just finished): ask it, and wait
-            if run.status is WorkflowStatus.RUNNING:
+            if run.status in _FORWARD:
                 await self._store.request_cancel(workflow_id)
             return await self._poll(workflow_id)
         run = await self._adopt(claimed)
-        if run.status is WorkflowStatus.RUNNING:
+        if run.status in _FORWARD:
             if run.pivot_done:
                 await self._give_up_leases([workflow_id])
                 raise InvalidWorkflowState(
@@ -813,6 +958,72 @@ class Orchestrator(Generic[InputT]):
                 "the workflow was cancelled",
             )
         return await self._take_over(run)
+
+    async def signal(
+        self, workflow_id: str, message: Message, *, signal_id: str | None = None
+    ) -> bool:
+        """Send a signal to a workflow: the message its :class:`WaitForSignal` of
+        the message's class takes, from any process sharing the store.
+
+        A workflow waiting for it is woken (at once when this process runs
+        its orchestrator, otherwise within ``wait_poll`` seconds by a process
+        that does). A workflow that has not reached the wait yet (it is still
+        running earlier steps) gets it when it does: the signal is kept in the
+        store's mailbox, ``mailbox_retention`` at most. One signal is taken by
+        one wait; a second signal of the class is kept for a second wait.
+
+        Refused, with nothing kept: a signal of a class the orchestrator waits
+        for nowhere, and a signal to a workflow that can no longer take it
+        (finished, compensating, or past every wait for that class).
+
+        Args:
+            workflow_id: the workflow's id.
+            message: the signal, an instance of the class a ``WaitForSignal``
+                of this orchestrator names.
+            signal_id: the signal's id, to send it safely more than once: a
+                signal with an id already kept for the workflow is kept once
+                (a new id by default).
+
+        Returns:
+            True if a waiting workflow was woken by it, False if it is kept
+            until the workflow reaches its wait.
+
+        Raises:
+            DefinitionError: if the orchestrator waits for no signal of that class.
+            WorkflowNotFound: if this orchestrator has no such workflow.
+            InvalidWorkflowState: if the workflow can no longer take the signal.
+            MessageTooLarge: if the message is larger than 1 MiB as JSON.
+        """
+        self._check_open()
+        specs = self._plan.signal_waits.get(type(message))
+        if not specs:
+            known = sorted(t.__name__ for t in self._plan.signal_waits)
+            raise DefinitionError(
+                f"{self.name} waits for no signal {type(message).__name__}"
+                + (f"; it waits for {', '.join(known)}" if known else "; it has no WaitForSignal")
+            )
+        if signal_id is not None and (not isinstance(signal_id, str) or not signal_id):
+            raise TypeError(f"signal_id must be a non-empty string, got {signal_id!r}")
+        record = await self._load(workflow_id)
+        run = Run(self._plan, workflow_id, None, None, None)
+        run.load(record)
+        what = type(message).__name__
+        if run.status not in _FORWARD:
+            raise InvalidWorkflowState(
+                f"workflow {workflow_id!r} is {run.status.value}: it takes no signal {what} now"
+            )
+        if all(run.steps[s.name].done or run.steps[s.name].status == "failed" for s in specs):
+            raise InvalidWorkflowState(
+                f"workflow {workflow_id!r} is past its wait(s) for {what} "
+                f"({', '.join(spec.name for spec in specs)})"
+            )
+        body = message.model_dump(mode="json")
+        size = len(to_json(body))
+        if size > MAX_SIGNAL_SIZE:
+            raise MessageTooLarge(type(message).__flowkit_type__, size, MAX_SIGNAL_SIZE)
+        wait = specs[0].wait
+        assert wait is not None and wait.channel is not None
+        return await self._deliver(wait.channel, workflow_id, signal_id or new_message_id(), body)
 
     async def retry_compensation(self, workflow_id: str) -> Outcome:
         """Run the remaining compensations of a workflow that ended ``FAILED``
@@ -859,7 +1070,7 @@ class Orchestrator(Generic[InputT]):
         self._check_open(new_work=True)
         run = await self._failed_run(workflow_id, "forward", "retry_compensation")
         for state in run.steps.values():
-            if state.status != "succeeded":
+            if not state.done:
                 state.reset_failures()
         run.status = WorkflowStatus.RUNNING
         run.remaining = []
@@ -1007,13 +1218,17 @@ class Orchestrator(Generic[InputT]):
             raise
         return await self._drive(run, poll_if_superseded=True)
 
-    async def _drive(self, run: Run, *, poll_if_superseded: bool) -> Outcome:
+    async def _drive(
+        self, run: Run, *, poll_if_superseded: bool, wait_parked: bool = True
+    ) -> Outcome:
         """Run a registered workflow to its end; always releases it.
 
         Raises:
             OrchestratorNotStarted: if the orchestrator stopped it.
             Superseded: if another process saved it meanwhile, unless
                 ``poll_if_superseded`` (then that process's outcome is awaited).
+            Parked: if it was parked to wait, unless ``wait_parked`` (then its
+                outcome is awaited, whichever process takes it up).
         """
         try:
             if run.outcome is None:
@@ -1045,9 +1260,23 @@ class Orchestrator(Generic[InputT]):
             if not poll_if_superseded:
                 raise Superseded(run.id) from None
             run.outcome = await self._poll_run(run)
+        except Parked:
+            run.parked = True
         finally:
             self._release(run)
+        if run.outcome is None:
+            return await self._parked(run, wait=wait_parked)
         return run.outcome
+
+    async def _parked(self, run: Run, *, wait: bool) -> Outcome:
+        """The outcome of a run that parked, once some process finished it.
+
+        Raises:
+            Parked: unless ``wait``.
+        """
+        if not wait:
+            raise Parked(run.id)
+        return await self._poll(run.id)
 
     async def _poll_run(self, run: Run) -> Outcome:
         """Wait for the outcome of a registered run that another process took over;
@@ -1057,14 +1286,16 @@ class Orchestrator(Generic[InputT]):
             if run.halted:
                 scope.cancel()
             try:
-                return await self._poll(run.id)
+                return await self._poll(run.id, run)
             finally:
                 run.scope = None
         raise self._stopped(run.id)
 
     async def _background(self, run: Run) -> None:
         try:
-            await self._drive(run, poll_if_superseded=True)
+            await self._drive(run, poll_if_superseded=True, wait_parked=False)
+        except Parked:
+            pass  # it waits in the store; a waker takes it up when it is due
         except OrchestratorNotStarted:
             logger.info(
                 "workflow %s of %s stopped with the orchestrator; resume() continues it",
@@ -1089,13 +1320,15 @@ class Orchestrator(Generic[InputT]):
         if not self._running and self._idle is not None:
             self._idle.set()
 
-    async def _wait_active(self, run: Run) -> Outcome:
+    async def _wait_active(self, run: Run, *, wait_parked: bool = True) -> Outcome:
         if not run.released:
             if run.done is None:
                 run.done = anyio.Event()
             await run.done.wait()
         if run.outcome is not None:
             return run.outcome
+        if run.parked:
+            return await self._parked(run, wait=wait_parked)
         self._engine.check_crash()
         if self._stopping:
             raise self._stopped(run.id)
@@ -1117,12 +1350,26 @@ class Orchestrator(Generic[InputT]):
         self._register(fresh)
         return await self._drive(fresh, poll_if_superseded=True)
 
-    async def _poll(self, workflow_id: str) -> Outcome:
+    async def _poll(self, workflow_id: str, own: Run | None = None) -> Outcome:
+        """Wait until a workflow is finished (by whichever process), reading the
+        store; a run of this instance (not ``own``, the caller's) is waited for
+        in memory."""
         delay = 0.01
         while True:
             self._engine.check_crash()
             if self._halting:
                 raise self._stopped(workflow_id)
+            active = self._running.get(workflow_id)
+            if active is not None and active is not own and not active.released:
+                # it runs here (a waiting workflow this process took up): no store reads
+                if active.done is None:
+                    active.done = anyio.Event()
+                with anyio.move_on_after(1.0):
+                    await active.done.wait()
+                if active.outcome is not None:
+                    return active.outcome
+                delay = 0.01
+                continue
             record = await self._load(workflow_id)
             if record.status in _FINISHED:
                 return self._outcome_of(record)

@@ -64,8 +64,19 @@ _ATTEMPT_STARTS = frozenset({"step_started", "compensation_started"})
 _RETRYING = "retrying in "
 _MAY_HAVE_ACTED = frozenset({"succeeded", "running", "timed_out", "interrupted"})
 _STEP_STATUSES = frozenset(
-    {"pending", "running", "retrying", "succeeded", "failed", "timed_out", "interrupted"}
+    {
+        "pending",
+        "running",
+        "retrying",
+        "succeeded",
+        "failed",
+        "timed_out",
+        "interrupted",
+        "waiting",
+        "expired",
+    }
 )
+_DONE = frozenset({"succeeded", "expired"})
 _COMP_STATUSES = frozenset({"running", "retrying", "compensated", "failed"})
 _DIRECTIONS = frozenset({"forward", "backward"})
 
@@ -107,6 +118,8 @@ class StepState:
         "result",
         "spec",
         "status",
+        "wait_key",
+        "wait_until",
     )
 
     def __init__(self, spec: StepSpec) -> None:
@@ -126,6 +139,8 @@ class StepState:
         self.comp_attempts = 0
         self.comp_failures = 0
         self.comp_error: dict[str, str] | None = None
+        self.wait_until: float | None = None  # a wait's due time (Unix time)
+        self.wait_key: str | None = None  # the key an event or signal wait takes
         self._json: dict[str, Any] | None = None
 
     # -- forward ---------------------------------------------------------------
@@ -153,8 +168,29 @@ class StepState:
             self.status = "retrying"
         self._json = None
 
+    def wait_begin(self, until: float | None, key: str | None) -> None:
+        """A wait step starts waiting: until ``until`` (Unix time) for ``key``."""
+        self.status = "waiting"
+        self.wait_until = until
+        self.wait_key = key
+        self._json = None
+
+    def expire(self) -> None:
+        """A wait ran out and the workflow goes on without its result."""
+        self.status = "expired"
+        self._json = None
+
+    @property
+    def done(self) -> bool:
+        """Whether the step is behind the workflow (succeeded, or a wait that expired)."""
+        return self.status in _DONE
+
     def interrupt(self) -> bool:
-        """Mark a step stopped from outside; True if it was running."""
+        """Mark a step stopped from outside; True if it was running (or waiting)."""
+        if self.status == "waiting":
+            self.status = "interrupted"
+            self._json = None
+            return True
         if self.status == "running":
             self.status = "interrupted"
             self.acted = True
@@ -173,6 +209,8 @@ class StepState:
 
     @property
     def may_have_acted(self) -> bool:
+        if self.spec.wait is not None:  # a wait acts on nothing
+            return self.status == "succeeded"
         return self.acted or self.status in _MAY_HAVE_ACTED
 
     @property
@@ -222,6 +260,10 @@ class StepState:
                 data["result"] = self.result
             if self.error is not None:
                 data["error"] = self.error
+            if self.wait_until is not None:
+                data["until"] = self.wait_until
+            if self.wait_key is not None:
+                data["key"] = self.wait_key
             if self.comp is not None:
                 data["compensation"] = self.comp
                 data["compensation_attempts"] = self.comp_attempts
@@ -260,6 +302,16 @@ class StepState:
         self.comp_error = _checked_error(
             data.get("compensation_error"), f"{where}: 'compensation_error'"
         )
+        until = data.get("until")
+        if until is not None and (isinstance(until, bool) or not isinstance(until, int | float)):
+            raise _Unreadable(f"{where}: 'until' is not a number")
+        key = data.get("key")
+        if key is not None and not isinstance(key, str):
+            raise _Unreadable(f"{where}: 'key' is not a string")
+        if status == "waiting" and self.spec.wait is None:
+            raise _Unreadable(f"{where} is waiting, but it is not a wait")
+        self.wait_until = None if until is None else float(until)
+        self.wait_key = key
         self._json = None
 
     def info(self, typed_result: Any) -> StepInfo:
@@ -349,6 +401,7 @@ class Run:
         "lock",
         "outcome",
         "owner",
+        "parked",
         "pivot_done",
         "plan",
         "reason",
@@ -363,6 +416,7 @@ class Run:
         "superseded",
         "updated_at",
         "version",
+        "wake_at",
     )
 
     def __init__(
@@ -383,6 +437,7 @@ class Run:
         self.owner: str | None = None  # the process holding the lease
         self.lease_until: datetime | None = None  # as last read from the store
         self.cancel_asked = False  # as last read from the store
+        self.wake_at: datetime | None = None  # as last read from the store
         self.results: dict[str, Any] = {}
         self.results_view: Mapping[str, Any] = MappingProxyType(self.results)
         self.error: dict[str, str] | None = None
@@ -399,6 +454,7 @@ class Run:
         self.cancel_requested = False
         self.halted = False  # the orchestrator stops it where it stands
         self.superseded = False  # another process took its lease
+        self.parked = False  # saved WAITING: it left this process until it is due
         self.lock: anyio.Lock | None = None
         self.done: anyio.Event | None = None
         self.outcome: Outcome | None = None
@@ -441,14 +497,14 @@ class Run:
         steps = self.steps
         for index, stage in enumerate(self.plan.stages):
             for spec in stage:
-                if steps[spec.name].status != "succeeded":
+                if not steps[spec.name].done:
                     return index
         return len(self.plan.stages)
 
     def begin_stage(self, index: int) -> None:
         for spec in self.plan.stages[index]:
             state = self.steps[spec.name]
-            if state.status != "succeeded":
+            if not state.done and state.status != "waiting":
                 state.begin()
                 self.event("step_started", spec.name, state.attempts)
         self.begun = index
@@ -461,6 +517,18 @@ class Run:
                 self.event("step_interrupted", name, state.attempts)
                 interrupted.append(state)
         return interrupted
+
+    def waiting_step(self) -> StepState | None:
+        """The wait step the workflow is waiting at, if any."""
+        for state in self.steps.values():
+            if state.status == "waiting":
+                return state
+        return None
+
+    def wake(self) -> None:
+        """A waiting workflow is taken up again: it runs (forward) from here."""
+        if self.status is WorkflowStatus.WAITING:
+            self.status = WorkflowStatus.RUNNING
 
     def turn_back(self, error: dict[str, str], reason: str) -> None:
         self.status = WorkflowStatus.COMPENSATING
@@ -490,7 +558,7 @@ class Run:
 
     def todo_list(self) -> list[str]:
         """The forward steps still to run."""
-        return [s.name for s in self.plan.specs if self.steps[s.name].status != "succeeded"]
+        return [s.name for s in self.plan.specs if not self.steps[s.name].done]
 
     # -- records -------------------------------------------------------------------
 
@@ -514,7 +582,22 @@ class Run:
         return state
 
     def record(self, name: str) -> WorkflowRecord:
-        """The record to write; its history is the entries the store lacks."""
+        """The record to write; its history is the entries the store lacks.
+
+        A ``WAITING`` run is written without an owner, due at its wait's time
+        (or its deadline, if sooner), with the channel and key it waits on.
+        """
+        waiting = self.status is WorkflowStatus.WAITING
+        wake_at = wait_for = wait_key = None
+        state = self.waiting_step() if waiting else None
+        if state is not None:
+            wait = state.spec.wait
+            assert wait is not None
+            due = state.wait_until
+            if self.deadline_at is not None and not self.pivot_done:
+                due = self.deadline_at if due is None else min(due, self.deadline_at)
+            wake_at = None if due is None else datetime.fromtimestamp(due, UTC)
+            wait_for, wait_key = wait.channel, state.wait_key if wait.channel else None
         return WorkflowRecord(
             id=self.id,
             name=name,
@@ -522,13 +605,17 @@ class Run:
             state=self.snapshot(),
             version=self.version,
             created_at=self.created_at,
-            owner=None if self.status.finished else self.owner,
+            owner=None if self.status.finished or waiting else self.owner,
             history=self.history[self.saved :],
+            wake_at=wake_at,
+            wait_for=wait_for,
+            wait_key=wait_key,
         )
 
     def stored(self, record: WorkflowRecord, written: int) -> None:
         """A write of ``written`` history entries returned ``record``."""
         self.version = record.version
+        self.wake_at = record.wake_at
         self.saved += written
 
     def load(self, record: WorkflowRecord) -> None:
@@ -625,6 +712,7 @@ class Run:
         self.owner = record.owner
         self.lease_until = record.lease_until
         self.cancel_asked = record.cancel_requested
+        self.wake_at = record.wake_at
         self.results.clear()
         self.results.update(results)
         self.error = error
@@ -635,7 +723,9 @@ class Run:
         self.pivot_done = plan.pivot is not None and self.steps[plan.pivot].status == "succeeded"
         # a cancel asked of the process that held it, which it did not act on
         self.cancel_requested = (
-            record.cancel_requested and status is WorkflowStatus.RUNNING and not self.pivot_done
+            record.cancel_requested
+            and status in (WorkflowStatus.RUNNING, WorkflowStatus.WAITING)
+            and not self.pivot_done
         )
         self.begun = -1
 
@@ -655,6 +745,8 @@ class Run:
 
     def to_info(self, name: str) -> WorkflowInfo:
         history = tuple(_transition(e) for e in self.history)
+        waiting = self.waiting_step() if self.status is WorkflowStatus.WAITING else None
+        wait = None if waiting is None else waiting.spec.wait
         return WorkflowInfo(
             id=self.id,
             name=name,
@@ -672,6 +764,8 @@ class Run:
             owner=self.owner,
             lease_until=self.lease_until,
             cancel_requested=self.cancel_asked,
+            waiting_for=None if wait is None else wait.what,
+            wake_at=self.wake_at if wait is not None else None,
         )
 
 

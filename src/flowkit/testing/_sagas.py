@@ -355,7 +355,7 @@ class FaultPlan(SagaObserver):
             orchestrator.step_name(declared)
             for entry in orchestrator.steps
             for declared in (entry.steps if isinstance(entry, Parallel) else (entry,))
-            if declared.compensate is not None
+            if getattr(declared, "compensate", None) is not None
         }
         for rule in self._rules:
             try:
