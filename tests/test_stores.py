@@ -27,6 +27,7 @@ from flowkit.stores import (
 from flowkit.stores._codec import encode_state, owner_lease
 from flowkit.stores._sqlite import SCHEMA_VERSION
 from flowkit.stores._sqlite._schema import _MIGRATIONS
+from flowkit.stores._waits import WAITING
 from flowkit.testing._store_suite import STORE_CHECKS, check_store
 
 from ._util import race_two_claimers
@@ -93,7 +94,8 @@ class _Racy(MemoryStore):
         stored.updated_at = datetime.now(UTC)
         stored.history.extend(encode_state(entry) for entry in history)
         stored.hold(record.owner, held, stored.updated_at)
-        stored.cancel_requested = stored.cancel_requested and record.status == "RUNNING"
+        stored.cancel_requested = stored.cancel_requested and record.status in ("RUNNING", WAITING)
+        stored.wait(record, stored.updated_at, self._pending(record))
         return stored.record(record.id)
 
 
