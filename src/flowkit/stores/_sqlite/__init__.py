@@ -9,7 +9,9 @@ The package is laid out by job:
 * ``_ops``: the SQL operations, run on the writer thread's connection;
 * ``_writer``: the writer thread that runs them, batching writes into one
   transaction (group commit), and the bridge to asyncio and trio callers;
-* ``_store``: the public :class:`SQLiteStore`.
+* ``_store``: the public :class:`SQLiteStore`;
+* ``_trace``, ``_outbox``, ``_waits``: the flow trace, the transactional
+  outbox, and the waits (due workflows, the mailbox) kept in the database.
 """
 
 from ._schema import SCHEMA_VERSION as SCHEMA_VERSION

@@ -20,17 +20,20 @@ from typing import TYPE_CHECKING, cast
 
 from ..._errors import ConcurrencyConflict, NotFound, StoreError, WorkflowNotFound
 from .._base import UNFINISHED, Claim
+from .._waits import WAITING
 from ._rows import LETTER_COLUMNS, WORKFLOW_COLUMNS, timestamp
 from ._schema import rollback
 
 if TYPE_CHECKING:
     from collections.abc import Collection, Iterator
 
-    from ._rows import HistoryRow, LetterRow, WorkflowRow
+    from ._rows import HistoryRow, LetterRow, WaitRow, WorkflowRow
 
 __all__ = [
+    "UNHELD",
     "SavedRow",
     "add_dead_letter",
+    "claim_matching",
     "claim_workflow",
     "claim_workflows",
     "count_workflows",
@@ -206,22 +209,35 @@ def prune_dead_letters(
 #
 # A workflow's ``owner`` holds its lease until ``lease_until`` (both NULL when
 # nobody holds it); its history is the rows of ``flowkit_history``, numbered
-# by ``seq`` from 0. Lease times are taken on the writer thread, when the
-# operation runs.
+# by ``seq`` from 0. A WAITING workflow keeps when it is due (``wake_at``) and
+# the mailbox channel and key it waits on (``wait_for``, ``wait_key``); the
+# three are NULL in every other status. Lease and wake times are taken on the
+# writer thread, when the operation runs.
 
-#: The unfinished statuses, as SQL.
-_UNFINISHED = "(" + ", ".join(f"'{status}'" for status in UNFINISHED) + ")"
 
-#: An unfinished workflow ``:owner`` may claim at ``:now``, unless it runs it (its
-#: id is in the JSON array ``:exclude``): nobody holds it, its lease ran out, or
+def _statuses(statuses: Collection[str]) -> str:
+    return "(" + ", ".join(f"'{status}'" for status in statuses) + ")"
+
+
+#: The unfinished statuses, as SQL: the ones recovery claims.
+_UNFINISHED = _statuses(UNFINISHED)
+#: The statuses a claim of one workflow or a renewal takes: the unfinished ones and WAITING.
+_CLAIMABLE = _statuses((*UNFINISHED, WAITING))
+#: The statuses that keep a cancel request.
+_CANCELLABLE = _statuses(("RUNNING", WAITING))
+
+#: A workflow ``:owner`` may claim at ``:now``, unless it runs it (its id is in
+#: the JSON array ``:exclude``): nobody holds it, its lease ran out, or
 #: ``:owner`` holds it. An owner without a lease time holds nothing.
-_FREE = (
-    f"status IN {_UNFINISHED} AND id NOT IN (SELECT value FROM json_each(:exclude)) "
+UNHELD = (
+    "id NOT IN (SELECT value FROM json_each(:exclude)) "
     "AND (owner IS NULL OR lease_until IS NULL OR lease_until <= :now OR owner = :owner)"
 )
 
-#: The stored answer of a save: name, created_at, updated_at, lease_until, cancel_requested.
-SavedRow = tuple[str, str, str, "str | None", int]
+
+#: The stored answer of a save: name, created_at, updated_at, lease_until,
+#: cancel_requested, wake_at, wait_for, wait_key.
+SavedRow = tuple[str, str, str, "str | None", int, "str | None", "str | None", "str | None"]
 
 
 @contextmanager
@@ -260,6 +276,26 @@ def _json_ids(ids: Collection[str]) -> str:
     return json.dumps(list(ids))
 
 
+def _wait_params(status: str, wait: WaitRow) -> dict[str, object]:
+    """The parameters of :func:`_wake_at` and of the wait columns."""
+    wake_at, wait_for, wait_key = wait
+    return {"status": status, "wake_at": wake_at, "wait_for": wait_for, "wait_key": wait_key}
+
+
+def _wake_at(name: str, cancel: str) -> str:
+    """The SQL of the wake time a written record gets, from :func:`_wait_params`
+    and ``:now``: a WAITING record is due now when a cancel is pending or a
+    message no consumer took is kept on its channel and key; otherwise it keeps
+    its own (NULL unless WAITING). ``name`` and ``cancel`` are the SQL of the
+    record's name and cancel flag."""
+    return (
+        f"CASE WHEN :status = '{WAITING}' AND ({cancel} = 1 OR EXISTS ("
+        f"SELECT 1 FROM flowkit_mailbox AS m WHERE m.name = {name} "
+        "AND m.channel = :wait_for AND m.key = :wait_key AND m.consumer IS NULL)) "
+        "THEN :now ELSE :wake_at END"
+    )
+
+
 def _append_history(
     conn: sqlite3.Connection, workflow_id: str, entries: list[str], first: int
 ) -> None:
@@ -278,6 +314,7 @@ def create_workflow(
     history: list[str],
     owner: str | None,
     lease: float | None,
+    wait: WaitRow,
 ) -> tuple[WorkflowRow, bool]:
     """Insert a record at version 1 with its first history entries, or return
     the row that has its id (without history)."""
@@ -287,16 +324,25 @@ def create_workflow(
     with _atomic(conn):
         cursor = conn.execute(
             f"INSERT INTO flowkit_workflows ({WORKFLOW_COLUMNS}) "
-            "VALUES (?, ?, ?, 1, ?, ?, ?, ?, ?, 0) ON CONFLICT (id) DO NOTHING",
-            (workflow_id, name, status, state, now, now, owner, lease_until),
+            "VALUES (:id, :name, :status, 1, :state, :now, :now, :owner, :until, 0, "
+            f"{_wake_at(':name', '0')}, :wait_for, :wait_key) "
+            "ON CONFLICT (id) DO NOTHING",
+            {
+                "id": workflow_id,
+                "name": name,
+                "state": state,
+                "now": now,
+                "owner": owner,
+                "until": lease_until,
+                **_wait_params(status, wait),
+            },
         )
         if cursor.rowcount != 1:
             return _workflow_row(conn, workflow_id), False
         # Entries left by a record removed by hand are not this workflow's.
         conn.execute("DELETE FROM flowkit_history WHERE workflow_id = ?", (workflow_id,))
         _append_history(conn, workflow_id, history, 0)
-    row: WorkflowRow = (workflow_id, name, status, 1, state, now, now, owner, lease_until, 0)
-    return row, True
+    return _workflow_row(conn, workflow_id), True
 
 
 def save_workflow(
@@ -308,9 +354,11 @@ def save_workflow(
     history: list[str],
     owner: str | None,
     lease: float | None,
+    wait: WaitRow,
 ) -> SavedRow:
     """Write a record read at ``version`` and append ``history`` to its own,
-    never reading or rewriting the entries it has.
+    never reading or rewriting the entries it has. A save as RUNNING or
+    WAITING keeps a cancel request; any other status drops it.
 
     Raises:
         ConcurrencyConflict: if the stored version is another.
@@ -320,20 +368,24 @@ def save_workflow(
     now = timestamp(moment)
     lease_until = _lease_until(moment, lease)
     with _atomic(conn):
-        # The SET expressions read the row as it was: the new status is the parameter.
+        # The SET expressions read the row as it was: the new status is the
+        # parameter, and a WAITING save keeps the cancel flag the wake time reads.
         cursor = conn.execute(
             "UPDATE flowkit_workflows SET status = :status, state = :state, "
             "version = version + 1, updated_at = :now, owner = :owner, lease_until = :until, "
-            "cancel_requested = CASE WHEN :status = 'RUNNING' THEN cancel_requested ELSE 0 END "
+            f"cancel_requested = CASE WHEN :status IN {_CANCELLABLE} "
+            "THEN cancel_requested ELSE 0 END, "
+            f"wake_at = {_wake_at('flowkit_workflows.name', 'cancel_requested')}, "
+            "wait_for = :wait_for, wait_key = :wait_key "
             "WHERE id = :id AND version = :version",
             {
-                "status": status,
                 "state": state,
                 "now": now,
                 "owner": owner,
                 "until": lease_until,
                 "id": workflow_id,
                 "version": version,
+                **_wait_params(status, wait),
             },
         )
         if cursor.rowcount == 1:
@@ -344,8 +396,8 @@ def save_workflow(
                 ).fetchone()
                 _append_history(conn, workflow_id, history, 0 if last is None else last + 1)
             row = conn.execute(
-                "SELECT name, created_at, updated_at, lease_until, cancel_requested "
-                "FROM flowkit_workflows WHERE id = ?",
+                "SELECT name, created_at, updated_at, lease_until, cancel_requested, "
+                "wake_at, wait_for, wait_key FROM flowkit_workflows WHERE id = ?",
                 (workflow_id,),
             ).fetchone()
             return cast("SavedRow", row)
@@ -456,32 +508,35 @@ def count_workflows(conn: sqlite3.Connection) -> list[tuple[str, str, int]]:
     )
 
 
-def claim_workflows(
+def claim_matching(
     conn: sqlite3.Connection,
+    where: str,
+    order: str,
+    *,
     name: str,
     owner: str,
     lease: float,
     limit: int,
     exclude: list[str],
 ) -> list[WorkflowRow]:
-    """Give ``owner`` the lease of at most ``limit`` free unfinished workflows
-    of ``name``, oldest first; their versions go up by one.
+    """Give ``owner`` the lease of the first ``limit`` workflows that match
+    ``where`` by ``order``; their versions go up by one. Their rows, in that
+    order.
 
-    The store's write transaction (``BEGIN IMMEDIATE``) holds the database's
-    write lock from the choice to the update: no other connection claims in
-    between.
+    ``where`` is SQL of the parameters ``:name``, ``:now`` and those of
+    :data:`UNHELD` (``:owner``, ``:exclude``). The store's write transaction
+    (``BEGIN IMMEDIATE``) holds the database's write lock from the choice to
+    the update: no other connection claims in between.
     """
     moment = datetime.now(UTC)
-    now = timestamp(moment)
     chosen = [
         row[0]
         for row in conn.execute(
-            f"SELECT id FROM flowkit_workflows WHERE name = :name AND {_FREE} "
-            "ORDER BY created_at, id LIMIT :limit",
+            f"SELECT id FROM flowkit_workflows WHERE {where} ORDER BY {order} LIMIT :limit",
             {
                 "name": name,
                 "owner": owner,
-                "now": now,
+                "now": timestamp(moment),
                 "exclude": _json_ids(exclude),
                 "limit": limit,
             },
@@ -497,17 +552,39 @@ def claim_workflows(
     )
     rows = conn.execute(
         f"SELECT {WORKFLOW_COLUMNS} FROM flowkit_workflows "
-        "WHERE id IN (SELECT value FROM json_each(?)) ORDER BY created_at, id",
+        f"WHERE id IN (SELECT value FROM json_each(?)) ORDER BY {order}",
         (ids,),
     ).fetchall()
     return cast("list[WorkflowRow]", rows)
 
 
+def claim_workflows(
+    conn: sqlite3.Connection,
+    name: str,
+    owner: str,
+    lease: float,
+    limit: int,
+    exclude: list[str],
+) -> list[WorkflowRow]:
+    """Give ``owner`` the lease of at most ``limit`` free unfinished workflows
+    of ``name``, oldest first (never a WAITING one: those wait to be due)."""
+    return claim_matching(
+        conn,
+        f"name = :name AND status IN {_UNFINISHED} AND {UNHELD}",
+        "created_at, id",
+        name=name,
+        owner=owner,
+        lease=lease,
+        limit=limit,
+        exclude=exclude,
+    )
+
+
 def claim_workflow(
     conn: sqlite3.Connection, workflow_id: str, owner: str, lease: float
 ) -> WorkflowRow | None:
-    """Give ``owner`` the lease of one unfinished workflow if it is free (its
-    own counts as free); its version goes up by one.
+    """Give ``owner`` the lease of one unfinished or WAITING workflow if it is
+    free (its own counts as free); its version goes up by one.
 
     Raises:
         WorkflowNotFound: if no record has this id.
@@ -517,7 +594,7 @@ def claim_workflow(
     cursor = conn.execute(
         "UPDATE flowkit_workflows SET owner = :owner, lease_until = :until, "
         "version = version + 1 "
-        f"WHERE id = :id AND {_FREE}",
+        f"WHERE id = :id AND status IN {_CLAIMABLE} AND {UNHELD}",
         {
             "owner": owner,
             "until": _lease_until(moment, lease),
@@ -534,10 +611,10 @@ def renew_leases(
     conn: sqlite3.Connection, owner: str, workflow_ids: list[str], lease: float
 ) -> list[tuple[str, int]]:
     """Extend ``owner``'s leases on those of ``workflow_ids`` it holds and that
-    are unfinished; their ids and cancel requests."""
+    are unfinished or WAITING; their ids and cancel requests."""
     moment = datetime.now(UTC)
     held = (
-        "WHERE owner = :owner AND status IN " + _UNFINISHED + " "
+        f"WHERE owner = :owner AND status IN {_CLAIMABLE} "
         "AND id IN (SELECT value FROM json_each(:ids))"
     )
     params = {"owner": owner, "ids": _json_ids(workflow_ids)}
@@ -561,15 +638,17 @@ def release_workflows(conn: sqlite3.Connection, owner: str, workflow_ids: list[s
 
 
 def request_cancel(conn: sqlite3.Connection, workflow_id: str) -> WorkflowRow:
-    """Flag a ``RUNNING`` record for cancellation; its row after the request.
+    """Flag a ``RUNNING`` or ``WAITING`` record for cancellation, a WAITING one
+    due now; its row after the request.
 
     Raises:
         WorkflowNotFound: if no record has this id.
     """
     conn.execute(
-        "UPDATE flowkit_workflows SET cancel_requested = 1 "
-        "WHERE id = ? AND status = 'RUNNING' AND cancel_requested = 0",
-        (workflow_id,),
+        "UPDATE flowkit_workflows SET cancel_requested = 1, "
+        f"wake_at = CASE WHEN status = '{WAITING}' THEN ? ELSE wake_at END "
+        f"WHERE id = ? AND status IN {_CANCELLABLE} AND cancel_requested = 0",
+        (timestamp(datetime.now(UTC)), workflow_id),
     )
     return _workflow_row(conn, workflow_id)
 

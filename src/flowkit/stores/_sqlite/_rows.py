@@ -8,40 +8,65 @@ record raises :class:`~flowkit.stores._rows.UnreadableRow`.
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 from ..._errors import StoreError
 from .._base import DeadLetter, WorkflowRecord
 from .._codec import decode_state, utc
 from .._rows import UnreadableRow, json_object, letter_headers, letter_values
+from .._waits import WAITING, Mail
 
 __all__ = [
     "LETTER_COLUMNS",
     "WORKFLOW_COLUMNS",
     "HistoryRow",
     "LetterRow",
+    "MailRow",
+    "WaitRow",
     "WorkflowRow",
     "history_from_rows",
     "letter_from_row",
     "letter_row",
+    "mail_from_row",
     "parse_timestamp",
     "timestamp",
+    "wait_from_row",
+    "wait_row",
     "workflow_from_row",
 ]
 
 # id, consumer, topic, body, headers, error_type, error, attempts, failed_at, message_id
 LetterRow = tuple[str, str, str, bytes, str, str, str, int, str, "str | None"]
+# wake_at, wait_for, wait_key
+WaitRow = tuple["str | None", "str | None", "str | None"]
 # id, name, status, version, state, created_at, updated_at, owner, lease_until,
-# cancel_requested
-WorkflowRow = tuple[str, str, str, int, str, str, str, "str | None", "str | None", int]
+# cancel_requested, wake_at, wait_for, wait_key
+WorkflowRow = tuple[
+    str,
+    str,
+    str,
+    int,
+    str,
+    str,
+    str,
+    "str | None",
+    "str | None",
+    int,
+    "str | None",
+    "str | None",
+    "str | None",
+]
 # seq, entry
 HistoryRow = tuple[int, str]
+# message_id, body, created_at
+MailRow = tuple[str, str, str]
 
 LETTER_COLUMNS = (
     "id, consumer, topic, body, headers, error_type, error, attempts, failed_at, message_id"
 )
 WORKFLOW_COLUMNS = (
-    "id, name, status, version, state, created_at, updated_at, owner, lease_until, cancel_requested"
+    "id, name, status, version, state, created_at, updated_at, owner, lease_until, "
+    "cancel_requested, wake_at, wait_for, wait_key"
 )
 
 
@@ -117,6 +142,7 @@ def workflow_from_row(row: WorkflowRow) -> WorkflowRecord:
     if problem is not None:
         raise UnreadableRow("workflow", workflow_id, problem)
     lease_until = row[8]
+    wake_at, wait_for, wait_key = wait_from_row(workflow_id, row[10:13])
     return WorkflowRecord(
         id=workflow_id,
         name=row[1],
@@ -130,6 +156,56 @@ def workflow_from_row(row: WorkflowRow) -> WorkflowRecord:
         if lease_until is None
         else _timestamp_of(lease_until, "workflow", workflow_id, "lease time"),
         cancel_requested=row[9] == 1,
+        wake_at=wake_at,
+        wait_for=wait_for,
+        wait_key=wait_key,
+    )
+
+
+def wait_row(record: WorkflowRecord) -> WaitRow:
+    """What a written record waits for, as stored: nothing unless it is WAITING.
+
+    Raises:
+        StoreError: if a WAITING record's ``wake_at`` is naive.
+    """
+    if record.status != WAITING:
+        return None, None, None
+    wake_at = None if record.wake_at is None else timestamp(utc(record.wake_at, "wake_at"))
+    return wake_at, record.wait_for, record.wait_key
+
+
+def wait_from_row(
+    workflow_id: object, row: tuple[object, ...]
+) -> tuple[datetime | None, str | None, str | None]:
+    """The wake time, channel and key a workflow's wait columns hold.
+
+    Raises:
+        UnreadableRow: if they are not a timestamp and texts (or NULL).
+    """
+    wake_at, wait_for, wait_key = row
+    for what, value in (("channel", wait_for), ("key", wait_key)):
+        if value is not None and not isinstance(value, str):
+            raise UnreadableRow("workflow", workflow_id, f"its wait {what} is not text")
+    return (
+        None if wake_at is None else _timestamp_of(wake_at, "workflow", workflow_id, "wake time"),
+        cast("str | None", wait_for),
+        cast("str | None", wait_key),
+    )
+
+
+def mail_from_row(row: MailRow) -> Mail:
+    """The mailbox message a row keeps.
+
+    Raises:
+        UnreadableRow: if the row does not make a message.
+    """
+    message_id = row[0]
+    if not isinstance(message_id, str):
+        raise UnreadableRow("mailbox message", message_id, "its id is not text")
+    return Mail(
+        id=message_id,
+        body=json_object(row[1], "mailbox message", message_id, "body"),
+        created_at=_timestamp_of(row[2], "mailbox message", message_id, "delivery time"),
     )
 
 

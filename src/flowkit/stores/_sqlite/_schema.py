@@ -175,6 +175,36 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE INDEX flowkit_workflows_name_status_page "
         "ON flowkit_workflows (name, status, created_at, id)",
     ),
+    (
+        # Waiting workflows: when each is due (``wake_at``, a timestamp like
+        # ``lease_until``), and the mailbox channel and key it waits on. Only
+        # WAITING records are indexed: the due ones of a name in wake order,
+        # and the ones a message to (name, channel, key) wakes.
+        "ALTER TABLE flowkit_workflows ADD COLUMN wake_at TEXT",
+        "ALTER TABLE flowkit_workflows ADD COLUMN wait_for TEXT",
+        "ALTER TABLE flowkit_workflows ADD COLUMN wait_key TEXT",
+        "CREATE INDEX flowkit_workflows_wake ON flowkit_workflows (name, wake_at) "
+        "WHERE status = 'WAITING'",
+        "CREATE INDEX flowkit_workflows_wait ON flowkit_workflows (name, wait_for, wait_key) "
+        "WHERE status = 'WAITING'",
+        # The mailbox: messages kept for the waits until consumed (taken by a
+        # ``consumer``, then deleted) or pruned by age.
+        """CREATE TABLE flowkit_mailbox (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            name TEXT NOT NULL,
+            channel TEXT NOT NULL,
+            key TEXT NOT NULL,
+            message_id TEXT NOT NULL,
+            body TEXT NOT NULL,
+            created_at TEXT NOT NULL,
+            consumer TEXT,
+            UNIQUE (name, channel, key, message_id)
+        )""",
+        "CREATE INDEX flowkit_mailbox_take ON flowkit_mailbox (name, channel, key, seq)",
+        "CREATE INDEX flowkit_mailbox_created_at ON flowkit_mailbox (created_at)",
+        "CREATE INDEX flowkit_mailbox_consumer ON flowkit_mailbox (name, consumer) "
+        "WHERE consumer IS NOT NULL",
+    ),
 )
 
 #: The schema version this code writes; a database with a newer one is refused.
@@ -183,7 +213,7 @@ SCHEMA_VERSION = len(_MIGRATIONS)
 #: The oldest schema version the read operations can read as it is, for a
 #: read-only store (which never migrates). A migration that changes what the
 #: dead letter or workflow reads select raises this to its own version.
-_OLDEST_READABLE = 4
+_OLDEST_READABLE = 7
 
 
 @dataclass(frozen=True, slots=True)

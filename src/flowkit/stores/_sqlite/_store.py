@@ -57,6 +57,8 @@ from ._rows import (
     letter_row,
     parse_timestamp,
     timestamp,
+    wait_from_row,
+    wait_row,
     workflow_from_row,
 )
 from ._schema import MEMORY, SYNCHRONOUS_LEVELS, Database, SynchronousLevel
@@ -71,6 +73,7 @@ if TYPE_CHECKING:
     from .._base import Claim, DeadLetter, WorkflowRecord
     from ._outbox import SQLiteOutbox
     from ._trace import SQLiteTrace
+    from ._waits import SQLiteWaits
 
 __all__ = ["SQLiteStore"]
 
@@ -118,6 +121,8 @@ class SQLiteStore:
 
     The state of a workflow is kept as JSON text, and its history as one row
     per entry, appended to by each save; dead letter bodies as raw bytes.
+    A waiting workflow keeps its wake time, channel and key in its record, and
+    the messages kept for the waits are a mailbox table (see :meth:`wait_ops`).
     See the module documentation for what survives a crash with each
     ``synchronous`` level.
 
@@ -351,6 +356,7 @@ class SQLiteStore:
             history,
             record.owner,
             held,
+            wait_row(record),
             write=True,
         )
         return workflow_from_row(row), created
@@ -367,7 +373,8 @@ class SQLiteStore:
         held = owner_lease(record.owner, lease)
         state = encode_state(record.state)
         entries = encode_history(history)
-        name, created_at, updated_at, lease_until, cancel = await self._call(
+        wait = wait_row(record)
+        name, created_at, updated_at, lease_until, cancel, *waited = await self._call(
             ops.save_workflow,
             record.id,
             record.status,
@@ -376,9 +383,10 @@ class SQLiteStore:
             entries,
             record.owner,
             held,
+            wait,
             write=True,
         )
-        return saved_record(
+        saved = saved_record(
             record,
             name=name,
             created_at=parse_timestamp(created_at),
@@ -387,6 +395,8 @@ class SQLiteStore:
             lease_until=None if lease_until is None else parse_timestamp(lease_until),
             cancel_requested=cancel == 1,
         )
+        wake_at, wait_for, wait_key = wait_from_row(record.id, tuple(waited))
+        return dataclasses.replace(saved, wake_at=wake_at, wait_for=wait_for, wait_key=wait_key)
 
     async def load_workflow(self, workflow_id: str) -> WorkflowRecord:
         """The record and its history are read together. A row or history entry
@@ -515,6 +525,14 @@ class SQLiteStore:
         from ._trace import SQLiteTrace
 
         return SQLiteTrace(self._call)
+
+    def wait_ops(self) -> SQLiteWaits:
+        """The waiting workflows and the mailbox kept in this database (see
+        :mod:`flowkit.stores._waits`); its writes join the writer thread's
+        transactions."""
+        from ._waits import SQLiteWaits
+
+        return SQLiteWaits(self._call, self._readable)
 
     # -- lifecycle -----------------------------------------------------------
 
