@@ -1,7 +1,9 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import json
+import re
 import sqlite3
 import sys
 import traceback
@@ -416,7 +418,208 @@ def test_workflows_status_is_any_case_and_checked(
     assert main(["workflows", "list", f"{APP}:orders", "--status", "done"]) == 2
     err = one_line_error(capsys)
     assert "unknown status 'done'" in err
-    assert "RUNNING, COMPENSATING, COMPLETED, COMPENSATED, FAILED" in err
+    assert "RUNNING, WAITING, COMPENSATING, COMPLETED, COMPENSATED, FAILED" in err
+
+
+# -- waiting workflows -------------------------------------------------------------------
+
+WAIT_APP = "tests.cli_wait_app"
+WHEN = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\dZ"
+
+
+@pytest.fixture
+def wait_db(db: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The database of tests/cli_wait_app.py, imported anew by each test."""
+    monkeypatch.delitem(sys.modules, WAIT_APP, raising=False)
+    return db
+
+
+def park(*workflow_ids: str, saga: str = "ApprovalSaga") -> None:
+    """Start workflows of ``saga`` that reach their wait and are left WAITING."""
+
+    async def start() -> None:
+        app = importlib.import_module(WAIT_APP)
+        cls = getattr(app, saga)
+        async with cls(SQLiteStore(app.DB), recover=False) as orchestrator:
+            for n, workflow_id in enumerate(workflow_ids, 1):
+                await orchestrator.start(app.Order(n=n), workflow_id=workflow_id)
+        async with cls(SQLiteStore(app.DB), recover=False) as orchestrator:
+            for workflow_id in workflow_ids:
+                assert (await orchestrator.get(workflow_id)).status.value == "WAITING"
+
+    anyio.run(start)
+
+
+def finish(workflow_id: str) -> tuple[str, object]:
+    """Start approvals' orchestrator and let it take the workflow up (a due
+    waiting one within ``wait_poll``, a free running one within half a lease)
+    until it is finished: its status and the result of its last step."""
+
+    async def wait() -> tuple[str, object]:
+        app = importlib.import_module(WAIT_APP)
+        async with app.ApprovalSaga(SQLiteStore(app.DB), wait_poll=0.05, lease=1.0) as saga:
+            with anyio.fail_after(10):
+                outcome = await saga.wait(workflow_id)
+        return outcome.status.value, outcome.results.get("ship")
+
+    return anyio.run(wait)
+
+
+def test_workflows_list_and_show_what_a_workflow_waits_for(
+    wait_db: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    park("w-1")
+    park("w-open", saga="OpenApprovalSaga")
+    assert main(["workflows", "list", f"{WAIT_APP}:approvals", "--status", "Waiting"]) == 0
+    [line] = capsys.readouterr().out.splitlines()
+    assert re.fullmatch(rf"w-1  WAITING  {WHEN}  waits for signal Approval until {WHEN}", line)
+    until = datetime.strptime(line.rsplit("until ", 1)[1], "%Y-%m-%d %H:%M:%SZ")
+    left = until.replace(tzinfo=UTC) - datetime.now(UTC)
+    assert timedelta(hours=23) < left <= timedelta(days=1)
+    assert main(["workflows", "list", f"{WAIT_APP}:open_approvals", "--status", "waiting"]) == 0
+    out = capsys.readouterr().out
+    assert out.endswith("  waits for signal Approval with no time limit\n")
+    assert main(["workflows", "list", f"{WAIT_APP}:approvals", "--status", "running"]) == 0
+    assert capsys.readouterr().out == "no workflows\n"
+
+    assert main(["workflows", "show", f"{WAIT_APP}:approvals", "w-1"]) == 0
+    out = capsys.readouterr().out
+    assert "ApprovalSaga w-1: WAITING" in out
+    assert re.search(rf"^waits for signal Approval until {WHEN}$", out, re.MULTILINE)
+    assert "  step reserve: succeeded after 1 attempt(s)" in out
+    assert "  step wait_for_approval: waiting for signal Approval\n" in out
+    assert "  step ship: pending after 0 attempt(s)" in out
+    assert "  waiting  wait_for_approval  attempt 1  for signal Approval until " in out
+
+
+def test_workflows_json_says_what_a_workflow_waits_for(
+    wait_db: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    park("w-1")
+    listing = ["workflows", "list", f"{WAIT_APP}:approvals", "--status", "WAITING", "--json"]
+    assert main(listing) == 0
+    (waiting,) = json.loads(capsys.readouterr().out)
+    assert waiting["status"] == "WAITING" and waiting["waiting_for"] == "signal Approval"
+    wake_at = datetime.fromisoformat(waiting["wake_at"])
+    assert timedelta(hours=23) < wake_at - datetime.now(UTC) <= timedelta(days=1)
+    assert waiting["steps"]["wait_for_approval"]["status"] == "waiting"
+    assert main(["workflows", "show", f"{WAIT_APP}:approvals", "w-1", "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["waiting_for"] == "signal Approval" and shown["wake_at"] == waiting["wake_at"]
+    assert "waiting" in [entry["event"] for entry in shown["history"]]
+    park("w-open", saga="OpenApprovalSaga")
+    assert main(["workflows", "show", f"{WAIT_APP}:open_approvals", "w-open", "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["waiting_for"] == "signal Approval" and shown["wake_at"] is None
+    run_two_workflows()
+    assert main(["workflows", "show", f"{APP}:orders", "w-ok", "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["waiting_for"] is None and shown["wake_at"] is None
+
+
+def test_workflows_signal_wakes_a_waiting_workflow(
+    wait_db: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    park("w-1")
+    signal = ["workflows", "signal", f"{WAIT_APP}:approvals", "w-1", "Approval"]
+    assert main([*signal, '{"by": "ada", "amount": 3}']) == 0
+    assert capsys.readouterr().out == "signal Approval delivered: w-1 was waiting for it\n"
+    # Due now, for the next process running the orchestrator to take it up.
+    assert main(["workflows", "list", f"{WAIT_APP}:approvals"]) == 0
+    due = rf"^w-1  WAITING  {WHEN}  waits for signal Approval, due since {WHEN}$"
+    assert re.search(due, capsys.readouterr().out, re.MULTILINE)
+    assert finish("w-1") == ("COMPLETED", "approved by ada")
+    # Past its wait: a second signal is refused.
+    assert main([*signal, '{"by": "bob"}']) == 1
+    err = one_line_error(capsys)
+    assert "InvalidWorkflowState" in err and "COMPLETED" in err
+
+
+def test_workflows_signal_is_kept_for_a_workflow_not_waiting_yet(
+    wait_db: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    async def crash_before_the_wait() -> None:
+        from tests.cli_wait_app import DB, ApprovalSaga, Order, reserve
+
+        plan = FaultPlan().crash(reserve, at="started")
+        async with plan.install(ApprovalSaga(SQLiteStore(DB), recover=False)) as saga:
+            with pytest.raises(SimulatedCrash):
+                await saga.run(Order(n=1), workflow_id="w-2")
+
+    anyio.run(crash_before_the_wait)
+    sys.modules.pop(WAIT_APP)
+    signal = ["workflows", "signal", f"{WAIT_APP}:approvals", "w-2", "Approval", '{"by": "cy"}']
+    assert main([*signal, "--signal-id", "approval-1"]) == 0
+    assert capsys.readouterr().out == "signal Approval kept: w-2 gets it when it reaches its wait\n"
+    assert main([*signal, "--signal-id", "approval-1"]) == 0  # sent again: kept once
+    capsys.readouterr()
+    assert finish("w-2") == ("COMPLETED", "approved by cy")
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["w-1", "Nope"], "approvals waits for no signal 'Nope'; it waits for Approval"),
+        (["w-1", "Approval", "{by: 1}"], "the fields of signal Approval are not valid JSON"),
+        (["w-1", "Approval", '["ada"]'], "must be a JSON object, such as"),
+        (
+            ["w-1", "Approval", '{"by": "ada", "amout": 3}'],
+            "signal Approval has no field 'amout'; its fields are: amount, by",
+        ),
+        (
+            ["w-1", "Approval", '{"amount": "secret-value"}'],
+            "signal Approval is not valid: by: Field required; amount: Input should be a valid "
+            "integer",
+        ),
+        (["w-1", "Approval", '{"by": "ada", "amount": -5}'], "amount: Input should be greater"),
+        (["w-1", "Approval", '{"by": "ada"}', "--signal-id", ""], "--signal-id must not be empty"),
+        (["w-1", "Approval", '{"by": "ada"}', "--store", "sqlite:///missing.db"], "no such file"),
+    ],
+)
+def test_workflows_signal_refuses_what_it_cannot_send_with_status_2(
+    wait_db: Path, capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+) -> None:
+    park("w-1")
+    assert main(["workflows", "signal", f"{WAIT_APP}:approvals", *argv]) == 2
+    err = one_line_error(capsys)
+    assert err.startswith("flowkit: error: ") and message in err
+    assert "secret-value" not in err and "-5" not in err
+
+
+def test_workflows_signal_refused_by_the_orchestrator_exits_1(
+    wait_db: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    park("w-1")
+    run_two_workflows()
+    signal = ["workflows", "signal", f"{WAIT_APP}:approvals"]
+    assert main([*signal, "missing", "Approval", '{"by": "ada"}']) == 1
+    assert "WorkflowNotFound" in one_line_error(capsys)
+    assert main([*signal, "w-ok", "Approval", '{"by": "ada"}']) == 1  # another orchestrator's
+    assert "WorkflowNotFound: workflow 'w-ok' belongs to 'PingSaga'" in one_line_error(capsys)
+    assert main(["workflows", "signal", f"{APP}:orders", "w-ok", "Approval"]) == 2
+    assert "waits for no signal: it has no WaitForSignal step" in one_line_error(capsys)
+
+
+def test_workflows_cancel_of_a_waiting_workflow_wakes_it_to_compensate(
+    wait_db: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    park("w-1")
+    cancel = ["workflows", "cancel", f"{WAIT_APP}:approvals", "w-1"]
+    assert main([*cancel, "--wait", "0.2"]) == 1
+    out, err = capsys.readouterr()
+    assert out == (
+        "cancel requested: w-1 is WAITING; the next process running ApprovalSaga wakes it "
+        "and compensates it\n"
+    )
+    assert err == "w-1 is still WAITING after 0.2s\n"
+    assert main(["workflows", "list", f"{WAIT_APP}:approvals"]) == 0
+    assert "(cancel requested)" in capsys.readouterr().out
+
+    assert finish("w-1") == ("COMPENSATED", None)
+    app = importlib.import_module(WAIT_APP)
+    assert app.RELEASED == [1]
+    assert main(cancel) == 0
+    assert capsys.readouterr().out == "w-1 is COMPENSATED: nothing to cancel\n"
 
 
 # -- bad command lines -------------------------------------------------------------------

@@ -277,3 +277,93 @@ async def test_a_retry_that_outlasts_its_wait_is_left_to_the_services(tmp_path: 
 def test_retry_wait_must_be_positive(demo_db: Path) -> None:
     with pytest.raises(ValueError, match="retry_wait"):
         create_app(SQLiteStore(demo_db), retry_wait=0)
+
+
+# -- waiting workflows -------------------------------------------------------------------
+
+WHEN = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\dZ"
+
+
+async def _park(path: Path) -> None:
+    """w-1 waits up to a day for an Approval signal, w-open with no time limit,
+    w-done completed after its signal."""
+    from tests import cli_wait_app as app
+
+    async with app.ApprovalSaga(SQLiteStore(path), recover=False) as approvals:
+        await approvals.start(app.Order(n=1), workflow_id="w-1")
+        await approvals.start(app.Order(n=2), workflow_id="w-done")
+    async with app.OpenApprovalSaga(SQLiteStore(path), recover=False) as open_approvals:
+        await open_approvals.start(app.Order(n=3), workflow_id="w-open")
+    async with app.ApprovalSaga(SQLiteStore(path), recover=False) as approvals:
+        await approvals.signal("w-done", app.Approval(by="ada"))
+        assert (await approvals.resume())[0].status.value == "COMPLETED"
+
+
+async def test_waiting_workflows_are_counted_filtered_and_say_what_they_wait_for(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "waits.db"
+    await _park(path)
+    async for client in _client(create_app(SQLiteStore(path))):
+        page = await client.get("/workflows")
+        assert page.status_code == 200
+        assert "<th>WAITING</th>" in page.text
+        assert 'href="/workflows?name=ApprovalSaga&amp;status=WAITING">1</a>' in page.text
+        assert 'href="/workflows?name=OpenApprovalSaga&amp;status=WAITING">1</a>' in page.text
+        assert "<option>WAITING</option>" in page.text
+        waiting = await client.get("/workflows", params={"status": "WAITING"})
+        text = _text(waiting.text)
+        assert 'href="/workflows/w-1"' in waiting.text
+        assert 'href="/workflows/w-open"' in waiting.text
+        assert 'href="/workflows/w-done"' not in waiting.text
+        assert '<span class="badge status-waiting">WAITING</span>' in waiting.text
+        assert re.search(rf"waits for signal Approval until {WHEN}", text)
+        assert "waits for signal Approval with no time limit" in text
+
+
+async def test_a_waiting_workflow_page_shows_its_wait_and_offers_cancel(tmp_path: Path) -> None:
+    path = tmp_path / "waits.db"
+    await _park(path)
+    async for client in _client(create_app(SQLiteStore(path))):
+        page = await client.get("/workflows/w-1")
+        text = _text(page.text)
+        assert re.search(rf"waits for signal Approval until {WHEN}", text)
+        assert '<span class="badge step-waiting">waiting</span>' in page.text
+        assert 'class="tone-wait" data-event="waiting" data-step="wait_for_approval"' in page.text
+        assert 'data-field-action="cancel"' in page.text
+        done = await client.get("/workflows/w-done")
+        assert 'data-field-action="cancel"' not in done.text and 'id="wait"' not in done.text
+        assert 'data-event="woken"' in done.text
+        csrf = {"x-csrf-token": _csrf(page.text)}
+        cancel = await client.post("/workflows/w-1/action", data={"action": "cancel"}, headers=csrf)
+        assert cancel.status_code == 200
+        assert cancel.json()["message"] == (
+            "cancel requested: w-1 is WAITING; the next process running ApprovalSaga wakes "
+            "it and compensates it"
+        )
+        # Due now: the next process running ApprovalSaga takes it up.
+        text = _text((await client.get("/workflows/w-1")).text)
+        assert "cancel requested" in text
+        assert re.search(rf"waits for signal Approval, due since {WHEN}", text)
+        refused = await client.post(
+            "/workflows/w-done/action", data={"action": "cancel"}, headers=csrf
+        )
+        assert refused.status_code == 409 and "nothing to cancel" in refused.json()["message"]
+    async with SQLiteStore(path) as store:
+        record = await store.load_workflow("w-1")
+    assert record.status == "WAITING" and record.cancel_requested
+
+
+@pytest.mark.parametrize(
+    ("channel", "key", "what"),
+    [
+        (None, None, "timer"),
+        ("signal:Approval", "w-1", "signal Approval"),
+        ("event:SellerAccepted.order_id", "o-1", "event SellerAccepted with order_id o-1"),
+        ("event:shop.Accepted.order_id", "o-1", "event shop.Accepted with order_id o-1"),
+    ],
+)
+def test_what_a_record_waits_for(channel: str | None, key: str | None, what: str) -> None:
+    from flowkit.ui._workflows import waiting_for
+
+    assert waiting_for(channel, key) == what

@@ -14,6 +14,7 @@ the way ASGI servers take an app: a :class:`~flowkit.Choreography` for
     flowkit workflows list myshop.orders:orders --status failed
     flowkit workflows show myshop.orders:orders o-1
     flowkit workflows cancel myshop.orders:orders o-1 --wait 60
+    flowkit workflows signal myshop.orders:orders o-1 RefundApproved '{"by": "ada"}'
     flowkit workflows prune myshop.orders:orders --older-than 30d
     flowkit graph myshop.services:bus --format dot
     flowkit lint myshop.services:bus --external OrderPlaced
@@ -51,6 +52,7 @@ from ._cli.workflows import (
     list_workflows,
     prune_workflows,
     show_workflow,
+    signal_workflow,
 )
 from ._errors import FlowkitError
 from .observability._logs import logging_set_up, parse_level
@@ -255,7 +257,7 @@ def _parser() -> argparse.ArgumentParser:
     dlq_prune.set_defaults(run=prune_letters)
 
     workflows = commands.add_parser(
-        "workflows", help="list, show, cancel or prune workflows"
+        "workflows", help="list, show, cancel, signal or prune workflows"
     ).add_subparsers(dest="workflows_command", required=True, metavar="COMMAND")
     wf_list = workflows.add_parser(
         "list",
@@ -289,10 +291,11 @@ def _parser() -> argparse.ArgumentParser:
     wf_show.set_defaults(run=show_workflow)
     wf_cancel = workflows.add_parser(
         "cancel",
-        help="cancel a running workflow, wherever it runs",
+        help="cancel a running or waiting workflow, wherever it runs",
         description="Ask the process that runs a workflow to cancel it and compensate what "
-        "it did (or the next process to take it over, if none does). Opens its store, "
-        "not its transport.",
+        "it did (or the next process to take it over, if none does; a waiting workflow is "
+        "woken by the next process running its orchestrator). Opens its store, not its "
+        "transport.",
     )
     wf_cancel.add_argument("app", help="the Orchestrator instance, as module:attribute")
     wf_cancel.add_argument("id", help="the workflow id")
@@ -304,6 +307,33 @@ def _parser() -> argparse.ArgumentParser:
     )
     _urls(wf_cancel, transport=False)
     wf_cancel.set_defaults(run=cancel_workflow)
+    wf_signal = workflows.add_parser(
+        "signal",
+        help="send a signal to a workflow",
+        description="Send a signal to a workflow, the message one of its WaitForSignal steps "
+        "takes: a workflow waiting for it is woken by the next process running its "
+        "orchestrator; one that has not reached its wait yet gets it when it does. Opens its "
+        "store, not its transport.",
+    )
+    wf_signal.add_argument("app", help="the Orchestrator instance, as module:attribute")
+    wf_signal.add_argument("id", help="the workflow id")
+    wf_signal.add_argument(
+        "type", help="the signal's type, as a WaitForSignal of the orchestrator names it"
+    )
+    wf_signal.add_argument(
+        "fields",
+        nargs="?",
+        metavar="JSON",
+        help="the signal's fields, as a JSON object (default: {})",
+    )
+    wf_signal.add_argument(
+        "--signal-id",
+        metavar="ID",
+        help="the signal's id: a signal sent again with the same id is kept once "
+        "(default: a new id)",
+    )
+    _urls(wf_signal, transport=False)
+    wf_signal.set_defaults(run=signal_workflow)
     wf_prune = workflows.add_parser(
         "prune",
         help="remove old finished workflows",
@@ -315,7 +345,7 @@ def _parser() -> argparse.ArgumentParser:
         "--status",
         action="append",
         help="only this status, any case (repeatable or comma-separated; default: COMPLETED, "
-        "COMPENSATED, FAILED; RUNNING and COMPENSATING only when named)",
+        "COMPENSATED, FAILED; RUNNING, WAITING and COMPENSATING only when named)",
     )
     _prune_options(wf_prune, "workflows last updated")
     _urls(wf_prune, transport=False)

@@ -11,8 +11,8 @@ from urllib.parse import parse_qs, quote
 
 import anyio
 
+from .._cli.workflows import cancel_note
 from .._errors import FlowkitError, MissingDependency, NotFound, WorkflowNotFound
-from ..orchestration import WorkflowStatus
 
 try:
     from jinja2 import Environment, FileSystemLoader, select_autoescape
@@ -25,7 +25,7 @@ except ImportError as exc:  # pragma: no cover - depends on the installed extras
 
 from ._auth import COOKIE, CSRF_FIELD, CSRF_HEADER, Guard
 from ._dead_letters import grouped_letters
-from ._workflows import STATUSES, count_workflows, list_page, workflow_page
+from ._workflows import CANCELLABLE, STATUSES, count_workflows, list_page, workflow_page
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable
@@ -293,11 +293,10 @@ async def _workflow_action(state: _State, request: Request) -> Response:
     except WorkflowNotFound:
         return _reply(False, f"no workflow {workflow_id!r}", 404)
     if action == "cancel":
-        if record.status != WorkflowStatus.RUNNING.value:
+        if record.status not in CANCELLABLE:
             return _reply(False, f"{workflow_id} is {record.status}: nothing to cancel", 409)
         await state.store.request_cancel(workflow_id)
-        holder = f"process {record.owner}" if record.owner else "the next process to take it over"
-        return _reply(True, f"cancel requested: {holder} compensates {workflow_id}")
+        return _reply(True, cancel_note(workflow_id, record.status, record.owner, record.name))
     if action not in ("retry_forward", "retry_compensation"):
         return _reply(False, f"unknown action {action!r}", 400)
     cls = _orchestrator_class(state, record.name)

@@ -2,7 +2,8 @@
 
 Records are read from the store as they are, without the orchestrator's class,
 so that the dashboard shows every orchestrator's workflows; typed values
-(input, results) are shown as the JSON they were recorded as.
+(input, results) are shown as the JSON they were recorded as. What a waiting
+workflow waits for is read from the mailbox channel its record names.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from .._cli.workflows import wait_note
 from ..orchestration import WorkflowStatus
 
 if TYPE_CHECKING:
@@ -20,6 +22,7 @@ if TYPE_CHECKING:
     from ..stores import StateStore, WorkflowRecord
 
 __all__ = [
+    "CANCELLABLE",
     "PAGE_SIZE",
     "STATUSES",
     "Counts",
@@ -29,6 +32,7 @@ __all__ = [
     "count_workflows",
     "event_tone",
     "list_page",
+    "waiting_for",
     "workflow_page",
 ]
 
@@ -36,6 +40,9 @@ __all__ = [
 PAGE_SIZE = 50
 
 STATUSES = tuple(status.value for status in WorkflowStatus)
+
+#: The statuses of the workflows the dashboard offers to cancel.
+CANCELLABLE = (WorkflowStatus.RUNNING.value, WorkflowStatus.WAITING.value)
 
 _GOOD = {"step_succeeded", "step_compensated", "completed", "compensated"}
 _BAD = {
@@ -46,7 +53,14 @@ _BAD = {
     "deadline_exceeded",
     "step_interrupted",
 }
-_TURN = {"compensating", "cancel_requested", "compensation_retried", "forward_retried"}
+_TURN = {
+    "compensating",
+    "cancel_requested",
+    "compensation_retried",
+    "forward_retried",
+    "wait_timed_out",
+}
+_WAIT = {"waiting", "woken"}
 _ENDS = {
     "step_succeeded": "step_started",
     "step_failed": "step_started",
@@ -54,17 +68,22 @@ _ENDS = {
     "step_interrupted": "step_started",
     "step_compensated": "compensation_started",
     "compensation_failed": "compensation_started",
+    "woken": "waiting",
+    "wait_timed_out": "waiting",
 }
 
 
 def event_tone(event: str) -> str:
-    """The CSS class of a history event: ``good``, ``bad``, ``turn`` or ``plain``."""
+    """The CSS class of a history event: ``good``, ``bad``, ``turn``, ``wait`` or
+    ``plain``."""
     if event in _GOOD:
         return "good"
     if event in _BAD:
         return "bad"
     if event in _TURN:
         return "turn"
+    if event in _WAIT:
+        return "wait"
     return "plain"
 
 
@@ -109,6 +128,10 @@ class Row:
     owner: str | None
     cancel_requested: bool
     reason: str | None
+    waiting_for: str | None = None
+    wake_at: datetime | None = None
+    wait: str | None = None
+    """For a ``WAITING`` workflow: ``waits for signal Approval until ...``."""
 
 
 async def list_page(
@@ -130,8 +153,26 @@ async def list_page(
     return rows, records[-1].cursor if more and records else None
 
 
+def waiting_for(channel: str | None, key: str | None) -> str:
+    """What a waiting workflow waits for, from its record's ``wait_for`` channel
+    and ``wait_key``: ``timer``, ``signal Approval``, ``event SellerAccepted
+    with order_id o-1``."""
+    if channel is None:
+        return "timer"
+    kind, _, rest = channel.partition(":")
+    if kind == "signal":
+        return f"signal {rest}"
+    if kind == "event":
+        event, _, field_ = rest.rpartition(".")
+        what = f"event {event or rest}"
+        return f"{what} with {field_} {key}" if event and key is not None else what
+    return channel
+
+
 def _row(record: WorkflowRecord) -> Row:
     reason = record.state.get("reason") if isinstance(record.state, dict) else None
+    waiting = record.status == WorkflowStatus.WAITING.value
+    what = waiting_for(record.wait_for, record.wait_key) if waiting else None
     return Row(
         id=record.id,
         name=record.name,
@@ -141,6 +182,9 @@ def _row(record: WorkflowRecord) -> Row:
         owner=record.owner,
         cancel_requested=record.cancel_requested,
         reason=reason if isinstance(reason, str) else None,
+        waiting_for=what,
+        wake_at=record.wake_at if waiting else None,
+        wait=wait_note(what, record.wake_at) if waiting else None,
     )
 
 
@@ -212,7 +256,7 @@ async def workflow_page(store: StateStore, workflow_id: str) -> WorkflowPage:
         error=_error(state.get("error")),
         compensated=_names(state.get("compensated")),
         remaining=_names(state.get("remaining")),
-        can_cancel=record.status == WorkflowStatus.RUNNING.value,
+        can_cancel=record.status in CANCELLABLE,
         can_retry_forward=failed and direction == "forward",
         can_retry_compensation=failed and direction == "backward",
     )
