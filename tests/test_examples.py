@@ -12,9 +12,10 @@ from examples.ecommerce.events import (
     ConfirmationSent,
     OrderPlaced,
     PartnerAssigned,
+    SellerAccepted,
     ShipmentPrepared,
 )
-from examples.ecommerce.orchestrated import run_orchestration
+from examples.ecommerce.orchestrated import SELLER_ANSWERS_WITHIN, run_orchestration
 from examples.ecommerce.world import World
 from examples.recommendations.__main__ import ask_three_times
 from flowkit import Choreography
@@ -117,6 +118,26 @@ def test_the_saga_quickstart_runs(capsys: pytest.CaptureFixture[str]) -> None:
     assert "released stock for o-2\no-2: COMPENSATED" in out
 
 
+def assert_the_sellers_were_waited_for(out: str) -> None:
+    """The demo's saga waited for each seller: o-1 went on once seller-9 accepted;
+    o-4's seller never answered, and its payment and stock were given back."""
+    assert "o-1: COMPLETED\n  waited 0." in out
+    assert "for event SellerAccepted: seller-9 accepted the order\n" in out
+    assert (
+        "o-4: COMPENSATED (step 'wait_for_seller_accepted' failed: WaitTimeout: "
+        f"step 'wait_for_seller_accepted' waited {SELLER_ANSWERS_WITHIN:g}s for event "
+        "SellerAccepted, which did not come)\n"
+        f"  waited {SELLER_ANSWERS_WITHIN:.1f}"
+    ) in out
+    assert (
+        "for event SellerAccepted: seller-7 never answered, the wait timed out\n"
+        "  compensated, in order: charge_payment, reserve_stock\n"
+        "  undone: payment refunded, stock released\n"
+    ) in out
+    assert "[seller] order o-4 waits in seller-7's inbox: seller-7 is away" in out
+    assert "[order] refunded 60.00\n[order] released ['kettle']\n" in out
+
+
 def test_the_demo_prints_the_flow(capsys: pytest.CaptureFixture[str]) -> None:
     from examples.ecommerce.__main__ import main
 
@@ -128,6 +149,7 @@ def test_the_demo_prints_the_flow(capsys: pytest.CaptureFixture[str]) -> None:
     assert "dead letter: notification:" in out
     assert "o-2: COMPENSATED" in out
     assert "compensated, in order: prepare_shipment, charge_payment, reserve_stock" in out
+    assert_the_sellers_were_waited_for(out)
 
 
 def test_the_demo_runs_on_postgresql(postgres_url: str, capsys: pytest.CaptureFixture[str]) -> None:
@@ -139,6 +161,7 @@ def test_the_demo_runs_on_postgresql(postgres_url: str, capsys: pytest.CaptureFi
     assert "order history of o-1: OrderPlaced" in out
     assert "dead letter: notification:" in out
     assert "compensated, in order: prepare_shipment, charge_payment, reserve_stock" in out
+    assert_the_sellers_were_waited_for(out)
 
 
 async def test_the_orchestrated_demo_completes_or_compensates_in_reverse(tmp_path: Path) -> None:
@@ -156,3 +179,53 @@ async def test_the_orchestrated_demo_completes_or_compensates_in_reverse(tmp_pat
     assert not any("refunded 9000" in line for line in lines)  # never charged
     events = [t.event for t in result.infos["o-2"].history]
     assert events[0] == "workflow_started" and events[-1] == "compensated"
+
+
+async def test_the_orchestrated_demo_waits_for_each_seller_and_gives_up_on_a_silent_one(
+    tmp_path: Path,
+) -> None:
+    result = await run_orchestration(tmp_path / "saga.db", wait_for_sellers=True)
+    done, no_partner, declined, unanswered = (
+        result.outcomes[o] for o in ("o-1", "o-2", "o-3", "o-4")
+    )
+    # o-1 went on once its seller accepted, the seller's event as the wait's result
+    assert done.status is WorkflowStatus.COMPLETED
+    accepted = done.results["wait_for_seller_accepted"]
+    assert accepted == SellerAccepted(order_id="o-1", seller_id="seller-9")
+    events = [(t.event, t.step) for t in result.infos["o-1"].history]
+    waited = events.index(("waiting", "wait_for_seller_accepted"))
+    took = events.index(("step_succeeded", "wait_for_seller_accepted"))
+    shipped = events.index(("step_started", "prepare_shipment"))
+    assert events.index(("step_succeeded", "charge_payment")) < waited < took < shipped
+    assert events[-1] == ("completed", None)
+    # the three scenarios of before are unchanged
+    assert no_partner.status is WorkflowStatus.COMPENSATED
+    assert_compensation_order(no_partner, [{"prepare_shipment"}, "charge_payment", "reserve_stock"])
+    assert declined.status is WorkflowStatus.COMPENSATED
+    assert declined.compensated == ("reserve_stock",)
+    # o-4's seller never answered: the wait ran out, the payment and the stock were given back
+    assert unanswered.status is WorkflowStatus.COMPENSATED
+    assert unanswered.error is not None and unanswered.error.type == "WaitTimeout"
+    assert unanswered.error.step == "wait_for_seller_accepted"
+    assert unanswered.reason is not None and "WaitTimeout" in unanswered.reason
+    assert "for event SellerAccepted, which did not come" in unanswered.reason
+    assert_compensation_order(unanswered, ["charge_payment", "reserve_stock"])
+    info = result.infos["o-4"]
+    assert info.steps["wait_for_seller_accepted"].result is None
+    timed_out = [t for t in info.history if t.event == "wait_timed_out"]
+    (waiting,) = [t for t in info.history if t.event == "waiting"]
+    assert len(timed_out) == 1
+    assert (timed_out[0].at - waiting.at).total_seconds() >= SELLER_ANSWERS_WITHIN - 0.01
+    lines = result.world.lines
+    assert "[seller] seller-9 accepts order o-1" in lines
+    assert "[seller] order o-4 waits in seller-7's inbox: seller-7 is away" in lines
+    charged, refunded, released = (
+        lines.index(line)
+        for line in (
+            "[order] charged 60.00",
+            "[order] refunded 60.00",
+            "[order] released ['kettle']",
+        )
+    )
+    assert charged < refunded < released
+    assert not any("accepts order o-4" in line or "parcel-o-4" in line for line in lines)

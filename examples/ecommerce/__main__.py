@@ -18,6 +18,7 @@ import secrets
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import anyio
 
@@ -26,8 +27,15 @@ from flowkit.observability import load_flows, trace_of, trace_text
 from flowkit.stores import SQLiteStore, StateStore, from_url
 
 from .choreographed import run_choreography
-from .orchestrated import run_orchestration
+from .events import SellerAccepted
+from .orchestrated import SELLER_ANSWERS_WITHIN, run_orchestration
 from .order_service import Orders, PostgresOrders
+from .seller import AWAY
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from flowkit.orchestration import WorkflowInfo
 
 #: Where ``make demo`` keeps its records, for the dashboard to open afterwards.
 DEMO_DIR = Path(tempfile.gettempdir()) / "flowkit-demo"
@@ -57,6 +65,34 @@ def dashboard_command(url: str | None, store: StateStore | Path, where: str) -> 
         return f"flowkit ui --store sqlite:///{store}"
     schema = where.removeprefix("schema ")
     return f"flowkit ui --store '{redact_url(url or '')}?schema={schema}'"
+
+
+UNDONE = {
+    "reserve_stock": "stock released",
+    "charge_payment": "payment refunded",
+    "prepare_shipment": "parcel unpacked",
+    "assign_partner": "delivery partner released",
+}
+"""What each compensation of the PlaceOrder saga undoes, in words."""
+
+
+def waits_of(info: WorkflowInfo) -> Iterator[str]:
+    """What the workflow waited for, how long, and how each wait ended."""
+    began: dict[str, tuple[float, str]] = {}
+    for t in info.history:
+        if t.event == "waiting" and t.step is not None:
+            what = (t.detail or "").removeprefix("for ").partition(" until ")[0]
+            began[t.step] = (t.at.timestamp(), what)
+        elif t.event in ("step_succeeded", "wait_timed_out") and t.step in began:
+            at, what = began.pop(t.step)
+            waited = f"waited {t.at.timestamp() - at:.2f}s for {what}"
+            result = info.steps[t.step].result
+            if t.event == "wait_timed_out":
+                yield f"{waited}: {info.input.seller_id} never answered, the wait timed out"
+            elif isinstance(result, SellerAccepted):
+                yield f"{waited}: {result.seller_id} accepted the order"
+            else:
+                yield f"{waited}: it came"
 
 
 async def print_trace(store: StateStore | Path, flow_id: str, *, workflow: bool = False) -> None:
@@ -97,21 +133,32 @@ async def main(url: str | None, folder: Path | None = None) -> None:
 
         print()
         print("== Orchestration: the order service runs the PlaceOrder saga ==")
-        saga = await run_orchestration(orchestration_store, echo=True)
+        within = f"{SELLER_ANSWERS_WITHIN:g}s"
+        print("(the order service announces each order to its seller; after the charge, the saga")
+        print(f" waits for the seller's SellerAccepted: {within} here, a day in a real shop;")
+        print(f" {', '.join(sorted(AWAY))}, the seller of o-4, is away and never answers)")
+        saga = await run_orchestration(orchestration_store, echo=True, wait_for_sellers=True)
         for order_id, outcome in saga.outcomes.items():
+            info = saga.infos[order_id]
             print()
             line = f"{order_id}: {outcome.status.value}"
             if outcome.reason:
                 line += f" ({outcome.reason})"
             print(line)
+            for wait in waits_of(info):
+                print(f"  {wait}")
             if outcome.compensated:
                 print(f"  compensated, in order: {', '.join(outcome.compensated)}")
-            for t in saga.infos[order_id].history:
+                undone = (UNDONE.get(step, step) for step in outcome.compensated)
+                print(f"  undone: {', '.join(undone)}")
+            for t in info.history:
                 parts = [t.at.strftime("%H:%M:%S.%f")[:-3], t.event]
                 if t.step:
                     parts.append(t.step)
                 if t.attempt:
                     parts.append(f"attempt {t.attempt}")
+                if t.event == "waiting" and t.detail:
+                    parts.append(t.detail)
                 if t.error:
                     parts.append(f"error: {t.error}")
                 print("  " + "  ".join(parts))

@@ -35,6 +35,17 @@ class PartnerAssigned(Event):
     partner: str
 
 
+class SellerAccepted(Event, correlate_by="order_id"):
+    """The seller accepted an order (published by the seller service).
+
+    The orchestrated saga waits for it after charging the payment; it finds
+    the one of its order by ``order_id`` (``correlate_by``).
+    """
+
+    order_id: str
+    seller_id: str
+
+
 # -- commands, for the orchestrated version ----------------------------------
 
 

@@ -25,21 +25,24 @@ async def assign_partner(world: World, order_id: str, key: str) -> str:
     return partner
 
 
-def register(bus: Choreography, world: World) -> None:
-    """Declare this service's handlers on ``bus``."""
+def register(bus: Choreography, world: World, *, orchestrated: bool = False) -> None:
+    """Declare this service's handlers on ``bus``: it answers the saga's commands
+    and, unless ``orchestrated`` (the saga asks for the partner), reacts to
+    ``OrderPlaced`` on its own."""
+    if not orchestrated:
 
-    @bus.on(
-        OrderPlaced,
-        service=SERVICE,
-        emits=[PartnerAssigned],
-        retry=Retry(attempts=5, backoff=0.01),
-        name="assign-partner",
-    )
-    async def on_order_placed(event: OrderPlaced, ctx: Context) -> None:
-        if ctx.attempt > 1:
-            world.log(SERVICE, f"attempt {ctx.attempt} for order {event.order_id}")
-        partner = await assign_partner(world, event.order_id, ctx.idempotency_key)
-        await ctx.publish(PartnerAssigned(order_id=event.order_id, partner=partner))
+        @bus.on(
+            OrderPlaced,
+            service=SERVICE,
+            emits=[PartnerAssigned],
+            retry=Retry(attempts=5, backoff=0.01),
+            name="assign-partner",
+        )
+        async def on_order_placed(event: OrderPlaced, ctx: Context) -> None:
+            if ctx.attempt > 1:
+                world.log(SERVICE, f"attempt {ctx.attempt} for order {event.order_id}")
+            partner = await assign_partner(world, event.order_id, ctx.idempotency_key)
+            await ctx.publish(PartnerAssigned(order_id=event.order_id, partner=partner))
 
     @bus.handles(
         AssignPartner, service=SERVICE, retry=Retry(attempts=3, backoff=0.01), name="assign"

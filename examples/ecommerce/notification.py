@@ -22,13 +22,16 @@ async def send_email(world: World, order_id: str, email: str, key: str) -> str:
     return world.once(key, lambda: world.log(SERVICE, f"emailed {email} about order {order_id}"))
 
 
-def register(bus: Choreography, world: World) -> None:
-    """Declare this service's handlers on ``bus``."""
+def register(bus: Choreography, world: World, *, orchestrated: bool = False) -> None:
+    """Declare this service's handlers on ``bus``: it answers the saga's command
+    and, unless ``orchestrated`` (the saga asks for the email), reacts to
+    ``OrderPlaced`` on its own."""
+    if not orchestrated:
 
-    @bus.on(OrderPlaced, service=SERVICE, emits=[ConfirmationSent], name="confirm-order")
-    async def confirm_order(event: OrderPlaced, ctx: Context) -> None:
-        await send_email(world, event.order_id, event.user_email, ctx.idempotency_key)
-        await ctx.publish(ConfirmationSent(order_id=event.order_id, email=event.user_email))
+        @bus.on(OrderPlaced, service=SERVICE, emits=[ConfirmationSent], name="confirm-order")
+        async def confirm_order(event: OrderPlaced, ctx: Context) -> None:
+            await send_email(world, event.order_id, event.user_email, ctx.idempotency_key)
+            await ctx.publish(ConfirmationSent(order_id=event.order_id, email=event.user_email))
 
     @bus.handles(SendConfirmation, service=SERVICE, name="send-confirmation")
     async def send_confirmation(command: SendConfirmation, ctx: Context) -> Done:

@@ -1,10 +1,13 @@
 """The order workflow as orchestration: the order service is the brain.
 
-It runs a saga: reserve the stock and charge the payment itself, then ask the
-seller and logistics services (in parallel) and the notification service
-through remote commands. The services are the same modules as in the
-choreographed version: each answers commands as well as reacting to events.
-When a step fails, the completed steps are undone in reverse.
+It runs a saga: reserve the stock and charge the payment itself, then (in the
+demo) wait for the seller to accept the order, then ask the seller and
+logistics services (in parallel) and the notification service through remote
+commands. The services are the same modules as in the choreographed version,
+registered ``orchestrated``: they answer the saga's commands, and only the
+seller reacts to ``OrderPlaced``, by accepting the order (``SellerAccepted``).
+When a step fails, or the seller does not answer in time, the completed steps
+are undone in reverse.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from flowkit.orchestration import (
     Remote,
     Step,
     StepContext,
+    WaitForEvent,
     WorkflowInfo,
 )
 from flowkit.stores import SQLiteStore, StateStore
@@ -32,6 +36,7 @@ from .events import (
     OrderPlaced,
     PrepareShipment,
     ReleasePartner,
+    SellerAccepted,
     SendConfirmation,
 )
 from .world import World
@@ -41,8 +46,23 @@ class CardDeclined(NonRetryableError):
     """The payment provider refused the card: retrying will not help."""
 
 
-def order_saga(world: World) -> type[Orchestrator[OrderPlaced]]:
-    """The PlaceOrder saga, its local steps acting on ``world``."""
+SELLER_ANSWERS_WITHIN = 1.5
+"""Seconds the demo's saga waits for the seller to accept an order; a real shop
+would give its sellers a day (``timedelta(days=1)``): the wait is durable, it
+holds no process meanwhile."""
+
+
+def order_saga(
+    world: World, *, seller_answers_within: float | None = None
+) -> type[Orchestrator[OrderPlaced]]:
+    """The PlaceOrder saga, its local steps acting on ``world``.
+
+    With ``seller_answers_within`` (seconds), the saga waits after the charge for
+    the seller to accept the order (``SellerAccepted``), and turns back (refund,
+    release the stock) when no answer comes in time. Without it, it goes straight
+    on to the shipment (the multi-process version: its seller workers run the
+    choreographed services, which accept no order).
+    """
 
     async def reserve_stock(ctx: StepContext, order: OrderPlaced) -> str:
         return world.once(
@@ -63,6 +83,15 @@ def order_saga(world: World) -> type[Orchestrator[OrderPlaced]]:
     async def refund_payment(ctx: StepContext, order: OrderPlaced) -> None:
         world.once(ctx.idempotency_key, lambda: world.log("order", f"refunded {order.total:.2f}"))
 
+    # The seller's answer comes as an event from the bus, matched by order_id.
+    # The workflow waits in the store, holding no process, and turns back if the
+    # answer is late: a second or two in the demo, a day in real life.
+    seller_accepts = (
+        ()
+        if seller_answers_within is None
+        else (WaitForEvent(SellerAccepted, timeout=seller_answers_within, on_timeout="compensate"),)
+    )
+
     class PlaceOrder(Orchestrator[OrderPlaced]):
         name = "place-order"
         steps = (
@@ -73,6 +102,7 @@ def order_saga(world: World) -> type[Orchestrator[OrderPlaced]]:
                 retry=Retry(attempts=3, backoff=0.01),
                 timeout=5,
             ),
+            *seller_accepts,
             Parallel(
                 Remote(
                     PrepareShipment,
@@ -125,10 +155,24 @@ ORDERS = (
     ),
 )
 
+UNANSWERED = OrderPlaced(
+    order_id="o-4", user_email="dee@example.com", seller_id="seller-7", items=["kettle"], total=60
+)
+"""The order of a seller who never answers (one of ``seller.AWAY``)."""
 
-async def run_orchestration(store: StateStore | Path, *, echo: bool = False) -> OrchestrationResult:
+
+async def run_orchestration(
+    store: StateStore | Path, *, echo: bool = False, wait_for_sellers: bool = False
+) -> OrchestrationResult:
     """Three orders: one completes, one finds no delivery partner, one has its card
-    declined. ``store`` is a store, or the path of an SQLite file."""
+    declined. ``store`` is a store, or the path of an SQLite file.
+
+    With ``wait_for_sellers`` (as ``make demo`` runs it), the order service also
+    announces each order (``OrderPlaced``) to the seller, and the saga waits for
+    the seller's ``SellerAccepted`` after the charge (for
+    :data:`SELLER_ANSWERS_WITHIN`); a fourth order, o-4, goes to a seller who
+    never answers: when the wait runs out, its payment is refunded and its stock
+    released."""
     if isinstance(store, Path):
         store = SQLiteStore(store)
     world = World(echo=echo)
@@ -137,22 +181,28 @@ async def run_orchestration(store: StateStore | Path, *, echo: bool = False) -> 
     # their flow trace in the same store.
     services = Choreography(transport, store=store)
     for service in (notification, seller, logistics):
-        service.register(services, world)
-    place_order = order_saga(world)
+        service.register(services, world, orchestrated=True)
+    place_order = order_saga(
+        world, seller_answers_within=SELLER_ANSWERS_WITHIN if wait_for_sellers else None
+    )
+    orders = (*ORDERS, UNANSWERED) if wait_for_sellers else ORDERS
     outcomes: dict[str, Outcome] = {}
     infos: dict[str, WorkflowInfo] = {}
     async with (
         transport,
         services,
-        place_order(store, transport=transport) as orders,
+        place_order(store, transport=transport) as saga,
     ):
-        for order in ORDERS:
+        for order in orders:
             if order.order_id == "o-2":
                 world.fail("partner-api", times=100)  # no partner can be booked
-            outcomes[order.order_id] = await orders.run(order, workflow_id=order.order_id)
+            if wait_for_sellers:
+                await services.publish(order)  # the seller hears of the order, and answers
+            outcomes[order.order_id] = await saga.run(order, workflow_id=order.order_id)
             world.failures.clear()
-            infos[order.order_id] = await orders.get(order.order_id)
+            await services.wait_idle(10)  # the seller has answered (o-3's too: it was declined)
+            infos[order.order_id] = await saga.get(order.order_id)
         # Running an order again returns the recorded outcome: nothing is done twice.
-        again = await orders.run(ORDERS[0], workflow_id="o-1")
+        again = await saga.run(ORDERS[0], workflow_id="o-1")
         assert again.status == outcomes["o-1"].status
     return OrchestrationResult(world, outcomes, infos)

@@ -1,10 +1,19 @@
-"""The seller service: prepares the shipment of an order."""
+"""The seller service: accepts orders and prepares their shipment."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .events import CancelShipment, Done, OrderPlaced, PrepareShipment, ShipmentPrepared
+import anyio
+
+from .events import (
+    CancelShipment,
+    Done,
+    OrderPlaced,
+    PrepareShipment,
+    SellerAccepted,
+    ShipmentPrepared,
+)
 
 if TYPE_CHECKING:
     from flowkit import Choreography, Context
@@ -12,6 +21,14 @@ if TYPE_CHECKING:
     from .world import World
 
 SERVICE = "seller"
+
+AWAY = frozenset({"seller-7"})
+"""Sellers who never answer (on holiday, say): their orders wait in their inbox,
+and the orchestrated saga gives up on them when its wait runs out."""
+
+ANSWERS_AFTER = 0.2
+"""Seconds a seller takes to accept an order: a person takes minutes or hours,
+the demo's sellers are quick."""
 
 
 async def prepare_shipment(world: World, order_id: str, seller_id: str, key: str) -> str:
@@ -22,15 +39,45 @@ async def prepare_shipment(world: World, order_id: str, seller_id: str, key: str
     return parcel
 
 
-def register(bus: Choreography, world: World) -> None:
-    """Declare this service's handlers on ``bus``."""
+def register(bus: Choreography, world: World, *, orchestrated: bool = False) -> None:
+    """Declare this service's handlers on ``bus``.
 
-    @bus.on(OrderPlaced, service=SERVICE, emits=[ShipmentPrepared], name="prepare-shipment")
-    async def on_order_placed(event: OrderPlaced, ctx: Context) -> None:
-        parcel = await prepare_shipment(world, event.order_id, event.seller_id, ctx.idempotency_key)
-        await ctx.publish(
-            ShipmentPrepared(order_id=event.order_id, seller_id=event.seller_id, parcel_id=parcel)
-        )
+    The seller answers the saga's commands and reacts to ``OrderPlaced``: in the
+    choreographed version (the default) by preparing the shipment on its own;
+    ``orchestrated``, by accepting the order (``SellerAccepted``), the saga
+    asking for the shipment once it has the seller's answer.
+    """
+    if orchestrated:
+
+        @bus.on(OrderPlaced, service=SERVICE, emits=[SellerAccepted], name="accept-order")
+        async def accept_order(event: OrderPlaced, ctx: Context) -> None:
+            seller, order = event.seller_id, event.order_id
+            if seller in AWAY:
+                world.once(
+                    ctx.idempotency_key,
+                    lambda: world.log(
+                        SERVICE, f"order {order} waits in {seller}'s inbox: {seller} is away"
+                    ),
+                )
+                return
+            await anyio.sleep(ANSWERS_AFTER)  # the seller reads the order, and accepts it
+            world.once(
+                ctx.idempotency_key, lambda: world.log(SERVICE, f"{seller} accepts order {order}")
+            )
+            await ctx.publish(SellerAccepted(order_id=order, seller_id=seller))
+
+    else:
+
+        @bus.on(OrderPlaced, service=SERVICE, emits=[ShipmentPrepared], name="prepare-shipment")
+        async def on_order_placed(event: OrderPlaced, ctx: Context) -> None:
+            parcel = await prepare_shipment(
+                world, event.order_id, event.seller_id, ctx.idempotency_key
+            )
+            await ctx.publish(
+                ShipmentPrepared(
+                    order_id=event.order_id, seller_id=event.seller_id, parcel_id=parcel
+                )
+            )
 
     @bus.handles(PrepareShipment, service=SERVICE, name="prepare")
     async def on_prepare(command: PrepareShipment, ctx: Context) -> Done:
