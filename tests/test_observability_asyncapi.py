@@ -320,6 +320,34 @@ def test_a_bus_without_commands_has_no_reply_channel(validator: Draft7Validator)
     assert "flowkit.Accepted" not in document["components"]["messages"]
 
 
+def test_an_orchestrator_receives_the_events_it_waits_for(validator: Draft7Validator) -> None:
+    from . import graph_app_waits
+
+    document = asyncapi_document(graph_app_waits.bus, orchestrators=[graph_app_waits.Fulfil])
+    assert errors_of(validator, document) == []
+    operations = document["operations"]
+    accepted = operations["fulfil.wait.SellerAccepted.order_id"]
+    assert accepted["action"] == "receive"
+    assert accepted["channel"] == {"$ref": "#/channels/SellerAccepted"}
+    assert accepted["tags"] == [{"name": "fulfil"}]
+    assert accepted["x-flowkit-consumer-group"] == "fulfil:wait.SellerAccepted.order_id"
+    assert "reply" not in accepted
+    assert operations["fulfil.wait.Paid.ref"]["channel"] == {"$ref": "#/channels/Paid"}
+    # a signal goes to one workflow through the store, not through a channel
+    assert "Approved" not in document["channels"]
+    assert sorted(document["channels"]) == ["OrderPlaced", "Paid", "SellerAccepted"]
+
+    alone = asyncapi_document(
+        graph_app_waits.bus, orchestrators=[graph_app_waits.Fulfil], services=["fulfil"]
+    )
+    assert errors_of(validator, alone) == []
+    assert sorted(alone["operations"]) == [
+        "fulfil.wait.Paid.ref",
+        "fulfil.wait.SellerAccepted.order_id",
+    ]
+    assert sorted(alone["channels"]) == ["Paid", "SellerAccepted"]
+
+
 def test_flowkit_asyncapi_prints_the_document(
     capsys: pytest.CaptureFixture[str], validator: Draft7Validator
 ) -> None:

@@ -40,7 +40,7 @@ from flowkit.observability import LintFinding, flow_graph, graph_svg, lint
 from flowkit.stores import MemoryStore, SQLiteStore
 from flowkit.transports import InMemoryTransport
 
-from . import graph_app
+from . import graph_app, graph_app_waits
 from ._util import wait_until
 
 if TYPE_CHECKING:
@@ -292,6 +292,53 @@ def test_the_svg_graph_is_the_same_whatever_the_order_of_declaration() -> None:
     assert edges == []
 
 
+def test_an_orchestrator_s_waits_are_drawn_as_steps_and_an_event_waited_for_leads_to_one() -> None:
+    graph = flow_graph(graph_app_waits.bus, orchestrators=[graph_app_waits.Fulfil])
+    (fulfil,) = graph.orchestrators
+    steps = {step.name: step for step in fulfil.steps}
+    accepted = steps["wait_for_seller_accepted"]
+    assert (accepted.wait, accepted.waits_for, accepted.match) == (
+        "event",
+        "SellerAccepted",
+        "order_id",
+    )
+    assert accepted.timeout == 4 * 3600
+    assert accepted.wait_handler == "wait.SellerAccepted.order_id"
+    assert (steps["cooling_off"].wait, steps["cooling_off"].timeout) == ("timer", 86400)
+    assert (steps["wait_for_approved"].wait, steps["wait_for_approved"].waits_for) == (
+        "signal",
+        "Approved",
+    )
+    assert steps["reserve"].wait is None
+    assert fulfil.receives == (
+        ("Paid", "wait.Paid.ref"),
+        ("SellerAccepted", "wait.SellerAccepted.order_id"),
+    )
+    assert [s.name for _, s in graph.waiters("SellerAccepted")] == ["wait_for_seller_accepted"]
+    # an event waited for is an event of the graph; a signal is not a message of the bus
+    assert graph.events == ("OrderPlaced", "Paid", "SellerAccepted")
+
+    text = graph.mermaid()
+    nodes, edges = check_mermaid(text)
+    by_label = {label: node for node, label in nodes.items()}
+    wait = by_label["wait_for_seller_accepted (waits for event SellerAccepted, 4h at most)"]
+    timer = by_label["cooling_off (timer 1d)"]
+    signal = by_label["wait_for_approved (waits for signal Approved, 10m at most)"]
+    paid = by_label["wait_for_paid (waits for event Paid)"]
+    assert (by_label["SellerAccepted"], wait, "wait") in edges
+    assert (by_label["Paid"], paid, "wait") in edges
+    assert (by_label["accept"], by_label["SellerAccepted"], "") in edges
+    assert (wait, timer, "") in edges and (timer, signal, "") in edges
+    assert not [edge for edge in edges if signal == edge[1] and edge[2]]
+    (dot,) = parse_dot(graph.dot())
+    assert dot_nodes(dot) == nodes
+    nodes_svg, paths = svg_parts(graph.svg())
+    assert set(nodes_svg) == set(nodes)
+    assert (by_label["SellerAccepted"], wait) in {
+        (p.get("data-source"), p.get("data-target")) for p in paths
+    }
+
+
 def test_flow_graph_refuses_what_it_cannot_draw() -> None:
     with pytest.raises(TypeError, match="Choreography"):
         flow_graph(object())  # type: ignore[arg-type]
@@ -468,6 +515,37 @@ def test_lint_of_the_ecommerce_example() -> None:
     assert lint(bus, orchestrators=[saga], external=["OrderPlaced"]) == ()
 
 
+def test_lint_counts_a_wait_for_an_event_as_consuming_it() -> None:
+    fulfil = "fulfil step 'wait_for_paid' (tests.graph_app_waits.Fulfil)"
+    findings = lint(graph_app_waits.bus, orchestrators=[graph_app_waits.Fulfil])
+    # SellerAccepted is emitted by seller:accept and waited for by fulfil: no finding
+    assert [(f.code, f.message_type, f.where) for f in findings] == [
+        ("event-not-emitted", "Paid", fulfil),
+        ("event-not-emitted", "OrderPlaced", "seller:accept (tests.graph_app_waits.accept)"),
+    ]
+    assert findings[0].text == "waits for Paid, which no handler emits"
+    # without the orchestrator, nothing takes SellerAccepted
+    alone = lint(graph_app_waits.bus)
+    assert ("event-not-consumed", "SellerAccepted") in {(f.code, f.message_type) for f in alone}
+    # a declared event that a wait names is checked at the wait, once
+    declared = lint(
+        graph_app_waits.bus,
+        orchestrators=[graph_app_waits.Fulfil],
+        external=["OrderPlaced"],
+        declared=[graph_app_waits.Paid, graph_app_waits.SellerAccepted],
+    )
+    assert [(f.code, f.where) for f in declared] == [("event-not-emitted", fulfil)]
+    # an event published elsewhere
+    assert (
+        lint(
+            graph_app_waits.bus,
+            orchestrators=[graph_app_waits.Fulfil],
+            external=["Paid", "OrderPlaced"],
+        )
+        == ()
+    )
+
+
 def test_lint_finding_is_plain_data() -> None:
     finding = LintFinding("event-unused", "X", "m.X", "X is neither emitted nor consumed")
     assert str(finding) == "m.X: event-unused: X is neither emitted nor consumed"
@@ -531,6 +609,21 @@ def test_flowkit_lint_exits_0_without_findings(capsys: pytest.CaptureFixture[str
         "tests.graph_app",
         "--external",
         f"{external},Charge,Release,Audited,Forgotten",
+    )
+    assert (status, out) == (0, "no findings\n")
+
+
+def test_flowkit_lint_of_a_module_whose_saga_waits(capsys: pytest.CaptureFixture[str]) -> None:
+    status, out, _ = run_cli(capsys, "lint", "tests.graph_app_waits")
+    assert status == 1
+    assert out.splitlines() == [
+        "fulfil step 'wait_for_paid' (tests.graph_app_waits.Fulfil): event-not-emitted: "
+        "waits for Paid, which no handler emits",
+        "seller:accept (tests.graph_app_waits.accept): event-not-emitted: "
+        "handles OrderPlaced, which no handler emits",
+    ]
+    status, out, _ = run_cli(
+        capsys, "lint", "tests.graph_app_waits", "--external", "Paid,OrderPlaced"
     )
     assert (status, out) == (0, "no findings\n")
 

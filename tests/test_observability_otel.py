@@ -35,7 +35,14 @@ from flowkit import (
 )
 from flowkit.observability import _otel
 from flowkit.observability.otel import OpenTelemetry
-from flowkit.orchestration import Orchestrator, Remote, Step, StepContext, WorkflowStatus
+from flowkit.orchestration import (
+    Orchestrator,
+    Remote,
+    Step,
+    StepContext,
+    WaitForSignal,
+    WorkflowStatus,
+)
 from flowkit.stores import MemoryStore, SQLiteStore
 from flowkit.transports import InMemoryTransport, from_url
 
@@ -573,6 +580,40 @@ async def test_an_orchestrated_saga_and_its_compensation_are_one_trace(
         ("ship", False, "failed"): 1,
         ("reserve", True, "succeeded"): 1,
     }
+
+
+class Approve(Event):
+    ok: bool
+
+
+class Approval(Orchestrator[OrderPlaced]):
+    steps = (Step(reserve, compensate=release), WaitForSignal(Approve))
+
+
+async def test_a_workflow_parked_at_a_wait_ends_its_span_waiting_not_failed(
+    telemetry: Telemetry,
+) -> None:
+    async with Approval(MemoryStore(), observers=[telemetry.otel]) as approval:
+        await approval.start(OrderPlaced(order_id="o-4"), workflow_id="w-4")
+        await wait_until(lambda: bool(telemetry.spans("workflow Approval")), timeout=10)
+        (parked,) = telemetry.spans("workflow Approval")
+        assert attr(parked, "flowkit.workflow.status") == "WAITING"
+        assert attr(parked, "flowkit.workflow.waiting") is True
+        assert "flowkit.workflow.stopped" not in (parked.attributes or {})
+        assert parked.status.status_code is StatusCode.UNSET
+        wait = telemetry.span("step Approval.wait_for_approve")
+        assert attr(wait, "flowkit.outcome") == "waiting"
+        assert wait.status.status_code is StatusCode.UNSET
+        assert parent_id(wait) == span_id(parked)
+
+        assert await approval.signal("w-4", Approve(ok=True))
+        with anyio.fail_after(10):
+            outcome = await approval.wait("w-4")
+    assert outcome.status is WorkflowStatus.COMPLETED
+    woken = next(s for s in telemetry.spans("workflow Approval") if s is not parked)
+    assert attr(woken, "flowkit.workflow.resumed") is True
+    assert attr(woken, "flowkit.workflow.status") == "COMPLETED"
+    assert "flowkit.workflow.waiting" not in (woken.attributes or {})
 
 
 # -- across processes, on Redis -------------------------------------------------------------

@@ -59,10 +59,12 @@ def asyncapi_document(
     * a **channel** per topic (an event or command type; its address is the
       type name), and one for the replies, whose address each caller names
       in the ``flowkit-reply-to`` header;
-    * **operations**: ``receive`` for every handler, ``send`` for every event
-      a handler declares in ``emits=`` and every command an orchestrator
-      sends; each is tagged with its service (or orchestrator), and a
-      command's carries its reply;
+    * **operations**: ``receive`` for every handler and every event an
+      orchestrator waits for (:class:`~flowkit.orchestration.WaitForEvent`,
+      received in the consumer group ``<orchestrator>:wait.<event>.<field>``),
+      ``send`` for every event a handler declares in ``emits=`` and every
+      command an orchestrator sends; each is tagged with its service (or
+      orchestrator), and a command's carries its reply;
     * **messages** whose payload is flowkit's JSON envelope (ids,
       correlation and causation, time, envelope headers) holding the
       model's JSON schema (pydantic's, in serialization mode, under
@@ -72,7 +74,7 @@ def asyncapi_document(
     Args:
         *buses: the buses whose handlers to describe.
         orchestrators: orchestrator classes (or instances) whose remote
-            commands to describe.
+            commands and waited events to describe.
         title: the document's ``info.title``.
         version: the document's ``info.version`` (the version of your API).
         description: the document's ``info.description``.
@@ -154,6 +156,18 @@ def _operations(graph: FlowGraph) -> list[_Operation]:
             )
         )
     for orchestrator in graph.orchestrators:
+        for event, wait_handler in orchestrator.receives:
+            consumer = f"{orchestrator.name}:{wait_handler}"
+            operations.append(
+                _Operation(
+                    f"{orchestrator.name}.{wait_handler}",
+                    "receive",
+                    orchestrator.name,
+                    graph.messages[event],
+                    f"orchestrator {orchestrator.name} waits for {event} ({consumer})",
+                    consumer=consumer,
+                )
+            )
         for command in orchestrator.sends:
             operations.append(
                 _Operation(

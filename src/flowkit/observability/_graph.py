@@ -1,7 +1,8 @@
 """The flow graph drawn from the code: who handles, emits and sends what.
 
 What a bus knows of its handlers (``@bus.on``, ``@bus.handles``, ``emits=``)
-and what orchestrators declare in their step lists, gathered into one
+and what orchestrators declare in their step lists (their waits included:
+timers, events waited for, signals), gathered into one
 :class:`FlowGraph` and drawn as Mermaid or DOT. Nothing is run: no transport
 or store is opened.
 """
@@ -67,6 +68,14 @@ class StepNode:
         compensation: the name of the local function compensating it, if any.
         compensation_command: the type name of the command compensating it, if any.
         pivot: whether it is the point of no return.
+        wait: for a wait step, what it waits for: ``timer``
+            (:class:`~flowkit.orchestration.Sleep`), ``event``
+            (:class:`~flowkit.orchestration.WaitForEvent`) or ``signal``
+            (:class:`~flowkit.orchestration.WaitForSignal`); None for another step.
+        waits_for: the type name of the event or signal it waits for.
+        match: for an event wait, the event's field holding the workflow's key.
+        timeout: seconds: a timer's duration, or how long an event or signal
+            wait waits (None: until a time, or no limit).
     """
 
     name: str
@@ -76,6 +85,18 @@ class StepNode:
     compensation: str | None
     compensation_command: str | None
     pivot: bool
+    wait: Literal["timer", "event", "signal"] | None = None
+    waits_for: str | None = None
+    match: str | None = None
+    timeout: float | None = None
+
+    @property
+    def wait_handler(self) -> str | None:
+        """For an event wait, the handler its orchestrator receives the event with:
+        ``wait.<event>.<field>`` (in the service named after the orchestrator)."""
+        if self.wait != "event" or self.waits_for is None:
+            return None
+        return f"wait.{self.waits_for}.{self.match}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +122,18 @@ class OrchestratorNode:
             step.compensation_command for step in self.steps
         }
         return tuple(sorted(name for name in sent if name is not None))
+
+    @property
+    def receives(self) -> tuple[tuple[str, str], ...]:
+        """The events its waits take, as (type name, handler) pairs, sorted: the
+        orchestrator subscribes to each as service ``name``, handler
+        ``wait.<event>.<field>``."""
+        found = {
+            (step.waits_for, step.wait_handler)
+            for step in self.steps
+            if step.waits_for is not None and step.wait_handler is not None
+        }
+        return tuple(sorted(found))
 
 
 class FlowGraph:
@@ -152,6 +185,15 @@ class FlowGraph:
         """The handlers that declare ``event`` in ``emits=``."""
         return tuple(h for h in self.handlers if h.emits is not None and event in h.emits)
 
+    def waiters(self, event: str) -> tuple[tuple[OrchestratorNode, StepNode], ...]:
+        """The orchestrator steps that wait for ``event`` (:class:`WaitForEvent`)."""
+        return tuple(
+            (orchestrator, step)
+            for orchestrator in self.orchestrators
+            for step in orchestrator.steps
+            if step.wait == "event" and step.waits_for == event
+        )
+
     def senders(self, command: str) -> tuple[tuple[OrchestratorNode, StepNode], ...]:
         """The orchestrator steps whose action or compensation sends ``command``."""
         return tuple(
@@ -168,8 +210,9 @@ class FlowGraph:
 
         Events are rounded nodes, commands parallelograms, handlers boxes
         inside their service; an orchestrator is a box of its steps (a
-        parallel group nested in it), chained in order. A solid arrow is a
-        message handled, emitted or sent; a dotted one a compensation.
+        parallel group nested in it, waits labelled with what they wait
+        for), chained in order. A solid arrow is a message handled, emitted,
+        sent or waited for; a dotted one a compensation.
         """
         lines = ["flowchart LR"]
         depth = 1
@@ -270,6 +313,8 @@ class FlowGraph:
                     for b in after:
                         edges.append((_step_id(index, a), _step_id(index, b), "", False))
             for step in orchestrator.steps:
+                if step.wait == "event" and step.waits_for is not None:
+                    edges.append((_id("ev", step.waits_for), _step_id(index, step), "wait", False))
                 if step.command is not None:
                     edges.append((_step_id(index, step), _id("cm", step.command), "sends", False))
                 if step.compensation_command is not None:
@@ -305,7 +350,8 @@ def flow_graph(
     Args:
         *buses: the buses whose handlers to draw. A handler declared the same
             way on several of them is drawn once.
-        orchestrators: orchestrator classes (or instances) whose steps to draw.
+        orchestrators: orchestrator classes (or instances) whose steps to draw,
+            their waits too (an event waited for is an event of the graph).
 
     Returns:
         The graph.
@@ -374,6 +420,10 @@ def _orchestrator_node(
                 if sent is not None:
                     _add_message(messages, sent)
             local = compensation.fn if compensation is not None else None
+            wait = spec.wait
+            waited = None if wait is None else wait.message_type
+            if wait is not None and wait.kind == "event" and waited is not None:
+                _add_message(messages, waited)  # a signal is no message of the bus
             steps.append(
                 StepNode(
                     name=spec.name,
@@ -385,6 +435,10 @@ def _orchestrator_node(
                     if compensation_command is None
                     else compensation_command.__flowkit_type__,
                     pivot=spec.pivot,
+                    wait=None if wait is None else wait.kind,
+                    waits_for=None if waited is None else waited.__flowkit_type__,
+                    match=None if wait is None else wait.match,
+                    timeout=None if wait is None else wait.duration,
                 )
             )
     input_type = cls._input_type
@@ -429,11 +483,26 @@ def _stages(orchestrator: OrchestratorNode) -> list[tuple[StepNode, ...]]:
 
 def _step_label(step: StepNode) -> str:
     label = step.name
+    if step.wait == "timer":
+        label += f" (timer {'until a time' if step.timeout is None else _seconds(step.timeout)})"
+    elif step.wait is not None:
+        label += f" (waits for {step.wait} {step.waits_for}"
+        if step.timeout is not None:
+            label += f", {_seconds(step.timeout)} at most"
+        label += ")"
     if step.compensation is not None:
         label += f" (undo: {step.compensation})"
     if step.pivot:
         label += " (pivot)"
     return label
+
+
+def _seconds(value: float) -> str:
+    """A duration in its largest whole unit: ``90s``, ``15m``, ``2h``, ``7d``."""
+    for unit, size in (("d", 86_400), ("h", 3_600), ("m", 60)):
+        if value >= size and value % size == 0:
+            return f"{value / size:g}{unit}"
+    return f"{value:g}s"
 
 
 # -- drawing ----------------------------------------------------------------------------

@@ -59,8 +59,8 @@ def graph_svg(graph: FlowGraph) -> str:
     Events are orange rounded boxes, commands blue parallelograms, handlers
     green boxes under the name of their service, orchestrator steps purple
     boxes under the name of their orchestrator; a legend sits on top. A
-    solid arrow is a message handled, emitted or sent, or one step leading to
-    the next; a dashed red one a compensation. Each node is a ``<g
+    solid arrow is a message handled, emitted, sent or waited for, or one step
+    leading to the next; a dashed red one a compensation. Each node is a ``<g
     class="node KIND" data-id="...">`` and each edge a ``<path class="edge">``.
 
     Args:

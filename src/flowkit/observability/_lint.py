@@ -1,5 +1,5 @@
-"""Checks of a flow graph: messages sent into the void, handlers waiting for
-nothing, commands nobody answers."""
+"""Checks of a flow graph: messages sent into the void, handlers and waits waiting
+for nothing, commands nobody answers."""
 
 from __future__ import annotations
 
@@ -29,8 +29,9 @@ class LintFinding:
 
     Attributes:
         code: what kind of finding: ``event-not-consumed`` (emitted, and no
-            handler takes it), ``event-not-emitted`` (handled, and nothing
-            emits it), ``event-unused`` (declared, neither emitted nor handled)
+            handler takes it nor orchestrator waits for it),
+            ``event-not-emitted`` (handled or waited for, and nothing emits
+            it), ``event-unused`` (declared, neither emitted nor handled)
             or ``command-not-handled`` (sent or declared, and no service
             answers it).
         message_type: the type name of the event or command concerned.
@@ -59,13 +60,14 @@ def lint(
     Findings:
 
     * ``event-not-consumed``: a handler declares it emits an event (``emits=``)
-      that no handler consumes.
-    * ``event-not-emitted``: a handler consumes an event that no handler
-      declares in ``emits=``.
+      that no handler consumes and no orchestrator waits for
+      (:class:`~flowkit.orchestration.WaitForEvent`).
+    * ``event-not-emitted``: a handler consumes an event, or an orchestrator's
+      step waits for one, that no handler declares in ``emits=``.
     * ``command-not-handled``: an orchestrator's step or compensation sends a
       command, or ``declared`` names one, that no ``@bus.handles`` answers.
     * ``event-unused``: ``declared`` names an event that no handler emits or
-      consumes.
+      consumes and no orchestrator waits for.
 
     Only handlers' declarations are known: an event published by other code
     (an HTTP endpoint, the outbox write of a request) or consumed by another
@@ -110,7 +112,7 @@ def _event_findings(graph: FlowGraph, outside: set[str]) -> list[LintFinding]:
     findings = []
     for handler in graph.handlers:
         for event in handler.emits or ():
-            if event not in outside and not graph.consumers(event):
+            if event not in outside and not graph.consumers(event) and not graph.waiters(event):
                 findings.append(
                     LintFinding(
                         "event-not-consumed",
@@ -132,6 +134,19 @@ def _event_findings(graph: FlowGraph, outside: set[str]) -> list[LintFinding]:
                     f"handles {handler.message}, which no handler emits",
                 )
             )
+    for orchestrator in graph.orchestrators:
+        for step in orchestrator.steps:
+            waited = step.waits_for
+            if step.wait == "event" and waited is not None:
+                if waited not in outside and not graph.emitters(waited):
+                    findings.append(
+                        LintFinding(
+                            "event-not-emitted",
+                            waited,
+                            step_location(orchestrator, step),
+                            f"waits for {waited}, which no handler emits",
+                        )
+                    )
     return findings
 
 
@@ -161,8 +176,8 @@ def _declared_findings(
 ) -> list[LintFinding]:
     findings = []
     for name, cls in declared.items():
-        if name in outside or graph.consumers(name):
-            continue
+        if name in outside or graph.consumers(name) or graph.waiters(name):
+            continue  # checked where it is handled or waited for
         where = f"{cls.__module__}.{cls.__qualname__}"
         if issubclass(cls, Command):
             if not graph.senders(name):  # those are found at their steps

@@ -13,7 +13,8 @@ One observer, :class:`OpenTelemetry`, is both a
   and what a handler sends is a child of its handling;
 - an INTERNAL span per workflow run in this process, one per step attempt and
   one per compensation attempt; a remote step's command is sent inside its
-  step's span;
+  step's span; a run parked at a wait step ends ``flowkit.workflow.waiting``
+  (not an error), and the run that goes on once it is woken has a span of its own;
 - counters of messages handled, retried and dead-lettered, and histograms of
   the handling and step durations, with attributes of low cardinality.
 
@@ -293,15 +294,20 @@ class OpenTelemetry(BusObserver, SagaObserver):
         self._end_workflow(event, stopped=True)
 
     def _end_workflow(self, event: WorkflowEvent, *, stopped: bool = False) -> None:
+        # A workflow parked at a wait step is not stopped: it waits (held by no
+        # process) until it is due, and a new span continues it when it is woken.
+        waiting = stopped and event.status is WorkflowStatus.WAITING
         for key in [k for k in self._steps if k[0] == event.workflow and k[1] == event.workflow_id]:
             step = self._steps.pop(key)
-            step.set_attribute("flowkit.outcome", "stopped")
+            step.set_attribute("flowkit.outcome", "waiting" if waiting else "stopped")
             step.end()
         span = self._workflows.pop((event.workflow, event.workflow_id), None)
         if span is None:
             return
         span.set_attribute("flowkit.workflow.status", event.status.value)
-        if stopped:
+        if waiting:
+            span.set_attribute("flowkit.workflow.waiting", True)
+        elif stopped:
             span.set_attribute("flowkit.workflow.stopped", True)
         if event.reason:
             span.set_attribute("flowkit.workflow.reason", redact_url(event.reason))

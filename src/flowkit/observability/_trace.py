@@ -11,6 +11,10 @@ tracing never slows the bus down beyond its buffer, and never fails it.
 The recorder also prunes the trace: the entries older than ``retention``,
 and the oldest beyond ``max_entries``, a batch at a time.
 
+A workflow parked at a wait (``WAITING``) is recorded as a ``workflow`` entry
+``waiting``, with the step it waits at; when it is woken, its steps go on in
+the same flow (the workflow's id).
+
 A bus with a store records on its own (``Choreography(..., trace=True)``, the
 default), so does an orchestrator (``Orchestrator(..., trace=True)``).
 """
@@ -36,6 +40,7 @@ from .._errors import DecodeError, DefinitionError
 from .._events import FLOW, business_key, decode_envelope, envelope_key
 from .._redact import MASK, redact_url
 from ..choreography._observe import BusObserver
+from ..orchestration._model import WorkflowStatus
 from ..orchestration._observe import SagaObserver
 from ..stores._trace import trace_of
 
@@ -65,6 +70,9 @@ PRUNE_BATCH = 5_000
 CLOSE_WITHIN = 5.0
 #: Seconds between two warnings about dropped or unwritten entries.
 WARN_EVERY = 30.0
+#: The most workflows whose last step started is remembered (to say at which
+#: step a workflow waits when it is parked).
+MAX_RUNNING = 10_000
 
 _now = time.time
 
@@ -223,6 +231,8 @@ class TraceRecorder(BusObserver, SagaObserver):
         self._last_warning = -math.inf
         self._unreported_drops = 0
         self._unreported_failures = 0
+        # The last forward step started, of each workflow running here.
+        self._at_step: dict[tuple[str, str], str] = {}
         self.written = 0
         """Entries written to the store so far."""
         self.dropped = 0
@@ -585,10 +595,37 @@ class TraceRecorder(BusObserver, SagaObserver):
             self._workflow(event, outcome, handling.envelope.correlation_id, handling)
 
     def workflow_finished(self, event: WorkflowEvent) -> None:
+        self._at_step.pop((event.workflow, event.workflow_id), None)
         self._workflow(event, event.status.value.lower())
 
     def workflow_stopped(self, event: WorkflowEvent) -> None:
-        self._workflow(event, "stopped")
+        step = self._at_step.pop((event.workflow, event.workflow_id), None)
+        if event.status is WorkflowStatus.WAITING:
+            # Parked until its wait is due: it did not stop, it waits (at ``step``).
+            self._push(
+                (
+                    time.time(),
+                    event.workflow_id,
+                    "workflow",
+                    "waiting",
+                    None,
+                    None,
+                    None,
+                    None,
+                    None,
+                    event.workflow,
+                    event.workflow_id,
+                    step,
+                    None,
+                    event.duration,
+                    None,
+                    None,
+                    None,
+                    None,
+                )
+            )
+        else:
+            self._workflow(event, "stopped")
 
     def _step(
         self,
@@ -621,6 +658,11 @@ class TraceRecorder(BusObserver, SagaObserver):
         )
 
     def step_started(self, event: StepEvent) -> None:
+        if not event.compensating:
+            at, key = self._at_step, (event.workflow, event.workflow_id)
+            if key not in at and len(at) >= MAX_RUNNING:
+                del at[next(iter(at))]  # one whose end this recorder was not told
+            at[key] = event.step
         self._step(event, "started")
 
     def step_succeeded(self, event: StepEvent) -> None:

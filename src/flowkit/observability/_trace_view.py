@@ -116,6 +116,8 @@ class Step:
     compensating: bool
     entries: list[TraceEntry] = field(default_factory=list)
     sent: list[Message] = field(default_factory=list)
+    waiting: bool = False  # its workflow is parked at it now
+    parked: bool = False  # its workflow was parked at it (a wait step)
 
     @property
     def first_at(self) -> datetime:
@@ -130,7 +132,7 @@ class Step:
     def outcome(self) -> str:
         ends = self.attempts
         if not ends:
-            return "running"
+            return "waiting" if self.waiting else "running"
         return ends[-1].outcome
 
 
@@ -147,11 +149,19 @@ class Workflow:
 
     @property
     def end(self) -> TraceEntry | None:
-        """Its last entry that ends a run (completed, compensated, failed, stopped)."""
+        """Its last entry that ends a run (completed, compensated, failed, stopped,
+        or waiting: parked at a wait step)."""
         for entry in reversed(self.entries):
             if entry.outcome not in ("started", "resumed"):
                 return entry
         return None
+
+    @property
+    def waiting(self) -> TraceEntry | None:
+        """Its ``waiting`` entry, if it is parked at a wait step (as far as the
+        trace knows); the entry's ``step`` names the step when known."""
+        end = self.end
+        return end if end is not None and end.outcome == "waiting" else None
 
 
 @dataclass(eq=False)
@@ -282,6 +292,17 @@ def build_tree(flow: FlowTrace) -> Tree:
         elif kind == "stalled":
             stalled.append(entry)
 
+    for w in workflows.values():
+        for entry in w.entries:
+            if entry.outcome == "waiting" and entry.step:
+                waited = steps.get((w.workflow_id, entry.step, False))
+                if waited is not None:
+                    waited.parked = True
+        parked = w.waiting
+        if parked is not None:
+            for step in w.steps:
+                if not step.attempts and parked.step in (None, step.name):
+                    step.waiting = True
     roots: list[Message | Workflow] = [
         w for w in workflows.values() if w.workflow_id == flow.correlation_id
     ]
@@ -426,10 +447,15 @@ def _step_line(step: Step, index: int | None = None) -> str:
     ends = step.attempts
     label = f"compensation {index}: {step.name}" if step.compensating else f"step {step.name}"
     if not ends:
+        if step.waiting:
+            return f"{label}  waiting"
         return f"{label}  started, no end recorded"
     last = ends[-1]
     took = f" ({_ms(last.duration)})" if last.duration is not None else ""
     if last.outcome == "succeeded":
+        if step.parked and last.duration is None:
+            waited = (last.at - step.first_at).total_seconds()
+            took = f" (waited {_ms(max(waited, 0.0))})"
         if len(ends) == 1:
             return f"{label}  succeeded{took}"
         return f"{label}  succeeded at attempt {last.attempt}{took}, after {len(ends) - 1} failed"
@@ -447,6 +473,10 @@ def _workflow_line(w: Workflow) -> str:
         started = w.entries[0].at if w.entries else None
         when = f" at {_time(started)}" if started else ""
         return f"workflow {name} {w.workflow_id}  running (started{when})"
+    if end.outcome == "waiting":
+        what = f" {end.detail}" if end.detail else ""
+        at = f" at step {end.step}" if end.step else ""
+        return f"workflow {name} {w.workflow_id}  waiting{what}{at} since {_time(end.at)}"
     took = f" in {_ms(end.duration)}" if end.duration is not None else ""
     line = f"workflow {name} {w.workflow_id}  {end.outcome.upper()}{took}"
     if end.detail:
@@ -535,7 +565,7 @@ def _text_workflow(out: _Lines, tree: Tree, w: Workflow, prefix: str, last: bool
 
 def stopped_reasons(tree: Tree) -> list[str]:
     """Where the flow stopped and why, one line each: dead letters, handlings
-    given up, failed steps, workflows that did not complete (with their
+    given up, failed steps, workflows that did not complete or wait (with their
     compensations in order), expectations not met."""
     reasons: list[str] = []
     for msg in sorted(tree.messages.values(), key=_order):
@@ -752,6 +782,7 @@ def _node_json(item: Any) -> dict[str, Any]:
         "workflow_id": item.workflow_id,
         "outcome": end.outcome if end else "running",
         "reason": end.detail if end else None,
+        "waiting_at": end.step if end is not None and end.outcome == "waiting" else None,
         "steps": [_node_json(s) for s in sorted(item.steps, key=_order)],
         "compensations": [_node_json(s) for s in sorted(item.compensations, key=_order)],
         "sent": [_node_json(m) for m in sorted(item.sent, key=_order)],
