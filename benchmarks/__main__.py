@@ -20,6 +20,7 @@ BENCHMARKS: dict[str, list[str]] = {
     "bench_otel": [],
     "bench_trace": [],
     "bench_ui": [],
+    "bench_waits": [],
 }
 
 
