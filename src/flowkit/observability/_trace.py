@@ -621,7 +621,7 @@ class TraceRecorder(BusObserver, SagaObserver):
                     None,
                     None,
                     None,
-                    None,
+                    _waiting_detail(event),
                 )
             )
         else:
@@ -749,3 +749,12 @@ def check_trace_argument(trace: object) -> None:
     """
     if not isinstance(trace, bool | TraceOptions):
         raise DefinitionError(f"trace must be True, False or TraceOptions(...), not {trace!r}")
+
+
+def _waiting_detail(event: WorkflowEvent) -> str | None:
+    """What a parked workflow waits for, and until when."""
+    if event.waiting_for is None:
+        return None
+    if event.wake_at is None:
+        return f"for {event.waiting_for} with no time limit"
+    return f"for {event.waiting_for} until {event.wake_at.isoformat(timespec='seconds')}"

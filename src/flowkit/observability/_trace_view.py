@@ -474,9 +474,9 @@ def _workflow_line(w: Workflow) -> str:
         when = f" at {_time(started)}" if started else ""
         return f"workflow {name} {w.workflow_id}  running (started{when})"
     if end.outcome == "waiting":
-        what = f" {end.detail}" if end.detail else ""
         at = f" at step {end.step}" if end.step else ""
-        return f"workflow {name} {w.workflow_id}  waiting{what}{at} since {_time(end.at)}"
+        what = f" {end.detail}," if end.detail else ""
+        return f"workflow {name} {w.workflow_id}  waiting{at}{what} since {_time(end.at)}"
     took = f" in {_ms(end.duration)}" if end.duration is not None else ""
     line = f"workflow {name} {w.workflow_id}  {end.outcome.upper()}{took}"
     if end.detail:

@@ -220,6 +220,8 @@ class Engine:
 
     def _tell_workflow(self, method: str, run: Run) -> None:
         clock = None if method == "workflow_started" else run.clock
+        waiting = run.waiting_step() if run.status is WorkflowStatus.WAITING else None
+        wait = None if waiting is None else waiting.spec.wait
         self._tell(
             method,
             WorkflowEvent(
@@ -230,6 +232,8 @@ class Engine:
                 duration=None if clock is None else time.monotonic() - clock,
                 error=step_error(run.error),
                 reason=run.reason,
+                waiting_for=None if wait is None else wait.what,
+                wake_at=None if wait is None else run.wake_at,
             ),
         )
 

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
+    from datetime import datetime
 
     from ._context import StepContext
     from ._model import StepError, WorkflowStatus
@@ -30,6 +31,10 @@ class WorkflowEvent:
             since its ``workflow_started`` in this process.
         error: the failure that made it turn back (or fail), if any.
         reason: why it was compensated or failed, in one sentence.
+        waiting_for: for ``workflow_stopped`` with status ``WAITING`` (it was
+            parked at a wait step): what it waits for (``timer``,
+            ``event SellerAccepted``, ``signal Approval``).
+        wake_at: then, when its timer or timeout is due (UTC; None: no limit).
     """
 
     workflow: str
@@ -39,6 +44,8 @@ class WorkflowEvent:
     duration: float | None = None
     error: StepError | None = None
     reason: str | None = None
+    waiting_for: str | None = None
+    wake_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,7 +99,8 @@ class SagaObserver:
     (a final status) or ``workflow_stopped`` (it stopped in this process
     without one, and stays ``RUNNING`` or ``COMPENSATING`` for ``resume()``:
     the orchestrator stopped, the caller of ``run`` was cancelled, the store
-    failed, or another process took the workflow over). A compensation is
+    failed, or another process took the workflow over; or it is ``WAITING``,
+    parked at a wait step until it is due). A compensation is
     reported by the same step methods, with ``event.compensating`` True.
 
     ``step_started`` and ``step_succeeded`` come once the transition is

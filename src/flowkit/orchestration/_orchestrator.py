@@ -69,6 +69,10 @@ MAX_SIGNAL_SIZE = 1024 * 1024
 _FORWARD = (WorkflowStatus.RUNNING, WorkflowStatus.WAITING)
 
 
+def _same(one: object, other: object) -> bool:
+    return one is other
+
+
 def _input_type_of(cls: type) -> Any:
     for base in cls.__dict__.get("__orig_bases__", ()):
         origin = getattr(base, "__origin__", None)
@@ -457,10 +461,15 @@ class Orchestrator(Generic[InputT]):
             from ..choreography import BusObserver, Choreography
             from ._wait_events import subscribe
 
+            # the bus keeps its own trace recorder: the orchestrator's is left out
             events = Choreography(
                 self._transport,
                 store=self._store,
-                observers=[o for o in self._observers if isinstance(o, BusObserver)],
+                observers=[
+                    o
+                    for o in self._observers
+                    if isinstance(o, BusObserver) and not _same(o, self._recorder)
+                ],
                 trace=self._trace,
             )
             subscribe(events, self._plan, self.name, self._deliver)

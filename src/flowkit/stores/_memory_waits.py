@@ -79,7 +79,7 @@ class MemoryWaits:
                 and stored.wake_at is not None
                 and stored.wake_at <= now
                 and workflow_id not in skip
-                and stored.unheld_for(owner, now)
+                and (stored.owner is None or (stored.lease_until or now) <= now)
             )[:most]
             claimed = []
             for _, workflow_id, stored in due:

@@ -94,7 +94,7 @@ KINDS: dict[str, tuple[str, ...]] = {
     "dead_letter": ("dead_lettered",),
     "step": ("started", "succeeded", "retried", "failed", "interrupted"),
     "compensation": ("started", "succeeded", "retried", "failed", "interrupted"),
-    "workflow": ("started", "resumed", "completed", "compensated", "failed", "stopped"),
+    "workflow": ("started", "resumed", "completed", "compensated", "failed", "stopped", "waiting"),
     "stalled": ("reported",),
 }
 
@@ -113,7 +113,8 @@ class TraceEntry:
         outcome: what happened (see :data:`KINDS`): a handling ``handled``,
             ``retried`` or ``failed``; a step ``started``, ``succeeded``,
             ``retried``, ``failed`` or ``interrupted``; a workflow ``started``,
-            ``resumed``, ``completed``, ``compensated``, ``failed`` or ``stopped``.
+            ``resumed``, ``completed``, ``compensated``, ``failed``, ``stopped`` or
+            ``waiting`` (parked at a wait step).
         message_id: the message published or handled.
         causation_id: the message whose handling published it.
         message_type: the message's type name.

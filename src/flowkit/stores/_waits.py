@@ -96,8 +96,10 @@ class WaitStore(Protocol):
         """Take the lease of waiting workflows of orchestrator ``name`` that are
         due (their ``wake_at`` passed), soonest first.
 
-        A due workflow is claimed when nobody holds it, its lease ran out, or
-        ``owner`` holds it, unless its id is in ``exclude``. Its version is
+        A due workflow is claimed when nobody holds it or its lease ran out,
+        unless its id is in ``exclude``; one ``owner`` itself holds is being
+        taken up already (by another instance of its process, perhaps), and
+        is left to it. Its version is
         incremented (fencing a previous holder); its status stays
         :data:`WAITING` until its new holder saves it. Several callers at once
         never claim one workflow twice.

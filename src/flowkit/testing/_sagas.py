@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Self, TypeVar
 
 from .._errors import DefinitionError, FlowkitError, StepTimeout
-from ..orchestration import Parallel, Remote, SagaObserver, Step
+from ..orchestration import Parallel, Remote, SagaObserver, Sleep, Step, WaitForEvent, WaitForSignal
 
 if TYPE_CHECKING:
     from ..orchestration import (
@@ -349,8 +349,17 @@ class FaultPlan(SagaObserver):
             The same orchestrator.
 
         Raises:
-            DefinitionError: if a rule names a step the orchestrator does not have.
+            DefinitionError: if a rule names a step the orchestrator does not have,
+                a compensation rule a step without one, or a rule a wait step
+                (:class:`~flowkit.orchestration.Sleep`, ``WaitForEvent``,
+                ``WaitForSignal``) cannot meet: a wait runs no code to fail or
+                time out, and its crash points are ``started`` and ``succeeded``.
         """
+        waits = {
+            orchestrator.step_name(entry)
+            for entry in orchestrator.steps
+            if isinstance(entry, Sleep | WaitForEvent | WaitForSignal)
+        }
         compensated = {
             orchestrator.step_name(declared)
             for entry in orchestrator.steps
@@ -364,6 +373,14 @@ class FaultPlan(SagaObserver):
                 raise DefinitionError(f"FaultPlan: {exc.args[0]}") from None
             if rule.compensation and rule.step not in compensated:
                 raise DefinitionError(f"FaultPlan: step {rule.step!r} has no compensation")
+            if rule.step in waits and (
+                rule.kind != "crash" or rule.point not in ("started", "succeeded")
+            ):
+                raise DefinitionError(
+                    f"FaultPlan: step {rule.step!r} is a wait: it runs no code to fail or "
+                    "time out (withhold its event or signal, or give it a short timeout), "
+                    "and it crashes only at 'started' or 'succeeded'"
+                )
         orchestrator.add_observer(self)
         return orchestrator
 

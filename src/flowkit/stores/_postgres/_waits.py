@@ -54,7 +54,7 @@ async def wait_claim_due(
     exclude: list[str],
 ) -> list[Row]:
     """Take the lease of at most ``limit`` due WAITING records of ``name`` that
-    are free (or ``owner``'s own), soonest ``wake_at`` first, in one statement;
+    nobody holds, soonest ``wake_at`` first, in one statement;
     return their rows in that order.
 
     The due rows are read in the order of the partial index on ``(name,
@@ -71,7 +71,7 @@ async def wait_claim_due(
         f"FROM (SELECT id FROM {w} "
         f"WHERE name = $1 AND status = '{WAITING}' AND wake_at <= now() "
         "AND NOT (id = ANY($5::text[])) "
-        "AND (owner IS NULL OR lease_until <= now() OR owner = $2) "
+        "AND (owner IS NULL OR lease_until <= now()) "
         "ORDER BY wake_at LIMIT $4 FOR UPDATE SKIP LOCKED) AS due "
         "WHERE w.id = due.id RETURNING w.*) "
         f"SELECT {WORKFLOW_COLUMNS} FROM claimed ORDER BY wake_at, id",

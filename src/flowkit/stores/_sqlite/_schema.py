@@ -187,6 +187,10 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "WHERE status = 'WAITING'",
         "CREATE INDEX flowkit_workflows_wait ON flowkit_workflows (name, wait_for, wait_key) "
         "WHERE status = 'WAITING'",
+        # Recovery looks among the unfinished workflows that run, oldest first:
+        # without this index it would step over every waiting (and finished) one.
+        "CREATE INDEX flowkit_workflows_unfinished ON flowkit_workflows (name, created_at, id) "
+        "WHERE status IN ('RUNNING', 'COMPENSATING')",
         # The mailbox: messages kept for the waits until consumed (taken by a
         # ``consumer``, then deleted) or pruned by age.
         """CREATE TABLE flowkit_mailbox (

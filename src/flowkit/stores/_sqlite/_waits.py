@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, cast
 from ..._errors import StoreError
 from .._codec import claim_limit, claimant_lease, encode_state, prune_limit, utc
 from .._waits import WAITING, Delivery, check_channel
-from ._ops import UNHELD, _atomic, claim_matching
+from ._ops import _atomic, claim_matching
 from ._rows import mail_from_row, timestamp, wait_from_row, workflow_from_row
 
 if TYPE_CHECKING:
@@ -42,6 +42,13 @@ __all__ = ["SQLiteWaits"]
 #: order from the partial index on ``(name, wake_at)``.
 _DUE = f"name = :name AND status = '{WAITING}' AND wake_at <= :now"
 
+#: Not excluded, and held by nobody: a due workflow its owner holds is being
+#: taken up, even by another instance of the claiming process.
+_FREE = (
+    "id NOT IN (SELECT value FROM json_each(:exclude)) "
+    "AND (owner IS NULL OR lease_until IS NULL OR lease_until <= :now)"
+)
+
 #: The WAITING workflows of ``?`` waiting on channel ``?`` and key ``?``, found
 #: through the partial index on ``(name, wait_for, wait_key)``.
 _WAITING_ON = f"name = ? AND status = '{WAITING}' AND wait_for = ? AND wait_key = ?"
@@ -62,7 +69,7 @@ def claim_due(
     that nobody else holds, soonest first."""
     return claim_matching(
         conn,
-        f"{_DUE} AND {UNHELD}",
+        f"{_DUE} AND {_FREE}",
         "wake_at, id",
         name=name,
         owner=owner,
