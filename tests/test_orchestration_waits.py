@@ -385,6 +385,28 @@ async def test_a_reader_signals_and_a_running_process_takes_it_up(store: StateSt
     assert outcome.status is WorkflowStatus.COMPLETED
 
 
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])  # asyncpg
+async def test_a_signal_from_another_process_wakes_at_once_on_postgres(postgres_url: str) -> None:
+    schema = f"flowkit_test_{uuid.uuid4().hex[:12]}"
+    try:
+        async with (
+            PostgresStore(postgres_url, schema=schema) as held,
+            PostgresStore(postgres_url, schema=schema) as other,
+            AwaitApproval(held, owner="worker", wait_poll=30) as worker,
+            AwaitApproval(other, owner="web", recover=False) as web,
+        ):
+            await worker.start(Order(order_id="o-1"), workflow_id="w-1")
+            await _status(worker, "w-1", WorkflowStatus.WAITING)
+            await anyio.sleep(0.2)  # the waker is asleep
+            sent = time.time()
+            assert await web.signal("w-1", Approval(by="web")) is True
+            outcome = await worker.wait("w-1")
+    finally:
+        await drop_schema(postgres_url, schema)
+    assert outcome.status is WorkflowStatus.COMPLETED
+    assert _ship_time(outcome) - sent < 0.5  # not the 30 s of wait_poll
+
+
 # -- what a wait that runs out does ---------------------------------------------------
 
 

@@ -333,3 +333,112 @@ async def test_waiting_rows_the_workflow_table_keeps(postgres_url: str, schema: 
         listed = await store.list_workflows(status=[WAITING])
         assert [(r.id, r.wake_at) for r in listed] == [("w", _FAR + timedelta(days=1))]
         assert (await store.count_workflows()) == {("Order", WAITING): 1}
+
+
+# -- hearing of deliveries by other processes ----------------------------------------------
+
+
+async def _park(store: PostgresStore, workflow_id: str, key: str, name: str = "Order") -> None:
+    record = await _running(store, workflow_id, name)
+    await store.save_workflow(_waiting(record, wake_at=_FAR, wait_for="signal:Go", wait_key=key))
+
+
+async def _slept(waits: Any, name: str, seconds: float) -> float:
+    started = anyio.current_time()
+    await waits.sleep(name, seconds)
+    return anyio.current_time() - started
+
+
+async def test_a_delivery_in_another_store_ends_a_sleep_at_once(
+    postgres_url: str, schema: str
+) -> None:
+    with anyio.fail_after(30):  # each store closes: its listening connection is given back
+        async with (
+            PostgresStore(postgres_url, schema=schema) as sleeper,
+            PostgresStore(postgres_url, schema=schema) as sender,
+        ):
+            waits = sleeper.wait_ops()
+            assert waits is sleeper.wait_ops()  # one per store: one listening connection
+            assert waits.channel == f"flowkit_waits_{schema}"
+            await _park(sender, "w1", "k1")
+            await _park(sender, "w2", "k2", name="Other")
+            assert await _slept(waits, "Order", 0.05) < 0.5  # listening from now on
+            assert await _slept(waits, "Other", 0.01) < 0.5  # heard of from now on
+            elapsed: list[float] = []
+
+            async def sleep() -> None:
+                elapsed.append(await _slept(waits, "Order", 10))
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(sleep)
+                await anyio.sleep(0.1)
+                # Neither a delivery that woke nobody nor one for another name ends it.
+                await sender.wait_ops().deliver("Order", "signal:Go", "nobody", "m0", {})
+                await sender.wait_ops().deliver("Other", "signal:Go", "k2", "m1", {})
+                await anyio.sleep(0.3)
+                assert elapsed == []
+                delivered = await sender.wait_ops().deliver("Order", "signal:Go", "k1", "m2", {})
+                assert delivered.woken == ("w1",)
+            assert 0.4 <= elapsed[0] < 0.4 + 0.5
+            # The notification for "Other" came while nobody slept on it: the
+            # next sleep on it ends at once, then they sleep again.
+            assert await _slept(waits, "Other", 5) < 0.2
+            assert 0.2 <= await _slept(waits, "Other", 0.2) < 0.6
+            assert waits._listening is not None
+        assert waits._listening is None  # given back as the store closed
+
+
+async def test_a_sleep_without_a_delivery_lasts_its_seconds(postgres_url: str, schema: str) -> None:
+    async with PostgresStore(postgres_url, schema=schema) as store:
+        waits = store.wait_ops()
+        for seconds in (0.3, 0.1):
+            assert seconds <= await _slept(waits, "Order", seconds) < seconds + 0.2
+        assert await _slept(waits, "Order", 0) < 0.1
+
+
+async def test_a_listen_that_fails_falls_back_to_sleeping(
+    postgres_url: str,
+    schema: str,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import asyncpg  # type: ignore[import-untyped,import-not-found,unused-ignore]
+
+    async def refused(self: Any, channel: str, callback: Any) -> None:
+        raise asyncpg.PostgresError("LISTEN refused")
+
+    with anyio.fail_after(30):
+        async with (
+            PostgresStore(postgres_url, schema=schema) as sleeper,
+            PostgresStore(postgres_url, schema=schema) as sender,
+        ):
+            waits = sleeper.wait_ops()
+            await _park(sender, "w1", "k1")
+            await _park(sender, "w2", "k2")
+            with monkeypatch.context() as patched:
+                patched.setattr(asyncpg.Connection, "add_listener", refused)
+                patched.setattr(waits_module, "_LISTEN_RETRY", 0.0)
+                with caplog.at_level("WARNING", logger="flowkit.stores"):
+                    for _ in range(3):  # it sleeps, and warns once
+                        assert 0.2 <= await _slept(waits, "Order", 0.2) < 0.5
+                warnings = [r for r in caplog.records if r.levelname == "WARNING"]
+                assert len(warnings) == 1
+                assert "cannot LISTEN" in warnings[0].getMessage()
+                assert "LISTEN refused" in warnings[0].getMessage()
+                pool: Any = sleeper._pool
+                assert pool.get_idle_size() == pool.get_size()  # the connection went back
+            # LISTEN works again: it listens on the next sleep, and again after
+            # its connection is lost.
+            for workflow_id, key in (("w1", "k1"), ("w2", "k2")):
+                assert await _slept(waits, "Order", 0.05) < 0.5
+                listening = waits._listening
+                assert listening is not None
+
+                async def deliver(key: str = key) -> None:
+                    await anyio.sleep(0.1)
+                    await sender.wait_ops().deliver("Order", "signal:Go", key, "m", {})
+
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(deliver)
+                    assert await _slept(waits, "Order", 10) < 0.6, workflow_id
+                listening[1].terminate()  # lost: the next sleep listens again

@@ -10,7 +10,10 @@ runs a :class:`Waker`, which
 * sleeps until the soonest timer the store knows of, or ``poll`` seconds,
   whichever comes first: a timer fires on time, and a message delivered by
   another process is seen within ``poll`` seconds; a message or a park in
-  this process wakes it at once (:meth:`Waker.due`);
+  this process wakes it at once (:meth:`Waker.due`), and so does a message
+  delivered by another process when the store hears of it (its waits have
+  the optional ``sleep()`` of :class:`~flowkit.stores._waits.WakeHint`, as
+  PostgreSQL's do);
 * prunes the mailbox messages older than ``retention`` about once an hour.
 
 Several processes may run wakers for one orchestrator: claiming is atomic, so
@@ -27,6 +30,7 @@ from typing import TYPE_CHECKING
 import anyio
 
 from .._errors import StoreError
+from ..stores._waits import wake_hint_of
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Collection
@@ -89,6 +93,8 @@ class Waker:
         self.freed = freed
         self._poked = anyio.Event()
         self._soonest = math.inf  # a due time told by this process (anyio clock)
+        self._hint = wake_hint_of(waits)
+        self._hint_failed = False
 
     def due(self, at: datetime | None) -> None:
         """A workflow of this process was parked or made due, due at ``at``: look
@@ -136,7 +142,8 @@ class Waker:
             await self._sleep(self.poll if delay is None else min(delay, self.poll))
 
     async def _sleep(self, seconds: float) -> None:
-        """Sleep ``seconds``, or until a due time told meanwhile by :meth:`due`."""
+        """Sleep ``seconds``, or until a due time told meanwhile by :meth:`due`,
+        or until the store hears of a delivery."""
         until = anyio.current_time() + seconds
         while True:
             now = anyio.current_time()
@@ -144,9 +151,41 @@ class Waker:
             if deadline <= now:
                 break
             self._poked = anyio.Event()
-            with anyio.move_on_after(deadline - now):
-                await self._poked.wait()
+            if self._hint is None:
+                with anyio.move_on_after(deadline - now):
+                    await self._poked.wait()
+            elif await self._hinted(deadline - now):
+                break
         self._soonest = math.inf
+
+    async def _hinted(self, seconds: float) -> bool:
+        """Race the store's sleep against a poke, up to ``seconds``; True when
+        the store's sleep ended first (a delivery, or the time is up)."""
+        assert self._hint is not None
+        hint = self._hint
+        ended = False
+
+        async def store_sleep(scope: anyio.CancelScope) -> None:
+            nonlocal ended
+            try:
+                await hint.sleep(self.name, seconds)
+            except Exception as exc:  # a hint only: sleep on the poke alone
+                if not self._hint_failed:
+                    self._hint_failed = True
+                    logger.warning(
+                        "%s: the store's sleep failed (sleeping instead): %s", self.name, exc
+                    )
+                return
+            self._hint_failed = False
+            ended = True
+            scope.cancel()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(store_sleep, tg.cancel_scope)
+            with anyio.move_on_after(seconds):
+                await self._poked.wait()
+            tg.cancel_scope.cancel()
+        return ended
 
     async def _prune(self, retention: float) -> None:
         cutoff = datetime.now(UTC) - timedelta(seconds=retention)

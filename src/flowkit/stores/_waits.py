@@ -25,6 +25,13 @@ step), which gets the same message again if it asks again, and
 :meth:`WaitStore.drop` removes it once the consumer's checkpoint recorded it.
 Messages nobody consumed are pruned by age (:meth:`WaitStore.prune`).
 
+A store may also tell the processes waking workflows that a delivery made
+one due, wherever it was made: a method ``sleep(name, seconds)`` (see
+:class:`WakeHint`) returns early when it may have. The waker awaits it
+between two looks in the store, where it would otherwise sleep; a store
+without it leaves a delivery by another process to be seen at the waker's next
+look. :class:`~flowkit.stores.PostgresStore` has it (``LISTEN``/``NOTIFY``).
+
 A store keeps waits when it has a method ``wait_ops()`` returning a
 :class:`WaitStore`, as it has ``trace_ops()`` for the flow trace;
 :func:`waits_of` asks for it. :class:`~flowkit.stores.MemoryStore`,
@@ -36,7 +43,7 @@ a store does.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from .._errors import StoreError
 
@@ -46,7 +53,16 @@ if TYPE_CHECKING:
 
     from ._base import StateStore, WorkflowRecord
 
-__all__ = ["WAITING", "Delivery", "Mail", "WaitStore", "check_channel", "waits_of"]
+__all__ = [
+    "WAITING",
+    "Delivery",
+    "Mail",
+    "WaitStore",
+    "WakeHint",
+    "check_channel",
+    "waits_of",
+    "wake_hint_of",
+]
 
 #: The status of a workflow waiting for a timer, an event or a signal.
 WAITING = "WAITING"
@@ -153,6 +169,33 @@ class WaitStore(Protocol):
             StoreError: if ``older_than`` is naive or ``limit`` not positive.
         """
         ...
+
+
+class WakeHint(Protocol):
+    """The optional method of a :class:`WaitStore` that hears of deliveries made
+    by any process.
+
+    A WaitStore without it is complete: the waker sleeps instead, and sees a
+    delivery made by another process at its next look in the store.
+    """
+
+    async def sleep(self, name: str, seconds: float) -> None:
+        """Return after ``seconds``, or sooner when a delivery (by any process)
+        may have made a workflow of ``name`` due.
+
+        A hint: the caller looks in the store either way, so returning early
+        for nothing costs a look, and a delivery it was not told of is found at
+        the next look. It never raises for a lost connection: it sleeps then.
+        """
+        ...
+
+
+def wake_hint_of(waits: WaitStore) -> WakeHint | None:
+    """The waits' :meth:`WakeHint.sleep`, or None when they have none."""
+    sleep = getattr(waits, "sleep", None)
+    if not callable(sleep):
+        return None
+    return cast("WakeHint", waits)
 
 
 def waits_of(store: StateStore) -> WaitStore:

@@ -126,6 +126,7 @@ class PostgresStore:
         self._max_size = max_size
         self._options = connect_options
         self._pool: Pool | None = None
+        self._waits: PostgresWaits | None = None
         self._users = 0
         self._lock = asyncio.Lock()
 
@@ -363,10 +364,16 @@ class PostgresStore:
 
     def wait_ops(self) -> PostgresWaits:
         """The waiting workflows and the mailbox kept in this schema (see
-        :mod:`flowkit.stores._waits`)."""
-        from ._waits import PostgresWaits
+        :mod:`flowkit.stores._waits`); one object per store, which holds a
+        pooled connection to hear of deliveries by other processes while it
+        is asked to (given back when the store closes)."""
+        from ._waits import PostgresWaits, channel_of
 
-        return PostgresWaits(self._run)
+        if self._waits is None:
+            self._waits = PostgresWaits(
+                self._run, pool=lambda: self._pool, channel=channel_of(self._tables.schema)
+            )
+        return self._waits
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -434,5 +441,7 @@ class PostgresStore:
         if pool is None:
             return
         self._pool = None
+        if self._waits is not None:
+            await self._waits.close()  # its listening connection, back to the pool
         with translated(f"closing the PostgreSQL store {self._shown}"):
             await pool.close()

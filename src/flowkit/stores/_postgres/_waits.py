@@ -13,15 +13,30 @@ advisory lock (:func:`~flowkit.stores._postgres._ops.wait_lock`) before they
 look at each other's rows, so neither misses the other: a message delivered
 as a workflow starts waiting for it either finds the workflow WAITING and
 makes it due, or is found by the save, which stores the workflow due.
+
+A delivery that makes a workflow due also runs ``pg_notify`` on the schema's
+channel (:func:`channel_of`), with the orchestrator's name, in its
+transaction: PostgreSQL delivers the notification when (and only if) it
+commits. :meth:`PostgresWaits.sleep` listens on a pooled connection it holds
+for the purpose, so a waker in any process looks in the store at once; without
+that connection (a pool of fewer than three, a failure) it sleeps, and the
+waker sees the delivery at its next look.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import logging
+import time
 from typing import TYPE_CHECKING, Any
+
+import anyio
 
 from .._codec import claim_limit, claimant_lease, encode_state, prune_limit, utc
 from .._waits import WAITING, Delivery, check_channel
 from ._ops import wait_lock
+from ._pool import describe
 from ._rows import MAIL_COLUMNS, WORKFLOW_COLUMNS, mail_from_row, workflow_from_row
 
 if TYPE_CHECKING:
@@ -30,15 +45,35 @@ if TYPE_CHECKING:
 
     from .._base import WorkflowRecord
     from .._waits import Mail
-    from ._pool import Connection
+    from ._pool import Connection, Pool
     from ._schema import Tables
 
     #: ``PostgresStore._run``: runs ``op(conn, tables, *args)`` on a pooled connection.
     _Run = Callable[..., Awaitable[Any]]
 
-__all__ = ["PostgresWaits"]
+__all__ = ["PostgresWaits", "channel_of"]
 
 Row = Any  # an asyncpg.Record
+
+logger = logging.getLogger("flowkit.stores")
+
+#: Seconds the wait for the listening connection, or its LISTEN, may take.
+_LISTEN_WITHIN = 5.0
+#: Seconds given to giving the listening connection back.
+_RELEASE_WITHIN = 2.0
+#: Seconds between attempts to LISTEN again after a failure (sleeping meanwhile).
+_LISTEN_RETRY = 10.0
+#: The smallest pool that spares a connection to listen on: one for the
+#: store's operations, one the outbox relay may listen on, this one.
+_LISTEN_POOL = 3
+
+
+def channel_of(schema: str) -> str:
+    """The notification channel of a schema's waits (at most 63 bytes)."""
+    channel = f"flowkit_waits_{schema}"
+    if len(channel) > 63:
+        channel = "flowkit_waits_" + hashlib.blake2b(schema.encode(), digest_size=16).hexdigest()
+    return channel
 
 
 # -- the operations, each on one pooled connection ------------------------------------
@@ -104,9 +139,12 @@ async def wait_deliver(
     key: str,
     message_id: str,
     body: str,
+    notify: str | None = None,
 ) -> tuple[bool, list[str]]:
     """Keep a message (once per id) and make the records waiting on its channel
-    and key due now, in a transaction holding the lock of those waits.
+    and key due now, in a transaction holding the lock of those waits; when it
+    made one due, notify the channel ``notify`` (if given) with ``name`` as
+    the transaction commits.
 
     Returns:
         Whether the message was new, and the ids of the records made due.
@@ -128,7 +166,10 @@ async def wait_deliver(
             message_id,
             body,
         )
-    return bool(row["stored"]), list(row["woken"])
+        woken = list(row["woken"])
+        if woken and notify is not None:
+            await conn.execute("SELECT pg_notify($1, $2)", notify, name)
+    return bool(row["stored"]), woken
 
 
 async def wait_take(
@@ -189,10 +230,28 @@ class PostgresWaits:
     Args:
         run: the store's ``_run``: an operation on a pooled connection, its
             errors raised as :class:`~flowkit.StoreError`.
+        pool: the store's pool while it is open (None: no :meth:`sleep`
+            listens, and deliveries notify nobody).
+        channel: the schema's notification channel (:func:`channel_of`).
     """
 
-    def __init__(self, run: _Run) -> None:
+    def __init__(
+        self,
+        run: _Run,
+        *,
+        pool: Callable[[], Pool | None] | None = None,
+        channel: str | None = None,
+    ) -> None:
         self._run = run
+        self._pool = pool
+        self.channel = channel if pool is not None else None
+        #: Per name slept on: set when a notification for it came (and no
+        #: sleep consumed it yet).
+        self._heard: dict[str, anyio.Event] = {}
+        self._listening: tuple[Pool, Connection] | None = None
+        self._listen_lock: anyio.Lock | None = None
+        self._listen_again_at = 0.0
+        self._warned = False
 
     async def claim_due(
         self,
@@ -223,7 +282,9 @@ class PostgresWaits:
         check_channel(name, channel, key)
         check_channel(name, channel, message_id)
         text = encode_state(body)
-        stored, woken = await self._run(wait_deliver, name, channel, key, message_id, text)
+        stored, woken = await self._run(
+            wait_deliver, name, channel, key, message_id, text, self.channel
+        )
         return Delivery(stored=stored, woken=tuple(woken))
 
     async def take(self, name: str, channel: str, key: str, consumer: str) -> Mail | None:
@@ -242,3 +303,115 @@ class PostgresWaits:
         most = prune_limit(limit)
         removed: int = await self._run(wait_prune, cutoff, most)
         return removed
+
+    # -- hearing of deliveries ---------------------------------------------------------
+
+    async def sleep(self, name: str, seconds: float) -> None:
+        """Return after ``seconds``, or sooner when a notification for ``name``
+        comes: a delivery, by any process, made a workflow of ``name`` due.
+
+        A notification that came since the last sleep for ``name`` ended (while
+        the caller looked in the store) ends this one at once. The connection
+        it listens on is taken from the pool the first time, and again after
+        it is lost; when that fails it logs one warning, sleeps, and tries
+        again some seconds later.
+        """
+        deadline = anyio.current_time() + max(seconds, 0.0)
+        heard = self._heard.get(name)
+        if heard is None:
+            heard = self._heard[name] = anyio.Event()
+        if not heard.is_set():
+            with anyio.move_on_after(max(seconds, 0.0)):
+                await self._listen(deadline)
+                await heard.wait()
+        if heard.is_set() and self._heard.get(name) is heard:
+            self._heard[name] = anyio.Event()  # consumed
+
+    def _notified(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
+        heard = self._heard.get(payload)
+        if heard is not None:
+            heard.set()
+
+    async def _listen(self, deadline: float) -> None:
+        """Hold a pooled connection listening on the channel, unless one is
+        held, the pool cannot spare one, or a failure is recent."""
+        held = self._listening
+        pool = None if self._pool is None else self._pool()
+        if held is not None and held[0] is pool and _alive(held[1]):
+            return
+        if self._listen_lock is None:
+            self._listen_lock = anyio.Lock()
+        async with self._listen_lock:
+            held = self._listening
+            if held is not None:
+                if held[0] is pool and _alive(held[1]):
+                    return
+                await self._unlisten()  # lost, or of a pool closed since
+            if pool is None or self.channel is None or time.monotonic() < self._listen_again_at:
+                return
+            if getattr(pool, "get_max_size", lambda: _LISTEN_POOL)() < _LISTEN_POOL:
+                return  # the pool cannot spare a connection: sleep
+            within = min(_LISTEN_WITHIN, max(deadline - anyio.current_time(), 0.05))
+            try:
+                with anyio.fail_after(within):
+                    conn = await pool.acquire(timeout=within)
+                    try:
+                        await conn.add_listener(self.channel, self._notified)
+                    except BaseException:
+                        with anyio.CancelScope(shield=True):
+                            await _give_back(pool, conn, None, None)
+                        raise
+            except Exception as exc:
+                self._listen_again_at = time.monotonic() + _LISTEN_RETRY
+                if not self._warned:
+                    self._warned = True
+                    logger.warning(
+                        "the waits cannot LISTEN for deliveries by other processes (%s); "
+                        "looking for them every poll instead",
+                        describe(exc),
+                    )
+                return
+            self._warned = False
+            if self._pool is None or self._pool() is not pool:  # closed meanwhile
+                with anyio.CancelScope(shield=True):
+                    await _give_back(pool, conn, self.channel, self._notified)
+                return
+            self._listening = (pool, conn)
+
+    async def close(self) -> None:
+        """Stop listening and give the connection back to its pool (the store
+        closes); a sleep under way sleeps on."""
+        await self._unlisten()
+        self._heard.clear()
+
+    async def _unlisten(self) -> None:
+        held, self._listening = self._listening, None
+        if held is not None and self.channel is not None:
+            with anyio.CancelScope(shield=True):
+                await _give_back(held[0], held[1], self.channel, self._notified)
+
+
+def _alive(conn: Connection) -> bool:
+    """Whether a held connection is still open (a lost one is released by its
+    pool, and its proxy then answers nothing)."""
+    try:
+        return not conn.is_closed()
+    except Exception:
+        return False
+
+
+async def _give_back(
+    pool: Pool, conn: Connection, channel: str | None, listener: Callable[..., None] | None
+) -> None:
+    """Remove the listener and release the connection, within
+    ``_RELEASE_WITHIN`` seconds; a connection that does not answer is dropped."""
+    with anyio.move_on_after(_RELEASE_WITHIN) as scope:
+        if channel is not None and listener is not None:
+            with contextlib.suppress(Exception):
+                if _alive(conn):
+                    await conn.remove_listener(channel, listener)
+        with contextlib.suppress(Exception):
+            await pool.release(conn)
+    if scope.cancelled_caught:
+        with contextlib.suppress(Exception):
+            conn.terminate()
