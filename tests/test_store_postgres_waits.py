@@ -442,3 +442,27 @@ async def test_a_listen_that_fails_falls_back_to_sleeping(
                     tg.start_soon(deliver)
                     assert await _slept(waits, "Order", 10) < 0.6, workflow_id
                 listening[1].terminate()  # lost: the next sleep listens again
+
+
+async def test_a_cancel_request_in_another_store_ends_a_sleep_at_once(
+    postgres_url: str, schema: str
+) -> None:
+    with anyio.fail_after(30):
+        async with (
+            PostgresStore(postgres_url, schema=schema) as sleeper,
+            PostgresStore(postgres_url, schema=schema) as sender,
+        ):
+            waits = sleeper.wait_ops()
+            await _park(sender, "w1", "k1")
+            assert await _slept(waits, "Order", 0.05) < 0.5  # listening from now on
+            elapsed: list[float] = []
+
+            async def sleep() -> None:
+                elapsed.append(await _slept(waits, "Order", 10))
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(sleep)
+                await anyio.sleep(0.2)
+                asked = await sender.request_cancel("w1")
+                assert asked.cancel_requested
+            assert elapsed[0] < 0.2 + 0.5

@@ -642,9 +642,12 @@ async def release_workflows(
     )
 
 
-async def request_cancel(conn: Connection, tables: Tables, workflow_id: str) -> Row:
+async def request_cancel(
+    conn: Connection, tables: Tables, workflow_id: str, notify: str | None = None
+) -> Row:
     """Flag a ``RUNNING`` or ``WAITING`` record for cancellation, a WAITING one
-    due now; return its row, flagged or not.
+    due now (notifying the waits channel ``notify``, if given); return its row,
+    flagged or not.
 
     Raises:
         WorkflowNotFound: if no record has this id.
@@ -656,6 +659,8 @@ async def request_cancel(conn: Connection, tables: Tables, workflow_id: str) -> 
         workflow_id,
     )
     if row is not None:
+        if row["status"] == WAITING and notify is not None:  # its waker looks at once
+            await conn.execute("SELECT pg_notify($1, $2)", notify, row["name"])
         return row
     return await _workflow_row(conn, tables, workflow_id)
 

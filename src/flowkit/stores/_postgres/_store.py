@@ -331,7 +331,10 @@ class PostgresStore:
         await self._run(ops.release_workflows, owner, ids)
 
     async def request_cancel(self, workflow_id: str) -> WorkflowRecord:
-        return workflow_from_row(await self._run(ops.request_cancel, workflow_id))
+        from ._waits import channel_of
+
+        channel = channel_of(self._tables.schema)
+        return workflow_from_row(await self._run(ops.request_cancel, workflow_id, channel))
 
     async def prune_workflows(
         self,
