@@ -21,6 +21,7 @@ from ._errors import OrchestratorNotStarted as OrchestratorNotStarted
 from ._errors import RemoteError as RemoteError
 from ._errors import RequestTimeout as RequestTimeout
 from ._errors import ResultNotAvailable as ResultNotAvailable
+from ._errors import SignatureError as SignatureError
 from ._errors import StepTimeout as StepTimeout
 from ._errors import StoreError as StoreError
 from ._errors import TransportClosed as TransportClosed
@@ -33,6 +34,7 @@ from ._events import Envelope as Envelope
 from ._events import Event as Event
 from ._events import Message as Message
 from ._retry import Retry as Retry
+from ._signing import Signing as Signing
 from .choreography import BusObserver as BusObserver
 from .choreography import Choreography as Choreography
 from .choreography import Context as Context
@@ -92,6 +94,8 @@ __all__ = [
     "ResultNotAvailable",
     "Retry",
     "SagaObserver",
+    "SignatureError",
+    "Signing",
     "Sleep",
     "Step",
     "StepContext",

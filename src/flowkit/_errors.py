@@ -27,6 +27,7 @@ __all__ = [
     "RemoteError",
     "RequestTimeout",
     "ResultNotAvailable",
+    "SignatureError",
     "StepTimeout",
     "StoreError",
     "TransportClosed",
@@ -131,6 +132,16 @@ class AlreadyHandled(FlowkitError):
     Let it escape the handler: the transaction it was raised in rolls back,
     and the bus counts the message as handled (it is acked, never retried
     nor dead-lettered).
+    """
+
+
+class SignatureError(FlowkitError):
+    """A message failed its signature check on a bus that signs (see
+    :class:`~flowkit.Signing`): it carries no signature, names a key the bus
+    does not know, or its signature does not match its body, headers and topic.
+
+    A consumer dead-letters such a message with this error and carries on;
+    replaying a dead letter whose signature does not verify raises it.
     """
 
 

@@ -15,6 +15,7 @@ import anyio
 
 from .._errors import BusNotStarted, DefinitionError, MessageTooLarge
 from .._events import Command, Envelope, Event, Message, encode, reply_type_of
+from .._signing import SIGNATURE, Signing
 from ._dead_letters import DeadLetterBox
 from ._handlers import HandlerFunc, HandlerSpec, make_spec
 from ._lifecycle import Running
@@ -92,10 +93,16 @@ class Choreography:
             by correlation id, for ``flowkit trace`` and :meth:`expect`
             (True: when the store keeps one, with the default
             :class:`~flowkit.observability.TraceOptions`; False: never).
+        signing: sign every message this bus sends with HMAC-SHA256, and
+            dead-letter every message its consumers receive whose signature
+            is missing or does not match (see :class:`~flowkit.Signing` and
+            the security guide). None (the default) signs nothing and checks
+            nothing.
 
     Raises:
         ValueError: if a number is out of range.
-        DefinitionError: if ``trace`` is not a bool or TraceOptions.
+        DefinitionError: if ``trace`` is not a bool or TraceOptions, or
+            ``signing`` is not a Signing.
     """
 
     def __init__(
@@ -111,7 +118,13 @@ class Choreography:
         outbox_relay: bool = True,
         outbox_lease: float = 10.0,
         trace: bool | TraceOptions = True,
+        signing: Signing | None = None,
     ) -> None:
+        if signing is not None and not isinstance(signing, Signing):
+            raise DefinitionError(
+                f"signing must be a flowkit.Signing or None, not {type(signing).__name__}: "
+                'pass signing=Signing(keys={"2026-12": key}, active="2026-12")'
+            )
         if stop_grace < 0:
             raise ValueError(f"stop_grace must be >= 0 seconds, got {stop_grace}")
         if max_message_size < 1:
@@ -127,6 +140,7 @@ class Choreography:
             raise ValueError(f"outbox_lease must be >= 1 second, got {outbox_lease}")
         self._transport = transport
         self._store = store
+        self._signing = signing
         self._outbox_relay = bool(outbox_relay)
         self._outbox_lease = float(outbox_lease)
         self._outbox = Outbox(self)
@@ -138,7 +152,7 @@ class Choreography:
         self._handlers: list[HandlerSpec] = []
         self._running: Running | None = None
         self._dead_letters = DeadLetterBox(store)
-        self._requests = Requests(max_message_size)
+        self._requests = Requests(max_message_size, signing, self._dead_letters)
         if not isinstance(trace, bool):
             from ..observability._trace import check_trace_argument
 
@@ -290,6 +304,11 @@ class Choreography:
         return self._store
 
     @property
+    def signing(self) -> Signing | None:
+        """How this bus signs and checks messages (None: it does not)."""
+        return self._signing
+
+    @property
     def stop_grace(self) -> float:
         """Seconds in-flight handlers get to finish when the bus stops."""
         return self._stop_grace
@@ -417,6 +436,7 @@ class Choreography:
         if store is not _UNCHANGED:
             self._store = store
             self._dead_letters = DeadLetterBox(store)
+            self._requests.dead_letters = self._dead_letters
 
     def add_observer(self, observer: BusObserver) -> None:
         """Start notifying ``observer``; takes effect when the bus next starts.
@@ -598,7 +618,13 @@ class Choreography:
             causation_id=causation_id,
             message_id=message_id,
         )
-        await self._transport.publish(envelope.type, body)
+        signing = self._signing
+        if signing is None:
+            await self._transport.publish(envelope.type, body)
+        else:
+            await self._transport.publish(
+                envelope.type, body, {SIGNATURE: signing.sign(envelope.type, body)}
+            )
         running = self._running
         if running is not None and running.publishers:
             notify(running.publishers, "published", envelope)
@@ -717,14 +743,18 @@ class Choreography:
 
         The message is published again with its original body (so its original
         message id); the dead letter is removed once the transport accepted it.
+        On a bus that signs, the replay is signed for that handler's group;
+        a dead letter whose own signature does not verify is not replayed.
 
         Raises:
             NotFound: if there is no dead letter with this id.
+            SignatureError: if the bus signs and the dead letter's signature
+                does not verify (see :meth:`DeadLetterBox.replay`).
             BusNotStarted: if the bus is not running.
             TransportError: if the publish failed (the dead letter is kept).
         """
         self._require_running()
-        await self._dead_letters.replay(letter_id, self._transport)
+        await self._dead_letters.replay(letter_id, self._transport, self._signing)
 
     async def replay_all(
         self, *, consumer: str | None = None, topic: str | None = None, limit: int = 1000
@@ -745,7 +775,7 @@ class Choreography:
         self._require_running()
         letters = await self.dead_letters(consumer=consumer, topic=topic, limit=limit)
         for letter in letters:
-            await self._dead_letters.replay(letter.id, self._transport)
+            await self._dead_letters.replay(letter.id, self._transport, self._signing)
         return len(letters)
 
     def __repr__(self) -> str:

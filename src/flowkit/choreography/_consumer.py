@@ -5,9 +5,14 @@ bottom:
 
 1. **receive**: the consumer loop (:meth:`Consumer.run`) takes deliveries
    from its subscription, and subscribes again if the subscription is lost;
-2. **decode**: the body is checked against the size limit, then decoded and
-   validated once per process (:class:`DecodeCache`); a body that fails is
-   dead-lettered at once with the reason;
+2. **verify and decode**: on a bus that signs, the signature is checked
+   first (a message that fails it is dead-lettered at once with a
+   :class:`~flowkit.SignatureError`, before anything of it is read or
+   claimed; an unsigned one accepted in the migration mode keeps no control
+   header, and its message id is kept apart in the inbox); the body is
+   checked against the size limit, then decoded and validated once per
+   process (:class:`DecodeCache`); a body that fails is dead-lettered at
+   once with the reason;
 3. **claim**: with a store, an event handler claims the message in its inbox,
    so a duplicate (redelivered, or handled by another process right now) is
    not handled twice; a request past its caller's deadline is dropped;
@@ -39,12 +44,14 @@ from .._errors import (
     DecodeError,
     HandlerTimeout,
     MessageTooLarge,
+    SignatureError,
     TransportClosed,
     TransportError,
 )
 from .._events import decode_envelope, decode_fields, envelope_of, new_message_id
 from ..stores._base import Claim, DeadLetter
-from ._context import Context
+from ..transports._headers import NO_HEADERS
+from ._context import UNSIGNED, Context
 from ._headers import REPLAY_OF, deadline_of
 from ._observe import Observed, notify, overriding, watching_now
 from ._replies import send_accepted, send_failure, send_reply
@@ -224,6 +231,7 @@ class Consumer:
         self._cache = cache
         self._cached = cache.get
         self._max_size = max_message_size
+        self._signing = bus.signing
         # A claim must outlast the handling: at least the handler's timeout.
         self._lease = max(claim_lease, (spec.timeout or 0.0) + 5.0)
         self._handling: set[str] = set()  # inbox keys being handled in this process
@@ -327,18 +335,28 @@ class Consumer:
             of its batch). Every other outcome is settled here.
         """
         spec = self.spec
+        # verify: the control headers are trusted only when signed
         headers = delivery.headers
-        # decode
         body = delivery.body
+        signed: bool | None = None
+        if self._signing is not None:
+            try:
+                signed = self._signing.verify(spec.topic, self.name, body, headers)
+            except SignatureError as exc:
+                await self._refuse(delivery, exc)
+                return False
+            if not signed:
+                headers = NO_HEADERS
+        # decode
         if len(body) > self._max_size:
-            await self._reject(delivery, MessageTooLarge(None, len(body), self._max_size))
+            await self._reject(delivery, MessageTooLarge(None, len(body), self._max_size), headers)
             return False
         decoded = self._cached(body)
         if decoded is None or decoded.message.__class__ is not spec.message_type:
             try:
                 decoded = Decoded(*decode_fields(body, spec.message_type))
             except DecodeError as exc:
-                await self._reject(delivery, exc)
+                await self._reject(delivery, exc, headers, signed)
                 return False
             self._cache.put(body, decoded)
         message = decoded.message
@@ -352,14 +370,14 @@ class Consumer:
                     raise
                 if isinstance(exc, AlreadyHandled):
                     return True
-                await self._failed(delivery, decoded.envelope, None, exc, None, 0.0)
+                await self._failed(delivery, decoded.envelope, None, exc, None, 0.0, headers)
                 return False
             return True
         envelope = decoded.envelope
         # claim
         key: str | None = None
         if self._inbox is not None:
-            key = await self._claim(delivery, envelope)
+            key = await self._claim(delivery, envelope, headers, signed)
             if key is None:
                 return False
         try:
@@ -368,23 +386,32 @@ class Consumer:
                 if deadline is not None and time.time() >= deadline:
                     await self._expire(delivery, envelope, "before it started")
                     return False
-                await send_accepted(self._transport, delivery, delivery.attempt)
+                await send_accepted(self._transport, headers, delivery.attempt, self._signing)
             # invoke, then settle
-            return await self._invoke(delivery, envelope, message, key)
+            return await self._invoke(delivery, envelope, message, key, headers, signed)
         finally:
             if key is not None:
                 self._handling.discard(key)
 
-    async def _claim(self, delivery: Delivery, envelope: Envelope) -> str | None:
+    async def _claim(
+        self,
+        delivery: Delivery,
+        envelope: Envelope,
+        headers: Mapping[str, str],
+        signed: bool | None,
+    ) -> str | None:
         """Claim the message in the inbox; None if it must not be handled now
-        (the delivery is then settled)."""
+        (the delivery is then settled). ``headers`` are its trusted control
+        headers; ``signed`` is False for an unsigned message accepted in the
+        migration mode, whose id is kept apart from the signed ones'."""
         inbox = self._inbox
         assert inbox is not None
-        headers = delivery.headers
         # A replayed dead letter is a new chance for the same message: it has an
         # inbox entry of its own, since giving up recorded the message as done.
         replay_of = headers.get(REPLAY_OF) if headers else None
         key = f"{envelope.message_id}/replay/{replay_of}" if replay_of else envelope.message_id
+        if signed is False:
+            key += UNSIGNED
         if key in self._handling:
             await delivery.ack()  # a duplicate of a message this process is handling
             return None
@@ -406,18 +433,24 @@ class Consumer:
         return None
 
     async def _invoke(
-        self, delivery: Delivery, envelope: Envelope, message: Message, key: str | None
+        self,
+        delivery: Delivery,
+        envelope: Envelope,
+        message: Message,
+        key: str | None,
+        headers: Mapping[str, str],
+        signed: bool | None,
     ) -> bool:
         spec = self.spec
         ctx = (
-            Context(self._bus, spec, envelope, delivery.attempt, key)
+            Context(self._bus, spec, envelope, delivery.attempt, key, signed=signed)
             if spec.takes_context or self._observers
             else None
         )
         if self._scopes and ctx is not None:
             with Observed(self._scopes, "handling", ctx):
-                return await self._attempt(delivery, envelope, message, key, ctx)
-        return await self._attempt(delivery, envelope, message, key, ctx)
+                return await self._attempt(delivery, envelope, message, key, ctx, headers)
+        return await self._attempt(delivery, envelope, message, key, ctx, headers)
 
     async def _attempt(
         self,
@@ -426,6 +459,7 @@ class Consumer:
         message: Message,
         key: str | None,
         ctx: Context | None,
+        headers: Mapping[str, str],
     ) -> bool:
         spec = self.spec
         observers = self._observers
@@ -444,12 +478,13 @@ class Consumer:
                 assert spec.reply_type is not None
                 await send_reply(
                     self._transport,
-                    delivery,
+                    headers,
                     envelope,
                     result,
                     spec.reply_type,
                     self.name,
                     self._max_size,
+                    self._signing,
                 )
         except BaseException as exc:
             if stops_work(exc):
@@ -457,7 +492,7 @@ class Consumer:
                     await self._release(key)
                 raise
             if not isinstance(exc, AlreadyHandled):
-                await self._failed(delivery, envelope, ctx, exc, key, started)
+                await self._failed(delivery, envelope, ctx, exc, key, started, headers)
                 return False
             # Handled before, in a transaction that recorded it: a duplicate.
             logger.info(
@@ -499,6 +534,7 @@ class Consumer:
         exc: BaseException,
         key: str | None,
         started: float,
+        headers: Mapping[str, str],
     ) -> None:
         spec = self.spec
         attempt = delivery.attempt
@@ -509,7 +545,7 @@ class Consumer:
         duration = time.monotonic() - started if self._observers else 0.0
         if retryable and retry.should_retry(exc, attempt):
             delay = retry.delay(attempt)
-            deadline = deadline_of(delivery.headers) if spec.kind == "command" else None
+            deadline = deadline_of(headers) if spec.kind == "command" else None
             if deadline is not None and time.time() + delay >= deadline:
                 await self._expire(delivery, envelope, "before its next attempt")
                 return
@@ -543,15 +579,37 @@ class Consumer:
         if await self._give_up(delivery, letter, key) and spec.kind == "command":
             await send_failure(
                 self._transport,
-                delivery,
+                headers,
                 envelope,
                 letter.error_type,
                 str(exc),
                 service=spec.service,
                 retryable=retryable,
+                signing=self._signing,
             )
 
-    async def _reject(self, delivery: Delivery, exc: DecodeError | MessageTooLarge) -> None:
+    async def _refuse(self, delivery: Delivery, exc: SignatureError) -> None:
+        """Dead-letter a message that failed its signature check (attempts=0).
+
+        Nothing of it is trusted: it is not decoded, claims nothing in the
+        inbox, and its caller (if it names one) is not answered.
+        """
+        letter = self._letter(delivery, exc, None, attempts=0)
+        logger.error(
+            "%s dead-lettered a message that failed its signature check (%s); dead letter %s",
+            self.name,
+            exc,
+            letter.id,
+        )
+        await self._give_up(delivery, letter, None)
+
+    async def _reject(
+        self,
+        delivery: Delivery,
+        exc: DecodeError | MessageTooLarge,
+        headers: Mapping[str, str],
+        signed: bool | None = None,
+    ) -> None:
         """Dead-letter a body that cannot be handled at all (attempts=0).
 
         When the envelope itself is readable (the payload failed validation),
@@ -565,7 +623,7 @@ class Consumer:
             except DecodeError:
                 envelope = None
             if envelope is not None and self._inbox is not None:
-                key = await self._claim(delivery, envelope)
+                key = await self._claim(delivery, envelope, headers, signed)
                 if key is None:
                     return
         try:
@@ -583,12 +641,13 @@ class Consumer:
         if rejected and self.spec.kind == "command":
             await send_failure(
                 self._transport,
-                delivery,
+                headers,
                 None,
                 letter.error_type,
                 str(exc),
                 service=self.spec.service,
                 retryable=False,
+                signing=self._signing,
             )
 
     def _letter(

@@ -17,11 +17,16 @@ if TYPE_CHECKING:
     from ._bus import Choreography
     from ._handlers import HandlerSpec
 
-__all__ = ["Context", "derive_message_id"]
+__all__ = ["UNSIGNED", "Context", "derive_message_id"]
 
 R = TypeVar("R", bound=Message)
 
 _bus_logger = logging.getLogger("flowkit.bus")
+
+#: Appended to the message id of an unsigned message accepted in a bus's
+#: migration mode, in the inbox and wherever an id is derived from it, so that
+#: such a message cannot take the place of a signed one with the same id.
+UNSIGNED = "/unsigned"
 
 #: The most (handler, event type) pairs warned about per bus: each is warned once.
 UNDECLARED_EMITS_WARNED = 1000
@@ -63,9 +68,22 @@ class Context:
         attempt: which delivery attempt this is (1 for the first).
         service: the service the handler belongs to.
         handler: the handler's name.
+        signed: None on a bus that does not sign; True if the message's
+            signature verified; False for an unsigned message accepted in
+            the migration mode (``Signing(required=False)``), whose flowkit
+            headers are ignored.
     """
 
-    __slots__ = ("_bus", "_inbox_key", "_logger", "_published", "_spec", "attempt", "envelope")
+    __slots__ = (
+        "_bus",
+        "_inbox_key",
+        "_logger",
+        "_published",
+        "_spec",
+        "attempt",
+        "envelope",
+        "signed",
+    )
 
     def __init__(
         self,
@@ -74,10 +92,13 @@ class Context:
         envelope: Envelope,
         attempt: int,
         inbox_key: str | None = None,
+        *,
+        signed: bool | None = None,
     ) -> None:
         self._bus = bus
         self._spec = spec
         self._inbox_key = inbox_key
+        self.signed = signed
         self._published = 0
         self._logger: logging.LoggerAdapter[logging.Logger] | None = None
         self.envelope = envelope
@@ -114,15 +135,28 @@ class Context:
         """A key stable across redeliveries of this message to this handler.
 
         The sender's ``flowkit-idempotency-key`` header when it set one (an
-        orchestrator's remote step does), else ``consumer:message_id``.
+        orchestrator's remote step does), else ``consumer:message_id``. On a
+        bus that signs, the header of an unsigned message (accepted in the
+        migration mode) is ignored, and its key is ``consumer:message_id/unsigned``.
         """
+        if self.signed is False:
+            return f"{self._spec.consumer}:{self.envelope.message_id}{UNSIGNED}"
         return self.envelope.headers.get(IDEMPOTENCY_KEY) or (
             f"{self._spec.consumer}:{self.envelope.message_id}"
         )
 
+    @property
+    def message_key(self) -> str:
+        """The message's id as this handler's deduplication knows it: the
+        message id, with ``/unsigned`` appended for an unsigned message
+        accepted in a signing bus's migration mode (so that it cannot stand
+        for a signed message of the same id)."""
+        mid = self.envelope.message_id
+        return mid + UNSIGNED if self.signed is False else mid
+
     def _next_id(self) -> str:
         self._published += 1
-        return derive_message_id(self.envelope.message_id, self._spec.consumer, self._published)
+        return derive_message_id(self.message_key, self._spec.consumer, self._published)
 
     def _check_emits(self, event: Event) -> None:
         """Warn, once per handler and event type, of an event left out of ``emits=``."""

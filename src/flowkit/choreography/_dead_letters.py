@@ -7,10 +7,14 @@ from typing import TYPE_CHECKING
 
 import anyio
 
-from .._errors import FlowkitError
+from .._errors import FlowkitError, SignatureError
+from .._signing import SIGNATURE, control_headers
 from ._headers import REPLAY_OF
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from .._signing import Signing
     from ..stores._base import DeadLetter, StateStore
     from ..transports._base import Transport
 
@@ -74,23 +78,36 @@ class DeadLetterBox:
             consumer=consumer, topic=topic, limit=limit
         )
 
-    async def replay(self, letter_id: str, transport: Transport) -> DeadLetter:
+    async def replay(
+        self, letter_id: str, transport: Transport, signing: Signing | None = None
+    ) -> DeadLetter:
         """Publish a dead letter again to the consumer that gave up on it, then remove it.
 
         The dead letter is removed only once the transport accepted the publish,
         so a failed publish leaves it in place.
+
+        With ``signing``, the replay is signed for the consumer's group only,
+        after the dead letter's own signature is checked, so that a replay
+        never vouches for what was not signed: a signed letter keeps its
+        control headers, an unsigned one accepted in the migration mode loses
+        them, and one whose signature fails is not replayed.
 
         Returns:
             The dead letter that was replayed.
 
         Raises:
             NotFound: if there is no dead letter with this id.
+            SignatureError: if ``signing`` is given and the dead letter is
+                unsigned while signatures are required, names an unknown key,
+                or its signature does not match (the dead letter is kept).
             TransportError: if the publish failed (the dead letter is kept).
         """
         store = await self.store()
         letter = await store.get_dead_letter(letter_id)
         headers = {k: v for k, v in letter.headers.items() if k != REPLAY_OF}
         headers[REPLAY_OF] = letter.id
+        if signing is not None:
+            headers = _signed_replay(letter, headers, signing)
         await transport.publish(letter.topic, letter.body, headers, group=letter.consumer)
         try:
             await store.delete_dead_letter(letter.id)
@@ -102,3 +119,25 @@ class DeadLetterBox:
             )
             raise
         return letter
+
+
+def _signed_replay(
+    letter: DeadLetter, headers: Mapping[str, str], signing: Signing
+) -> dict[str, str]:
+    """The headers of a dead letter's replay on a bus that signs (see
+    :meth:`DeadLetterBox.replay`)."""
+    try:
+        trusted = signing.verify(letter.topic, letter.consumer, letter.body, letter.headers)
+    except SignatureError as exc:
+        raise SignatureError(
+            f"dead letter {letter.id} is not replayed: {exc}. A replay is signed, so only "
+            "a message whose own signature verifies is replayed; if its key was removed, "
+            "add it back to Signing(keys=...), else delete the dead letter"
+        ) from None
+    out = {k: v for k, v in headers.items() if k != SIGNATURE}
+    if not trusted:
+        # Unsigned, accepted in the migration mode: its control headers were
+        # never trusted, and are not vouched for now.
+        out = {k: v for k, v in out.items() if k not in control_headers(out)}
+        out[REPLAY_OF] = letter.id
+    return signing.signed(letter.topic, letter.body, out, group=letter.consumer)

@@ -97,7 +97,10 @@ class HandlingLog(BusObserver):
             "%s dead-lettered %s %s after %d attempt(s) as dead letter %s",
             letter.consumer,
             letter.topic,
-            letter.message_id or "(undecodable)",
+            letter.message_id
+            or (
+                "(unverified)" if letter.error_type == "flowkit.SignatureError" else "(undecodable)"
+            ),
             letter.attempts,
             letter.id,
             extra={

@@ -136,7 +136,11 @@ class Outbox:
             causation_id=causation_id,
             message_id=message_id,
         )
-        await ops.insert(conn, envelope.type, key, body, {})
+        # Signed as it is written, so the relay (in any process) publishes it as is,
+        # and a row written into the table by other means carries no signature.
+        signing = self._bus.signing
+        headers_out = {} if signing is None else signing.signed(envelope.type, body)
+        await ops.insert(conn, envelope.type, key, body, headers_out)
         relay = self.relay
         if relay is not None:
             relay.wake()

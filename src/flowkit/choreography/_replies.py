@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
@@ -14,6 +15,7 @@ from .._errors import (
     MessageTooLarge,
     RemoteError,
     RequestTimeout,
+    SignatureError,
     TransportClosed,
     TransportError,
 )
@@ -38,7 +40,9 @@ if TYPE_CHECKING:
     from anyio.abc import TaskGroup
 
     from .._events import Command
+    from .._signing import Signing
     from ..transports._base import Delivery, Subscription, Transport
+    from ._dead_letters import DeadLetterBox
     from ._observe import BusObserver
 
 __all__ = ["RemoteFailure", "Requests", "send_accepted", "send_failure", "send_reply"]
@@ -71,11 +75,20 @@ class Requests:
     """The caller's side of request/reply for one bus.
 
     Replies come back on a topic of this bus's own, consumed by one listener
-    task started with the first request.
+    task started with the first request. On a bus that signs, requests are
+    signed, and a reply whose signature fails is dead-lettered (consumer: the
+    reply topic) instead of answering anything.
     """
 
-    def __init__(self, max_message_size: int) -> None:
+    def __init__(
+        self,
+        max_message_size: int,
+        signing: Signing | None = None,
+        dead_letters: DeadLetterBox | None = None,
+    ) -> None:
         self._max_message_size = max_message_size
+        self._signing = signing
+        self.dead_letters = dead_letters
         self._pending: dict[str, _Pending] = {}
         self._topic = f"flowkit.reply.{new_message_id()}"
         self._lock: anyio.Lock | None = None
@@ -166,16 +179,15 @@ class Requests:
         request_id = envelope.message_id
         self._pending[request_id] = pending
         try:
+            control = {
+                REPLY_TO: self._topic,
+                REQUEST_ID: request_id,
+                DEADLINE: deadline_header(timeout),
+            }
+            if self._signing is not None:
+                control = self._signing.signed(envelope.type, body, control)
             with anyio.CancelScope(deadline=deadline):
-                await transport.publish(
-                    envelope.type,
-                    body,
-                    {
-                        REPLY_TO: self._topic,
-                        REQUEST_ID: request_id,
-                        DEADLINE: deadline_header(timeout),
-                    },
-                )
+                await transport.publish(envelope.type, body, control)
                 if on_sent is not None:
                     on_sent(envelope)
         except BaseException:
@@ -221,10 +233,51 @@ class Requests:
                     await delivery.ack()
                 except TransportError:
                     logger.warning("could not ack a reply; it may arrive twice", exc_info=True)
-                self._deliver(delivery)
+                headers = delivery.headers
+                if self._signing is not None:
+                    try:
+                        if not self._signing.verify(
+                            self._topic, self._topic, delivery.body, headers
+                        ):
+                            headers = {}  # unsigned, in the migration mode: answers nothing
+                    except SignatureError as exc:
+                        await self._refuse(delivery, exc)
+                        continue
+                self._deliver(delivery, headers)
 
-    def _deliver(self, delivery: Delivery) -> None:
-        headers = delivery.headers
+    async def _refuse(self, delivery: Delivery, exc: SignatureError) -> None:
+        """Dead-letter a reply whose signature failed (it answers nothing)."""
+        from ..stores._base import DeadLetter
+        from ._consumer import qualified_name
+
+        letter = DeadLetter(
+            id=new_message_id(),
+            consumer=self._topic,
+            topic=delivery.topic,
+            body=delivery.body,
+            headers=dict(delivery.headers),
+            error_type=qualified_name(exc),
+            error=str(exc),
+            attempts=0,
+            failed_at=datetime.now(UTC),
+            message_id=None,
+        )
+        logger.error(
+            "the reply inbox %s dead-lettered a reply that failed its signature check (%s); "
+            "dead letter %s",
+            self._topic,
+            exc,
+            letter.id,
+        )
+        if self.dead_letters is None:
+            return
+        try:
+            with anyio.move_on_after(10.0):
+                await self.dead_letters.keep(letter)
+        except Exception:
+            logger.warning("could not keep dead letter %s", letter.id, exc_info=True)
+
+    def _deliver(self, delivery: Delivery, headers: Mapping[str, str]) -> None:
         request_id = headers.get(IN_REPLY_TO)
         pending = self._pending.get(request_id) if request_id else None
         if pending is None:
@@ -274,18 +327,39 @@ def _answer(body: bytes, reply_type: type[R]) -> R:
 # -- the answering side ----------------------------------------------------------
 
 
-async def send_accepted(transport: Transport, delivery: Delivery, attempt: int) -> None:
-    """Tell the caller its request was taken (attempt ``attempt`` is starting)."""
-    headers = delivery.headers
+async def _publish_reply(
+    transport: Transport,
+    reply_to: str,
+    body: bytes,
+    headers: dict[str, str],
+    signing: Signing | None,
+) -> None:
+    """Publish to a caller's reply topic, signed when the bus signs."""
+    if signing is not None:
+        headers = signing.signed(reply_to, body, headers)
+    await transport.publish(reply_to, body, headers)
+
+
+async def send_accepted(
+    transport: Transport, headers: Mapping[str, str], attempt: int, signing: Signing | None
+) -> None:
+    """Tell the caller its request was taken (attempt ``attempt`` is starting).
+
+    ``headers`` are the request's trusted control headers (none for an
+    unsigned request on a bus that signs): without a reply topic and a
+    request id there is nobody to tell.
+    """
     reply_to = headers.get(REPLY_TO)
     request_id = headers.get(REQUEST_ID)
     if reply_to is None or request_id is None:
         return
     try:
-        await transport.publish(
+        await _publish_reply(
+            transport,
             reply_to,
             b"{}",
             {IN_REPLY_TO: request_id, REPLY_KIND: ACCEPTED, ATTEMPT: str(attempt)},
+            signing,
         )
     except TransportError:
         logger.debug("could not tell the caller of %s it was taken", request_id, exc_info=True)
@@ -293,14 +367,16 @@ async def send_accepted(transport: Transport, delivery: Delivery, attempt: int) 
 
 async def send_reply(
     transport: Transport,
-    delivery: Delivery,
+    headers: Mapping[str, str],
     envelope: Envelope,
     result: Any,
     reply_type: type[Message],
     consumer: str,
     max_message_size: int,
+    signing: Signing | None,
 ) -> None:
-    """Send a command handler's result back to the caller, if one waits.
+    """Send a command handler's result back to the caller, if one waits
+    (``headers``: the request's trusted control headers).
 
     Raises:
         TypeError: if the handler returned something other than its reply type.
@@ -312,7 +388,7 @@ async def send_reply(
             f"command handler {consumer} returned {type(result).__name__}, "
             f"expected {reply_type.__name__}"
         )
-    reply_to = delivery.headers.get(REPLY_TO)
+    reply_to = headers.get(REPLY_TO)
     if reply_to is None:
         return  # sent without waiting for a reply
     _, body = encode(
@@ -320,21 +396,22 @@ async def send_reply(
     )
     if len(body) > max_message_size:
         raise MessageTooLarge(reply_type.__flowkit_type__, len(body), max_message_size)
-    await transport.publish(reply_to, body, {IN_REPLY_TO: envelope.message_id})
+    await _publish_reply(transport, reply_to, body, {IN_REPLY_TO: envelope.message_id}, signing)
 
 
 async def send_failure(
     transport: Transport,
-    delivery: Delivery,
+    headers: Mapping[str, str],
     envelope: Envelope | None,
     error_type: str,
     message: str,
     *,
     service: str,
     retryable: bool,
+    signing: Signing | None,
 ) -> None:
-    """Tell the caller its request failed for good; a transport failure is logged."""
-    headers = delivery.headers
+    """Tell the caller its request failed for good (``headers``: the request's
+    trusted control headers); a transport failure is logged."""
     reply_to = headers.get(REPLY_TO)
     request_id = headers.get(REQUEST_ID) or (envelope.message_id if envelope else None)
     if reply_to is None or request_id is None:
@@ -348,6 +425,8 @@ async def send_failure(
         causation_id=request_id,
     )
     try:
-        await transport.publish(reply_to, body, {IN_REPLY_TO: request_id, REPLY_KIND: FAILED})
+        await _publish_reply(
+            transport, reply_to, body, {IN_REPLY_TO: request_id, REPLY_KIND: FAILED}, signing
+        )
     except TransportError:
         logger.exception("could not send a failure reply to %s", request_id)

@@ -31,6 +31,7 @@ from .._errors import (
 from .._events import Message, new_message_id
 from .._exits import exit_stack
 from .._retry import Retry
+from .._signing import Signing
 from ._declare import Parallel, Plan, Remote, Step, compile_plan
 from ._engine import Engine, Halted, Parked, Requester, Superseded, unwrap
 from ._leases import LeaseKeeper, driving, process_owner
@@ -179,14 +180,19 @@ class Orchestrator(Generic[InputT]):
             millisecond, and what this process delivers wakes at once.
         mailbox_retention: seconds an event or signal that no wait took is
             kept in the store's mailbox (7 days; None: until a wait takes it).
+        signing: how the buses the orchestrator starts on ``transport`` (for
+            remote steps' commands and for waited events) sign what they send
+            and check what they receive (see :class:`~flowkit.Signing`). By
+            default, a given ``bus``'s own signing, else none.
 
     Raises:
         DefinitionError: if the orchestrator has remote steps but neither
             ``transport`` nor ``bus``, ``concurrency`` is below 1,
             ``stop_grace`` is negative, ``lease`` is not a positive number of
             seconds, ``owner`` is an empty string, an observer is not a
-            :class:`SagaObserver`, or the orchestrator waits for events and
-            recovers but has no ``transport`` to receive them from.
+            :class:`SagaObserver`, the orchestrator waits for events and
+            recovers but has no ``transport`` to receive them from, or
+            ``signing`` is not a Signing or differs from the given bus's.
     """
 
     steps: ClassVar[
@@ -247,6 +253,7 @@ class Orchestrator(Generic[InputT]):
         trace: bool | TraceOptions = True,
         wait_poll: float = 1.0,
         mailbox_retention: float | None = 7 * 24 * 3600.0,
+        signing: Signing | None = None,
     ) -> None:
         plan = getattr(type(self), "_plan", None)
         if plan is None:
@@ -288,6 +295,19 @@ class Orchestrator(Generic[InputT]):
                 f"{plan.owner} waits for {', '.join(waited)}: pass transport=... to receive "
                 "them (or recover=False for a process that runs none of its workflows)"
             )
+        if signing is not None and not isinstance(signing, Signing):
+            raise DefinitionError(
+                f"signing must be a flowkit.Signing or None, not {type(signing).__name__}"
+            )
+        bus_signing = getattr(bus, "signing", None)
+        if signing is not None and bus_signing is not None and bus_signing is not signing:
+            raise DefinitionError(
+                f"{plan.owner}: signing= differs from the given bus's own signing; pass one "
+                "Signing to both, or leave signing= out to use the bus's"
+            )
+        self._signing: Signing | None = signing or (
+            bus_signing if isinstance(bus_signing, Signing) else None
+        )
         self._store = store
         self._transport = transport
         self._bus = bus
@@ -356,6 +376,7 @@ class Orchestrator(Generic[InputT]):
                 bus = Choreography(
                     self._transport,
                     observers=[o for o in self._observers if isinstance(o, BusObserver)],
+                    signing=self._signing,
                 )
                 await stack.enter_async_context(bus.run(services=[]))
                 self._engine.requester = bus
@@ -471,6 +492,7 @@ class Orchestrator(Generic[InputT]):
                     if isinstance(o, BusObserver) and not _same(o, self._recorder)
                 ],
                 trace=self._trace,
+                signing=self._signing,
             )
             subscribe(events, self._plan, self.name, self._deliver)
             await stack.enter_async_context(events)

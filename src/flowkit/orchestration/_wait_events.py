@@ -53,7 +53,9 @@ def subscribe(
                 ctx.logger.debug("an event with no %s matches no wait; dropped", field)
                 return
             body = event.model_dump(mode="json")
-            await deliver(channel, str(value), ctx.envelope.message_id, body)
+            # message_key: an unsigned event (a signing bus's migration mode)
+            # cannot take the place of a signed one with the same id.
+            await deliver(channel, str(value), ctx.message_key, body)
 
         try:
             bus.on(

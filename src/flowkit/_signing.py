@@ -1,0 +1,268 @@
+"""HMAC signing of what a bus sends, and the check of what it receives.
+
+A signature is an HMAC-SHA256, under one named key, over a canonical
+encoding of:
+
+* the topic the message is published to, and the consumer group when the
+  publish names one (a replayed dead letter), so that a signed message
+  cannot be moved to another topic or group;
+* every flowkit control header the message carries (each transport header
+  whose name starts with ``flowkit-``, the signature itself aside), so that
+  none can be added, removed or changed;
+* the body, which holds the envelope: message id, correlation and causation
+  ids, the envelope's headers (the idempotency key) and the payload.
+
+It travels in the ``flowkit-signature`` header as ``key_id:hex``. A receiver
+verifies with the key the header names only, so that old keys go on
+verifying while the active one signs (key rotation).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+from typing import TYPE_CHECKING
+
+from ._errors import DefinitionError, SignatureError
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+__all__ = ["CONTROL_PREFIX", "MIN_KEY_BYTES", "SIGNATURE", "Signing", "control_headers"]
+
+#: The transport header carrying a message's signature, ``key_id:hex``.
+SIGNATURE = "flowkit-signature"
+#: Transport headers whose name starts with this are flowkit's control headers.
+CONTROL_PREFIX = "flowkit-"
+#: The shortest key accepted, in bytes (the output size of SHA-256).
+MIN_KEY_BYTES = 32
+
+_KEY_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,31}")
+_HEX_DIGEST = 64
+_DOMAIN = b"flowkit-signature/1"
+# How much of a key id a message names is quoted in an error.
+_QUOTED_ID = 40
+
+
+def control_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    """The flowkit control headers among ``headers`` (the signature aside)."""
+    return {
+        name: value
+        for name, value in headers.items()
+        if name.startswith(CONTROL_PREFIX) and name != SIGNATURE
+    }
+
+
+def _field(data: bytes) -> bytes:
+    return len(data).to_bytes(8, "big") + data
+
+
+def _prefix(key_id: str, topic: str, group: str | None, headers: Mapping[str, str]) -> bytes:
+    """The canonical encoding of everything a signature covers but the body."""
+    control = sorted(
+        (name, value)
+        for name, value in headers.items()
+        if name.startswith(CONTROL_PREFIX) and name != SIGNATURE
+    )
+    parts = [
+        _field(_DOMAIN),
+        _field(key_id.encode()),
+        _field(topic.encode()),
+        b"\x00" if group is None else b"\x01" + _field(group.encode()),
+        len(control).to_bytes(8, "big"),
+    ]
+    for name, value in control:
+        parts.append(_field(name.encode()))
+        parts.append(_field(value.encode()))
+    return b"".join(parts)
+
+
+class Signing:
+    """HMAC-SHA256 signing of every message a bus sends, checked on receipt.
+
+    With signing on, a consumer dead-letters (with a
+    :class:`~flowkit.SignatureError`) every message that is unsigned, names a
+    key it does not know, or whose signature does not match; the consumer
+    carries on. Flowkit's own control headers (reply routing, request ids,
+    deadlines, replay marks, idempotency keys) and the message id the inbox
+    keys on are then trusted only when signed. See the security guide.
+
+    Args:
+        keys: the keys, by id: an id is a short name (letters, digits, ``.``,
+            ``_`` and ``-``, at most 32 characters, such as ``"2026-12"``);
+            a key is at least 32 random bytes. Every key verifies; keep an
+            old one until nothing signed with it is left on the brokers or
+            in the dead letters.
+        active: the id of the key that signs.
+        required: True refuses unsigned messages. False is a migration mode:
+            unsigned messages are accepted with their control headers ignored
+            (treated as absent), while signed ones are verified and refused
+            if their signature does not match.
+
+    Raises:
+        DefinitionError: if a key id, a key, ``active`` or ``required`` is
+            wrong (the message names which, never a key).
+    """
+
+    __slots__ = ("_active", "_macs", "_required")
+
+    def __init__(self, keys: Mapping[str, bytes], *, active: str, required: bool = True) -> None:
+        if not hasattr(keys, "items") or not keys:
+            raise DefinitionError(
+                "Signing(keys=...) takes a dict of key id to key bytes, such as "
+                '{"2026-12": bytes.fromhex(os.environ["FLOWKIT_SIGNING_KEY"])}'
+            )
+        macs: dict[str, hmac.HMAC] = {}
+        for key_id, key in keys.items():
+            if not isinstance(key_id, str) or not _KEY_ID.fullmatch(key_id):
+                raise DefinitionError(
+                    f"Signing key id {str(key_id)[:_QUOTED_ID]!r} is not a short name: use "
+                    "1 to 32 letters, digits, '.', '_' or '-', starting with a letter or "
+                    "digit (such as '2026-12')"
+                )
+            if not isinstance(key, bytes | bytearray):
+                raise DefinitionError(
+                    f"Signing key {key_id!r} must be bytes, not {type(key).__name__}: decode "
+                    "it from where it is kept, such as bytes.fromhex(os.environ[...])"
+                )
+            if len(key) < MIN_KEY_BYTES:
+                raise DefinitionError(
+                    f"Signing key {key_id!r} is too short ({len(key)} bytes): use at least "
+                    f"{MIN_KEY_BYTES} random bytes, such as secrets.token_bytes(32)"
+                )
+            macs[key_id] = hmac.new(bytes(key), digestmod=hashlib.sha256)
+        if not isinstance(active, str) or active not in macs:
+            raise DefinitionError(
+                f"Signing(active={str(active)[:_QUOTED_ID]!r}) names no key: the active key "
+                f"signs, so it must be one of keys= ({', '.join(sorted(macs))})"
+            )
+        if not isinstance(required, bool):
+            raise DefinitionError(
+                f"Signing(required=...) must be True or False, not {type(required).__name__}"
+            )
+        self._macs = macs
+        self._active = active
+        self._required = required
+
+    @property
+    def key_ids(self) -> tuple[str, ...]:
+        """The ids of the keys that verify, sorted."""
+        return tuple(sorted(self._macs))
+
+    @property
+    def active(self) -> str:
+        """The id of the key that signs."""
+        return self._active
+
+    @property
+    def required(self) -> bool:
+        """Whether unsigned messages are refused (False: the migration mode)."""
+        return self._required
+
+    def _digest(
+        self,
+        key_id: str,
+        topic: str,
+        group: str | None,
+        body: bytes,
+        headers: Mapping[str, str],
+    ) -> bytes:
+        mac = self._macs[key_id].copy()
+        mac.update(_prefix(key_id, topic, group, headers))
+        mac.update(_field(body))
+        return mac.hexdigest().encode()
+
+    def sign(
+        self,
+        topic: str,
+        body: bytes,
+        headers: Mapping[str, str] | None = None,
+        *,
+        group: str | None = None,
+    ) -> str:
+        """The signature header value of a message, under the active key.
+
+        Args:
+            topic: the topic it is published to.
+            body: its body.
+            headers: the transport headers it carries (its control headers are signed).
+            group: the consumer group it is published to, if only one.
+        """
+        digest = self._digest(self._active, topic, group, body, headers or {})
+        return f"{self._active}:{digest.decode()}"
+
+    def signed(
+        self,
+        topic: str,
+        body: bytes,
+        headers: Mapping[str, str] | None = None,
+        *,
+        group: str | None = None,
+    ) -> dict[str, str]:
+        """``headers`` (without any signature they carried) with the signature added."""
+        out = {k: v for k, v in headers.items() if k != SIGNATURE} if headers else {}
+        out[SIGNATURE] = self.sign(topic, body, out, group=group)
+        return out
+
+    def verify(
+        self, topic: str, group: str | None, body: bytes, headers: Mapping[str, str]
+    ) -> bool:
+        """Check a received message's signature.
+
+        Args:
+            topic: the topic it was received on.
+            group: the consumer group that received it: a message signed for
+                one group verifies in that group only.
+            body: its body.
+            headers: its transport headers.
+
+        Returns:
+            True if it is signed and the signature matches; False if it is
+            unsigned and signatures are not required (its control headers
+            are then not to be trusted).
+
+        Raises:
+            SignatureError: if it is unsigned and signatures are required, or
+                names a key not known here, or its signature does not match.
+        """
+        given = headers.get(SIGNATURE)
+        if given is None:
+            if self._required:
+                raise SignatureError(
+                    f"unsigned message on topic {topic!r}: this bus requires a signature "
+                    f"({SIGNATURE} header); sign it with the same keys (Choreography("
+                    "signing=...)) or use Signing(required=False) while migrating"
+                )
+            return False
+        key_id, sep, digest = given.partition(":")
+        if not sep or len(digest) != _HEX_DIGEST:
+            raise SignatureError(
+                f"malformed {SIGNATURE} header on topic {topic!r}: expected key_id:hex"
+            )
+        if key_id not in self._macs:
+            raise SignatureError(
+                f"message on topic {topic!r} is signed with key id "
+                f"{key_id[:_QUOTED_ID]!r}, which this bus does not know (it knows "
+                f"{', '.join(self.key_ids)}); add that key to Signing(keys=...)"
+            )
+        given_bytes = digest.encode()
+        if hmac.compare_digest(self._digest(key_id, topic, None, body, headers), given_bytes):
+            return True
+        if group is not None and hmac.compare_digest(
+            self._digest(key_id, topic, group, body, headers), given_bytes
+        ):
+            return True
+        raise SignatureError(
+            f"bad signature (key {key_id!r}) on topic {topic!r}: the body, a flowkit "
+            "header, the topic or the group differs from what was signed"
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"Signing(keys={list(self.key_ids)!r}, active={self._active!r}, "
+            f"required={self._required})"
+        )
+
+    def __reduce__(self) -> str | tuple[object, ...]:
+        raise TypeError("a Signing holds secret keys and is not pickled; build it in each process")
