@@ -21,6 +21,7 @@ BENCHMARKS: dict[str, list[str]] = {
     "bench_trace": [],
     "bench_ui": [],
     "bench_waits": [],
+    "bench_signing": [],
 }
 
 

@@ -43,6 +43,10 @@ _HEX_DIGEST = 64
 _DOMAIN = b"flowkit-signature/1"
 # How much of a key id a message names is quoted in an error.
 _QUOTED_ID = 40
+# The most entries kept by each of a Signing's two caches (emptied when full),
+# and the largest body whose verified signature is kept.
+_CACHED = 512
+_CACHED_BODY = 16 * 1024
 
 
 def control_headers(headers: Mapping[str, str]) -> dict[str, str]:
@@ -58,13 +62,23 @@ def _field(data: bytes) -> bytes:
     return len(data).to_bytes(8, "big") + data
 
 
-def _prefix(key_id: str, topic: str, group: str | None, headers: Mapping[str, str]) -> bytes:
-    """The canonical encoding of everything a signature covers but the body."""
-    control = sorted(
-        (name, value)
-        for name, value in headers.items()
-        if name.startswith(CONTROL_PREFIX) and name != SIGNATURE
+def _control(headers: Mapping[str, str] | None) -> tuple[tuple[str, str], ...]:
+    """The control headers a signature covers, sorted by name."""
+    if not headers or (len(headers) == 1 and SIGNATURE in headers):
+        return ()  # the most common case: nothing but the signature
+    return tuple(
+        sorted(
+            (name, value)
+            for name, value in headers.items()
+            if name.startswith(CONTROL_PREFIX) and name != SIGNATURE
+        )
     )
+
+
+def _prefix(
+    key_id: str, topic: str, group: str | None, control: tuple[tuple[str, str], ...]
+) -> bytes:
+    """The canonical encoding of everything a signature covers but the body."""
     parts = [
         _field(_DOMAIN),
         _field(key_id.encode()),
@@ -105,7 +119,7 @@ class Signing:
             wrong (the message names which, never a key).
     """
 
-    __slots__ = ("_active", "_macs", "_required")
+    __slots__ = ("_active", "_keys", "_prefixes", "_required", "_verified")
 
     def __init__(self, keys: Mapping[str, bytes], *, active: str, required: bool = True) -> None:
         if not hasattr(keys, "items") or not keys:
@@ -113,7 +127,7 @@ class Signing:
                 "Signing(keys=...) takes a dict of key id to key bytes, such as "
                 '{"2026-12": bytes.fromhex(os.environ["FLOWKIT_SIGNING_KEY"])}'
             )
-        macs: dict[str, hmac.HMAC] = {}
+        macs: dict[str, bytes] = {}
         for key_id, key in keys.items():
             if not isinstance(key_id, str) or not _KEY_ID.fullmatch(key_id):
                 raise DefinitionError(
@@ -131,7 +145,7 @@ class Signing:
                     f"Signing key {key_id!r} is too short ({len(key)} bytes): use at least "
                     f"{MIN_KEY_BYTES} random bytes, such as secrets.token_bytes(32)"
                 )
-            macs[key_id] = hmac.new(bytes(key), digestmod=hashlib.sha256)
+            macs[key_id] = bytes(key)
         if not isinstance(active, str) or active not in macs:
             raise DefinitionError(
                 f"Signing(active={str(active)[:_QUOTED_ID]!r}) names no key: the active key "
@@ -141,14 +155,19 @@ class Signing:
             raise DefinitionError(
                 f"Signing(required=...) must be True or False, not {type(required).__name__}"
             )
-        self._macs = macs
+        self._keys = macs
         self._active = active
         self._required = required
+        # The encoding of (key id, topic, group) with no control header: most messages.
+        self._prefixes: dict[tuple[str, str, str | None], bytes] = {}
+        # Signatures verified lately, with what they covered: the handlers of one
+        # process that get the same message check it once.
+        self._verified: dict[str, tuple[str, bytes, tuple[tuple[str, str], ...]]] = {}
 
     @property
     def key_ids(self) -> tuple[str, ...]:
         """The ids of the keys that verify, sorted."""
-        return tuple(sorted(self._macs))
+        return tuple(sorted(self._keys))
 
     @property
     def active(self) -> str:
@@ -166,12 +185,20 @@ class Signing:
         topic: str,
         group: str | None,
         body: bytes,
-        headers: Mapping[str, str],
+        control: tuple[tuple[str, str], ...],
     ) -> bytes:
-        mac = self._macs[key_id].copy()
-        mac.update(_prefix(key_id, topic, group, headers))
-        mac.update(_field(body))
-        return mac.hexdigest().encode()
+        if control:
+            prefix = _prefix(key_id, topic, group, control)
+        else:
+            prefixes = self._prefixes
+            cached = prefixes.get((key_id, topic, group))
+            if cached is None:
+                if len(prefixes) >= _CACHED:
+                    prefixes.clear()
+                cached = prefixes[(key_id, topic, group)] = _prefix(key_id, topic, group, ())
+            prefix = cached
+        message = prefix + len(body).to_bytes(8, "big") + body
+        return hmac.digest(self._keys[key_id], message, hashlib.sha256).hex().encode()
 
     def sign(
         self,
@@ -189,7 +216,7 @@ class Signing:
             headers: the transport headers it carries (its control headers are signed).
             group: the consumer group it is published to, if only one.
         """
-        digest = self._digest(self._active, topic, group, body, headers or {})
+        digest = self._digest(self._active, topic, group, body, _control(headers))
         return f"{self._active}:{digest.decode()}"
 
     def signed(
@@ -240,17 +267,26 @@ class Signing:
             raise SignatureError(
                 f"malformed {SIGNATURE} header on topic {topic!r}: expected key_id:hex"
             )
-        if key_id not in self._macs:
+        if key_id not in self._keys:
             raise SignatureError(
                 f"message on topic {topic!r} is signed with key id "
                 f"{key_id[:_QUOTED_ID]!r}, which this bus does not know (it knows "
                 f"{', '.join(self.key_ids)}); add that key to Signing(keys=...)"
             )
+        control = _control(headers)
+        seen = self._verified.get(given)
+        if seen is not None and seen[0] == topic and seen[1] == body and seen[2] == control:
+            return True  # verified before, for every group (never cached for one group)
         given_bytes = digest.encode()
-        if hmac.compare_digest(self._digest(key_id, topic, None, body, headers), given_bytes):
+        if hmac.compare_digest(self._digest(key_id, topic, None, body, control), given_bytes):
+            if len(body) <= _CACHED_BODY:
+                verified = self._verified
+                if len(verified) >= _CACHED:
+                    verified.clear()
+                verified[given] = (topic, body, control)
             return True
         if group is not None and hmac.compare_digest(
-            self._digest(key_id, topic, group, body, headers), given_bytes
+            self._digest(key_id, topic, group, body, control), given_bytes
         ):
             return True
         raise SignatureError(
