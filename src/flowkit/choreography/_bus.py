@@ -771,6 +771,9 @@ class Choreography:
 
         Raises:
             BusNotStarted: if the bus is not running.
+            SignatureError: if the bus signs and a dead letter's signature does
+                not verify: the ones before it were replayed, it and the ones
+                after it are kept.
         """
         self._require_running()
         letters = await self.dead_letters(consumer=consumer, topic=topic, limit=limit)
