@@ -19,9 +19,13 @@ verifying while the active one signs (key rotation).
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import hmac
+import os
 import re
+import secrets
 from typing import TYPE_CHECKING
 
 from ._errors import DefinitionError, SignatureError
@@ -29,7 +33,15 @@ from ._errors import DefinitionError, SignatureError
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-__all__ = ["CONTROL_PREFIX", "MIN_KEY_BYTES", "SIGNATURE", "Signing", "control_headers"]
+__all__ = [
+    "CONTROL_PREFIX",
+    "ENV_PREFIX",
+    "MIN_KEY_BYTES",
+    "SIGNATURE",
+    "Signing",
+    "control_headers",
+    "new_key",
+]
 
 #: The transport header carrying a message's signature, ``key_id:hex``.
 SIGNATURE = "flowkit-signature"
@@ -47,6 +59,9 @@ _QUOTED_ID = 40
 # and the largest body whose verified signature is kept.
 _CACHED = 512
 _CACHED_BODY = 16 * 1024
+#: The prefix of the environment variables :meth:`Signing.from_env` reads.
+ENV_PREFIX = "FLOWKIT_SIGNING"
+_NEW_KEY_FIX = "make a key with `flowkit signing new-key`"
 
 
 def control_headers(headers: Mapping[str, str]) -> dict[str, str]:
@@ -56,6 +71,69 @@ def control_headers(headers: Mapping[str, str]) -> dict[str, str]:
         for name, value in headers.items()
         if name.startswith(CONTROL_PREFIX) and name != SIGNATURE
     }
+
+
+def new_key(key_id: str) -> str:
+    """A new random key of 32 bytes, as ``key_id:base64`` for ``FLOWKIT_SIGNING_KEYS``.
+
+    Raises:
+        DefinitionError: if ``key_id`` is not a short name.
+    """
+    if not isinstance(key_id, str) or not _KEY_ID.fullmatch(key_id):
+        raise DefinitionError(
+            f"key id {str(key_id)[:_QUOTED_ID]!r} is not a short name: use 1 to 32 letters, "
+            "digits, '.', '_' or '-', starting with a letter or digit (such as '2026-12')"
+        )
+    return f"{key_id}:{base64.b64encode(secrets.token_bytes(MIN_KEY_BYTES)).decode('ascii')}"
+
+
+def _decode_key(text: str) -> bytes | None:
+    """A key written in standard or URL-safe base64, padded or not; None if it is not."""
+    text = text.strip().rstrip("=").replace("-", "+").replace("_", "/")
+    if not text:
+        return None
+    try:
+        return base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
+    except (binascii.Error, ValueError):
+        return None
+
+
+def _env_keys(variable: str, text: str) -> dict[str, bytes]:
+    """The keys of ``FLOWKIT_SIGNING_KEYS``, in their order; errors quote no key."""
+    form = f"set {variable} to id:base64key[,id:base64key...] ({_NEW_KEY_FIX})"
+    entries = [entry.strip() for entry in text.split(",")]
+    if not any(entries):
+        raise DefinitionError(f"{variable} is set but holds no key: {form}, or unset it")
+    keys: dict[str, bytes] = {}
+    for number, entry in enumerate(entries, 1):
+        where = f"entry {number} of {variable}"
+        key_id, sep, encoded = entry.partition(":")
+        key_id = key_id.strip()
+        if not sep:
+            raise DefinitionError(f"{where} is not id:base64key: {form}")
+        if not _KEY_ID.fullmatch(key_id):
+            raise DefinitionError(
+                f"{where} has no valid key id before its ':': use 1 to 32 letters, digits, "
+                "'.', '_' or '-', starting with a letter or digit (such as 2026-12), then "
+                "':' and the key"
+            )
+        if key_id in keys:
+            raise DefinitionError(
+                f"{variable} names key id {key_id!r} twice: give each key its own id"
+            )
+        key = _decode_key(encoded)
+        if key is None:
+            raise DefinitionError(
+                f"the key of {key_id!r} in {variable} is not base64 (standard or URL-safe): "
+                f"{_NEW_KEY_FIX}"
+            )
+        if len(key) < MIN_KEY_BYTES:
+            raise DefinitionError(
+                f"the key of {key_id!r} in {variable} is too short ({len(key)} bytes): use "
+                f"at least {MIN_KEY_BYTES} random bytes ({_NEW_KEY_FIX})"
+            )
+        keys[key_id] = key
+    return keys
 
 
 def _field(data: bytes) -> bytes:
@@ -163,6 +241,61 @@ class Signing:
         # Signatures verified lately, with what they covered: the handlers of one
         # process that get the same message check it once.
         self._verified: dict[str, tuple[str, bytes, tuple[tuple[str, str], ...]]] = {}
+
+    @classmethod
+    def from_env(
+        cls, prefix: str = ENV_PREFIX, *, environ: Mapping[str, str] | None = None
+    ) -> Signing | None:
+        """The signing the environment describes, or None when it describes none.
+
+        It reads three variables (with the default ``prefix``):
+
+        * ``FLOWKIT_SIGNING_KEYS``: the keys, as ``id:base64key`` entries parted
+          by commas (``2026-12:q83v...,2026-06:3q2+...``), each key in standard
+          or URL-safe base64 (``flowkit signing new-key`` makes one); unset,
+          the environment describes no signing and None is returned;
+        * ``FLOWKIT_SIGNING_ACTIVE``: the id of the key that signs (default:
+          the first one);
+        * ``FLOWKIT_SIGNING_REQUIRED``: ``1`` to refuse unsigned messages (the
+          default), ``0`` for the migration mode.
+
+        Args:
+            prefix: the variables' common prefix.
+            environ: where to read them (default: ``os.environ``).
+
+        Returns:
+            A :class:`Signing`, or None if ``{prefix}_KEYS`` is unset.
+
+        Raises:
+            DefinitionError: if a variable is wrong; the message names the
+                variable and how to fix it, never a key.
+        """
+        env = os.environ if environ is None else environ
+        keys_var, active_var, required_var = (
+            f"{prefix}_KEYS",
+            f"{prefix}_ACTIVE",
+            f"{prefix}_REQUIRED",
+        )
+        text = env.get(keys_var)
+        if text is None:
+            return None
+        keys = _env_keys(keys_var, text)
+        active = (env.get(active_var) or "").strip() or next(iter(keys))
+        if active not in keys:
+            named = f"{active!r}" if _KEY_ID.fullmatch(active) else "no valid key id"
+            raise DefinitionError(
+                f"{active_var} names {named}, which is not a key id of {keys_var} "
+                f"({', '.join(keys)}): set it to the id of the key that signs, or unset it "
+                "to sign with the first"
+            )
+        flag = (env.get(required_var) or "").strip()
+        if flag not in ("", "0", "1"):
+            raise DefinitionError(
+                f"{required_var} must be 1 (refuse unsigned messages, the default) or 0 "
+                "(the migration mode: accept unsigned messages, their control headers "
+                "ignored)"
+            )
+        return cls(keys, active=active, required=flag != "0")
 
     @property
     def key_ids(self) -> tuple[str, ...]:

@@ -22,6 +22,7 @@ the way ASGI servers take an app: a :class:`~flowkit.Choreography` for
     flowkit trace o-2 --store sqlite:///flowkit.db --mermaid
     flowkit stalled myshop.services:bus --since 12h
     flowkit ui --store sqlite:///flowkit.db --transport redis://localhost --module myshop.services
+    flowkit signing new-key --id 2026-12
 
 Exit status: 0 on success, 1 when flowkit failed, 2 for a command line (or a
 target object) that cannot be carried out; a worker stopped at once by a second
@@ -43,6 +44,7 @@ import anyio
 from ._cli.common import CommandFailed, UsageError, one_line
 from ._cli.dlq import list_letters, prune_letters, replay_letters
 from ._cli.graph import add_commands as add_graph_commands
+from ._cli.signing import add_commands as add_signing_commands
 from ._cli.trace import add_commands as add_trace_commands
 from ._cli.ui import add_commands as add_ui_commands
 from ._cli.worker import run_worker
@@ -353,6 +355,7 @@ def _parser() -> argparse.ArgumentParser:
     add_graph_commands(commands)
     add_trace_commands(commands, duration=_duration, count=_positive_int)
     add_ui_commands(commands)
+    add_signing_commands(commands)
     return parser
 
 
