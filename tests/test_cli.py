@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import base64
 import dataclasses
 import importlib
 import json
@@ -14,10 +15,16 @@ import anyio
 import pytest
 from pydantic import BaseModel, ValidationError
 
+from flowkit import Choreography, Event, Retry, Signing
 from flowkit._cli.dlq import reason_of
 from flowkit.cli import main
 from flowkit.stores import DeadLetter, SQLiteStore, WorkflowRecord
 from flowkit.testing import FaultPlan, SimulatedCrash
+from flowkit.transports import from_url
+
+from .brokers import on_brokers, with_query
+from .brokers import prefix as prefix
+from .brokers import url as url
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -893,3 +900,145 @@ def test_a_memory_transport_url_is_refused_where_a_broker_is_needed(
 def test_a_bad_transport_url_is_one_line(db: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["dlq", "replay", f"{APP}:broker_bus", "--all", "--transport", "amqp2://x"]) == 2
     assert "no transport for 'amqp2://'" in one_line_error(capsys)
+
+
+# -- signing keys from the environment ------------------------------------------------------
+
+SIGNED_APP = "signed_cli_app"
+SIGNING_KEY = bytes(range(32))
+SIGNING_KEYS = f"2026-12:{base64.b64encode(SIGNING_KEY).decode()}"
+
+# An application whose bus takes its keys from the environment, as a deployment's does.
+SIGNED_APP_SOURCE = """
+import os
+
+from flowkit import Choreography, Event, Signing
+from flowkit.stores import SQLiteStore
+from flowkit.transports import from_url
+
+
+class Ping(Event):
+    n: int
+
+
+bus = Choreography(
+    from_url(os.environ["SIGNED_APP_TRANSPORT"]),
+    store=SQLiteStore(os.environ["FLOWKIT_CLI_DB"]),
+    signing=Signing.from_env(),
+)
+
+
+@bus.on(Ping, service="pong", name="answer")
+async def answer(event: Ping) -> None:
+    pass
+"""
+
+
+def write_signed_app(directory: Path, monkeypatch: pytest.MonkeyPatch, transport: str) -> None:
+    """Write ``signed_cli_app`` on ``transport`` to a directory put on sys.path."""
+    (directory / f"{SIGNED_APP}.py").write_text(SIGNED_APP_SOURCE)
+    monkeypatch.syspath_prepend(str(directory))
+    monkeypatch.delitem(sys.modules, SIGNED_APP, raising=False)
+    monkeypatch.setenv("SIGNED_APP_TRANSPORT", transport)
+    monkeypatch.delenv("FLOWKIT_SIGNING_KEYS", raising=False)
+
+
+@pytest.fixture
+def signed_app(
+    db: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, url: str, prefix: str
+) -> str:
+    """The transport URL of ``signed_cli_app``, on the test Redis under a prefix of its own."""
+    transport_url = with_query(url, prefix=prefix)
+    write_signed_app(tmp_path, monkeypatch, transport_url)
+    return transport_url
+
+
+class Ping(Event):
+    n: int
+
+
+@pytest.mark.anyio
+@on_brokers("redis")
+async def test_dlq_replay_signs_with_the_keys_of_the_environment(
+    signed_app: str,
+    db: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    signing = Signing(keys={"2026-12": SIGNING_KEY}, active="2026-12")
+    live = Choreography(from_url(signed_app), store=SQLiteStore(db), signing=signing)
+    handled: list[int] = []
+    down = True
+
+    @live.on(Ping, service="pong", name="answer", retry=Retry(attempts=1))
+    async def answer(event: Ping) -> None:
+        if down:
+            raise RuntimeError("pong is down")
+        handled.append(event.n)
+
+    async def replay(letter_id: str) -> int:
+        monkeypatch.delitem(sys.modules, SIGNED_APP, raising=False)  # read the keys anew
+        argv = ["dlq", "replay", f"{SIGNED_APP}:bus", letter_id]
+        status: int = await anyio.to_thread.run_sync(main, argv)
+        return status
+
+    with anyio.fail_after(60):
+        async with live:
+            await live.publish(Ping(n=1))
+            await live.publish(Ping(n=2))
+            await live.wait_idle(30)
+            letters = {json.loads(x.body)["payload"]["n"]: x for x in await live.dead_letters()}
+            assert sorted(letters) == [1, 2]
+            assert all("flowkit-signature" in x.headers for x in letters.values())
+            down = False
+
+            # With the keys, the replay is signed for the handler's group and handled.
+            monkeypatch.setenv("FLOWKIT_SIGNING_KEYS", SIGNING_KEYS)
+            assert await replay(letters[1].id) == 0
+            await live.wait_idle(30)
+            assert handled == [1]
+            assert await live.dead_letters() == [letters[2]]
+
+            # Without them, the app's bus signs nothing: the replay keeps the letter's
+            # old signature, which no longer matches, and the consumer refuses it.
+            monkeypatch.delenv("FLOWKIT_SIGNING_KEYS")
+            assert await replay(letters[2].id) == 0
+            await live.wait_idle(30)
+            assert handled == [1]
+            (refused,) = await live.dead_letters()
+            assert refused.error_type == "flowkit.SignatureError"
+            assert refused.error.startswith("bad signature")
+            assert json.loads(refused.body)["payload"]["n"] == 2
+    out = capfd.readouterr().out
+    assert out.count("replayed 1 dead letter(s)") == 2
+
+
+def test_dlq_replay_warns_when_the_keys_go_unused(
+    db: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    add_letters(db, letter("d-1", "pong:answer"))
+    monkeypatch.setenv("FLOWKIT_SIGNING_KEYS", SIGNING_KEYS)
+    assert main(["dlq", "replay", f"{APP}:broker_bus", "d-1"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out == "replayed 1 dead letter(s)\n"
+    assert captured.err.startswith(
+        f"flowkit: warning: FLOWKIT_SIGNING_KEYS is set, but {APP}:broker_bus signs nothing: "
+    )
+    assert "signing=Signing.from_env()" in captured.err
+    assert SIGNING_KEYS.partition(":")[2] not in captured.err
+    monkeypatch.delenv("FLOWKIT_SIGNING_KEYS")
+    add_letters(db, letter("d-2", "pong:answer"))
+    assert main(["dlq", "replay", f"{APP}:broker_bus", "d-2"]) == 0
+    assert capsys.readouterr().err == ""
+
+
+def test_wrong_keys_in_the_environment_stop_an_app_that_reads_them(
+    db: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_signed_app(tmp_path, monkeypatch, "memory://")
+    secret = base64.b64encode(bytes(16)).decode()
+    monkeypatch.setenv("FLOWKIT_SIGNING_KEYS", f"2026-12:{secret}")
+    assert main(["dlq", "replay", f"{SIGNED_APP}:bus", "d-1"]) == 2
+    err = one_line_error(capsys)
+    assert "the key of '2026-12' in FLOWKIT_SIGNING_KEYS is too short (16 bytes)" in err
+    assert secret not in err

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import re
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
@@ -12,7 +14,10 @@ import pytest
 
 from examples.ecommerce.choreographed import run_choreography
 from examples.ecommerce.orchestrated import run_orchestration
+from flowkit import Choreography, Event, Retry, Signing
+from flowkit.cli import main
 from flowkit.stores import DeadLetter, SQLiteStore
+from flowkit.transports import InMemoryTransport
 from flowkit.ui import create_app
 
 if TYPE_CHECKING:
@@ -367,3 +372,95 @@ def test_what_a_record_waits_for(channel: str | None, key: str | None, what: str
     from flowkit.ui._workflows import waiting_for
 
     assert waiting_for(channel, key) == what
+
+
+# -- signing -------------------------------------------------------------------------------
+
+KEY = bytes(range(32))
+
+
+class Ping(Event):
+    n: int
+
+
+async def test_a_replay_through_the_dashboard_is_signed_with_its_keys(tmp_path: Path) -> None:
+    path = tmp_path / "signed.db"
+    signing = Signing(keys={"2026-12": KEY}, active="2026-12")
+    transport = InMemoryTransport()
+    live = Choreography(transport, store=SQLiteStore(path), signing=signing)
+    handled: list[int] = []
+    down = True
+
+    @live.on(Ping, service="pong", name="answer", retry=Retry(attempts=1))
+    async def answer(event: Ping) -> None:
+        if down:
+            raise RuntimeError("pong is down")
+        handled.append(event.n)
+
+    async def replay(letter_id: str, keys: Signing | None) -> dict[str, object]:
+        app = create_app(SQLiteStore(path), transport=transport, signing=keys)
+        async for client in _client(app):
+            page = await client.get("/dead-letters")
+            done = await client.post(
+                "/dead-letters/replay",
+                data={"id": letter_id},
+                headers={"x-csrf-token": _csrf(page.text)},
+            )
+            answer: dict[str, object] = done.json()
+        return answer
+
+    with anyio.fail_after(30):
+        async with live:
+            await live.publish(Ping(n=1))
+            await live.publish(Ping(n=2))
+            await live.wait_idle(10)
+            letters = {json.loads(x.body)["payload"]["n"]: x.id for x in await live.dead_letters()}
+            down = False
+            # With the deployment's keys, the replay is signed and handled.
+            ok = {"ok": True, "message": "replayed 1 dead letter(s)"}
+            assert await replay(letters[1], signing) == ok
+            await live.wait_idle(10)
+            assert handled == [1]
+            # Without them, it keeps the letter's old signature and is refused.
+            assert await replay(letters[2], None) == ok
+            await live.wait_idle(10)
+            assert handled == [1]
+            (refused,) = await live.dead_letters()
+            assert refused.error_type == "flowkit.SignatureError"
+
+
+def test_signing_must_be_a_signing(demo_db: Path) -> None:
+    with pytest.raises(TypeError, match=r"signing must be a flowkit\.Signing or None, not str"):
+        create_app(SQLiteStore(demo_db), signing="2026-12:abc")  # type: ignore[arg-type]
+
+
+def test_flowkit_ui_passes_the_keys_of_the_environment(
+    demo_db: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import flowkit.ui
+
+    given: dict[str, object] = {}
+
+    def fake_create_app(store: object, **options: object) -> object:
+        given.update(options)
+        raise ValueError("stopped here")
+
+    monkeypatch.setattr(flowkit.ui, "create_app", fake_create_app)
+    monkeypatch.setenv("FLOWKIT_SIGNING_KEYS", f"2026-12:{base64.b64encode(KEY).decode()}")
+    monkeypatch.setenv("FLOWKIT_SIGNING_REQUIRED", "0")
+    assert main(["ui", "--store", f"sqlite:///{demo_db}"]) == 2
+    assert "stopped here" in capsys.readouterr().err
+    signing = given["signing"]
+    assert isinstance(signing, Signing)
+    assert signing.key_ids == ("2026-12",) and signing.required is False
+    monkeypatch.delenv("FLOWKIT_SIGNING_KEYS")
+    assert main(["ui", "--store", f"sqlite:///{demo_db}"]) == 2
+    assert given["signing"] is None
+    capsys.readouterr()
+    # Wrong keys: one line naming the variable, not the key.
+    short = base64.b64encode(KEY[:8]).decode()
+    monkeypatch.setenv("FLOWKIT_SIGNING_KEYS", f"2026-12:{short}")
+    assert main(["ui", "--store", f"sqlite:///{demo_db}"]) == 2
+    err = capsys.readouterr().err
+    assert "the key of '2026-12' in FLOWKIT_SIGNING_KEYS is too short (8 bytes)" in err
+    assert short not in err and len(err.strip().splitlines()) == 1

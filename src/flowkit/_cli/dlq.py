@@ -25,6 +25,7 @@ from .common import (
     text_lines,
     writable_store,
 )
+from .signing import warn_unsigned
 
 if TYPE_CHECKING:
     import argparse
@@ -82,6 +83,9 @@ async def replay_letters(args: argparse.Namespace) -> int:
         bus,
         args.app,
         "a replayed message would reach no worker and its dead letter would be lost",
+    )
+    warn_unsigned(
+        bus, args.app, "a signed dead letter replayed by it keeps its old signature and is refused"
     )
     check = readable_store(bus.store, args.app, "dead letters")
     if check is not bus.store:

@@ -9,6 +9,7 @@ from .._errors import MissingDependency
 from ..stores import from_url as store_from_url
 from ..transports import from_url as transport_from_url
 from .common import STORE_ENV, TRANSPORT_ENV, UsageError, entered, one_line, readable_store
+from .signing import KEYS_ENV, env_signing
 
 if TYPE_CHECKING:
     import argparse
@@ -26,7 +27,8 @@ def add_commands(commands: argparse._SubParsersAction[Any]) -> None:
         description="Serve a local web dashboard over a store: workflows with their "
         "timelines and repair buttons, flows from the trace, dead letters to replay or "
         "delete, and the flow graph with --module. Bound to 127.0.0.1 unless --host "
-        "names another address, which needs --token.",
+        f"names another address, which needs --token. With ${KEYS_ENV} set, its replays "
+        "and retries are signed with those keys (see flowkit.Signing.from_env).",
     )
     ui.add_argument(
         "--store", metavar="URL", help=f"the store to show (sqlite:///path; default: ${STORE_ENV})"
@@ -77,6 +79,7 @@ async def serve_dashboard(args: argparse.Namespace) -> int:
     if not store_url:
         raise UsageError(f"give the store to show: --store URL (or set {STORE_ENV})")
     transport_url = args.transport or os.environ.get(TRANSPORT_ENV) or None
+    signing = env_signing()
     try:
         store = store_from_url(store_url)
         transport = None if transport_url is None else transport_from_url(transport_url)
@@ -84,7 +87,9 @@ async def serve_dashboard(args: argparse.Namespace) -> int:
 
         from ..ui import create_app
 
-        app = create_app(store, transport=transport, module=args.module, token=token)
+        app = create_app(
+            store, transport=transport, module=args.module, token=token, signing=signing
+        )
     except ModuleNotFoundError as exc:
         raise UsageError(
             str(MissingDependency(exc.name or "uvicorn", "ui", "flowkit ui"))

@@ -19,6 +19,7 @@ import anyio
 from .._errors import DefinitionError
 from ..choreography import Choreography
 from .common import UsageError, load_object, one_line, point_bus, require_broker
+from .signing import warn_unsigned
 
 if TYPE_CHECKING:
     import argparse
@@ -41,6 +42,7 @@ async def run_worker(args: argparse.Namespace) -> int:
         bus, args.app, "a worker on it would receive nothing published by other processes"
     )
     services = parse_services(args.services, bus, args.app)
+    warn_unsigned(bus, args.app, "its workers send unsigned messages and check none")
     running = _start(bus, services, args.grace)
     names = ", ".join(sorted(services if services is not None else bus.services))
     stopper = _Stopper(bus, bus.stop_grace if args.grace is None else args.grace)

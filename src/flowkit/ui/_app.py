@@ -13,6 +13,7 @@ import anyio
 
 from .._cli.workflows import cancel_note
 from .._errors import FlowkitError, MissingDependency, NotFound, WorkflowNotFound
+from .._signing import Signing
 
 try:
     from jinja2 import Environment, FileSystemLoader, select_autoescape
@@ -56,9 +57,11 @@ class _State:
         transport: Transport | None,
         targets: Targets | None,
         guard: Guard,
+        signing: Signing | None = None,
     ) -> None:
         self.store = store
         self.transport = transport
+        self.signing = signing
         self.targets = targets
         self.guard = guard
         self.bus: Choreography | None = None
@@ -92,6 +95,7 @@ def create_app(
     module: str | None = None,
     token: str | None = None,
     retry_wait: float = 30.0,
+    signing: Signing | None = None,
 ) -> Starlette:
     """The dashboard as an ASGI application, to serve with any ASGI server.
 
@@ -111,6 +115,11 @@ def create_app(
             before answering; a workflow still running then is stopped here,
             for the orchestrator's own processes to take over once its lease
             runs out.
+        signing: the keys of a deployment that signs its messages
+            (:class:`~flowkit.Signing`): dead letters are replayed, and the
+            remote steps of retried workflows sent, signed with them. Without
+            it, a replay of a signed dead letter keeps its old signature and
+            is refused by its consumer.
 
     Returns:
         The Starlette application.
@@ -119,11 +128,14 @@ def create_app(
         ValueError: for a token shorter than 8 characters, a ``retry_wait``
             that is not positive, or a module that cannot be loaded (the
             message says why).
+        TypeError: if ``signing`` is not a :class:`~flowkit.Signing`.
     """
     if not retry_wait > 0:
         raise ValueError(f"retry_wait must be > 0 seconds, not {retry_wait!r}")
+    if signing is not None and not isinstance(signing, Signing):
+        raise TypeError(f"signing must be a flowkit.Signing or None, not {type(signing).__name__}")
     targets = _targets(module) if module is not None else None
-    state = _State(store, transport, targets, Guard(token))
+    state = _State(store, transport, targets, Guard(token), signing)
     state.retry_wait = float(retry_wait)
 
     @asynccontextmanager
@@ -133,7 +145,7 @@ def create_app(
             if transport is not None:
                 from ..choreography import Choreography
 
-                bus = Choreography(transport, store=store)
+                bus = Choreography(transport, store=store, signing=signing)
                 await stack.enter_async_context(bus.run(services=[]))
                 state.bus = bus
             yield
@@ -308,7 +320,8 @@ async def _workflow_action(state: _State, request: Request) -> Response:
             409,
         )
     try:
-        orchestrator = cls(state.store, transport=state.transport, recover=False)
+        signed: dict[str, Any] = {} if state.signing is None else {"signing": state.signing}
+        orchestrator = cls(state.store, transport=state.transport, recover=False, **signed)
     except FlowkitError as exc:
         return _reply(False, f"{exc} (start the dashboard with --transport)", 409)
     outcome: Outcome | None = None
