@@ -261,7 +261,7 @@ UNREACHABLE: dict[str, tuple[str, dict[str, Any]]] = {
     "rediss": (f"rediss://user:{SECRET}@127.0.0.1:1/0?ssl_cert_reqs=none", {"connect_timeout": 1}),
     "rabbitmq": (f"amqp://u:{SECRET}@127.0.0.1:1/", {"connect_timeout": 1}),
     "nats": (f"nats://u:{SECRET}@127.0.0.1:1", {"connect_timeout": 1}),
-    "nats-token": (f"nats://{SECRET}@127.0.0.1:1", {"connect_timeout": 1}),  # NATS_TOKEN_BUG
+    "nats-token": (f"nats://{SECRET}@127.0.0.1:1", {"connect_timeout": 1}),
     "kafka": (f"kafka://u:{SECRET}@127.0.0.1:1", {"connect_timeout": 1}),
     "kafka-options": (
         "kafka://127.0.0.1:1",
@@ -310,23 +310,8 @@ def _open(name: str) -> Any:
     return transport_from_url(url, **options)
 
 
-NATS_TOKEN_BUG = (
-    "a NATS token given as the URL's user info (nats://TOKEN@host, documented by "
-    "NATSTransport) is not masked: redact_url keeps a user name without a password, so "
-    "the token shows in the transport's repr and in its connection errors"
-)
-
-
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])
-@pytest.mark.parametrize(
-    "name",
-    [
-        pytest.param(name, marks=pytest.mark.xfail(strict=True, reason=NATS_TOKEN_BUG))
-        if name == "nats-token"
-        else name
-        for name in sorted(UNREACHABLE)
-    ],
-)
+@pytest.mark.parametrize("name", sorted(UNREACHABLE))
 @pytest.mark.anyio
 async def test_a_password_shows_nowhere_when_connecting_fails(
     name: str, caplog: pytest.LogCaptureFixture

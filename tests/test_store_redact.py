@@ -31,6 +31,9 @@ SECRET = "s3cr3t-Pa55"
         ("redis://:s3cr3t@localhost:6379/0", "redis://:***@localhost:6379/0"),
         ("amqp://guest:guest@rabbit/%2F", "amqp://guest:***@rabbit/%2F"),
         ("nats://user:p%40ss@nats:4222", "nats://user:***@nats:4222"),
+        ("nats://s3cr3t-token@nats:4222", "nats://***@nats:4222"),
+        ("tls://s3cr3t-token@nats:4222", "tls://***@nats:4222"),
+        ("redis://user@localhost:6379/0", "redis://user@localhost:6379/0"),
         ("redis://:pa/ss@host/0", "redis://:***@host/0"),
         ("redis://:pa?ss#x@host/0", "redis://:***@host/0"),
         (

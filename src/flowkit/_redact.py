@@ -19,6 +19,9 @@ MASK = "***"
 # quote (so a URL inside an error message or a repr is found too).
 _URL = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*)://(?P<rest>[^\s'\"<>`]*)")
 
+# Schemes whose user info, without a password, is a token (``nats://TOKEN@host``).
+_TOKEN_SCHEMES = frozenset({"nats", "tls"})
+
 # A query (or fragment) parameter whose name says it holds a secret.
 _SECRET_PARAMETER = re.compile(
     r"(?P<name>[?&;#](?:[^=&;#]*?(?:pass|pwd|secret|token|key|credential|signature)"
@@ -35,7 +38,8 @@ def redact_url(text: str) -> str:
     ``passwd``, ``pwd``, ``secret``, ``token``, ``key``, ``credential``,
     ``signature``, ``sig``, in any case and as part of a longer name such as
     ``api_key`` or ``X-Amz-Signature``). A user name without a password is
-    kept. Text that holds no ``scheme://`` URL, a file path included, comes
+    kept, except in a NATS URL (``nats://``, ``tls://``), where it is a token
+    (``nats://***@host``). Text that holds no ``scheme://`` URL, a file path included, comes
     back unchanged. Redacting twice gives the same text as redacting once.
 
     When the user info holds a character a URL should have percent-encoded
@@ -54,10 +58,11 @@ def redact_url(text: str) -> str:
 
 
 def _redact_match(match: re.Match[str]) -> str:
-    return f"{match['scheme']}://{_redact_rest(match['rest'])}"
+    token = match["scheme"].lower() in _TOKEN_SCHEMES
+    return f"{match['scheme']}://{_redact_rest(match['rest'], token=token)}"
 
 
-def _redact_rest(rest: str) -> str:
+def _redact_rest(rest: str, *, token: bool = False) -> str:
     """Mask the secrets of everything after ``scheme://``."""
     authority_end = len(rest)
     for separator in "/?#":
@@ -75,6 +80,8 @@ def _redact_rest(rest: str) -> str:
         user, colon, _password = rest[:at].partition(":")
         if colon:
             rest = f"{user}:{MASK}{rest[at:]}"
+        elif token and user and user != MASK:
+            rest = f"{MASK}{rest[at:]}"
     return _SECRET_PARAMETER.sub(lambda m: f"{m['name']}={MASK}", rest)
 
 
