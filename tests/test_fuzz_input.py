@@ -325,9 +325,6 @@ async def test_fuzzed_input_on_a_broker(
 ) -> None:
     caplog.set_level(logging.DEBUG)
     inputs = [*draw_inputs(BROKER_INPUTS, 20240513), *forged_requests()]
-    if broker.name == "rabbitmq":
-        # Left to the test below, which fails on RabbitMQ (RABBITMQ_LONG_TOPIC_BUG).
-        inputs = [item for item in inputs if not _too_long_for_amqp(item.headers.get(REPLY_TO))]
     gc.collect()
     before = rss()
     tally = await fuzz(make(), inputs, caplog, wait=broker.wait + 20)
@@ -336,15 +333,6 @@ async def test_fuzzed_input_on_a_broker(
     _report(capsys, tally.line(broker.name, before, after))
     assert tally.inputs >= BROKER_INPUTS // 2
     assert after - before < RSS_GROWTH_LIMIT
-
-
-RABBITMQ_LONG_TOPIC_BUG = (
-    "RabbitMQTransport.publish to a topic over 255 bytes (an AMQP short string) crashes "
-    "the transport's FrameBatcher task with pamqp's TypeError: the publisher channel's "
-    "delivery tags then run out of step with the server's, so that publish and every "
-    "later one on the transport wait for a confirm that never comes (TransportError: "
-    "no confirm within publish_timeout); a forged flowkit-reply-to header is enough"
-)
 
 
 def _too_long_for_amqp(topic: str | None) -> bool:
@@ -357,10 +345,7 @@ async def test_a_reply_to_a_topic_too_long_for_the_broker_leaves_the_bus_working
     broker: Broker,
     make: Callable[..., Transport],
     caplog: pytest.LogCaptureFixture,
-    request: pytest.FixtureRequest,
 ) -> None:
-    if broker.name == "rabbitmq":
-        request.applymarker(pytest.mark.xfail(strict=True, reason=RABBITMQ_LONG_TOPIC_BUG))
     caplog.set_level(logging.DEBUG)
     long_reply_to = [
         item for item in forged_requests() if _too_long_for_amqp(item.headers.get(REPLY_TO))

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiormq import exceptions as amqp_errors
 from aiormq.abc import ChannelFrame
+from pamqp import frame as amqp_frame
 from pamqp.body import ContentBody
 from pamqp.commands import Basic
 from pamqp.header import ContentHeader
@@ -94,7 +95,7 @@ class FrameBatcher:
             pending, self._pending = self._pending, []
             if not pending:
                 continue
-            by_channel: dict[AbstractChannel, list[_Frame]] = {}
+            by_channel: dict[AbstractChannel, list[bytes]] = {}
             for channel, frames, confirmation in pending:
                 if channel.is_closed:
                     if confirmation is not None and not confirmation.done():
@@ -102,20 +103,26 @@ class FrameBatcher:
                             amqp_errors.ChannelInvalidStateError(f"{channel!r} closed")
                         )
                     continue  # an ack on a lost channel: the server gave the message back
+                number: int = channel.number
+                try:
+                    data = b"".join(amqp_frame.marshal(f, number) for f in frames)
+                except Exception as exc:  # a frame AMQP cannot carry: that publish fails alone
+                    if confirmation is not None and not confirmation.done():
+                        confirmation.set_exception(exc)
+                    continue  # before it took a delivery tag: the numbering stays in step
                 if confirmation is not None:
                     tag = channel.delivery_tag + 1  # type: ignore[attr-defined]
                     channel.delivery_tag = tag  # type: ignore[attr-defined]
                     channel.confirmations[tag] = confirmation  # type: ignore[attr-defined]
-                by_channel.setdefault(channel, []).extend(frames)
-            for channel, frames in by_channel.items():
-                number: int = channel.number
+                by_channel.setdefault(channel, []).append(data)
+            for channel, parts in by_channel.items():
                 try:
                     await channel.write_queue.put(  # type: ignore[attr-defined]
-                        ChannelFrame.marshall(channel_number=number, frames=frames)
+                        ChannelFrame(payload=b"".join(parts), should_close=False)
                     )
                 except (amqp_errors.AMQPError, ConnectionError, RuntimeError) as exc:
                     # The channel's confirms fail with it; its acks are moot.
-                    logger.debug("sending on channel %s failed: %r", number, exc)
+                    logger.debug("sending on channel %s failed: %r", channel.number, exc)
 
     def close(self) -> None:
         """Stop sending; what is queued fails with the channels it was for."""

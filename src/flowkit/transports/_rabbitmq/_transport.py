@@ -30,6 +30,9 @@ if TYPE_CHECKING:
 
 __all__ = ["RabbitMQTransport"]
 
+#: The longest routing key or exchange name AMQP carries, in bytes.
+_MAX_NAME = 255
+
 logger = logging.getLogger("flowkit.transport.rabbitmq")
 
 # RabbitMQ's default largest message (max_message_size, 128 MiB since 3.8).
@@ -296,6 +299,12 @@ class RabbitMQTransport(AsyncioReentrant[Link]):
         properties: Basic.Properties,
         what: str,
     ) -> None:
+        for name, value in (("topic", routing_key), ("exchange", exchange)):
+            if len(value.encode()) > _MAX_NAME:
+                raise TransportError(
+                    f"RabbitMQ publish to {what[:60]!r}...: the {name} is "
+                    f"{len(value.encode())} bytes; AMQP names hold {_MAX_NAME} at most"
+                )
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._publish_timeout
         while True:
