@@ -22,6 +22,7 @@ BENCHMARKS: dict[str, list[str]] = {
     "bench_ui": [],
     "bench_waits": [],
     "bench_signing": [],
+    "bench_backpressure": [],
 }
 
 
