@@ -1,0 +1,1 @@
+"""The chaos runner of the e-commerce example (``python -m tests.chaos``)."""
