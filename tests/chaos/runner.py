@@ -267,7 +267,7 @@ def plan_orders(count: int, style: str) -> list[OrderPlaced]:
         saga = style == "orchestration" or (style == "both" and i % 2 == 1)
         prefix = "s" if saga else "c"
         email = f"user{i}@example.com"
-        if not saga and i % 50 == 7:
+        if not saga and i % 50 == 8:
             email = f"user{i}-no-address"
         total = 9000.0 if saga and i % 10 == 9 else 10.0 + i % 90
         orders.append(
@@ -369,7 +369,7 @@ class Chaos:
 
             await anyio.to_thread.run_sync(hold)
             return
-        import asyncpg
+        import asyncpg  # type: ignore[import-untyped,import-not-found,unused-ignore]
 
         conn = await asyncpg.connect(self.store_url.split("?")[0])
         try:
@@ -590,7 +590,7 @@ async def _dead_letters(store_url: str) -> list[Any]:
 
 
 async def _drop_schema(store_url: str, schema: str) -> None:
-    import asyncpg
+    import asyncpg  # type: ignore[import-untyped,import-not-found,unused-ignore]
 
     conn = await asyncpg.connect(store_url.split("?")[0])
     try:
@@ -700,6 +700,12 @@ def check(
             f"dead letters: {len(letters)} found, {result.dead_letters_expected} expected "
             f"({len(poison)} undecodable, {len(bad_email)} bad emails, {len(others)} others)"
         )
+    copies = Counter((letter.consumer, letter.body) for letter in poison)
+    for (consumer, body), n in sorted(copies.items()):
+        if n > 1:
+            result.failures.append(
+                f"{consumer} dead-lettered one undecodable message {n} times: {body[:40]!r}"
+            )
     for letter in others[:5]:
         result.failures.append(
             f"unexpected dead letter: {letter.consumer} on {letter.topic}: "
