@@ -241,10 +241,12 @@ class Result:
     stuck: int = 0
     redelivered: int = 0
     saga_status: dict[str, int] = field(default_factory=dict)
+    unplanned_turns: dict[str, int] = field(default_factory=dict)
     dead_letters_expected: int = 0
     dead_letters_found: int = 0
     recovery_max: float | None = None
     recovery_median: float | None = None
+    started_at: float = 0.0
     placing_seconds: float = 0.0
     settle_seconds: float = 0.0
     failures: list[str] = field(default_factory=list)
@@ -398,11 +400,9 @@ def schedule(
 
 
 def recovery(fault: Fault, completions: list[float]) -> float | None:
-    """Seconds from the end of a fault until the orders complete again at half the
+    """Seconds from the start of a fault until the orders complete again at half the
     rate of the 5 s before it (in a 1 s window); without such a rate, until the
     next order completes. None if no order completed after it."""
-    start = fault.until if fault.kind in ("pause-db", "restart") else fault.at
-    start = max(start, fault.at)
     before = sum(1 for t in completions if fault.at - 5 <= t < fault.at) / 5
     after = [t for t in completions if t >= fault.at]
     if not after:
@@ -506,6 +506,7 @@ async def run_cell(args: argparse.Namespace, broker: str, store: str, workdir: P
                 anyio.create_task_group() as tg,
             ):
                 started = time.monotonic()
+                result.started_at = time.time()
 
                 async def faults() -> None:
                     for offset, kind in plan:
@@ -645,6 +646,7 @@ def check(
     # orchestration: every saga ended, with a reason when it turned back; its
     # effects are the ones its end allows, each once
     status: Counter[str] = Counter()
+    turns: Counter[str] = Counter()
     for order in sagas:
         wid = order.order_id
         outcome = outcomes.get(wid)
@@ -658,6 +660,9 @@ def check(
             continue
         status[outcome.status.value] += 1
         completions.append(saga_done[wid])
+        if order.total <= 1000 and outcome.status is not WorkflowStatus.COMPLETED:
+            reason = re.sub(r"\(message [^)]*\) ", "", outcome.reason or "")
+            turns[f"{outcome.status.value}: {reason}"] += 1
         if outcome.status is not WorkflowStatus.COMPLETED and not outcome.reason:
             result.failures.append(f"{wid}: {outcome.status.value} without a reason")
         if order.total > 1000 and outcome.status is not WorkflowStatus.COMPENSATED:
@@ -679,6 +684,7 @@ def check(
         remote = [k for k in keys if not k.split(":", 1)[1].startswith(("reserve", "charge"))]
         messages += 2 * len(remote)  # a command and its reply
     result.saga_status = dict(status)
+    result.unplanned_turns = dict(turns.most_common())
 
     # duplicated effects: the same thing done under two idempotency keys
     result.duplicated += sum(n - 1 for line, n in by_line.items() if n > 1 and SAGA_ID.search(line))
@@ -757,6 +763,17 @@ def table(results: list[Result]) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
+    for r in results:
+        lines.append(
+            f"\n{r.broker} x {r.store}: placed in {r.placing_seconds:.1f}s, settled "
+            f"{r.settle_seconds:.1f}s later; sagas {r.saga_status}"
+        )
+        for reason, n in list(r.unplanned_turns.items())[:5]:
+            lines.append(f"  not planned: {n} saga(s) {reason}")
+        t0 = r.started_at  # the first order
+        for f in r.fault_log:
+            rec = "-" if f["recovery"] is None else f"{f['recovery']:.2f}s"
+            lines.append(f"  +{f['at'] - t0:7.1f}s {f['kind']:<8} recovery {rec:>6}  {f['detail']}")
     return "\n".join(lines)
 
 
