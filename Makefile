@@ -106,7 +106,7 @@ chaos: $(STAMP)
 	$(BROKERS) start postgres nats rabbitmq kafka && \
 	eval "$$($(BROKERS) env postgres nats rabbitmq kafka)" && rc=0 && \
 	{ $(CHAOS) --transport redis --store sqlite,postgres --json $(VENV)/chaos-redis.json || rc=1; } && \
-	{ $(CHAOS) --transport nats,rabbitmq,kafka --store sqlite --json $(VENV)/chaos-brokers.json \
+	{ $(CHAOS) --transport nats,rabbitmq,kafka --store sqlite,postgres --json $(VENV)/chaos-brokers.json \
 		|| rc=1; } && \
 	exit $$rc
 
