@@ -1042,3 +1042,25 @@ def test_wrong_keys_in_the_environment_stop_an_app_that_reads_them(
     err = one_line_error(capsys)
     assert "the key of '2026-12' in FLOWKIT_SIGNING_KEYS is too short (16 bytes)" in err
     assert secret not in err
+
+
+def test_output_to_a_closed_pipe_ends_quietly() -> None:
+    """`flowkit asyncapi app | head -c 10`: no traceback, exit 141 (a closed pipe)."""
+    import os
+    import subprocess
+
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before the first write
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "flowkit", "asyncapi", "tests.graph_app:bus"],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    finally:
+        os.close(write_end)
+    assert done.returncode == 141
+    assert "Traceback" not in done.stderr

@@ -369,7 +369,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     Returns:
         The exit status: 0 on success, 1 when flowkit failed, 2 for a command line
-        (or a target object) that cannot be carried out, 130 when interrupted.
+        (or a target object) that cannot be carried out, 130 when interrupted,
+        141 when the reader of the output went away (a closed pipe).
     """
     try:
         args = _parser().parse_args(argv)
@@ -387,6 +388,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("flowkit: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # the reader of the output went away (`flowkit workflows list | head`):
+        # stop quietly, and keep Python from failing again on flushing stdout
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except (UsageError, CommandFailed, FlowkitError, BaseExceptionGroup) as raised:
         error = _leaf(raised)
         if isinstance(error, UsageError):
