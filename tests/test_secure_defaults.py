@@ -555,3 +555,21 @@ async def test_postgres_tls_reaches_asyncpg(monkeypatch: pytest.MonkeyPatch, cer
     query = parse_qs(urlsplit(from_url).query)
     assert query == {"sslmode": ["verify-full"], "sslrootcert": [str(cert)]}
     assert kwargs["ssl"] is context and given == "postgresql://u@db/app"
+
+
+def test_the_suite_wide_watch_catches_a_secret_in_flowkit_s_logs() -> None:
+    """tests/conftest.py watches every test's flowkit log records for a secret."""
+    from .conftest import _SecretWatch
+
+    watch = _SecretWatch()
+    for name, message in (
+        ("flowkit.transport.redis", "cannot reach redis://:hunter2@cache:6379/0"),
+        ("flowkit.stores", "cannot reach postgresql://app:***@db/app"),  # masked: fine
+        ("flowkit.service.billing", "redis://:pw@cache"),  # a service's own logger: the user's
+        ("flowkit.bus", "relay on kafka://broker:9092?sasl_password=hunter2"),
+    ):
+        watch.emit(logging.LogRecord(name, logging.INFO, __file__, 1, message, None, None))
+    assert [line.split(" ")[0] for line in watch.found] == [
+        "flowkit.transport.redis",
+        "flowkit.bus",
+    ]
