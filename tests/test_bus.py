@@ -565,25 +565,3 @@ async def test_an_error_in_the_block_comes_out_as_itself() -> None:
         async with bus:
             raise KeyError("mine")
     assert not bus.running
-
-
-async def test_an_undecodable_message_delivered_twice_is_one_dead_letter() -> None:
-    # A redelivery (here a duplicate, elsewhere another replica claiming a message
-    # the first one held too long) of a message with no message id is one letter.
-    faulty = FaultyTransport(InMemoryTransport())
-    store = MemoryStore()
-    bus = Choreography(faulty, store=store)
-
-    @bus.on(OrderPlaced, service="seller")
-    async def prepare(event: OrderPlaced) -> None:
-        pass
-
-    async with store, bus:
-        faulty.duplicate_next("OrderPlaced")
-        await faulty.publish("OrderPlaced", b"\xff not JSON")
-        await faulty.publish("OrderPlaced", b"\xfe not JSON either")
-        await bus.wait_idle()
-        letters = await store.list_dead_letters(
-            consumer="seller:test_an_undecodable_message_delivered_twice_is_one_dead_letter.<locals>.prepare"
-        )
-    assert sorted(letter.body for letter in letters) == [b"\xfe not JSON either", b"\xff not JSON"]

@@ -29,7 +29,6 @@ transport unsettled.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import sys
 import time
@@ -661,7 +660,7 @@ class Consumer:
     ) -> DeadLetter:
         detail = "".join(traceback.format_exception(exc)) if attempts else str(exc)
         return DeadLetter(
-            id=new_message_id() if envelope is not None else _undecodable_id(self.name, delivery),
+            id=new_message_id(),
             consumer=self.name,
             topic=delivery.topic,
             body=delivery.body,
@@ -778,19 +777,3 @@ def qualified_name(exc: BaseException) -> str:
     if module.startswith("flowkit.") and hasattr(sys.modules["flowkit"], cls.__name__):
         return f"flowkit.{cls.__qualname__}"
     return f"{module}.{cls.__qualname__}"
-
-
-def _undecodable_id(consumer: str, delivery: Delivery) -> str:
-    """The dead letter id of a message that has no message id (it did not decode):
-    derived from what was received, so that two deliveries of it (a redelivery
-    to another replica of the group) are kept as one dead letter."""
-    digest = hashlib.blake2b(digest_size=16)
-    for part in (
-        consumer,
-        delivery.topic,
-        *sorted(f"{k}={v}" for k, v in delivery.headers.items()),
-    ):
-        digest.update(part.encode("utf-8", "surrogateescape"))
-        digest.update(b"\x00")
-    digest.update(delivery.body)
-    return f"undecodable-{digest.hexdigest()}"
