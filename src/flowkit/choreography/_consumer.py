@@ -49,6 +49,7 @@ from .._errors import (
     TransportError,
 )
 from .._events import decode_envelope, decode_fields, envelope_of, new_message_id
+from .._redact import redact_url
 from ..stores._base import Claim, DeadLetter
 from ..transports._headers import NO_HEADERS
 from ._context import UNSIGNED, Context
@@ -658,7 +659,7 @@ class Consumer:
         *,
         attempts: int,
     ) -> DeadLetter:
-        detail = "".join(traceback.format_exception(exc)) if attempts else str(exc)
+        detail = redact_url("".join(traceback.format_exception(exc)) if attempts else str(exc))
         return DeadLetter(
             id=new_message_id(),
             consumer=self.name,
@@ -727,7 +728,7 @@ class Consumer:
 
 
 def _describe(exc: BaseException) -> str:
-    text = str(exc)
+    text = redact_url(str(exc))  # a handler's error may quote a URL with its password
     name = type(exc).__name__
     return f"{name}: {text}" if text else name
 
