@@ -35,7 +35,7 @@ import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, get_args
 
 from .._errors import InvalidWorkflowState
 from ..stores._base import WorkflowRecord
@@ -43,6 +43,7 @@ from ._model import (
     Outcome,
     StepError,
     StepInfo,
+    StepStatus,
     Transition,
     WorkflowInfo,
     WorkflowStatus,
@@ -63,19 +64,7 @@ RECORDED_ATTEMPTS = 10
 _ATTEMPT_STARTS = frozenset({"step_started", "compensation_started"})
 _RETRYING = "retrying in "
 _MAY_HAVE_ACTED = frozenset({"succeeded", "running", "timed_out", "interrupted"})
-_STEP_STATUSES = frozenset(
-    {
-        "pending",
-        "running",
-        "retrying",
-        "succeeded",
-        "failed",
-        "timed_out",
-        "interrupted",
-        "waiting",
-        "expired",
-    }
-)
+_STEP_STATUSES = frozenset(get_args(StepStatus))
 _DONE = frozenset({"succeeded", "expired"})
 _COMP_STATUSES = frozenset({"running", "retrying", "compensated", "failed"})
 _DIRECTIONS = frozenset({"forward", "backward"})
