@@ -110,6 +110,12 @@ class _StoredWorkflow:
             None if owner is None or lease is None else now + timedelta(seconds=lease)
         )
 
+    def claim(self, workflow_id: str, owner: str, lease: float, now: datetime) -> WorkflowRecord:
+        """Give ``owner`` the lease (fencing out a previous holder); the record."""
+        self.hold(owner, lease, now)
+        self.version += 1
+        return self.record(workflow_id)
+
     def free_for(
         self,
         owner: str,
@@ -505,12 +511,7 @@ class MemoryStore:
                 for workflow_id, stored in self._workflows.items()
                 if stored.name == name and stored.free_for(owner, now, skip, workflow_id)
             )[:most]
-            claimed = []
-            for _, workflow_id, stored in free:
-                stored.hold(owner, held, now)
-                stored.version += 1
-                claimed.append(stored.record(workflow_id))
-            return claimed
+            return [stored.claim(workflow_id, owner, held, now) for _, workflow_id, stored in free]
 
     async def claim_workflow(
         self, workflow_id: str, owner: str, *, lease: float
@@ -523,9 +524,7 @@ class MemoryStore:
             stored = self._stored(workflow_id)
             if not stored.free_for(owner, now, (), workflow_id, _CLAIMABLE):
                 return None
-            stored.hold(owner, held, now)
-            stored.version += 1
-            return stored.record(workflow_id)
+            return stored.claim(workflow_id, owner, held, now)
 
     async def renew_leases(
         self, owner: str, workflow_ids: Collection[str], *, lease: float

@@ -81,12 +81,7 @@ class MemoryWaits:
                 and workflow_id not in skip
                 and (stored.owner is None or (stored.lease_until or now) <= now)
             )[:most]
-            claimed = []
-            for _, workflow_id, stored in due:
-                stored.hold(owner, held, now)
-                stored.version += 1
-                claimed.append(stored.record(workflow_id))
-            return claimed
+            return [stored.claim(workflow_id, owner, held, now) for _, workflow_id, stored in due]
 
     async def next_wake(self, name: str) -> float | None:
         await checkpoint()
