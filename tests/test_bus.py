@@ -215,6 +215,60 @@ async def test_bad_input_is_dead_lettered_and_the_consumer_keeps_going(
     assert kind in letter.error
 
 
+class _KeepsThenHangs(MemoryStore):
+    """Keeps each dead letter, then holds its consumer until ``release`` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.kept = anyio.Event()
+        self.release = anyio.Event()
+
+    async def add_dead_letter(self, letter: DeadLetter) -> None:
+        await super().add_dead_letter(letter)
+        self.kept.set()
+        await self.release.wait()
+
+
+async def test_a_message_dead_lettered_by_two_consumers_of_its_group_is_kept_once() -> None:
+    # The first consumer keeps the dead letter, then dies before its ack; the message
+    # goes to the next consumer, which dead-letters it too: one letter, by broker id.
+    faulty = FaultyTransport(InMemoryTransport())
+    store = _KeepsThenHangs()
+    bus = Choreography(faulty, store=store)
+
+    @bus.on(OrderPlaced, service="seller")
+    async def prepare(event: OrderPlaced) -> None:
+        pass
+
+    async with bus:
+        await faulty.publish("OrderPlaced", b"\x00 not json")
+        with anyio.fail_after(5):
+            await store.kept.wait()
+        await faulty.drop_consumers(topic="OrderPlaced")
+        store.kept = anyio.Event()
+        store.release.set()
+        with anyio.fail_after(5):
+            await store.kept.wait()  # kept again by the consumer that took the message over
+        await bus.wait_idle(5)
+        letters = await bus.dead_letters()
+    assert [letter.body for letter in letters] == [b"\x00 not json"]
+
+
+async def test_alike_messages_published_apart_are_dead_lettered_apart() -> None:
+    transport = InMemoryTransport()
+    bus = Choreography(transport)
+
+    @bus.on(OrderPlaced, service="seller")
+    async def prepare(event: OrderPlaced) -> None:
+        pass
+
+    async with bus:
+        for _ in range(3):
+            await transport.publish("OrderPlaced", b"\x00 not json", {"x-h": "same"})
+        letters = await dead_letters_eventually(bus, 3)
+    assert len({letter.id for letter in letters}) == 3
+
+
 async def test_replay_redelivers_to_the_failed_handler_only() -> None:
     bus = Choreography(InMemoryTransport())
     broken = True

@@ -48,11 +48,12 @@ from .._errors import (
     TransportClosed,
     TransportError,
 )
-from .._events import decode_envelope, decode_fields, envelope_of, new_message_id
+from .._events import decode_envelope, decode_fields, envelope_of
 from .._redact import redact_url
 from ..stores._base import Claim, DeadLetter
 from ..transports._headers import NO_HEADERS
 from ._context import UNSIGNED, Context
+from ._dead_letters import letter_id
 from ._headers import REPLAY_OF, deadline_of
 from ._observe import Observed, notify, overriding, watching_now
 from ._replies import send_accepted, send_failure, send_reply
@@ -661,7 +662,7 @@ class Consumer:
     ) -> DeadLetter:
         detail = redact_url("".join(traceback.format_exception(exc)) if attempts else str(exc))
         return DeadLetter(
-            id=new_message_id(),
+            id=letter_id(self.name, delivery),
             consumer=self.name,
             topic=delivery.topic,
             body=delivery.body,

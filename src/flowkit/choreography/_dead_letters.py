@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import uuid
 from typing import TYPE_CHECKING
 
 import anyio
 
 from .._errors import FlowkitError, SignatureError
+from .._events import new_message_id
 from .._signing import SIGNATURE, control_headers
 from ._headers import REPLAY_OF
 
@@ -16,14 +19,37 @@ if TYPE_CHECKING:
 
     from .._signing import Signing
     from ..stores._base import DeadLetter, StateStore
-    from ..transports._base import Transport
+    from ..transports._base import Delivery, Transport
 
-__all__ = ["FALLBACK_DEAD_LETTERS", "DeadLetterBox"]
+__all__ = ["FALLBACK_DEAD_LETTERS", "DeadLetterBox", "letter_id"]
 
 logger = logging.getLogger("flowkit.bus")
 
 # Without a store, dead letters are kept in memory, at most this many (oldest dropped).
 FALLBACK_DEAD_LETTERS = 10_000
+
+
+def letter_id(consumer: str, delivery: Delivery) -> str:
+    """The id of the dead letter ``consumer`` keeps of ``delivery``.
+
+    Derived from the message's broker id, its topic, headers and body, so two
+    consumers of a group given one message (one took it over from the other,
+    which was too slow to settle it) keep one dead letter, not two: the store
+    keeps the first of one id. Two messages published apart have different
+    broker ids, so never share a letter, however alike. Where the broker gives
+    the message no id, a new one.
+    """
+    broker_id = delivery.broker_id
+    if broker_id is None:
+        return new_message_id()
+    digest = hashlib.sha256()
+    for part in (consumer, delivery.topic, broker_id):
+        digest.update(part.encode())
+        digest.update(b"\0")
+    for name, value in sorted(delivery.headers.items()):
+        digest.update(f"{name}\0{value}\0".encode())
+    digest.update(delivery.body)
+    return str(uuid.UUID(bytes=digest.digest()[:16]))
 
 
 class DeadLetterBox:

@@ -20,6 +20,7 @@ from .._errors import (
     TransportError,
 )
 from .._events import Envelope, Message, decode_envelope, encode, new_message_id, validate_payload
+from ._dead_letters import letter_id
 from ._headers import (
     ACCEPTED,
     ATTEMPT,
@@ -251,7 +252,7 @@ class Requests:
         from ._consumer import qualified_name
 
         letter = DeadLetter(
-            id=new_message_id(),
+            id=letter_id(self._topic, delivery),
             consumer=self._topic,
             topic=delivery.topic,
             body=delivery.body,

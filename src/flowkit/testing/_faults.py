@@ -84,6 +84,11 @@ class _FaultyDelivery:
         """
         return self._inner.attempt - self._held
 
+    @property
+    def broker_id(self) -> str | None:
+        """The broker's id of this message in this group."""
+        return self._inner.broker_id
+
     async def ack(self) -> None:
         """Ack the message, unless its consumer was dropped (a dead consumer cannot ack)."""
         if not self._subscription.dropped:

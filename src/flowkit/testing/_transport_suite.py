@@ -374,6 +374,39 @@ async def _check_unacked_redelivered_on_close(
 
 
 @_check
+async def _check_broker_id(factory: Callable[[], Transport], delay_tolerance: float) -> None:
+    """A message keeps its broker id on every delivery to its group (nacked, nacked with
+    a delay, given back by a closed subscription); two messages published apart, even
+    alike, never share one."""
+    topic, group = _name("topic"), _name("group")
+    async with factory() as transport:
+        first = await transport.subscribe(topic, group)
+        for _ in range(2):
+            await transport.publish(topic, b"alike", {"x-key": "value"})
+        one = await _receive(first, "the first message")
+        other = await _receive(first, "the second message")
+        if one.broker_id is None or other.broker_id is None:
+            raise AssertionError("a message the transport published has no broker_id")
+        if one.broker_id == other.broker_id:
+            raise AssertionError(f"two messages published apart share broker_id {one.broker_id!r}")
+        await one.nack(0)
+        again = await _receive(first, "the nacked message")
+        _expect_equal(again.broker_id, one.broker_id, "broker_id after a nack")
+        await again.nack(delay_tolerance / 2)
+        second = await transport.subscribe(topic, group)
+        await first.aclose()
+        seen = set()
+        for what in ("the message the closed subscription held", "the delayed message"):
+            delivery = await _receive(second, what)
+            seen.add(delivery.broker_id)
+            await delivery.ack()
+        _expect_equal(
+            seen, {one.broker_id, other.broker_id}, "broker_ids after a delay and a close"
+        )
+        await second.aclose()
+
+
+@_check
 async def _check_kept_without_consumer(
     factory: Callable[[], Transport], delay_tolerance: float
 ) -> None:

@@ -16,6 +16,8 @@ services. It knows topics and consumer groups:
   says which;
 * a message delivered but neither acked nor nacked when its subscription closes
   (or its consumer dies) is delivered again;
+* ``Delivery.broker_id`` is the same on every delivery of one message to a
+  group, and differs between messages published apart;
 * ``Delivery.attempt`` counts the deliveries of a message to a group, this one
   included. Where the broker keeps no count (Kafka) or only flags a
   redelivery (RabbitMQ), the transport carries the count with the message
@@ -100,6 +102,20 @@ class Delivery(Protocol):
     @property
     def attempt(self) -> int:
         """How many times this message has been delivered to this group, this time included."""
+        ...
+
+    @property
+    def broker_id(self) -> str | None:
+        """The broker's id of this message in this group.
+
+        Every delivery of one published message to a group has the same id:
+        again after a nack, and after a consumer that held it closed or died.
+        Two messages published apart never share one, even when their bodies
+        and headers are equal. None where the broker gives a message no id (on
+        RabbitMQ, one another program published without a ``message-id``).
+        The bus names what it could not decode by this id, so that two
+        consumers given the same message keep one dead letter of it.
+        """
         ...
 
     async def ack(self) -> None:

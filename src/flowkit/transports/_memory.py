@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import heapq
 import logging
+import os
 from collections import deque
 from itertools import count
 from types import MappingProxyType
@@ -42,12 +43,13 @@ _CHECKPOINT_MASK = 63
 class _Message:
     """One published message, shared by every group it fans out to."""
 
-    __slots__ = ("body", "headers", "topic")
+    __slots__ = ("body", "headers", "id", "topic")
 
-    def __init__(self, topic: str, body: bytes, headers: Mapping[str, str]) -> None:
+    def __init__(self, topic: str, body: bytes, headers: Mapping[str, str], id: str) -> None:
         self.topic = topic
         self.body = body
         self.headers = headers
+        self.id = id
 
 
 class _Group:
@@ -156,10 +158,13 @@ class _Group:
 class _State:
     """Everything one opening of a transport holds; a reopened transport starts afresh."""
 
-    __slots__ = ("closed", "groups", "topics")
+    __slots__ = ("closed", "groups", "published", "token", "topics")
 
     def __init__(self) -> None:
         self.closed = False
+        # Broker ids: this opening's random token and a count of the messages published.
+        self.token = os.urandom(6).hex()
+        self.published = count(1)
         self.groups: dict[tuple[str, str], _Group] = {}
         self.topics: dict[str, list[_Group]] = {}
 
@@ -194,6 +199,12 @@ class _MemoryDelivery:
     def group(self) -> str:
         """The consumer group it was delivered to."""
         return self._subscription._group.name
+
+    @property
+    def broker_id(self) -> str:
+        """The message's id: a token of this opening of the transport and the
+        message's number among those published on it."""
+        return self._message.id
 
     async def ack(self) -> None:
         """Mark the message handled; a second ack or nack is a no-op."""
@@ -468,6 +479,7 @@ class InMemoryTransport(Reentrant[_State]):
             topic,
             body if type(body) is bytes else bytes(body),
             MappingProxyType(dict(headers)) if headers else NO_HEADERS,
+            f"{state.token}:{next(state.published)}",
         )
         for each in groups:
             each.ready.append(message)

@@ -5,10 +5,12 @@ body) and its headers are the message's headers, UTF-8 encoded. Every record
 the transport publishes carries ``flowkit.sent``, the time it was sent
 (nanoseconds since the epoch), by which records of several partitions read
 together are handed out in publish order. A message the transport publishes
-again (nacked, given back) carries two more: ``flowkit.attempt``, how many
-times it had been delivered to the group, and ``flowkit.due``, when it may be
-delivered (milliseconds since the epoch), for a nack with a delay. The three
-are stripped before delivery.
+again (nacked, given back) carries three more: ``flowkit.attempt``, how many
+times it had been delivered to the group, ``flowkit.due``, when it may be
+delivered (milliseconds since the epoch), for a nack with a delay, and
+``flowkit.origin``, the message's broker id (the topic, partition and offset
+of the record it was first published as). The four are stripped before
+delivery.
 
 Records written by another program never crash a consumer: a header that is
 not UTF-8 is delivered with its undecodable bytes replaced, and a WARNING says
@@ -30,13 +32,14 @@ if TYPE_CHECKING:
 
     from ._group import Group, Track
 
-__all__ = ["ATTEMPT", "DUE", "KafkaDelivery", "decode_headers", "encode_headers"]
+__all__ = ["ATTEMPT", "DUE", "ORIGIN", "KafkaDelivery", "decode_headers", "encode_headers"]
 
 logger = logging.getLogger("flowkit.transport.kafka")
 
 ATTEMPT = "flowkit.attempt"
 DUE = "flowkit.due"
 SENT = "flowkit.sent"
+ORIGIN = "flowkit.origin"
 _OWN_HEADERS = frozenset({ATTEMPT, DUE, SENT})
 
 
@@ -50,21 +53,26 @@ def encode_headers(headers: Mapping[str, str] | None) -> list[tuple[str, bytes]]
 
 def decode_headers(
     raw: Sequence[tuple[str, bytes]], where: str
-) -> tuple[Mapping[str, str], int, int, int]:
-    """A record's headers: the message's own, its attempts so far, its due time (ms)
-    and the time it was sent (ns).
+) -> tuple[Mapping[str, str], int, int, int, str | None]:
+    """A record's headers: the message's own, its attempts so far, its due time (ms),
+    the time it was sent (ns) and its origin.
 
     Returns:
         The headers (without the transport's), the attempts before this
-        delivery (0 for a fresh message), the due time (0: now) and the time
-        it was sent (0: not said).
+        delivery (0 for a fresh message), the due time (0: now), the time it
+        was sent (0: not said) and the broker id it carries (None on a record
+        published first).
     """
     if not raw:
-        return NO_HEADERS, 0, 0, 0
+        return NO_HEADERS, 0, 0, 0, None
     headers: dict[str, str] = {}
     attempts = due = sent = 0
+    origin: str | None = None
     damaged = False
     for name, value in raw:
+        if name == ORIGIN:
+            origin = value.decode(errors="replace") if value else None
+            continue
         if name in _OWN_HEADERS:
             try:
                 number = int(value)
@@ -85,7 +93,7 @@ def decode_headers(
             damaged = True
     if damaged:
         logger.warning("record %s has headers that are not UTF-8 text or numbers", where)
-    return (headers or NO_HEADERS), attempts, due, sent
+    return (headers or NO_HEADERS), attempts, due, sent, origin
 
 
 class KafkaDelivery:
@@ -98,6 +106,7 @@ class KafkaDelivery:
         "_track",
         "attempt",
         "body",
+        "broker_id",
         "headers",
         "key",
         "offset",
@@ -114,6 +123,7 @@ class KafkaDelivery:
         headers: Mapping[str, str],
         key: bytes | None,
         attempt: int,
+        origin: str | None,
     ) -> None:
         self._group = group
         self._track = track
@@ -123,6 +133,8 @@ class KafkaDelivery:
         self.headers = headers
         self.key = key
         self.attempt = attempt
+        # The record the message was first published as, carried by its copies.
+        self.broker_id: str = origin or f"{partition.topic}:{partition.partition}:{offset}"
         self._holder: Any = None
         self._settled = False
 

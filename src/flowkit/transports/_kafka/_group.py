@@ -47,7 +47,7 @@ from ..._errors import TransportClosed, TransportError
 from .._backoff import Backoff
 from .._lifecycle import ClosesOnExit
 from ._client import kafka_errors, translate
-from ._delivery import ATTEMPT, DUE, KafkaDelivery, decode_headers, encode_headers
+from ._delivery import ATTEMPT, DUE, ORIGIN, KafkaDelivery, decode_headers, encode_headers
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
@@ -301,7 +301,7 @@ class Group:
                 offset = record.offset
                 offsets.append(offset)
                 track.upto = offset + 1
-                headers, attempts, due, sent = decode_headers(
+                headers, attempts, due, sent, origin = decode_headers(
                     record.headers, f"{partition.topic}[{partition.partition}]@{offset}"
                 )
                 value = record.value
@@ -314,6 +314,7 @@ class Group:
                     headers,
                     record.key,
                     attempts + 1,
+                    origin,
                 )
                 if due > now:
                     self._delay(delivery, due)
@@ -393,6 +394,7 @@ class Group:
         """Publish ``delivery`` to the group's own topic, with its attempts so far."""
         headers = encode_headers(delivery.headers)
         headers.append((ATTEMPT, str(attempts).encode()))
+        headers.append((ORIGIN, delivery.broker_id.encode()))
         if delay > 0:
             headers.append((DUE, str(int((time.time() + delay) * 1000)).encode()))
         await self.connection.send(self.own, delivery.body, delivery.key, headers)
@@ -506,6 +508,7 @@ class Group:
                 delivery.headers,
                 delivery.key,
                 delivery.attempt + 1,
+                delivery.broker_id,
             )
             again.append(copy)
         if again:

@@ -37,6 +37,7 @@ __all__ = [
     "attempt_of",
     "decode_headers",
     "encode_headers",
+    "sequence_of",
 ]
 
 logger = logging.getLogger("flowkit.transport.nats")
@@ -65,6 +66,12 @@ class NATSDelivery:
         )
         # How many times this message has been delivered to this group, this time included.
         self.attempt: int = attempt_of(msg.reply)
+
+    @property
+    def broker_id(self) -> str | None:
+        """The message's stream and sequence in it, ``"<stream>:<seq>"``, read from
+        its ack subject: the same on each redelivery (None if it has no ack subject)."""
+        return sequence_of(self._msg.reply)
 
     @property
     def topic(self) -> str:
@@ -146,3 +153,18 @@ def attempt_of(reply: str | None) -> int:
     except ValueError:
         pass
     return 1
+
+
+def sequence_of(reply: str | None) -> str | None:
+    """The stream of a JetStream message and its sequence in it, ``"<stream>:<seq>"``,
+    from its ack subject (see :func:`attempt_of`); None for a subject of another form."""
+    if not reply:
+        return None
+    tokens = reply.split(".")
+    if len(tokens) == 9:
+        stream, sequence = tokens[2], tokens[5]
+    elif len(tokens) >= 12:
+        stream, sequence = tokens[4], tokens[7]
+    else:
+        return None
+    return f"{stream}:{sequence}" if sequence.isdigit() else None

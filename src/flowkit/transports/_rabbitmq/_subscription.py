@@ -63,7 +63,16 @@ _CHECKPOINT_MASK = 63
 class RabbitMQDelivery:
     """One delivery of a message from a group's queue to one subscription."""
 
-    __slots__ = ("_channel", "_settled", "_subscription", "_tag", "attempt", "body", "headers")
+    __slots__ = (
+        "_channel",
+        "_settled",
+        "_subscription",
+        "_tag",
+        "attempt",
+        "body",
+        "broker_id",
+        "headers",
+    )
 
     def __init__(
         self,
@@ -73,6 +82,7 @@ class RabbitMQDelivery:
         body: bytes,
         headers: Mapping[str, str],
         attempt: int,
+        message_id: str | None,
     ) -> None:
         self._subscription = subscription
         self._channel = channel
@@ -82,6 +92,9 @@ class RabbitMQDelivery:
         self.headers = headers
         # How many times this message has been delivered to this group, this time included.
         self.attempt = attempt
+        # The message's AMQP message-id: set by the transport when it publishes, kept
+        # by the copies a nack publishes; None on a message published without one.
+        self.broker_id = message_id
 
     @property
     def topic(self) -> str:
@@ -136,7 +149,7 @@ class RabbitMQDelivery:
         headers[ATTEMPT_HEADER] = str(self.attempt)
         try:
             await subscription._transport._send_back(
-                subscription.topic, subscription.group, self.body, headers, delay
+                subscription.topic, subscription.group, self.body, headers, delay, self.broker_id
             )
         except TransportError as exc:
             logger.warning(
@@ -298,7 +311,13 @@ class RabbitMQSubscription(ClosesOnExit):
         assert isinstance(deliver, Basic.Deliver)
         self._buffer.append(
             RabbitMQDelivery(
-                self, channel, deliver.delivery_tag or 0, message.body, headers, before + 1
+                self,
+                channel,
+                deliver.delivery_tag or 0,
+                message.body,
+                headers,
+                before + 1,
+                message.header.properties.message_id or None,
             )
         )
         self._arrived.set()

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import itertools
 import logging
 import math
+import os
 from typing import TYPE_CHECKING, Any
 
 from pamqp.commands import Basic
@@ -115,7 +117,10 @@ class RabbitMQTransport(AsyncioReentrant[Link]):
 
     Delivery and redelivery:
 
-    * every message is persistent (``delivery_mode=2``);
+    * every message is persistent (``delivery_mode=2``) and has a
+      ``message-id`` of its own (a random prefix of the transport and a
+      count), which the copies a nack publishes keep: it is the deliveries'
+      ``broker_id``;
     * ``attempt`` counts the deliveries to the group: a nacked message is
       published again (to the queue, or to the delay queue), confirmed, then
       the original is acked; the copy carries its count in the header
@@ -178,9 +183,11 @@ class RabbitMQTransport(AsyncioReentrant[Link]):
     __slots__ = (
         "_connect_timeout",
         "_delay_queues",
+        "_id_prefix",
         "_prefetch",
         "_prefix",
         "_publish_timeout",
+        "_published",
         "_queue_type",
         "_ssl_context",
         "_subscriptions",
@@ -227,6 +234,8 @@ class RabbitMQTransport(AsyncioReentrant[Link]):
         self._connect_timeout = connect_timeout
         self._ssl_context = ssl_context
         self._subscriptions: dict[tuple[str, str], set[RabbitMQSubscription]] = {}
+        self._id_prefix = os.urandom(8).hex() + "-"
+        self._published = itertools.count(1)
         # Delay queues declared, by group: name -> the loop time of the declare.
         self._delay_queues: dict[tuple[str, str], dict[str, float]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -286,7 +295,9 @@ class RabbitMQTransport(AsyncioReentrant[Link]):
             exchange = ""
             routing_key = self.queue_name(topic, group)
         properties = Basic.Properties(
-            delivery_mode=_PERSISTENT, headers=dict(headers) if headers else None
+            delivery_mode=_PERSISTENT,
+            headers=dict(headers) if headers else None,
+            message_id=f"{self._id_prefix}{next(self._published)}",
         )
         await self._publish(link, exchange, routing_key, bytes(body), properties, topic)
 
@@ -354,12 +365,21 @@ class RabbitMQTransport(AsyncioReentrant[Link]):
         link.declared.add(exchange)
 
     async def _send_back(
-        self, topic: str, group: str, body: bytes, headers: dict[str, Any], delay: float
+        self,
+        topic: str,
+        group: str,
+        body: bytes,
+        headers: dict[str, Any],
+        delay: float,
+        message_id: str | None,
     ) -> None:
-        """Publish a nacked message again, to its group's queue or delay queue."""
+        """Publish a nacked message again, to its group's queue or delay queue,
+        with its ``message-id``."""
         link = self._open()
         queue = self.queue_name(topic, group)
-        properties = Basic.Properties(delivery_mode=_PERSISTENT, headers=headers)
+        properties = Basic.Properties(
+            delivery_mode=_PERSISTENT, headers=headers, message_id=message_id
+        )
         if delay <= 0:
             await self._publish(link, "", queue, body, properties, topic)
             return

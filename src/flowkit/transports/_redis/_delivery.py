@@ -2,8 +2,10 @@
 
 An entry's fields are ``body`` (the bytes as published), ``headers`` (a JSON
 object of strings, absent when there are none), ``key`` (when published with
-one) and ``attempt`` (on a message the transport added again: how many times
-it had been delivered to the group).
+one), ``attempt`` and ``origin`` (on a message the transport added again: how
+many times it had been delivered to the group, and its broker id: the stream,
+1 for the topic's and 2 for the group's own, and the id of the entry it was
+first added as, ``"1:1733000000000-0"``).
 
 Entries written by something else than the transport are delivered as well as
 they can be, never crash a consumer: any bytes are a body (the bus
@@ -43,7 +45,7 @@ OWN_STREAM = 2
 class RedisDelivery:
     """One delivery of a stream entry to one subscription."""
 
-    __slots__ = ("_id", "_source", "_subscription", "attempt", "body", "headers")
+    __slots__ = ("_id", "_origin", "_source", "_subscription", "attempt", "body", "headers")
 
     def __init__(
         self,
@@ -53,10 +55,12 @@ class RedisDelivery:
         body: bytes,
         headers: Mapping[str, str],
         attempt: int,
+        origin: str | None = None,
     ) -> None:
         self._subscription = subscription
         self._source = source
         self._id = entry_id
+        self._origin = origin
         self.body = body
         self.headers = headers
         # How many times this message has been delivered to this group, this time included.
@@ -71,6 +75,14 @@ class RedisDelivery:
     def group(self) -> str:
         """The consumer group it was delivered to."""
         return self._subscription._group.name
+
+    @property
+    def broker_id(self) -> str:
+        """Where the message was first added: its stream (1, the topic's; 2, the
+        group's own) and entry id, carried by the copies a nack adds again."""
+        if self._origin is not None:
+            return self._origin
+        return f"{self._source}:{self._id.decode()}"
 
     async def ack(self) -> None:
         """Mark the message handled (``XACK``); a second ack or nack is a no-op.
@@ -139,6 +151,7 @@ def read_entries(
         body: bytes | None = None
         headers = NO_HEADERS
         before = 0
+        origin: str | None = None
         for index in range(0, len(fields) - 1, 2):
             name = fields[index]
             value = fields[index + 1]
@@ -148,6 +161,8 @@ def read_entries(
                 headers = _headers(value, stream, entry_id)
             elif name == b"attempt":
                 before = read_count(value)
+            elif name == b"origin":
+                origin = value.decode(errors="replace")
         if body is None:
             logger.warning(
                 "entry %s of Redis stream %r has no body field: delivered with an empty body",
@@ -156,7 +171,9 @@ def read_entries(
             )
             body = b""
         out.append(
-            RedisDelivery(subscription, source, entry_id, body, headers, before + deliveries)
+            RedisDelivery(
+                subscription, source, entry_id, body, headers, before + deliveries, origin
+            )
         )
 
 

@@ -52,17 +52,25 @@ local function unpack_member(member)
   return out
 end
 
--- The fields of an entry, its attempt count replaced by `attempts`.
-local function with_attempts(fields, attempts)
+-- The fields of an entry added again, its attempt count replaced by
+-- `attempts`; its `origin` (the broker id of the message: where it was first
+-- added) kept, or set to `origin` when it has none yet.
+local function carried(fields, attempts, origin)
   local out = {}
+  local first = origin
   for i = 1, #fields, 2 do
-    if fields[i] ~= 'attempt' then
-      out[#out + 1] = fields[i]
+    local name = fields[i]
+    if name == 'origin' then
+      first = fields[i + 1]
+    elseif name ~= 'attempt' then
+      out[#out + 1] = name
       out[#out + 1] = fields[i + 1]
     end
   end
   out[#out + 1] = 'attempt'
   out[#out + 1] = tostring(attempts)
+  out[#out + 1] = 'origin'
+  out[#out + 1] = first
   return out
 end
 
@@ -112,7 +120,8 @@ return out
 # settled (XACK finds nothing), so a nack racing a reclaim adds no duplicate.
 #
 # KEYS: the stream the entry is in, the group's stream, the group's delayed set.
-# ARGV: group, entry id, deliveries so far, delay in ms, a tag for the token.
+# ARGV: group, entry id, deliveries so far, delay in ms, a tag for the token,
+#       the delivery's broker id (kept as the copy's origin).
 # Returns 1 if given back, 0 if already settled, -1 if the entry was trimmed.
 REQUEUE = (
     _HELPERS
@@ -120,7 +129,7 @@ REQUEUE = (
 local entry = redis.call('XRANGE', KEYS[1], ARGV[2], ARGV[2])
 if redis.call('XACK', KEYS[1], ARGV[1], ARGV[2]) == 0 then return 0 end
 if #entry == 0 or redis.call('EXISTS', KEYS[2]) == 0 then return -1 end
-local fields = with_attempts(entry[1][2], ARGV[3])
+local fields = carried(entry[1][2], ARGV[3], ARGV[6])
 local delay = tonumber(ARGV[4])
 if delay <= 0 then
   redis.call('XADD', KEYS[2], 'NOMKSTREAM', '*', unpack(fields))
@@ -244,7 +253,7 @@ for i = 1, 2 do
           local fields = entry[1][2]
           local attempts = (tonumber(field(fields, 'attempt')) or 0) + p[4]
           if undelivered[i .. ':' .. id] then attempts = attempts - 1 end
-          redis.call('XADD', KEYS[2], '*', unpack(with_attempts(fields, attempts)))
+          redis.call('XADD', KEYS[2], '*', unpack(carried(fields, attempts, i .. ':' .. id)))
           given = given + 1
         end
         redis.call('XACK', KEYS[i], ARGV[1], id)

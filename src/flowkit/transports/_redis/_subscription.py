@@ -411,6 +411,7 @@ class RedisSubscription(ClosesOnExit):
                 delivery.attempt,
                 delay_ms,
                 b"t" if topic else b"g",
+                delivery.broker_id,
             )
         except TransportClosed:
             return
