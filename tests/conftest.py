@@ -10,17 +10,18 @@ import pytest
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-# A URL whose user info shows a password (``user:pw@``, not ``user:***@``), or a
-# secret query parameter that is not masked.
+# A URL whose user info shows a password (``user:pw@``, not ``user:***@`` or any
+# other run of asterisks), or a secret query parameter that is not masked.
 _VISIBLE_SECRET = re.compile(
-    r"[A-Za-z][A-Za-z0-9+.\-]*://[^\s/@:'\"]*:(?!\*\*\*@)[^\s@/'\"]+@"
-    r"|[?&](?:password|passwd|token|secret|sasl_password)=(?!\*\*\*)[^&\s'\"]+",
+    r"[A-Za-z][A-Za-z0-9+.\-]*://[^\s/@:'\"]*:(?!\*+@)[^\s@/'\"]+@"
+    r"|[?&](?:password|passwd|token|secret|sasl_password)=(?!\*+(?:[&\s'\"]|$))[^&\s'\"]+",
     re.IGNORECASE,
 )
 
 
 class _SecretWatch(logging.Handler):
-    """Keeps the records of flowkit's own loggers that show a secret."""
+    """Keeps the records that show a secret: flowkit's at every level, the client
+    libraries' at the levels they are let through."""
 
     def __init__(self) -> None:
         super().__init__(logging.NOTSET)
@@ -28,10 +29,8 @@ class _SecretWatch(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         name = record.name
-        if not (name == "flowkit" or name.startswith("flowkit.")) or name.startswith(
-            "flowkit.service."  # a service's own logger: its records are the user's
-        ):
-            return
+        if name.startswith(("flowkit.service.", "tests.")):
+            return  # a service's own logger, or a test's: their records are the user's
         text = record.getMessage()
         if record.exc_info and record.exc_info[1] is not None:
             text += "".join(traceback.format_exception(record.exc_info[1]))
@@ -40,17 +39,23 @@ class _SecretWatch(logging.Handler):
 
 
 @pytest.fixture(autouse=True)
-def _no_secret_in_flowkit_logs() -> Iterator[None]:
-    """Whatever a test does, no record of flowkit's loggers shows a password or a
-    secret query parameter, at any level the test lets through."""
+def _no_secret_in_logs() -> Iterator[None]:
+    """Whatever a test does, no log record shows a password or a secret query
+    parameter: every record of flowkit's loggers, DEBUG included, and every record
+    the client libraries' loggers let through."""
     watch = _SecretWatch()
     root = logging.getLogger()
+    flowkit = logging.getLogger("flowkit")
+    level = flowkit.level
+    if level == logging.NOTSET or level > logging.DEBUG:
+        flowkit.setLevel(logging.DEBUG)
     root.addHandler(watch)
     try:
         yield
     finally:
         root.removeHandler(watch)
-    assert not watch.found, "flowkit logged a secret:\n" + "\n".join(watch.found)
+        flowkit.setLevel(level)
+    assert not watch.found, "a secret was logged:\n" + "\n".join(watch.found)
 
 
 @pytest.fixture(params=["asyncio", "trio"])
