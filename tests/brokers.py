@@ -48,9 +48,11 @@ from flowkit import MissingDependency
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+    from pathlib import Path
 
     from _pytest.mark.structures import ParameterSet
 
+    from flowkit.stores import StateStore
     from flowkit.transports import Transport
 
 REQUIRE_BROKERS = "FLOWKIT_REQUIRE_BROKERS"
@@ -144,6 +146,26 @@ async def drop_schema(url: str, schema: str) -> None:
         await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
     finally:
         await conn.close()
+
+
+@pytest.fixture(name="store", params=["memory", "sqlite", "postgres"])
+async def every_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[StateStore]:
+    """Each store, open: in memory, a SQLite file, and a PostgreSQL schema of its own
+    (dropped afterwards). A test module uses it as ``store`` by importing it."""
+    from flowkit.stores import MemoryStore, PostgresStore, SQLiteStore
+
+    chosen: StateStore
+    if request.param == "memory":
+        chosen = MemoryStore()
+    elif request.param == "sqlite":
+        chosen = SQLiteStore(tmp_path / "flowkit.db")
+    else:  # on asyncio only (tests/conftest.py)
+        url = request.getfixturevalue("postgres_url")
+        chosen = PostgresStore(url, schema=f"flowkit_test_{uuid.uuid4().hex[:12]}")
+    async with chosen:
+        yield chosen
+    if isinstance(chosen, PostgresStore):
+        await drop_schema(url, chosen.schema)
 
 
 @pytest.fixture

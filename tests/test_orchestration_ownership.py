@@ -7,7 +7,6 @@ Two instances with different ``owner`` ids stand for two processes.
 
 from __future__ import annotations
 
-import uuid
 from collections import Counter, defaultdict
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
@@ -24,16 +23,15 @@ from flowkit.orchestration import (
     StepContext,
     WorkflowStatus,
 )
-from flowkit.stores import MemoryStore, PostgresStore, SQLiteStore, WorkflowRecord
+from flowkit.stores import MemoryStore, WorkflowRecord
 from flowkit.testing import FaultPlan, SimulatedCrash
 
 from ._util import wait_until
-from .brokers import drop_schema
+from .brokers import every_store as every_store
 from .brokers import postgres_url as postgres_url
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Awaitable, Callable, Collection
-    from pathlib import Path
+    from collections.abc import Awaitable, Callable, Collection
 
     from flowkit.stores import StateStore
 
@@ -118,22 +116,6 @@ class Instance(Fulfil):
 
     def __init__(self, store: StateStore, owner: str, **kwargs: Any) -> None:
         super().__init__(store, owner=owner, observers=[_Tag(owner)], **kwargs)
-
-
-@pytest.fixture(params=["memory", "sqlite", "postgres"])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[StateStore]:
-    chosen: StateStore
-    if request.param == "memory":
-        chosen = MemoryStore()
-    elif request.param == "sqlite":
-        chosen = SQLiteStore(tmp_path / "flowkit.db")
-    else:  # on asyncio only (tests/conftest.py)
-        url = request.getfixturevalue("postgres_url")
-        chosen = PostgresStore(url, schema=f"flowkit_test_{uuid.uuid4().hex[:12]}")
-    async with chosen:
-        yield chosen
-    if isinstance(chosen, PostgresStore):
-        await drop_schema(url, chosen.schema)
 
 
 async def _statuses(store: StateStore, ids: Collection[str]) -> Counter[str]:

@@ -36,17 +36,15 @@ from flowkit.orchestration import (
     WaitForSignal,
     WorkflowStatus,
 )
-from flowkit.stores import MemoryStore, PostgresStore, SQLiteStore
+from flowkit.stores import MemoryStore, PostgresStore
 from flowkit.stores._waits import waits_of
 from flowkit.transports import InMemoryTransport
 
 from .brokers import drop_schema
+from .brokers import every_store as every_store
 from .brokers import postgres_url as postgres_url
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
-    from pathlib import Path
-
     from flowkit.stores import StateStore
 
 pytestmark = pytest.mark.anyio
@@ -75,22 +73,6 @@ class Other(Message):
 @pytest.fixture(autouse=True)
 def _clean() -> None:
     JOURNAL.clear()
-
-
-@pytest.fixture(params=["memory", "sqlite", "postgres"])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[StateStore]:
-    chosen: StateStore
-    if request.param == "memory":
-        chosen = MemoryStore()
-    elif request.param == "sqlite":
-        chosen = SQLiteStore(tmp_path / "flowkit.db")
-    else:  # on asyncio only (tests/conftest.py)
-        url = request.getfixturevalue("postgres_url")
-        chosen = PostgresStore(url, schema=f"flowkit_test_{uuid.uuid4().hex[:12]}")
-    async with chosen:
-        yield chosen
-    if isinstance(chosen, PostgresStore):
-        await drop_schema(url, chosen.schema)
 
 
 async def reserve(ctx: StepContext, order: Order) -> str:
