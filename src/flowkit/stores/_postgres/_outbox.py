@@ -11,7 +11,6 @@ connection) falls back on polling.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import time
@@ -31,7 +30,7 @@ if TYPE_CHECKING:
     from ._pool import Connection, Pool
     from ._schema import Tables
 
-__all__ = ["PostgresOutbox", "PostgresRelaySession", "channel_of"]
+__all__ = ["PostgresOutbox", "PostgresRelaySession"]
 
 logger = logging.getLogger("flowkit.outbox")
 
@@ -46,14 +45,6 @@ _LISTEN_RETRY = 30.0
 _CONNECTIONS: tuple[type, ...] = (asyncpg.Connection, asyncpg.pool.PoolConnectionProxy)
 
 
-def channel_of(schema: str) -> str:
-    """The notification channel of a schema's outbox (at most 63 bytes)."""
-    channel = f"flowkit_outbox_{schema}"
-    if len(channel) > 63:
-        channel = "flowkit_outbox_" + hashlib.blake2b(schema.encode(), digest_size=16).hexdigest()
-    return channel
-
-
 class PostgresOutbox:
     """The outbox operations of one PostgresStore's schema."""
 
@@ -63,7 +54,7 @@ class PostgresOutbox:
         self._tables = tables
         self._pool = pool
         self._shown = shown
-        self.channel = channel_of(tables.schema)
+        self.channel = tables.outbox_channel
         self._insert = (
             f"WITH added AS (INSERT INTO {tables.outbox} (topic, key, body, headers) "
             "VALUES ($1, $2, $3, ($4::text)::jsonb) RETURNING seq) "

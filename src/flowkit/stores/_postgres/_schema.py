@@ -10,6 +10,7 @@ for each other instead of racing to create the tables.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -266,6 +267,25 @@ class Tables:
     def versions(self) -> str:
         """The schema version table."""
         return f"{self.quoted}.flowkit_schema_version"
+
+    @property
+    def outbox_channel(self) -> str:
+        """The notification channel of the outbox: a row was added."""
+        return self._channel("outbox")
+
+    @property
+    def waits_channel(self) -> str:
+        """The notification channel of the waits: a waiting workflow was made due."""
+        return self._channel("waits")
+
+    def _channel(self, purpose: str) -> str:
+        """``flowkit_<purpose>_<schema>``, or a hash of the schema's name in place of
+        it where that would pass PostgreSQL's 63 bytes."""
+        channel = f"flowkit_{purpose}_{self.schema}"
+        if len(channel) > 63:
+            digest = hashlib.blake2b(self.schema.encode(), digest_size=16).hexdigest()
+            channel = f"flowkit_{purpose}_{digest}"
+        return channel
 
 
 async def schema_version(conn: Connection, tables: Tables) -> int:

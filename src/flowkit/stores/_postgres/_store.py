@@ -331,9 +331,7 @@ class PostgresStore:
         await self._run(ops.release_workflows, owner, ids)
 
     async def request_cancel(self, workflow_id: str) -> WorkflowRecord:
-        from ._waits import channel_of
-
-        channel = channel_of(self._tables.schema)
+        channel = self._tables.waits_channel
         return workflow_from_row(await self._run(ops.request_cancel, workflow_id, channel))
 
     async def prune_workflows(
@@ -370,11 +368,11 @@ class PostgresStore:
         :mod:`flowkit.stores._waits`); one object per store, which holds a
         pooled connection to hear of deliveries by other processes while it
         is asked to (given back when the store closes)."""
-        from ._waits import PostgresWaits, channel_of
+        from ._waits import PostgresWaits
 
         if self._waits is None:
             self._waits = PostgresWaits(
-                self._run, pool=lambda: self._pool, channel=channel_of(self._tables.schema)
+                self._run, pool=lambda: self._pool, channel=self._tables.waits_channel
             )
         return self._waits
 

@@ -15,7 +15,7 @@ as a workflow starts waiting for it either finds the workflow WAITING and
 makes it due, or is found by the save, which stores the workflow due.
 
 A delivery that makes a workflow due also runs ``pg_notify`` on the schema's
-channel (:func:`channel_of`), with the orchestrator's name, in its
+channel (``Tables.waits_channel``), with the orchestrator's name, in its
 transaction: PostgreSQL delivers the notification when (and only if) it
 commits. :meth:`PostgresWaits.sleep` listens on a pooled connection it holds
 for the purpose, so a waker in any process looks in the store at once; without
@@ -26,7 +26,6 @@ waker sees the delivery at its next look.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import time
 from typing import TYPE_CHECKING, Any
@@ -51,7 +50,7 @@ if TYPE_CHECKING:
     #: ``PostgresStore._run``: runs ``op(conn, tables, *args)`` on a pooled connection.
     _Run = Callable[..., Awaitable[Any]]
 
-__all__ = ["PostgresWaits", "channel_of"]
+__all__ = ["PostgresWaits"]
 
 Row = Any  # an asyncpg.Record
 
@@ -66,14 +65,6 @@ _LISTEN_RETRY = 10.0
 #: The smallest pool that spares a connection to listen on: one for the
 #: store's operations, one the outbox relay may listen on, this one.
 _LISTEN_POOL = 3
-
-
-def channel_of(schema: str) -> str:
-    """The notification channel of a schema's waits (at most 63 bytes)."""
-    channel = f"flowkit_waits_{schema}"
-    if len(channel) > 63:
-        channel = "flowkit_waits_" + hashlib.blake2b(schema.encode(), digest_size=16).hexdigest()
-    return channel
 
 
 # -- the operations, each on one pooled connection ------------------------------------
@@ -232,7 +223,7 @@ class PostgresWaits:
             errors raised as :class:`~flowkit.StoreError`.
         pool: the store's pool while it is open (None: no :meth:`sleep`
             listens, and deliveries notify nobody).
-        channel: the schema's notification channel (:func:`channel_of`).
+        channel: the schema's notification channel (``Tables.waits_channel``).
     """
 
     def __init__(
