@@ -4,19 +4,21 @@
 
     python -m tests.chaos --transport redis --store sqlite --orders 10000 --seed 7
 
-For each broker x store of the command line, it starts the example's services,
-each in its own ``flowkit worker`` process (two logistics replicas), on the
-broker (``redis``: a private ``redis-server`` with ``appendfsync always``, which
-it restarts; ``nats``, ``rabbitmq``, ``kafka``: the server of
-``$FLOWKIT_<NAME>_URL``, never restarted) and the store (``sqlite``: a file;
-``postgres``: a fresh schema of ``$FLOWKIT_POSTGRES_URL``, dropped afterwards).
-Then it places the orders at ``--rate`` a second (choreography: ``OrderPlaced``
-published; orchestration: ``PlaceOrder`` sagas started in this process), and
-meanwhile, at seeded random times, injects faults, each recorded with its time:
+For each broker x store of the command line, it starts a private server of the
+broker (:mod:`tests.chaos.servers`: ``redis-server`` with ``appendfsync always``,
+``nats-server`` with JetStream, a RabbitMQ node, or Tansu), on a free port with
+its data in the run's directory, and the store (``sqlite``: a
+file; ``postgres``: a fresh schema of ``$FLOWKIT_POSTGRES_URL``, dropped
+afterwards), then the example's services, each in its own ``flowkit worker``
+process (two logistics replicas), on them. Then it places the orders at
+``--rate`` a second (choreography: ``OrderPlaced`` published; orchestration:
+``PlaceOrder`` sagas started in this process), and meanwhile, at seeded random
+times, injects faults, each recorded with its time:
 
 * ``kill``: SIGKILL a worker, and start a replacement;
 * ``replica``: start one more replica of a service;
-* ``restart``: restart the private Redis;
+* ``restart``: restart the broker's server, same port, same data (a RabbitMQ
+  node takes seconds to come back); not Tansu, whose data is in memory only;
 * ``pause-db``: hold the store's write lock for 2 s (SQLite: ``BEGIN
   EXCLUSIVE``; PostgreSQL: ``LOCK TABLE ... IN ACCESS EXCLUSIVE MODE`` on the
   schema's workflows and inbox tables);
@@ -37,12 +39,9 @@ import logging
 import os
 import random
 import re
-import shutil
 import signal
-import socket
 import sqlite3
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -64,6 +63,7 @@ from flowkit.orchestration import WorkflowStatus
 from flowkit.stores import from_url as store_from_url
 from flowkit.transports import from_url as transport_from_url
 
+from .servers import BrokerServer, private_server
 from .services import ChaosWorld
 
 if TYPE_CHECKING:
@@ -94,84 +94,6 @@ SAGA_ID = re.compile(r"\bs-\d+\b")
 NAMESPACE = uuid.UUID("5f0c7c1e-3a38-4a8e-9a43-0c1f0e7c2a11")
 
 log = logging.getLogger("chaos")
-
-
-# -- a private Redis it can restart ----------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class RedisServer:
-    """A ``redis-server`` on a free port, every write fsynced to its append-only file,
-    so that a restart loses nothing."""
-
-    def __init__(self, directory: Path) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            raise RuntimeError("the chaos runner starts a Redis of its own: install redis-server")
-        self.binary = binary
-        self.directory = directory
-        self.port = free_port()
-        self.pid = 0
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        pidfile = self.directory / "redis.pid"
-        pidfile.unlink(missing_ok=True)
-        subprocess.run(
-            [
-                self.binary,
-                "--bind", "127.0.0.1",
-                "--port", str(self.port),
-                "--daemonize", "yes",
-                "--dir", str(self.directory),
-                "--pidfile", str(pidfile),
-                "--logfile", str(self.directory / "redis.log"),
-                "--save", "",
-                "--appendonly", "yes",
-                "--appendfsync", "always",
-            ],
-            check=True,
-        )  # fmt: skip
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as conn:
-                    conn.sendall(b"PING\r\n")
-                    if conn.recv(64).startswith(b"+PONG") and pidfile.exists():
-                        self.pid = int(pidfile.read_text())
-                        return
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"redis-server on port {self.port} did not start")
-            time.sleep(0.02)
-
-    def stop(self) -> None:
-        if not self.pid:
-            return
-        os.kill(self.pid, signal.SIGTERM)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                os.kill(self.pid, 0)
-            except ProcessLookupError:
-                break
-            if time.monotonic() > deadline:
-                os.kill(self.pid, signal.SIGKILL)
-            time.sleep(0.02)
-        self.pid = 0
-
-    def restart(self) -> None:
-        self.stop()
-        self.start()
 
 
 # -- the workers ----------------------------------------------------------------------
@@ -307,14 +229,14 @@ class Chaos:
         rng: random.Random,
         workers: ChaosWorkers,
         world: ChaosWorld,
-        redis: RedisServer | None,
+        broker: BrokerServer,
         store_url: str,
         schema: str | None,
     ) -> None:
         self.rng = rng
         self.workers = workers
         self.world = world
-        self.redis = redis
+        self.broker = broker
         self.store_url = store_url
         self.schema = schema
         self.faults: list[Fault] = []
@@ -335,9 +257,8 @@ class Chaos:
                 extra = await self.workers.start(self.rng.choice(services))
                 fault.detail = f"started {extra.name}"
         elif kind == "restart":
-            assert self.redis is not None
-            await anyio.to_thread.run_sync(self.redis.restart)
-            fault.detail = f"restarted redis-server (pid now {self.redis.pid})"
+            await anyio.to_thread.run_sync(self.broker.restart)
+            fault.detail = f"restarted {self.broker.name} (pid now {self.broker.pid})"
         elif kind == "pause-db":
             await self._pause_db(2.0)
             fault.detail = "store write-locked for 2 s"
@@ -420,19 +341,17 @@ def recovery(fault: Fault, completions: list[float]) -> float | None:
 # -- one run --------------------------------------------------------------------------
 
 
-def broker_url(broker: str, redis: RedisServer | None, prefix: str) -> str:
-    if broker == "redis":
-        assert redis is not None
-        return f"{redis.url}?{urlencode({'claim_idle': CLAIM_IDLE, 'prefix': prefix})}"
-    env = f"FLOWKIT_{broker.upper()}_URL"
-    base = os.environ.get(env, "").strip()
-    if not base:
-        raise RuntimeError(f"--transport {broker} needs ${env}: the URL of its server")
+def broker_url(broker: str, server: BrokerServer, prefix: str) -> str:
+    """The transport URL of ``broker`` on ``server``, its keys under ``prefix``, a killed
+    worker's messages taken over after about :data:`CLAIM_IDLE` seconds."""
     options: dict[str, object] = {"prefix": prefix}
-    if broker == "nats":
+    if broker == "redis":
+        options["claim_idle"] = CLAIM_IDLE
+    elif broker == "nats":
         options["ack_wait"] = CLAIM_IDLE
     elif broker == "kafka":
         options["session_timeout"] = 1.5 * CLAIM_IDLE
+    base = server.url
     return f"{base}{'&' if '?' in base else '?'}{urlencode(options)}"
 
 
@@ -455,15 +374,8 @@ async def run_cell(args: argparse.Namespace, broker: str, store: str, workdir: P
     result = Result(broker, store, args.style, args.seed, args.orders)
     run = uuid.uuid4().hex[:8]
     prefix = f"chaos-{run}"
-    redis: RedisServer | None = None
     schema: str | None = None
     kinds = [k for k in args.faults.split(",") if k]
-    if broker != "redis":
-        kinds = [k for k in kinds if k != "restart"]  # shared servers are never restarted
-    if broker == "redis":
-        (workdir / "redis").mkdir(parents=True, exist_ok=True)
-        redis = RedisServer(workdir / "redis")
-        redis.start()
     if store == "sqlite":
         store_url = f"sqlite:///{workdir / 'flowkit.db'}"
     else:
@@ -472,7 +384,10 @@ async def run_cell(args: argparse.Namespace, broker: str, store: str, workdir: P
             raise RuntimeError("--store postgres needs $FLOWKIT_POSTGRES_URL")
         schema = f"chaos_{run}"
         store_url = f"{base}{'&' if '?' in base else '?'}schema={schema}"
-    url = broker_url(broker, redis, prefix)
+    server = await anyio.to_thread.run_sync(private_server, broker, workdir / broker)
+    if not server.restartable:  # a restart would lose what it holds
+        kinds = [k for k in kinds if k != "restart"]
+    url = broker_url(broker, server, prefix)
     world = ChaosWorld(workdir / "ledger.db", process="runner")
     world.applied()  # creates the ledger
     workers = ChaosWorkers(
@@ -485,13 +400,14 @@ async def run_cell(args: argparse.Namespace, broker: str, store: str, workdir: P
     outcomes: dict[str, Outcome] = {}
     saga_done: dict[str, float] = {}
     chaos = Chaos(
-        rng=rng, workers=workers, world=world, redis=redis, store_url=store_url, schema=schema
+        rng=rng, workers=workers, world=world, broker=server, store_url=store_url, schema=schema
     )
     duration = len(orders) / args.rate
     plan = schedule(rng, kinds, duration, args.fault_every) if kinds else []
     poison_at = sorted(rng.uniform(0.1, 0.9) * duration for _ in range(args.poison))
     opened: StateStore = store_from_url(store_url)
     try:
+        await anyio.to_thread.run_sync(server.start)
         async with workers:
             await workers.start_all(s for s, n in SERVICES.items() for _ in range(n))
             log.info("%s x %s: workers started; placing %d orders", broker, store, len(orders))
@@ -575,10 +491,11 @@ async def run_cell(args: argparse.Namespace, broker: str, store: str, workdir: P
             check(result, world, chor, sagas, outcomes, letters, chaos.faults, saga_done)
     finally:
         world.close()
-        if redis is not None:
-            redis.stop()
-        if schema is not None:
-            await _drop_schema(store_url, schema)
+        try:
+            server.stop()
+        finally:
+            if schema is not None:
+                await _drop_schema(store_url, schema)
         for worker in workers.started:
             if worker.process.returncode not in (0, -signal.SIGKILL, None):
                 log.warning("%s exited with %s", worker.name, worker.process.returncode)
@@ -840,6 +757,9 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.INFO if args.verbose else logging.ERROR,
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
     )
+    if not args.verbose:  # while a broker restarts, its clients log each failed attempt
+        for client in ("aiokafka", "aiormq", "aio_pika", "nats"):
+            logging.getLogger(client).setLevel(logging.CRITICAL)
     with tempfile.TemporaryDirectory(prefix="chaos-") as tmp:
         workdir: Path = args.workdir or Path(tmp)
         results = anyio.run(run_all, args, workdir, backend="asyncio")
