@@ -348,6 +348,54 @@ async def test_a_restart_loses_nothing(
     assert any("back" in m for m in messages)
 
 
+async def test_what_is_published_while_the_server_stops_is_stored_or_refused(
+    own_server: Callable[..., _Server],
+) -> None:
+    """A server stopping gracefully shuts JetStream down before it closes its
+    connections, and answers the publishes of that moment with "no responders":
+    each such publish is tried again (stored once the server is back) or fails,
+    never reported stored when JetStream did not take it.
+
+    JetStream numbers what it takes: the stream's last sequence counts every
+    publish that returned (and perhaps some that failed late). What JetStream
+    took and then dropped itself (nats-server 2.9 ends an interest stream's
+    consumers before the stream while it stops, so a message taken in between
+    has no interest) is the server's, and is not counted here."""
+    server = own_server()
+    published = refused = 0
+    async with NATSTransport(server.url(), prefix="t", publish_timeout=20) as transport:
+        subscription = await transport.subscribe("orders", "billing")
+        running = True
+
+        async def publish() -> None:
+            nonlocal published, refused
+            while running:
+                try:
+                    await transport.publish("orders", b"order")
+                except TransportError:
+                    refused += 1
+                else:
+                    published += 1
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(4):
+                tg.start_soon(publish)
+            for _ in range(3):
+                await anyio.sleep(0.3)
+                await anyio.to_thread.run_sync(server.restart)
+            await anyio.sleep(0.3)
+            running = False
+        await subscription.aclose()
+    client = await nats.connect(server.url())
+    try:
+        info = await client.jetstream().stream_info("t_orders")
+    finally:
+        await client.close()
+    taken = info.state.last_seq
+    assert published > 100
+    assert published <= taken <= published + refused, (published, refused, taken)
+
+
 async def test_a_group_lost_by_the_server_is_created_again(
     make: Callable[..., NATSTransport], raw: Client, prefix: str
 ) -> None:

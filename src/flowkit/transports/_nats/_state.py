@@ -47,6 +47,7 @@ logger = logging.getLogger("flowkit.transport.nats")
 
 # What a probe of settled acks shrugs off: it only delays a count.
 _QUIET: tuple[type[Exception], ...] = (*RECOVERABLE, nats.errors.Error)
+_QUIET_OR_TIMEOUT: tuple[type[Exception], ...] = (*_QUIET, TimeoutError)
 
 # JetStream API error codes.
 STREAM_NAME_IN_USE = 10058
@@ -277,21 +278,25 @@ class Connection:
         for listener in list(self.reconnect_listeners):
             listener()
 
-    async def publish(self, subject: str, body: bytes, headers: Mapping[str, str] | None) -> None:
-        """Publish to JetStream and wait for its ack, retrying through a lost
-        connection until the timeout.
+    async def publish(self, topic: str, body: bytes, headers: Mapping[str, str] | None) -> None:
+        """Publish to the topic's subject on JetStream and wait for its ack, retrying
+        through a lost connection until the timeout.
 
         Every attempt carries the same ``Nats-Msg-Id``, so JetStream stores the
         message once even when an attempt whose ack came too late was stored.
 
-        A subject no stream takes (no group subscribes to the topic) drops the
-        message.
+        A message no stream takes (no group subscribes to the topic) is
+        dropped. Nobody answering a publish means that only when JetStream
+        says the topic's stream does not exist: a server shutting down stops
+        JetStream before it closes its connections, and what is published
+        meanwhile is tried again.
 
         Raises:
             TransportClosed: if the transport closes meanwhile.
             TransportError: if JetStream refused the message, or did not take
                 it within the timeout.
         """
+        subject = self.subject(topic)
         timeout = self.options.timeout
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
@@ -329,13 +334,36 @@ class Connection:
             data = reply.data
             if not data:
                 status = reply.headers.get("Status") if reply.headers else None
-                if status == "503":
-                    return  # no responders: no stream takes the subject, no group listens
+                if status == "503":  # no responders
+                    stream = f"{self.options.prefix}_{encode_name(topic)}"
+                    if await self._stream_exists(stream, deadline) is False:
+                        return  # no stream takes the subject: no group listens
+                    if loop.time() + backoff.pause >= deadline:
+                        raise TransportError(
+                            f"NATS JetStream did not take a message to {subject!r} within "
+                            f"{timeout:g}s: nobody answered (is JetStream up?)"
+                        )
+                    await backoff.sleep()
+                    continue
             if b'"error"' in data:
                 raise TransportError(
                     f"NATS JetStream refused a message to {subject!r}: {_error_of(data)}"
                 )
             return
+
+    async def _stream_exists(self, stream: str, deadline: float) -> bool | None:
+        """Whether JetStream has the stream; None if it did not say in time."""
+        wait = min(max(self.options.timeout / 4, 0.5), deadline - asyncio.get_running_loop().time())
+        if wait <= 0:
+            return None
+        try:
+            async with asyncio.timeout(wait):
+                await self.js.stream_info(stream)
+        except nats.js.errors.NotFoundError:
+            return False
+        except _QUIET_OR_TIMEOUT:
+            return None
+        return True
 
 
 def _expire(future: asyncio.Future[Msg]) -> None:

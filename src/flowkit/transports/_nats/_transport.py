@@ -238,7 +238,7 @@ class NATSTransport(AsyncioReentrant[Connection]):
                 nats_headers[KEY_HEADER] = json.dumps(key)
         if type(body) is not bytes:
             body = bytes(body)
-        await connection.publish(connection.subject(topic), body, nats_headers)
+        await connection.publish(topic, body, nats_headers)
 
     async def backlog(self, topic: str, group: str) -> int:
         """How many messages ``group`` has not settled yet: the consumer's
