@@ -228,6 +228,40 @@ class BrokerServer(ABC):
         self.start()
 
 
+class ChildServer(BrokerServer):
+    """A server that runs as a child process of the runner (not a daemon)."""
+
+    def __init__(self, directory: Path) -> None:
+        super().__init__(directory)
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def _run(
+        self, command: list[str], output: Path, ready: Callable[[], bool], *logs: Path
+    ) -> None:
+        """Start ``command`` and wait until ``ready()``; stop it if it never is."""
+        process = _spawn(command, output, cwd=self.directory)
+        self.process, self.pid = process, process.pid
+        try:
+            _await_ready(
+                ready, lambda: process.poll() is None, f"{self.name} on port {self.port}", *logs
+            )
+        except RuntimeError:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        if self.process is not None:
+            _stop_pid(self.pid, self.name, self.process)
+        self.process, self.pid = None, 0
+
+    def crash(self) -> None:
+        """Kill the server at once (SIGKILL), as a crash would."""
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait(30)
+        self.process, self.pid = None, 0
+
+
 class RedisServer(BrokerServer):
     """A ``redis-server`` on a free port, every write fsynced to its append-only file,
     so that a restart loses nothing."""
@@ -294,7 +328,7 @@ class RedisServer(BrokerServer):
         self.pid = 0
 
 
-class NatsServer(BrokerServer):
+class NatsServer(ChildServer):
     """A ``nats-server`` with JetStream, its store in ``directory/js``; ready when its
     monitoring port says JetStream is up."""
 
@@ -304,7 +338,6 @@ class NatsServer(BrokerServer):
         self.binary = _binary("nats-server", "install nats-server")
         super().__init__(directory)
         self.monitor = free_port()
-        self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
@@ -312,7 +345,8 @@ class NatsServer(BrokerServer):
 
     def start(self) -> None:
         logfile = self.directory / "nats.log"
-        process = _spawn(
+        healthz = f"http://127.0.0.1:{self.monitor}/healthz?js-enabled-only=true"
+        self._run(
             [
                 self.binary,
                 "-a", "127.0.0.1",
@@ -323,32 +357,14 @@ class NatsServer(BrokerServer):
                 "-l", str(logfile),
             ],
             self.directory / "nats.out",
+            lambda: _http_ok(healthz),
+            logfile,
+            self.directory / "nats.out",
         )  # fmt: skip
-        self.process, self.pid = process, process.pid
-        healthz = f"http://127.0.0.1:{self.monitor}/healthz?js-enabled-only=true"
-        try:
-            _await_ready(
-                lambda: _http_ok(healthz),
-                lambda: process.poll() is None,
-                f"nats-server on port {self.port}",
-                logfile,
-                self.directory / "nats.out",
-            )
-        except RuntimeError:
-            self.stop()
-            raise
-
-    def stop(self) -> None:
-        if self.process is not None:
-            _stop_pid(self.pid, self.name, self.process)
-        self.process, self.pid = None, 0
 
     def restart(self) -> None:
         """Crash the server (SIGKILL) and start it again on its file store."""
-        if self.process is not None:
-            self.process.kill()
-            self.process.wait(30)
-        self.process, self.pid = None, 0
+        self.crash()
         self.start()
 
 
@@ -525,7 +541,7 @@ def _tansu_binary(venv: Path) -> Path | None:
     return binary
 
 
-class KafkaServer(BrokerServer):
+class KafkaServer(ChildServer):
     """Tansu on a free port, with its in-memory storage engine: not restartable (see
     the module's docstring)."""
 
@@ -543,7 +559,6 @@ class KafkaServer(BrokerServer):
         assert binary is not None
         self.binary = binary
         super().__init__(directory)
-        self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
@@ -552,7 +567,7 @@ class KafkaServer(BrokerServer):
     def start(self) -> None:
         logfile = self.directory / "tansu.log"
         listener = f"tcp://127.0.0.1:{self.port}"
-        process = _spawn(
+        self._run(
             [
                 str(self.binary), "broker",
                 "--listener-url", listener,
@@ -560,24 +575,9 @@ class KafkaServer(BrokerServer):
                 "--storage-engine", "memory://tansu/",
             ],
             logfile,
-            cwd=self.directory,
+            lambda: _answers(self.port),
+            logfile,
         )  # fmt: skip
-        self.process, self.pid = process, process.pid
-        try:
-            _await_ready(
-                lambda: _answers(self.port),
-                lambda: process.poll() is None,
-                f"tansu on port {self.port}",
-                logfile,
-            )
-        except RuntimeError:
-            self.stop()
-            raise
-
-    def stop(self) -> None:
-        if self.process is not None:
-            _stop_pid(self.pid, self.name, self.process)
-        self.process, self.pid = None, 0
 
     def restart(self) -> None:
         raise RuntimeError("Tansu here keeps its data in memory only: a restart would lose it")
