@@ -43,13 +43,14 @@ _CHECKPOINT_MASK = 63
 class _Message:
     """One published message, shared by every group it fans out to."""
 
-    __slots__ = ("body", "headers", "id", "topic")
+    __slots__ = ("body", "headers", "number", "topic")
 
-    def __init__(self, topic: str, body: bytes, headers: Mapping[str, str], id: str) -> None:
+    def __init__(self, topic: str, body: bytes, headers: Mapping[str, str], number: int) -> None:
         self.topic = topic
         self.body = body
         self.headers = headers
-        self.id = id
+        # Counted per opening of the transport: with its token, the broker id.
+        self.number = number
 
 
 class _Group:
@@ -204,7 +205,7 @@ class _MemoryDelivery:
     def broker_id(self) -> str:
         """The message's id: a token of this opening of the transport and the
         message's number among those published on it."""
-        return self._message.id
+        return f"{self._subscription._group.state.token}:{self._message.number}"
 
     async def ack(self) -> None:
         """Mark the message handled; a second ack or nack is a no-op."""
@@ -479,7 +480,7 @@ class InMemoryTransport(Reentrant[_State]):
             topic,
             body if type(body) is bytes else bytes(body),
             MappingProxyType(dict(headers)) if headers else NO_HEADERS,
-            f"{state.token}:{next(state.published)}",
+            next(state.published),
         )
         for each in groups:
             each.ready.append(message)

@@ -102,11 +102,11 @@ class KafkaDelivery:
     __slots__ = (
         "_group",
         "_holder",
+        "_origin",
         "_settled",
         "_track",
         "attempt",
         "body",
-        "broker_id",
         "headers",
         "key",
         "offset",
@@ -133,10 +133,18 @@ class KafkaDelivery:
         self.headers = headers
         self.key = key
         self.attempt = attempt
-        # The record the message was first published as, carried by its copies.
-        self.broker_id: str = origin or f"{partition.topic}:{partition.partition}:{offset}"
+        self._origin = origin
         self._holder: Any = None
         self._settled = False
+
+    @property
+    def broker_id(self) -> str:
+        """The record the message was first published as, carried by its copies:
+        ``"<topic>:<partition>:<offset>"``."""
+        if self._origin is not None:
+            return self._origin
+        partition = self.partition
+        return f"{partition.topic}:{partition.partition}:{self.offset}"
 
     @property
     def topic(self) -> str:

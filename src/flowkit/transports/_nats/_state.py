@@ -248,6 +248,10 @@ class Connection:
             self.subjects[topic] = subject
         return subject
 
+    def stream(self, topic: str) -> str:
+        """The name of a topic's stream."""
+        return f"{self.options.prefix}_{encode_name(topic)}"
+
     def group(self, topic: str, name: str, durable: bool) -> Group:
         """The local state of a group, made on first use."""
         group = self.groups.get((topic, name))
@@ -259,7 +263,7 @@ class Connection:
                 topic=topic,
                 name=name,
                 durable=durable,
-                stream=f"{self.options.prefix}_{encoded_topic}",
+                stream=self.stream(topic),
                 subject=f"{self.options.prefix}.{encoded_topic}",
                 consumer=token,
                 token=token,
@@ -335,8 +339,7 @@ class Connection:
             if not data:
                 status = reply.headers.get("Status") if reply.headers else None
                 if status == "503":  # no responders
-                    stream = f"{self.options.prefix}_{encode_name(topic)}"
-                    if await self._stream_exists(stream, deadline) is False:
+                    if await self._stream_exists(self.stream(topic), deadline) is False:
                         return  # no stream takes the subject: no group listens
                     if loop.time() + backoff.pause >= deadline:
                         raise TransportError(
